@@ -1,0 +1,32 @@
+"""Names and defaults of the SparseGemm op, as written in docs/sparse_gemm_op.md.
+
+Every module that writes or reads SparseGemm nodes takes its names from here, so the document,
+the Python side and the C++ kernel cannot drift apart silently (tests/test_contract.py).
+"""
+from __future__ import annotations
+
+DOMAIN = "ai.onnx_prune"
+OP_TYPE = "SparseGemm"
+OP_VERSION = 1
+CONTRACT_REVISION = 1
+
+FORMAT_CSR = "csr"
+FORMATS = (FORMAT_CSR,)
+
+INPUT_NAMES = ("A", "values", "indices", "offsets", "C")
+OUTPUT_NAMES = ("Y",)
+
+# Attribute names.
+ATTR_K = "K"
+ATTR_N = "N"
+ATTR_FORMAT = "format"
+ATTR_ALPHA = "alpha"
+ATTR_BETA = "beta"
+ATTR_TRANS_A = "transA"
+ATTR_NNZ = "nnz"
+ATTR_ORIGINAL_OP = "original_op"
+ATTR_DENSE_SHAPE = "dense_shape"
+ATTR_SPARSITY = "sparsity"
+
+# Largest K for which 16-bit row indices suffice.
+UINT16_INDEX_LIMIT = 65536
