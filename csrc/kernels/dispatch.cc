@@ -1,0 +1,48 @@
+// Run-time choice of the instruction-set variant: a library built on a new x86 machine must still
+// run on an older one, so only this file (compiled for the baseline ISA) decides what may execute.
+#include <cstdlib>
+#include <cstring>
+
+#include "sparse_gemm_kernels.h"
+
+namespace onnx_prune {
+namespace {
+
+#if defined(__x86_64__) || defined(_M_X64)
+bool cpu_has_avx2_fma() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
+#endif
+
+const KernelTable* choose() {
+  const auto supported = supported_kernels();
+  const char* forced = std::getenv("ONNX_PRUNE_ISA");
+  if (forced != nullptr && *forced != '\0') {
+    for (const KernelTable* table : supported) {
+      if (std::strcmp(table->isa, forced) == 0) return table;
+    }
+  }
+  return supported.back();
+}
+
+}  // namespace
+
+std::vector<const KernelTable*> supported_kernels() {
+  std::vector<const KernelTable*> tables{&isa_portable::kTable};
+#if defined(__x86_64__) || defined(_M_X64)
+  if (cpu_has_avx2_fma()) tables.push_back(&isa_avx2::kTable);
+  if (cpu_has_avx512()) tables.push_back(&isa_avx512::kTable);
+#endif
+  return tables;
+}
+
+const KernelTable& select_kernel() { return *choose(); }
+
+}  // namespace onnx_prune

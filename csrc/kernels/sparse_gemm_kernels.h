@@ -1,0 +1,109 @@
+// Numeric kernels of SparseGemm: packed-weight layout, argument block and the ISA-dispatched entry
+// points. Nothing here knows about onnxruntime; csrc/op/ is the glue that calls into it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace onnx_prune {
+
+// W (K x N) stored as CSR of W^T: output feature n owns entries [row_ptr[n], row_ptr[n+1]).
+// Indices are 16-bit whenever K <= 65536 (half the index traffic), 32-bit otherwise.
+struct PackedCsr {
+  int64_t K = 0;
+  int64_t N = 0;
+  int64_t nnz = 0;
+  std::vector<float> values;
+  std::vector<uint16_t> idx16;  // used when use16
+  std::vector<int32_t> idx32;   // used otherwise
+  std::vector<int64_t> row_ptr; // N + 1
+  // Boundaries of contiguous output ranges with about equal nnz, for balanced threading.
+  std::vector<int64_t> parts;   // parts.size() - 1 ranges
+  bool use16 = true;
+};
+
+// Raw, unvalidated CSR tensors as they arrive from the graph.
+struct CsrView {
+  const void* values = nullptr;
+  bool values_fp16 = false;
+  const void* indices = nullptr;
+  bool indices_u16 = false;  // else int32
+  const void* offsets = nullptr;
+  bool offsets_i64 = false;  // else int32
+  int64_t n_values = 0;
+  int64_t n_indices = 0;
+  int64_t n_offsets = 0;
+};
+
+// Validates `view` against K and N and fills `out`. Returns an empty string on success, else
+// a description of the first inconsistency (the caller prefixes the node name).
+std::string pack_csr(const CsrView& view, int64_t K, int64_t N, PackedCsr* out);
+
+// Bias C viewed as a [c_rows, c_cols] matrix broadcast to [M, N]; c_rows in {1, M}, c_cols in {1, N}.
+struct BiasView {
+  const float* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+// Plain-pointer view of a PackedCsr. The ISA translation units see only this (no std:: templates
+// there, so no inline function compiled with AVX-512 flags can be merged into code run on older CPUs).
+struct CsrArrays {
+  int64_t K = 0;
+  int64_t N = 0;
+  const float* values = nullptr;
+  const uint16_t* idx16 = nullptr;  // exactly one of idx16 / idx32 is set
+  const int32_t* idx32 = nullptr;
+  const int64_t* row_ptr = nullptr;
+  const int64_t* parts = nullptr;
+  int64_t n_parts = 0;
+};
+
+CsrArrays arrays_of(const PackedCsr& w);
+
+// 64-byte aligned scratch memory (compiled without ISA flags; used by the ISA units).
+float* scratch_alloc(size_t n_floats);
+void scratch_free(float* p);
+
+struct GemmArgs {
+  CsrArrays w;
+  const float* a = nullptr;  // [M, K] row-major, or [K, M] when trans_a
+  bool trans_a = false;
+  int64_t M = 0;
+  float alpha = 1.f;
+  float beta = 1.f;
+  BiasView bias;          // data == nullptr: no bias
+  float* y = nullptr;     // [M, N] row-major
+};
+
+// Runs `fn(i)` for i in [0, total); the op glue implements it with onnxruntime's intra-op pool.
+struct ParallelRunner {
+  void (*run)(void* ctx, void (*fn)(void*, size_t), size_t total, void* fn_data) = nullptr;
+  void* ctx = nullptr;
+  void operator()(void (*fn)(void*, size_t), size_t total, void* fn_data) const {
+    run(ctx, fn, total, fn_data);
+  }
+};
+
+// One instruction-set variant of the kernel (each compiled in its own translation unit).
+struct KernelTable {
+  const char* isa;
+  void (*gemm)(const GemmArgs& args, const ParallelRunner& parallel);
+};
+
+// The best variant this CPU supports (called once per kernel creation). ONNX_PRUNE_ISA=portable|avx2|avx512
+// in the environment forces a (supported) lower variant, for testing every path on one machine.
+const KernelTable& select_kernel();
+
+// All variants the running CPU can execute, best last.
+std::vector<const KernelTable*> supported_kernels();
+
+namespace isa_portable { extern const KernelTable kTable; }
+#if defined(__x86_64__) || defined(_M_X64)
+namespace isa_avx2 { extern const KernelTable kTable; }
+namespace isa_avx512 { extern const KernelTable kTable; }
+#endif
+
+}  // namespace onnx_prune
