@@ -3,10 +3,12 @@
 // Deliberately free of std:: templates and includes (see CsrArrays in sparse_gemm_kernels.h).
 //
 // Two strategies:
-//  * few rows (M <= kGemvMaxRows): per output n, a gather-based sparse dot product over A's row;
-//  * otherwise: A is repacked into column tiles At[k][0..64) (batch contiguous), and for every output
-//    n each stored weight w_j multiplies the tile row At[idx_j] into up to 64 batch accumulators held
-//    in registers. Outputs are produced 16 at a time into a small buffer and written to Y transposed.
+//  * few rows (M <= kGemvMaxRows): per output n, a sparse dot product with A's row;
+//  * otherwise: A is repacked into column tiles At[k][0..32) (batch contiguous). W is walked block by
+//    block of kKBlock rows (PackedCsr's blocked layout); while a block of the tile sits in L1, every
+//    pair of outputs adds w_j * At[k_j] for its entries in the block to 2 x 32 batch sums held in
+//    registers.
+//    The sums, (A' W)^T per tile, are finally written to Y transposed, with alpha, beta and C.
 // Threads: both strategies split outputs into nnz-balanced ranges (PackedCsr::parts); the tiled one
 // also splits the batch into tiles, giving (tile, range) tasks run on onnxruntime's pool.
 
@@ -14,9 +16,9 @@
 #error "include kernel_body.h only from an ISA translation unit, inside its namespace"
 #endif
 
-constexpr int64_t kGemvMaxRows = 3;
+constexpr int64_t kGemvMaxRows = 2;
 constexpr int64_t kPanel = 16;       // floats per layout unit of a tile
-constexpr int64_t kTileCols = 64;    // batch columns per tile (4 panels)
+constexpr int64_t kTileCols = 32;    // batch columns per tile (2 panels)
 constexpr int64_t kNBlock = 16;      // outputs per epilogue block
 constexpr int64_t kPackKChunk = 256; // rows of At per packing task
 
@@ -24,9 +26,10 @@ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
 struct Scratch {
+  const ScratchAllocator& allocator;
   float* p = nullptr;
-  explicit Scratch(size_t n) : p(n ? scratch_alloc(n) : nullptr) {}
-  ~Scratch() { if (p) scratch_free(p); }
+  Scratch(const ScratchAllocator& a, size_t n) : allocator(a), p(n ? scratch_alloc(a, n) : nullptr) {}
+  ~Scratch() { if (p) scratch_free(allocator, p); }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
 };
@@ -41,6 +44,18 @@ inline float finish(const GemmArgs& g, float acc, int64_t m, int64_t n) {
 
 // ---------------------------------------------------------------- few rows: sparse dot products
 
+// sum_j values[j] * x[idx[j]]. Eight independent scalar chains: on the CPUs measured, hardware
+// gathers were slower than this (each product needs three loads either way).
+template <typename Idx>
+inline float sparse_dot(const float* values, const Idx* idx, int64_t count, const float* x) {
+  float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  int64_t j = 0;
+  for (; j + 8 <= count; j += 8)
+    for (int u = 0; u < 8; ++u) s[u] += values[j + u] * x[idx[j + u]];
+  for (; j < count; ++j) s[0] += values[j] * x[idx[j]];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
 struct GemvTask {
   const GemmArgs* g;
   const float* x;     // [M][K] rows of A' (A itself, or A^T copied when trans_a)
@@ -53,7 +68,7 @@ void gemv_range(const GemvTask& t, const Idx* idx, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
     const int64_t b = g.w.row_ptr[n], e = g.w.row_ptr[n + 1];
     for (int64_t m = 0; m < g.M; ++m) {
-      const float acc = V::sparse_dot(g.w.values + b, idx + b, e - b, t.x + m * K);
+      const float acc = sparse_dot(g.w.values + b, idx + b, e - b, t.x + m * K);
       g.y[m * N + n] = finish(g, acc, m, n);
     }
   }
@@ -72,7 +87,7 @@ inline void gemv_task(void* data, size_t p) {
 
 inline void run_gemv(const GemmArgs& g, const ParallelRunner& parallel) {
   const int64_t K = g.w.K;
-  Scratch columns(g.trans_a ? static_cast<size_t>(g.M * K) : 0);
+  Scratch columns(g.scratch, g.trans_a ? static_cast<size_t>(g.M * K) : 0);
   if (g.trans_a) {  // A is [K, M]: gather each column of A into a contiguous row of A^T
     for (int64_t m = 0; m < g.M; ++m)
       for (int64_t k = 0; k < K; ++k) columns.p[m * K + k] = g.a[k * g.M + m];
@@ -86,6 +101,7 @@ inline void run_gemv(const GemmArgs& g, const ParallelRunner& parallel) {
 struct TiledTask {
   const GemmArgs* g;
   float* tiles;        // n_tiles blocks of [K][kTileCols] floats (a tile of width wp uses [K][wp])
+  float* acc;          // n_tiles blocks of [2 * n_pairs][kTileCols] sums (A' W)^T
   int64_t n_tiles;
   int64_t n_kchunks;
 };
@@ -127,59 +143,63 @@ inline void pack_task(void* data, size_t i) {
   pack_tile_rows(g, t.tiles + tile * g.w.K * kTileCols, tile * kTileCols, tile_width(g, tile), k0, k1);
 }
 
-// acc[0..NP*16) = sum_j values[j] * tile[idx[j]][0..NP*16): the inner loop of the kernel.
-template <int NP, typename Idx>
-inline void spmm_row(const float* values, const Idx* idx, int64_t count, const float* tile, float* out) {
-  constexpr int NV = NP * kPanel / V::W;               // vector registers per tile row
-  constexpr int U = NV >= 8 ? 1 : (NV >= 4 ? 2 : 4);   // independent chains to hide FMA latency
+// The inner loop of the kernel, for one pair of outputs and one block of W's rows:
+// acc_s[0..NP*16) += sum_t values[2t+s] * block[rows[2t+s]][0..NP*16) for sides s = 0, 1.
+// `block` is one kKBlock-row block of the tile, small enough to stay in L1.
+template <int NP>
+inline void spmm_pair(const float* values, const uint8_t* rows, int64_t steps, const float* block,
+                      float* acc0, float* acc1) {
+  constexpr int NV = NP * kPanel / V::W;  // vector registers per tile row and output
   constexpr int64_t stride = NP * kPanel;
-  typename V::reg acc[U][NV];
-  for (int u = 0; u < U; ++u)
-    for (int v = 0; v < NV; ++v) acc[u][v] = V::zero();
-  int64_t j = 0;
-  for (; j + U <= count; j += U) {
-    for (int u = 0; u < U; ++u) {
-      const typename V::reg wj = V::set1(values[j + u]);
-      const float* row = tile + static_cast<int64_t>(idx[j + u]) * stride;
-      for (int v = 0; v < NV; ++v) acc[u][v] = V::fmadd(wj, V::load(row + v * V::W), acc[u][v]);
+  typename V::reg sum0[NV], sum1[NV];
+  for (int v = 0; v < NV; ++v) {
+    sum0[v] = V::load(acc0 + v * V::W);
+    sum1[v] = V::load(acc1 + v * V::W);
+  }
+  for (int64_t t = 0; t < steps; ++t) {
+    const typename V::reg w0 = V::set1(values[2 * t]);
+    const typename V::reg w1 = V::set1(values[2 * t + 1]);
+    const float* row0 = block + static_cast<int64_t>(rows[2 * t]) * stride;
+    const float* row1 = block + static_cast<int64_t>(rows[2 * t + 1]) * stride;
+    for (int v = 0; v < NV; ++v) {
+      sum0[v] = V::fmadd(w0, V::load(row0 + v * V::W), sum0[v]);
+      sum1[v] = V::fmadd(w1, V::load(row1 + v * V::W), sum1[v]);
     }
   }
-  for (; j < count; ++j) {
-    const typename V::reg wj = V::set1(values[j]);
-    const float* row = tile + static_cast<int64_t>(idx[j]) * stride;
-    for (int v = 0; v < NV; ++v) acc[0][v] = V::fmadd(wj, V::load(row + v * V::W), acc[0][v]);
+  for (int v = 0; v < NV; ++v) {
+    V::store(acc0 + v * V::W, sum0[v]);
+    V::store(acc1 + v * V::W, sum1[v]);
   }
-  for (int u = 1; u < U; ++u)
-    for (int v = 0; v < NV; ++v) acc[0][v] = V::add(acc[0][v], acc[u][v]);
-  for (int v = 0; v < NV; ++v) V::store(out + v * V::W, acc[0][v]);
 }
 
-template <int NP, typename Idx>
-void spmm_range(const GemmArgs& g, const Idx* idx, const float* tile, int64_t m0, int64_t w,
-                int64_t n0, int64_t n1) {
-  alignas(64) float block[kNBlock * kTileCols];
+// Output pairs [p0, p1) of one tile: block by block of W's rows, every pair takes its share.
+template <int NP>
+void spmm_range(const CsrArrays& w, const float* tile, float* acc, int64_t p0, int64_t p1) {
+  constexpr int64_t stride = NP * kPanel;
+  for (int64_t n = 2 * p0; n < 2 * p1; ++n)
+    for (int64_t i = 0; i < stride; ++i) acc[n * kTileCols + i] = 0.f;
+  for (int64_t b = 0; b < w.n_kblocks; ++b) {
+    const float* block = tile + b * kKBlock * stride;
+    const int64_t* ptr = w.block_ptr + b * (w.n_pairs + 1);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t s = ptr[p], e = ptr[p + 1];
+      if (s != e) {
+        spmm_pair<NP>(w.block_values + 2 * s, w.block_rows + 2 * s, e - s, block,
+                      acc + 2 * p * kTileCols, acc + (2 * p + 1) * kTileCols);
+      }
+    }
+  }
+}
+
+// Y[m0 + i][n] = alpha * acc[n][i] + beta * C, written 16 outputs at a time so Y rows are filled contiguously.
+inline void write_outputs(const GemmArgs& g, const float* acc, int64_t m0, int64_t w, int64_t n0, int64_t n1) {
   const int64_t N = g.w.N;
   for (int64_t nb = n0; nb < n1; nb += kNBlock) {
     const int64_t ne = min64(nb + kNBlock, n1);
-    for (int64_t n = nb; n < ne; ++n) {
-      const int64_t b = g.w.row_ptr[n];
-      spmm_row<NP>(g.w.values + b, idx + b, g.w.row_ptr[n + 1] - b, tile, block + (n - nb) * kTileCols);
-    }
     for (int64_t i = 0; i < w; ++i) {
       float* yrow = g.y + (m0 + i) * N;
-      for (int64_t n = nb; n < ne; ++n) yrow[n] = finish(g, block[(n - nb) * kTileCols + i], m0 + i, n);
+      for (int64_t n = nb; n < ne; ++n) yrow[n] = finish(g, acc[n * kTileCols + i], m0 + i, n);
     }
-  }
-}
-
-template <typename Idx>
-void spmm_dispatch(const GemmArgs& g, const Idx* idx, const float* tile, int64_t m0, int64_t w,
-                   int64_t n0, int64_t n1) {
-  switch (round_up(w, kPanel) / kPanel) {
-    case 1: spmm_range<1>(g, idx, tile, m0, w, n0, n1); break;
-    case 2: spmm_range<2>(g, idx, tile, m0, w, n0, n1); break;
-    case 3: spmm_range<3>(g, idx, tile, m0, w, n0, n1); break;
-    default: spmm_range<4>(g, idx, tile, m0, w, n0, n1); break;
   }
 }
 
@@ -189,20 +209,24 @@ inline void spmm_task(void* data, size_t i) {
   const int64_t parts = g.w.n_parts;
   const int64_t tile = static_cast<int64_t>(i) / parts, p = static_cast<int64_t>(i) % parts;
   const float* tile_data = t.tiles + tile * g.w.K * kTileCols;
+  float* acc = t.acc + tile * 2 * g.w.n_pairs * kTileCols;
   const int64_t m0 = tile * kTileCols, w = tile_width(g, tile);
   const int64_t n0 = g.w.parts[p], n1 = g.w.parts[p + 1];
-  if (g.w.idx16) {
-    spmm_dispatch(g, g.w.idx16, tile_data, m0, w, n0, n1);
+  const int64_t p0 = n0 / 2, p1 = (n1 + 1) / 2;
+  if (round_up(w, kPanel) == kPanel) {
+    spmm_range<1>(g.w, tile_data, acc, p0, p1);
   } else {
-    spmm_dispatch(g, g.w.idx32, tile_data, m0, w, n0, n1);
+    spmm_range<2>(g.w, tile_data, acc, p0, p1);
   }
+  write_outputs(g, acc, m0, w, n0, n1);
 }
 
 inline void run_tiled(const GemmArgs& g, const ParallelRunner& parallel) {
   const int64_t n_tiles = (g.M + kTileCols - 1) / kTileCols;
   const int64_t n_kchunks = (g.w.K + kPackKChunk - 1) / kPackKChunk;
-  Scratch tiles(static_cast<size_t>(n_tiles * g.w.K * kTileCols));
-  TiledTask task{&g, tiles.p, n_tiles, n_kchunks};
+  Scratch tiles(g.scratch, static_cast<size_t>(n_tiles * g.w.K * kTileCols));
+  Scratch acc(g.scratch, static_cast<size_t>(n_tiles * 2 * g.w.n_pairs * kTileCols));
+  TiledTask task{&g, tiles.p, acc.p, n_tiles, n_kchunks};
   parallel(pack_task, static_cast<size_t>(n_tiles * n_kchunks), &task);
   parallel(spmm_task, static_cast<size_t>(n_tiles * g.w.n_parts), &task);
 }

@@ -20,20 +20,6 @@ struct V {
   static reg set1(float x) { return reg{x, x, x, x}; }
   static reg fmadd(reg a, reg b, reg c) { return a * b + c; }
   static reg add(reg a, reg b) { return a + b; }
-
-  template <typename Idx>
-  static float sparse_dot(const float* values, const Idx* idx, int64_t count, const float* x) {
-    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-    int64_t j = 0;
-    for (; j + 4 <= count; j += 4) {
-      s0 += values[j] * x[idx[j]];
-      s1 += values[j + 1] * x[idx[j + 1]];
-      s2 += values[j + 2] * x[idx[j + 2]];
-      s3 += values[j + 3] * x[idx[j + 3]];
-    }
-    for (; j < count; ++j) s0 += values[j] * x[idx[j]];
-    return (s0 + s1) + (s2 + s3);
-  }
 };
 
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE

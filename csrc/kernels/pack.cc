@@ -12,8 +12,10 @@ namespace onnx_prune {
 namespace {
 
 // Rows per partition aimed for; partitions are then balanced by nnz.
-constexpr int64_t kRowsPerPart = 16;
-constexpr int64_t kMaxParts = 256;
+// Enough ranges to feed 16 threads a few each; each range is large enough that a block of A
+// loaded into L1 serves many outputs.
+constexpr int64_t kRowsPerPart = 32;
+constexpr int64_t kMaxParts = 48;
 
 float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
@@ -126,10 +128,50 @@ void balance_parts(PackedCsr* out) {
     } else {
       boundary = N * p / n_parts;
     }
-    boundary = std::min(boundary, N);
-    if (boundary > out->parts.back()) out->parts.push_back(boundary);
+    boundary = std::min(boundary + boundary % 2, N);  // whole output pairs per range
+    if (boundary > out->parts.back() && boundary < N) out->parts.push_back(boundary);
   }
   if (out->parts.back() < N || N == 0) out->parts.push_back(N);
+}
+
+// Fills PackedCsr's blocked, pair-interleaved layout (see sparse_gemm_kernels.h). Entries may
+// come in any order within an output (the contract allows it); duplicates stay separate entries.
+void build_blocked_layout(PackedCsr* out) {
+  const int64_t N = out->N, K = out->K;
+  const int64_t nkb = (K + kKBlock - 1) / kKBlock;
+  const int64_t n_pairs = (N + 1) / 2;
+  out->n_kblocks = nkb;
+  out->n_pairs = n_pairs;
+  auto row_of = [&](int64_t j) -> int64_t { return out->use16 ? out->idx16[j] : out->idx32[j]; };
+  auto count_of = [&](const std::vector<int64_t>& counts, int64_t b, int64_t n) -> int64_t {
+    return n < N ? counts[b * N + n] : 0;
+  };
+  std::vector<int64_t> counts(static_cast<size_t>(nkb * N), 0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = out->row_ptr[n]; j < out->row_ptr[n + 1]; ++j) ++counts[(row_of(j) / kKBlock) * N + n];
+
+  out->block_ptr.assign(static_cast<size_t>(nkb * (n_pairs + 1)), 0);
+  int64_t steps = 0;
+  for (int64_t b = 0; b < nkb; ++b) {
+    int64_t* ptr = &out->block_ptr[b * (n_pairs + 1)];
+    for (int64_t p = 0; p < n_pairs; ++p) {
+      ptr[p] = steps;
+      steps += std::max(count_of(counts, b, 2 * p), count_of(counts, b, 2 * p + 1));
+    }
+    ptr[n_pairs] = steps;
+  }
+  out->block_values.assign(static_cast<size_t>(2 * steps), 0.f);
+  out->block_rows.assign(static_cast<size_t>(2 * steps), 0);
+  std::vector<int64_t> fill(static_cast<size_t>(nkb * N), 0);
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t pair = n / 2, side = n % 2;
+    for (int64_t j = out->row_ptr[n]; j < out->row_ptr[n + 1]; ++j) {
+      const int64_t k = row_of(j), b = k / kKBlock;
+      const int64_t step = out->block_ptr[b * (n_pairs + 1) + pair] + fill[b * N + n]++;
+      out->block_values[2 * step + side] = out->values[j];
+      out->block_rows[2 * step + side] = static_cast<uint8_t>(k - b * kKBlock);
+    }
+  }
 }
 
 }  // namespace
@@ -147,6 +189,7 @@ std::string pack_csr(const CsrView& view, int64_t K, int64_t N, PackedCsr* out) 
   copy_values(view, out);
   copy_indices(view, out);
   balance_parts(out);
+  build_blocked_layout(out);
   return {};
 }
 
@@ -163,16 +206,28 @@ CsrArrays arrays_of(const PackedCsr& w) {
   a.row_ptr = w.row_ptr.data();
   a.parts = w.parts.data();
   a.n_parts = static_cast<int64_t>(w.parts.size()) - 1;
+  a.block_values = w.block_values.data();
+  a.block_rows = w.block_rows.data();
+  a.block_ptr = w.block_ptr.data();
+  a.n_kblocks = w.n_kblocks;
+  a.n_pairs = w.n_pairs;
   return a;
 }
 
-float* scratch_alloc(size_t n_floats) {
+float* scratch_alloc(const ScratchAllocator& allocator, size_t n_floats) {
   const size_t bytes = ((n_floats * sizeof(float) + 63) / 64) * 64;
-  void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+  void* p = allocator.alloc ? allocator.alloc(allocator.ctx, bytes == 0 ? 64 : bytes)
+                            : std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
   if (p == nullptr) throw std::bad_alloc();
   return static_cast<float*>(p);
 }
 
-void scratch_free(float* p) { std::free(p); }
+void scratch_free(const ScratchAllocator& allocator, float* p) {
+  if (allocator.free) {
+    allocator.free(allocator.ctx, p);
+  } else {
+    std::free(p);
+  }
+}
 
 }  // namespace onnx_prune

@@ -19,10 +19,25 @@ struct PackedCsr {
   std::vector<uint16_t> idx16;  // used when use16
   std::vector<int32_t> idx32;   // used otherwise
   std::vector<int64_t> row_ptr; // N + 1
-  // Boundaries of contiguous output ranges with about equal nnz, for balanced threading.
+  // Boundaries of contiguous output ranges with about equal nnz, for balanced threading; every
+  // boundary but the last (N) is even, so ranges hold whole output pairs.
   std::vector<int64_t> parts;   // parts.size() - 1 ranges
   bool use16 = true;
+  // The same weights re-laid for the batched kernel. W's rows are cut into blocks of kKBlock rows
+  // (a block of the batch-contiguous copy of A then stays in L1 while every output consumes it;
+  // the row index within a block fits one byte). Outputs go in pairs (2p, 2p + 1): per block, a
+  // pair's entries are interleaved step by step, the shorter side padded with zero weights, so
+  // one loop with two independent accumulator sets serves both (half the loop exits, no tails).
+  std::vector<float> block_values;      // [step][2]
+  std::vector<uint8_t> block_rows;      // [step][2] row of W within its block
+  std::vector<int64_t> block_ptr;       // [n_kblocks][n_pairs + 1], in steps
+  int64_t n_kblocks = 0;
+  int64_t n_pairs = 0;                  // ceil(N / 2); an odd N gets a phantom all-zero output
 };
+
+// Rows of W per block of the batched kernel's layout (a tile block of 128 x 32 floats = 16 KiB,
+// half of a typical L1; 256 measured no better on the 2-core Zen 3 dev machine).
+constexpr int64_t kKBlock = 128;
 
 // Raw, unvalidated CSR tensors as they arrive from the graph.
 struct CsrView {
@@ -59,13 +74,26 @@ struct CsrArrays {
   const int64_t* row_ptr = nullptr;
   const int64_t* parts = nullptr;
   int64_t n_parts = 0;
+  const float* block_values = nullptr;
+  const uint8_t* block_rows = nullptr;
+  const int64_t* block_ptr = nullptr;
+  int64_t n_kblocks = 0;
+  int64_t n_pairs = 0;
 };
 
 CsrArrays arrays_of(const PackedCsr& w);
 
-// 64-byte aligned scratch memory (compiled without ISA flags; used by the ISA units).
-float* scratch_alloc(size_t n_floats);
-void scratch_free(float* p);
+// Per-Run scratch memory. The op glue backs it with onnxruntime's allocator (an arena that reuses
+// memory, where fresh pages would cost a page fault each call); without one, aligned_alloc.
+struct ScratchAllocator {
+  void* (*alloc)(void* ctx, size_t bytes) = nullptr;
+  void (*free)(void* ctx, void* p) = nullptr;
+  void* ctx = nullptr;
+};
+
+// Compiled without ISA flags; used by the ISA units. scratch_alloc throws std::bad_alloc on failure.
+float* scratch_alloc(const ScratchAllocator& allocator, size_t n_floats);
+void scratch_free(const ScratchAllocator& allocator, float* p);
 
 struct GemmArgs {
   CsrArrays w;
@@ -76,6 +104,7 @@ struct GemmArgs {
   float beta = 1.f;
   BiasView bias;          // data == nullptr: no bias
   float* y = nullptr;     // [M, N] row-major
+  ScratchAllocator scratch;
 };
 
 // Runs `fn(i)` for i in [0, total); the op glue implements it with onnxruntime's intra-op pool.

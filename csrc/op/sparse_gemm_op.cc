@@ -30,6 +30,7 @@ struct Kernel {
   bool trans_a = false;
   int64_t nnz_attr = -1;  // -1: attribute absent
   const KernelTable* table = nullptr;
+  OrtMemoryInfo* cpu_memory = nullptr;  // selects onnxruntime's CPU allocator for scratch memory
   bool prepacked = false;
   PackedCsr packed;
 };
@@ -295,6 +296,7 @@ OrtStatus* create_kernel(const OrtApi* api, const OrtKernelInfo* info, void** ou
   for (size_t i = 0; i < n_inputs; ++i) OP_RETURN_IF_ERROR(check_declared_input(info, k.get(), i));
   OP_RETURN_IF_ERROR(try_prepack(info, k.get()));
   k->table = &select_kernel();
+  OP_RETURN_IF_ERROR(api->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &k->cpu_memory));
   *out = k.release();
   return nullptr;
 }
@@ -359,6 +361,42 @@ void run_on_ort_pool(void* ctx, void (*fn)(void*, size_t), size_t total, void* f
   for (size_t i = 0; i < total; ++i) fn(fn_data, i);
 }
 
+// Scratch memory from onnxruntime's allocator for this Run (released when the Run ends).
+class RunScratch {
+ public:
+  RunScratch(const Kernel* k, OrtKernelContext* context) : api_(k->api) {
+    OrtStatus* st = api_->KernelContext_GetAllocator(context, k->cpu_memory, &allocator_);
+    if (st != nullptr) {  // fall back to aligned_alloc
+      api_->ReleaseStatus(st);
+      allocator_ = nullptr;
+    }
+  }
+  ~RunScratch() {
+    if (allocator_ != nullptr) api_->ReleaseAllocator(allocator_);
+  }
+  RunScratch(const RunScratch&) = delete;
+  RunScratch& operator=(const RunScratch&) = delete;
+
+  ScratchAllocator view() {
+    ScratchAllocator s;
+    if (allocator_ == nullptr) return s;
+    s.ctx = allocator_;
+    s.alloc = [](void* ctx, size_t bytes) {
+      auto* a = static_cast<OrtAllocator*>(ctx);
+      return a->Alloc(a, bytes);
+    };
+    s.free = [](void* ctx, void* p) {
+      auto* a = static_cast<OrtAllocator*>(ctx);
+      a->Free(a, p);
+    };
+    return s;
+  }
+
+ private:
+  const OrtApi* api_;
+  OrtAllocator* allocator_ = nullptr;
+};
+
 OrtStatus* compute(Kernel* k, OrtKernelContext* context) {
   const OrtApi* api = k->api;
   size_t n_inputs = 0;
@@ -399,6 +437,8 @@ OrtStatus* compute(Kernel* k, OrtKernelContext* context) {
   OP_RETURN_IF_ERROR(api->GetTensorMutableData(y, &y_data));
   args.y = static_cast<float*>(y_data);
 
+  RunScratch scratch(k, context);
+  args.scratch = scratch.view();
   PoolContext pool{api, context};
   ParallelRunner parallel;
   parallel.run = &run_on_ort_pool;
@@ -460,7 +500,11 @@ OrtCustomOp make_op() {
       return compute(static_cast<Kernel*>(a), static_cast<OrtKernelContext*>(b));
     }, k, context);
   };
-  op.KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
+  op.KernelDestroy = [](void* kernel) {
+    auto* k = static_cast<Kernel*>(kernel);
+    if (k->cpu_memory != nullptr) k->api->ReleaseMemoryInfo(k->cpu_memory);
+    delete k;
+  };
   op.GetStartVersion = [](const OrtCustomOp*) { return kSinceVersion; };
   op.GetEndVersion = [](const OrtCustomOp*) { return INT_MAX; };
   return op;
