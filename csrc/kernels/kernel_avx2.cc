@@ -17,6 +17,8 @@ struct V {
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
 };
 
+using V8 = V;  // the few-rows strategy works on 8 floats
+
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 #include "kernel_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE

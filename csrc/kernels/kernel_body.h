@@ -3,7 +3,7 @@
 // Deliberately free of std:: templates and includes (see CsrArrays in sparse_gemm_kernels.h).
 //
 // Two strategies:
-//  * few rows (M <= kGemvMaxRows): per output n, a sparse dot product with A's row;
+//  * few rows (M <= 8): A' copied to 8-float rows At[k]; per output n, sum_j w_j * At[k_j];
 //  * otherwise: A is repacked into column tiles At[k][0..32) (batch contiguous). W is walked block by
 //    block of kKBlock rows (PackedCsr's blocked layout); while a block of the tile sits in L1, every
 //    pair of outputs adds w_j * At[k_j] for its entries in the block to 2 x 32 batch sums held in
@@ -16,7 +16,7 @@
 #error "include kernel_body.h only from an ISA translation unit, inside its namespace"
 #endif
 
-constexpr int64_t kGemvMaxRows = 2;
+constexpr int64_t kNarrowCols = 8;  // batch rows handled by the few-rows strategy
 constexpr int64_t kPanel = 16;       // floats per layout unit of a tile
 constexpr int64_t kTileCols = 32;    // batch columns per tile (2 panels)
 constexpr int64_t kNBlock = 16;      // outputs per epilogue block
@@ -42,10 +42,15 @@ inline float finish(const GemmArgs& g, float acc, int64_t m, int64_t n) {
   return g.bias.data ? g.alpha * acc + g.beta * bias_at(g.bias, m, n) : g.alpha * acc;
 }
 
-// ---------------------------------------------------------------- few rows: sparse dot products
+// ---------------------------------------------------------------- few rows: 8-wide rows of A'
 
-// sum_j values[j] * x[idx[j]]. Eight independent scalar chains: on the CPUs measured, hardware
-// gathers were slower than this (each product needs three loads either way).
+// A' (M <= 8 rows) is copied into At[K][8], zero-padded: 32 bytes per row of W, so K up to about a
+// thousand stays in L1. Every output n then sums w_j * At[k_j] over its CSR entries in one vector
+// register per chain (four chains, to hide the FMA latency): one short load per stored weight.
+// A single row (M = 1, a GEMV) uses scalar chains on A directly, which measured faster still.
+
+// sum_j values[j] * x[idx[j]] in eight independent scalar chains (hardware gathers measured slower:
+// each product needs three loads either way).
 template <typename Idx>
 inline float sparse_dot(const float* values, const Idx* idx, int64_t count, const float* x) {
   float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
@@ -56,44 +61,63 @@ inline float sparse_dot(const float* values, const Idx* idx, int64_t count, cons
   return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
-struct GemvTask {
+struct NarrowTask {
   const GemmArgs* g;
-  const float* x;     // [M][K] rows of A' (A itself, or A^T copied when trans_a)
+  const float* at;  // [K][kNarrowCols]
 };
 
 template <typename Idx>
-void gemv_range(const GemvTask& t, const Idx* idx, int64_t n0, int64_t n1) {
+inline typename V8::reg narrow_dot(const float* values, const Idx* idx, int64_t count, const float* at) {
+  typename V8::reg s0 = V8::zero(), s1 = V8::zero(), s2 = V8::zero(), s3 = V8::zero();
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    s0 = V8::fmadd(V8::set1(values[j]), V8::load(at + static_cast<int64_t>(idx[j]) * kNarrowCols), s0);
+    s1 = V8::fmadd(V8::set1(values[j + 1]), V8::load(at + static_cast<int64_t>(idx[j + 1]) * kNarrowCols), s1);
+    s2 = V8::fmadd(V8::set1(values[j + 2]), V8::load(at + static_cast<int64_t>(idx[j + 2]) * kNarrowCols), s2);
+    s3 = V8::fmadd(V8::set1(values[j + 3]), V8::load(at + static_cast<int64_t>(idx[j + 3]) * kNarrowCols), s3);
+  }
+  for (; j < count; ++j)
+    s0 = V8::fmadd(V8::set1(values[j]), V8::load(at + static_cast<int64_t>(idx[j]) * kNarrowCols), s0);
+  return V8::add(V8::add(s0, s1), V8::add(s2, s3));
+}
+
+template <typename Idx>
+void narrow_range(const NarrowTask& t, const Idx* idx, int64_t n0, int64_t n1) {
   const GemmArgs& g = *t.g;
-  const int64_t K = g.w.K, N = g.w.N;
+  const int64_t N = g.w.N;
+  alignas(32) float out[kNarrowCols];
   for (int64_t n = n0; n < n1; ++n) {
     const int64_t b = g.w.row_ptr[n], e = g.w.row_ptr[n + 1];
-    for (int64_t m = 0; m < g.M; ++m) {
-      const float acc = sparse_dot(g.w.values + b, idx + b, e - b, t.x + m * K);
-      g.y[m * N + n] = finish(g, acc, m, n);
+    if (g.M == 1) {  // A is one contiguous row whether transposed or not
+      g.y[n] = finish(g, sparse_dot(g.w.values + b, idx + b, e - b, g.a), 0, n);
+      continue;
     }
+    V8::store(out, narrow_dot(g.w.values + b, idx + b, e - b, t.at));
+    for (int64_t m = 0; m < g.M; ++m) g.y[m * N + n] = finish(g, out[m], m, n);
   }
 }
 
-inline void gemv_task(void* data, size_t p) {
-  const GemvTask& t = *static_cast<const GemvTask*>(data);
+inline void narrow_task(void* data, size_t p) {
+  const NarrowTask& t = *static_cast<const NarrowTask*>(data);
   const CsrArrays& w = t.g->w;
   const int64_t n0 = w.parts[p], n1 = w.parts[p + 1];
   if (w.idx16) {
-    gemv_range(t, w.idx16, n0, n1);
+    narrow_range(t, w.idx16, n0, n1);
   } else {
-    gemv_range(t, w.idx32, n0, n1);
+    narrow_range(t, w.idx32, n0, n1);
   }
 }
 
-inline void run_gemv(const GemmArgs& g, const ParallelRunner& parallel) {
-  const int64_t K = g.w.K;
-  Scratch columns(g.scratch, g.trans_a ? static_cast<size_t>(g.M * K) : 0);
-  if (g.trans_a) {  // A is [K, M]: gather each column of A into a contiguous row of A^T
-    for (int64_t m = 0; m < g.M; ++m)
-      for (int64_t k = 0; k < K; ++k) columns.p[m * K + k] = g.a[k * g.M + m];
+inline void run_narrow(const GemmArgs& g, const ParallelRunner& parallel) {
+  const int64_t K = g.w.K, M = g.M;
+  Scratch at(g.scratch, M > 1 ? static_cast<size_t>(K * kNarrowCols) : 0);
+  for (int64_t k = 0; k < K && M > 1; ++k) {
+    float* row = at.p + k * kNarrowCols;
+    for (int64_t m = 0; m < kNarrowCols; ++m)
+      row[m] = m < M ? (g.trans_a ? g.a[k * M + m] : g.a[m * K + k]) : 0.f;
   }
-  GemvTask task{&g, g.trans_a ? columns.p : g.a};
-  parallel(gemv_task, static_cast<size_t>(g.w.n_parts), &task);
+  NarrowTask task{&g, at.p};
+  parallel(narrow_task, static_cast<size_t>(g.w.n_parts), &task);
 }
 
 // ---------------------------------------------------------------- many rows: tiled SpMM
@@ -242,8 +266,8 @@ inline void gemm(const GemmArgs& g, const ParallelRunner& parallel) {
   if (g.M == 0 || g.w.N == 0) return;
   if (g.w.K == 0 || g.w.row_ptr[g.w.N] == 0) {
     fill_bias_only(g);
-  } else if (g.M <= kGemvMaxRows) {
-    run_gemv(g, parallel);
+  } else if (g.M <= kNarrowCols) {
+    run_narrow(g, parallel);
   } else {
     run_tiled(g, parallel);
   }

@@ -22,6 +22,22 @@ struct V {
   static reg add(reg a, reg b) { return a + b; }
 };
 
+// The few-rows strategy works on 8 floats (lowered to two 4-float operations).
+struct V8 {
+  typedef float reg __attribute__((vector_size(32)));
+  static constexpr int W = 8;
+  static reg zero() { return reg{0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}; }
+  static reg load(const float* p) {
+    reg v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static void store(float* p, reg v) { std::memcpy(p, &v, sizeof v); }
+  static reg set1(float x) { return reg{x, x, x, x, x, x, x, x}; }
+  static reg fmadd(reg a, reg b, reg c) { return a * b + c; }
+  static reg add(reg a, reg b) { return a + b; }
+};
+
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 #include "kernel_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
