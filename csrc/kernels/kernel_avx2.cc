@@ -19,6 +19,7 @@ struct V {
 
 using V8 = V;  // the few-rows strategy works on 8 floats
 
+#include "x86_helpers.h"
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 #include "kernel_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE

@@ -29,6 +29,7 @@ struct V8 {
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
 };
 
+#include "x86_helpers.h"
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 #include "kernel_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE

@@ -42,12 +42,25 @@ inline float finish(const GemmArgs& g, float acc, int64_t m, int64_t n) {
   return g.bias.data ? g.alpha * acc + g.beta * bias_at(g.bias, m, n) : g.alpha * acc;
 }
 
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (an 8 x 8 block at most).
+inline void transpose_block(const float* src, int64_t src_stride, float* dst, int64_t dst_stride,
+                            int64_t rows, int64_t cols) {
+#ifdef ONNX_PRUNE_HAVE_X86_HELPERS
+  if (rows == 8 && cols == 8) {
+    transpose8x8(src, src_stride, dst, dst_stride);
+    return;
+  }
+#endif
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+}
+
 // ---------------------------------------------------------------- few rows: 8-wide rows of A'
 
 // A' (M <= 8 rows) is copied into At[K][8], zero-padded: 32 bytes per row of W, so K up to about a
 // thousand stays in L1. Every output n then sums w_j * At[k_j] over its CSR entries in one vector
 // register per chain (four chains, to hide the FMA latency): one short load per stored weight.
-// A single row (M = 1, a GEMV) uses scalar chains on A directly, which measured faster still.
+// A single row (M = 1, a GEMV) uses a sparse dot product on A directly, which measured faster still.
 
 // sum_j values[j] * x[idx[j]] in eight independent scalar chains (hardware gathers measured slower:
 // each product needs three loads either way).
@@ -59,6 +72,15 @@ inline float sparse_dot(const float* values, const Idx* idx, int64_t count, cons
     for (int u = 0; u < 8; ++u) s[u] += values[j + u] * x[idx[j + u]];
   for (; j < count; ++j) s[0] += values[j] * x[idx[j]];
   return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+template <typename Idx>
+inline float row_dot(const float* values, const Idx* idx, int64_t count, const float* x) {
+#ifdef ONNX_PRUNE_HAVE_X86_HELPERS
+  return vector_row_dot(values, idx, count, x);
+#else
+  return sparse_dot(values, idx, count, x);
+#endif
 }
 
 struct NarrowTask {
@@ -89,7 +111,7 @@ void narrow_range(const NarrowTask& t, const Idx* idx, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
     const int64_t b = g.w.row_ptr[n], e = g.w.row_ptr[n + 1];
     if (g.M == 1) {  // A is one contiguous row whether transposed or not
-      g.y[n] = finish(g, sparse_dot(g.w.values + b, idx + b, e - b, g.a), 0, n);
+      g.y[n] = finish(g, row_dot(g.w.values + b, idx + b, e - b, g.a), 0, n);
       continue;
     }
     V8::store(out, narrow_dot(g.w.values + b, idx + b, e - b, t.at));
@@ -146,14 +168,11 @@ inline void pack_tile_rows(const GemmArgs& g, float* tile, int64_t m0, int64_t w
     }
     return;
   }
-  constexpr int64_t kb = 16;
-  for (int64_t kk = k0; kk < k1; kk += kb) {
-    const int64_t ke = min64(kk + kb, k1);
-    for (int64_t i = 0; i < w; ++i) {
-      const float* src = g.a + (m0 + i) * K;
-      for (int64_t k = kk; k < ke; ++k) tile[k * wp + i] = src[k];
-    }
-    for (int64_t k = kk; k < ke; ++k)
+  for (int64_t kk = k0; kk < k1; kk += 8) {
+    const int64_t kn = min64(8, k1 - kk);
+    for (int64_t i = 0; i < w; i += 8)
+      transpose_block(g.a + (m0 + i) * K + kk, K, tile + kk * wp + i, wp, min64(8, w - i), kn);
+    for (int64_t k = kk; k < kk + kn; ++k)
       for (int64_t i = w; i < wp; ++i) tile[k * wp + i] = 0.f;
   }
 }
@@ -170,29 +189,50 @@ inline void pack_task(void* data, size_t i) {
 // The inner loop of the kernel, for one pair of outputs and one block of W's rows:
 // acc_s[0..NP*16) += sum_t values[2t+s] * block[rows[2t+s]][0..NP*16) for sides s = 0, 1.
 // `block` is one kKBlock-row block of the tile, small enough to stay in L1.
-template <int NP>
+template <int NP, bool kFirstBlock>
 inline void spmm_pair(const float* values, const uint8_t* rows, int64_t steps, const float* block,
                       float* acc0, float* acc1) {
   constexpr int NV = NP * kPanel / V::W;  // vector registers per tile row and output
+  constexpr int U = NV >= 4 ? 1 : 2;      // step sets in flight: at least 8 independent chains
   constexpr int64_t stride = NP * kPanel;
-  typename V::reg sum0[NV], sum1[NV];
+  typename V::reg sum0[U][NV], sum1[U][NV];
   for (int v = 0; v < NV; ++v) {
-    sum0[v] = V::load(acc0 + v * V::W);
-    sum1[v] = V::load(acc1 + v * V::W);
+    sum0[0][v] = kFirstBlock ? V::zero() : V::load(acc0 + v * V::W);
+    sum1[0][v] = kFirstBlock ? V::zero() : V::load(acc1 + v * V::W);
+    for (int u = 1; u < U; ++u) sum0[u][v] = sum1[u][v] = V::zero();
   }
-  for (int64_t t = 0; t < steps; ++t) {
+  int64_t t = 0;
+  for (; t + U <= steps; t += U) {
+    for (int u = 0; u < U; ++u) {
+      const typename V::reg w0 = V::set1(values[2 * (t + u)]);
+      const typename V::reg w1 = V::set1(values[2 * (t + u) + 1]);
+      const float* row0 = block + static_cast<int64_t>(rows[2 * (t + u)]) * stride;
+      const float* row1 = block + static_cast<int64_t>(rows[2 * (t + u) + 1]) * stride;
+      for (int v = 0; v < NV; ++v) {
+        sum0[u][v] = V::fmadd(w0, V::load(row0 + v * V::W), sum0[u][v]);
+        sum1[u][v] = V::fmadd(w1, V::load(row1 + v * V::W), sum1[u][v]);
+      }
+    }
+  }
+  for (; t < steps; ++t) {
     const typename V::reg w0 = V::set1(values[2 * t]);
     const typename V::reg w1 = V::set1(values[2 * t + 1]);
     const float* row0 = block + static_cast<int64_t>(rows[2 * t]) * stride;
     const float* row1 = block + static_cast<int64_t>(rows[2 * t + 1]) * stride;
     for (int v = 0; v < NV; ++v) {
-      sum0[v] = V::fmadd(w0, V::load(row0 + v * V::W), sum0[v]);
-      sum1[v] = V::fmadd(w1, V::load(row1 + v * V::W), sum1[v]);
+      sum0[0][v] = V::fmadd(w0, V::load(row0 + v * V::W), sum0[0][v]);
+      sum1[0][v] = V::fmadd(w1, V::load(row1 + v * V::W), sum1[0][v]);
+    }
+  }
+  for (int u = 1; u < U; ++u) {
+    for (int v = 0; v < NV; ++v) {
+      sum0[0][v] = V::add(sum0[0][v], sum0[u][v]);
+      sum1[0][v] = V::add(sum1[0][v], sum1[u][v]);
     }
   }
   for (int v = 0; v < NV; ++v) {
-    V::store(acc0 + v * V::W, sum0[v]);
-    V::store(acc1 + v * V::W, sum1[v]);
+    V::store(acc0 + v * V::W, sum0[0][v]);
+    V::store(acc1 + v * V::W, sum1[0][v]);
   }
 }
 
@@ -200,30 +240,33 @@ inline void spmm_pair(const float* values, const uint8_t* rows, int64_t steps, c
 template <int NP>
 void spmm_range(const CsrArrays& w, const float* tile, float* acc, int64_t p0, int64_t p1) {
   constexpr int64_t stride = NP * kPanel;
-  for (int64_t n = 2 * p0; n < 2 * p1; ++n)
-    for (int64_t i = 0; i < stride; ++i) acc[n * kTileCols + i] = 0.f;
   for (int64_t b = 0; b < w.n_kblocks; ++b) {
     const float* block = tile + b * kKBlock * stride;
     const int64_t* ptr = w.block_ptr + b * (w.n_pairs + 1);
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t s = ptr[p], e = ptr[p + 1];
-      if (s != e) {
-        spmm_pair<NP>(w.block_values + 2 * s, w.block_rows + 2 * s, e - s, block,
-                      acc + 2 * p * kTileCols, acc + (2 * p + 1) * kTileCols);
+      float* acc0 = acc + 2 * p * kTileCols;
+      float* acc1 = acc0 + kTileCols;
+      if (b == 0) {  // the first block initialises the sums
+        spmm_pair<NP, true>(w.block_values + 2 * s, w.block_rows + 2 * s, e - s, block, acc0, acc1);
+      } else if (s != e) {
+        spmm_pair<NP, false>(w.block_values + 2 * s, w.block_rows + 2 * s, e - s, block, acc0, acc1);
       }
     }
   }
 }
 
-// Y[m0 + i][n] = alpha * acc[n][i] + beta * C, written 16 outputs at a time so Y rows are filled contiguously.
+// Y[m0 + i][n] = alpha * acc[n][i] + beta * C: transposed 8 x 8 blocks at a time, then the
+// epilogue runs along contiguous Y rows.
 inline void write_outputs(const GemmArgs& g, const float* acc, int64_t m0, int64_t w, int64_t n0, int64_t n1) {
   const int64_t N = g.w.N;
-  for (int64_t nb = n0; nb < n1; nb += kNBlock) {
-    const int64_t ne = min64(nb + kNBlock, n1);
-    for (int64_t i = 0; i < w; ++i) {
-      float* yrow = g.y + (m0 + i) * N;
-      for (int64_t n = nb; n < ne; ++n) yrow[n] = finish(g, acc[n * kTileCols + i], m0 + i, n);
-    }
+  for (int64_t n = n0; n < n1; n += 8)
+    for (int64_t i = 0; i < w; i += 8)
+      transpose_block(acc + n * kTileCols + i, kTileCols, g.y + (m0 + i) * N + n, N, min64(8, n1 - n), min64(8, w - i));
+  if (g.bias.data == nullptr && g.alpha == 1.f) return;
+  for (int64_t i = 0; i < w; ++i) {
+    float* yrow = g.y + (m0 + i) * N;
+    for (int64_t n = n0; n < n1; ++n) yrow[n] = finish(g, yrow[n], m0 + i, n);
   }
 }
 

@@ -1,0 +1,65 @@
+// AVX2 helpers shared by the x86 units (the AVX2 and AVX-512 builds both have AVX2 + FMA), included
+// inside their ISA namespace before kernel_body.h, which uses them in place of its scalar versions.
+#define ONNX_PRUNE_HAVE_X86_HELPERS 1
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for an 8 x 8 block.
+inline void transpose8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst + 0 * dst_stride, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(dst + 1 * dst_stride, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(dst + 2 * dst_stride, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(dst + 3 * dst_stride, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(dst + 4 * dst_stride, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(dst + 5 * dst_stride, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(dst + 6 * dst_stride, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(dst + 7 * dst_stride, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+// Sparse dot product, eight products per vector FMA: the values load as one vector, the x entries
+// are loaded one by one and inserted (on the Zen 3 dev machine about 20% faster than eight scalar
+// chains, and faster than the vgatherdps instruction).
+
+template <typename Idx>
+inline __m256 gather8(const float* x, const Idx* idx) {
+  __m128 lo = _mm_load_ss(x + idx[0]);
+  lo = _mm_insert_ps(lo, _mm_load_ss(x + idx[1]), 0x10);
+  lo = _mm_insert_ps(lo, _mm_load_ss(x + idx[2]), 0x20);
+  lo = _mm_insert_ps(lo, _mm_load_ss(x + idx[3]), 0x30);
+  __m128 hi = _mm_load_ss(x + idx[4]);
+  hi = _mm_insert_ps(hi, _mm_load_ss(x + idx[5]), 0x10);
+  hi = _mm_insert_ps(hi, _mm_load_ss(x + idx[6]), 0x20);
+  hi = _mm_insert_ps(hi, _mm_load_ss(x + idx[7]), 0x30);
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+}
+
+inline float hsum8(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 h = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+
+template <typename Idx>
+inline float vector_row_dot(const float* values, const Idx* idx, int64_t count, const float* x) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= count; j += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j), gather8(x, idx + j), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j + 8), gather8(x, idx + j + 8), a1);
+  }
+  if (j + 8 <= count) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j), gather8(x, idx + j), a0);
+    j += 8;
+  }
+  float tail = 0.f;
+  for (; j < count; ++j) tail += values[j] * x[idx[j]];
+  return hsum8(_mm256_add_ps(a0, a1)) + tail;
+}
