@@ -5,6 +5,7 @@
 #include "sparse_gemm_op.h"
 
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -361,18 +362,13 @@ void run_on_ort_pool(void* ctx, void (*fn)(void*, size_t), size_t total, void* f
   for (size_t i = 0; i < total; ++i) fn(fn_data, i);
 }
 
-// Scratch memory from onnxruntime's allocator for this Run (released when the Run ends).
+// Scratch memory from onnxruntime's allocator for this Run, obtained on first use (the few-rows
+// strategy needs little or none) and released when the Run ends.
 class RunScratch {
  public:
-  RunScratch(const Kernel* k, OrtKernelContext* context) : api_(k->api) {
-    OrtStatus* st = api_->KernelContext_GetAllocator(context, k->cpu_memory, &allocator_);
-    if (st != nullptr) {  // fall back to aligned_alloc
-      api_->ReleaseStatus(st);
-      allocator_ = nullptr;
-    }
-  }
+  RunScratch(const Kernel* k, OrtKernelContext* context) : kernel_(k), context_(context) {}
   ~RunScratch() {
-    if (allocator_ != nullptr) api_->ReleaseAllocator(allocator_);
+    if (allocator_ != nullptr) kernel_->api->ReleaseAllocator(allocator_);
   }
   RunScratch(const RunScratch&) = delete;
   RunScratch& operator=(const RunScratch&) = delete;
@@ -382,22 +378,39 @@ class RunScratch {
 #ifdef ONNX_PRUNE_SANITIZE
     return s;  // plain aligned_alloc blocks, so AddressSanitizer sees every scratch overrun
 #endif
-    if (allocator_ == nullptr) return s;
-    s.ctx = allocator_;
-    s.alloc = [](void* ctx, size_t bytes) {
-      auto* a = static_cast<OrtAllocator*>(ctx);
-      return a->Alloc(a, bytes);
+    s.ctx = this;
+    s.alloc = [](void* self, size_t bytes) -> void* {
+      OrtAllocator* a = static_cast<RunScratch*>(self)->allocator();
+      return a ? a->Alloc(a, bytes) : std::aligned_alloc(64, bytes);
     };
-    s.free = [](void* ctx, void* p) {
-      auto* a = static_cast<OrtAllocator*>(ctx);
-      a->Free(a, p);
+    s.free = [](void* self, void* p) {
+      OrtAllocator* a = static_cast<RunScratch*>(self)->allocator_;
+      if (a) {
+        a->Free(a, p);
+      } else {
+        std::free(p);
+      }
     };
     return s;
   }
 
  private:
-  const OrtApi* api_;
+  OrtAllocator* allocator() {
+    if (allocator_ == nullptr && !unavailable_) {
+      OrtStatus* st = kernel_->api->KernelContext_GetAllocator(context_, kernel_->cpu_memory, &allocator_);
+      if (st != nullptr) {  // fall back to aligned_alloc
+        kernel_->api->ReleaseStatus(st);
+        allocator_ = nullptr;
+        unavailable_ = true;
+      }
+    }
+    return allocator_;
+  }
+
+  const Kernel* kernel_;
+  OrtKernelContext* context_;
   OrtAllocator* allocator_ = nullptr;
+  bool unavailable_ = false;
 };
 
 OrtStatus* compute(Kernel* k, OrtKernelContext* context) {
