@@ -13,6 +13,9 @@ CONTRACT_REVISION = 1
 FORMAT_CSR = "csr"
 FORMATS = (FORMAT_CSR,)
 
+ACTIVATION_RELU = "relu"
+ACTIVATIONS = ("", ACTIVATION_RELU)
+
 INPUT_NAMES = ("A", "values", "indices", "offsets", "C")
 OUTPUT_NAMES = ("Y",)
 
@@ -23,6 +26,7 @@ ATTR_FORMAT = "format"
 ATTR_ALPHA = "alpha"
 ATTR_BETA = "beta"
 ATTR_TRANS_A = "transA"
+ATTR_ACTIVATION = "activation"
 ATTR_NNZ = "nnz"
 ATTR_ORIGINAL_OP = "original_op"
 ATTR_DENSE_SHAPE = "dense_shape"

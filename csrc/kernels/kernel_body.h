@@ -39,7 +39,8 @@ inline float bias_at(const BiasView& c, int64_t m, int64_t n) {
 }
 
 inline float finish(const GemmArgs& g, float acc, int64_t m, int64_t n) {
-  return g.bias.data ? g.alpha * acc + g.beta * bias_at(g.bias, m, n) : g.alpha * acc;
+  const float y = g.bias.data ? g.alpha * acc + g.beta * bias_at(g.bias, m, n) : g.alpha * acc;
+  return g.relu && y < 0.f ? 0.f : y;  // NaN passes through, as in onnxruntime's Relu
 }
 
 // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (an 8 x 8 block at most).
@@ -263,7 +264,7 @@ inline void write_outputs(const GemmArgs& g, const float* acc, int64_t m0, int64
   for (int64_t n = n0; n < n1; n += 8)
     for (int64_t i = 0; i < w; i += 8)
       transpose_block(acc + n * kTileCols + i, kTileCols, g.y + (m0 + i) * N + n, N, min64(8, n1 - n), min64(8, w - i));
-  if (g.bias.data == nullptr && g.alpha == 1.f) return;
+  if (g.bias.data == nullptr && g.alpha == 1.f && !g.relu) return;
   for (int64_t i = 0; i < w; ++i) {
     float* yrow = g.y + (m0 + i) * N;
     for (int64_t n = n0; n < n1; ++n) yrow[n] = finish(g, yrow[n], m0 + i, n);

@@ -102,6 +102,7 @@ struct GemmArgs {
   int64_t M = 0;
   float alpha = 1.f;
   float beta = 1.f;
+  bool relu = false;      // activation "relu": max(0, .) after the bias
   BiasView bias;          // data == nullptr: no bias
   float* y = nullptr;     // [M, N] row-major
   ScratchAllocator scratch;

@@ -29,6 +29,7 @@ struct Kernel {
   float alpha = 1.f;
   float beta = 1.f;
   bool trans_a = false;
+  bool relu = false;
   int64_t nnz_attr = -1;  // -1: attribute absent
   const KernelTable* table = nullptr;
   OrtMemoryInfo* cpu_memory = nullptr;  // selects onnxruntime's CPU allocator for scratch memory
@@ -197,6 +198,11 @@ OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* k) {
   read_string_attr(api, info, "format", &format);
   if (format != "csr")
     return node_error(api, k->node, "unknown format '" + format + "' (this library supports: csr)");
+  std::string activation;
+  read_string_attr(api, info, "activation", &activation);
+  if (!activation.empty() && activation != "relu")
+    return node_error(api, k->node, "unknown activation '" + activation + "' (supported: relu, or none)");
+  k->relu = activation == "relu";
   return nullptr;
 }
 
@@ -431,6 +437,7 @@ OrtStatus* compute(Kernel* k, OrtKernelContext* context) {
   args.trans_a = k->trans_a;
   args.alpha = k->alpha;
   args.beta = k->beta;
+  args.relu = k->relu;
   if (inputs[kC] != nullptr) {
     TensorMeta c_meta;
     OP_RETURN_IF_ERROR(value_meta(api, inputs[kC], &c_meta));
