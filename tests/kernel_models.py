@@ -1,0 +1,259 @@
+"""Helpers for the kernel tests: single-SparseGemm models built with onnx.helper, sessions with the
+library registered (optionally forcing an instruction-set variant), random CSR weights and an
+independent float64 numpy reference.
+
+Nothing here uses onnx_prune.formats: the tests must catch a kernel and a packer that agree on
+the same mistake, so the weights are built and densified here from the contract's definition.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_prune
+from onnx_prune import contract
+
+ISA_ENV = "ONNX_PRUNE_ISA"
+NODE_NAME = "sparse_gemm"
+IR_VERSION = 9  # onnxruntime >= 1.17 reads it
+DEFAULT_OPSET = 17
+
+Dim = Union[int, str, None]
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+@dataclass
+class Csr:
+    """The three weight tensors of a SparseGemm node plus the K, N they describe."""
+
+    values: np.ndarray
+    indices: np.ndarray
+    offsets: np.ndarray
+    K: int
+    N: int
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.shape[0])
+
+
+def random_csr(rng: np.random.Generator, K: int, N: int, sparsity: float, *,
+               value_dtype: type = np.float32, index_dtype: Optional[type] = None,
+               offset_dtype: type = np.int32, empty_outputs: int = 0,
+               shuffle: bool = False, duplicates: int = 0) -> Csr:
+    """A random K x N weight keeping exactly round((1 - sparsity) * K * N) entries.
+
+    `empty_outputs` outputs are forced to hold no entry; `shuffle` permutes entries within each
+    output; `duplicates` appends that many extra entries repeating an existing (k, n) position.
+    """
+    keep = np.zeros(K * N, dtype=bool)
+    keep[rng.choice(K * N, size=int(round((1.0 - sparsity) * K * N)), replace=False)] = True
+    keep = keep.reshape(N, K)  # rows of Wᵀ: one per output
+    if empty_outputs:
+        keep[rng.choice(N, size=min(empty_outputs, N), replace=False)] = False
+    n_idx, k_idx = np.nonzero(keep)
+    if duplicates and n_idx.size:
+        again = rng.integers(n_idx.size, size=duplicates)
+        n_idx, k_idx = np.concatenate([n_idx, n_idx[again]]), np.concatenate([k_idx, k_idx[again]])
+    within = rng.random(n_idx.size) if shuffle else k_idx
+    order = np.lexsort((within, n_idx))  # grouped by output; by k unless shuffled
+    n_idx, indices = n_idx[order], k_idx[order]
+    offsets = np.zeros(N + 1, dtype=np.int64)
+    np.cumsum(np.bincount(n_idx, minlength=N), out=offsets[1:])
+    values = rng.standard_normal(indices.size).astype(value_dtype)
+    if index_dtype is None:
+        index_dtype = np.uint16 if K <= contract.UINT16_INDEX_LIMIT else np.int32
+    return Csr(values=values, indices=indices.astype(index_dtype),
+               offsets=offsets.astype(offset_dtype), K=K, N=N)
+
+
+def dense_of(csr: Csr) -> np.ndarray:
+    """W [K, N] in float64 per the contract: W[indices[j], n] += values[j] (duplicates summed)."""
+    w = np.zeros((csr.K, csr.N), dtype=np.float64)
+    outputs = np.repeat(np.arange(csr.N), np.diff(np.asarray(csr.offsets, dtype=np.int64)))
+    np.add.at(w, (np.asarray(csr.indices, dtype=np.int64), outputs), np.asarray(csr.values, dtype=np.float64))
+    return w
+
+
+# ---------------------------------------------------------------------------- reference
+
+
+def reference_gemm(a: np.ndarray, w: np.ndarray, c: Optional[np.ndarray] = None, *, alpha: float = 1.0,
+                   beta: float = 1.0, trans_a: bool = False, relu: bool = False) -> np.ndarray:
+    """act(alpha * A' @ W + beta * C) in float64 with MatMul semantics for N-D A."""
+    a64 = np.asarray(a, dtype=np.float64)
+    a2 = a64.T if trans_a else a64.reshape(-1, w.shape[0])
+    y = np.float64(alpha) * (a2 @ w)
+    if c is not None:
+        y = y + np.float64(beta) * np.asarray(c, dtype=np.float64)
+    if relu:
+        y = np.maximum(y, 0.0)
+    out_shape = (a2.shape[0], w.shape[1]) if trans_a else a64.shape[:-1] + (w.shape[1],)
+    return y.reshape(out_shape)
+
+
+def error_scale(a: np.ndarray, w: np.ndarray, c: Optional[np.ndarray] = None, *, alpha: float = 1.0,
+                beta: float = 1.0, trans_a: bool = False) -> float:
+    """Largest |alpha| |A'| @ |W| + |beta| |C|: the magnitude fp32 rounding errors scale with."""
+    a2 = np.abs(np.asarray(a, dtype=np.float64))
+    a2 = a2.T if trans_a else a2.reshape(-1, w.shape[0])
+    s = abs(alpha) * (a2 @ np.abs(w))
+    if c is not None:
+        s = s + abs(beta) * np.abs(np.asarray(c, dtype=np.float64))
+    return float(s.max()) if s.size else 0.0
+
+
+def assert_matches_reference(actual: np.ndarray, a: np.ndarray, w: np.ndarray, c: Optional[np.ndarray] = None,
+                             *, alpha: float = 1.0, beta: float = 1.0, trans_a: bool = False,
+                             relu: bool = False) -> None:
+    """Shape, dtype and values within fp32 rounding: rtol 1e-5 of max |reference| plus
+    2 eps32 sqrt(K) times the largest sum of absolute terms."""
+    expected = reference_gemm(a, w, c, alpha=alpha, beta=beta, trans_a=trans_a, relu=relu)
+    assert actual.dtype == np.float32, actual.dtype
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    if expected.size == 0:
+        return
+    K = w.shape[0]
+    scale = error_scale(a, w, c, alpha=alpha, beta=beta, trans_a=trans_a)
+    tol = 1e-5 * float(np.abs(expected).max()) + 2 * np.finfo(np.float32).eps * math.sqrt(K) * scale + 1e-30
+    err = np.abs(actual.astype(np.float64) - expected)
+    assert np.isfinite(actual).all(), "non-finite output"
+    worst = np.unravel_index(int(np.argmax(err)), err.shape)
+    assert err.max() <= tol, (f"max abs error {err.max():.3g} > tol {tol:.3g} at {worst}: "
+                              f"got {actual[worst]!r}, expected {expected[worst]!r}")
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def gemm_attributes(K: Optional[int], N: Optional[int], **extra: object) -> dict[str, object]:
+    """The node's attributes: K and N (None leaves one out) plus any extra ones verbatim."""
+    attrs: dict[str, object] = {}
+    if K is not None:
+        attrs[contract.ATTR_K] = K
+    if N is not None:
+        attrs[contract.ATTR_N] = N
+    attrs.update(extra)
+    return attrs
+
+
+def _value_info(name: str, array_or_dtype: Union[np.ndarray, np.dtype], shape: Optional[Sequence[Dim]]):
+    dtype = array_or_dtype.dtype if isinstance(array_or_dtype, np.ndarray) else np.dtype(array_or_dtype)
+    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(dtype), shape)
+
+
+def sparse_gemm_model(values: np.ndarray, indices: np.ndarray, offsets: np.ndarray,
+                      attributes: Mapping[str, object], *, a_shape: Sequence[Dim],
+                      c: Optional[np.ndarray] = None, c_shape: Optional[Sequence[Dim]] = None,
+                      weights_as_inputs: bool = False, node_name: str = NODE_NAME,
+                      a_dtype: type = np.float32) -> onnx.ModelProto:
+    """One SparseGemm node Y = SparseGemm(A, values, indices, offsets[, C]).
+
+    The weights are constant initializers, or graph inputs "values"/"indices"/"offsets" (the
+    kernel then packs them at every Run). `c` becomes an initializer; `c_shape` instead declares
+    C as a graph input of that shape.
+    """
+    inputs = [_value_info("A", np.dtype(a_dtype), list(a_shape))]
+    initializers = []
+    for name, array in (("values", values), ("indices", indices), ("offsets", offsets)):
+        if weights_as_inputs:
+            inputs.append(_value_info(name, array, [f"{name}_len"] if array.ndim == 1 else None))
+        else:
+            initializers.append(numpy_helper.from_array(np.asarray(array), name))
+    node_inputs = ["A", "values", "indices", "offsets"]
+    if c is not None:
+        initializers.append(numpy_helper.from_array(np.asarray(c, dtype=np.float32), "C"))
+        node_inputs.append("C")
+    elif c_shape is not None:
+        inputs.append(_value_info("C", np.dtype(np.float32), list(c_shape)))
+        node_inputs.append("C")
+    node = helper.make_node(contract.OP_TYPE, node_inputs, ["Y"], name=node_name,
+                            domain=contract.DOMAIN, **dict(attributes))
+    graph = helper.make_graph([node], "sparse_gemm_test", inputs,
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              initializer=initializers)
+    return finish_model(graph)
+
+
+def finish_model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    """A model importing the default domain and the op's domain at the contract's version."""
+    return helper.make_model(graph, ir_version=IR_VERSION,
+                             opset_imports=[helper.make_opsetid("", DEFAULT_OPSET),
+                                            helper.make_opsetid(contract.DOMAIN, contract.OP_VERSION)])
+
+
+def csr_model(csr: Csr, *, a_shape: Sequence[Dim], c: Optional[np.ndarray] = None,
+              weights_as_inputs: bool = False, **extra_attributes: object) -> onnx.ModelProto:
+    """sparse_gemm_model for a valid Csr, with its K, N and nnz written as attributes."""
+    attrs = gemm_attributes(csr.K, csr.N, **{contract.ATTR_NNZ: csr.nnz, **extra_attributes})
+    return sparse_gemm_model(csr.values, csr.indices, csr.offsets, attrs, a_shape=a_shape, c=c,
+                             weights_as_inputs=weights_as_inputs)
+
+
+def weight_feeds(csr: Csr) -> dict[str, np.ndarray]:
+    """Feeds for a model built with weights_as_inputs=True."""
+    return {"values": csr.values, "indices": csr.indices, "offsets": csr.offsets}
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+def available_isas() -> list[str]:
+    """Kernel variants this CPU can execute (the names ONNX_PRUNE_ISA accepts), best last."""
+    isas = ["portable"]
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return isas
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if {"avx2", "fma"} <= flags:
+        isas.append("avx2")
+        if {"avx512f", "avx512bw", "avx512vl"} <= flags:
+            isas.append("avx512")
+    return isas
+
+
+@contextlib.contextmanager
+def forced_isa(isa: Optional[str]) -> Iterator[None]:
+    """Sets ONNX_PRUNE_ISA (read when a kernel is created) for the block, then restores it."""
+    old = os.environ.get(ISA_ENV)
+    if isa is None:
+        os.environ.pop(ISA_ENV, None)
+    else:
+        os.environ[ISA_ENV] = isa
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ISA_ENV, None)
+        else:
+            os.environ[ISA_ENV] = old
+
+
+def open_session(model: onnx.ModelProto, threads: int = 1, isa: Optional[str] = None):
+    """An InferenceSession with the library registered; `isa` forces a kernel variant."""
+    import onnxruntime as ort
+
+    with forced_isa(isa) if isa is not None else contextlib.nullcontext():
+        return ort.InferenceSession(model.SerializeToString(), onnx_prune.session_options(threads),
+                                    providers=["CPUExecutionProvider"])
+
+
+def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: int = 1,
+              isa: Optional[str] = None) -> np.ndarray:
+    """Create a session and run it once; returns Y."""
+    return open_session(model, threads, isa).run(None, dict(feeds))[0]
