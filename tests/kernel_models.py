@@ -153,7 +153,7 @@ def _value_info(name: str, array_or_dtype: Union[np.ndarray, np.dtype], shape: O
 
 
 def sparse_gemm_model(values: np.ndarray, indices: np.ndarray, offsets: np.ndarray,
-                      attributes: Mapping[str, object], *, a_shape: Sequence[Dim],
+                      attributes: Mapping[str, object], *, a_shape: Optional[Sequence[Dim]],
                       c: Optional[np.ndarray] = None, c_shape: Optional[Sequence[Dim]] = None,
                       weights_as_inputs: bool = False, node_name: str = NODE_NAME,
                       a_dtype: type = np.float32) -> onnx.ModelProto:
@@ -163,7 +163,7 @@ def sparse_gemm_model(values: np.ndarray, indices: np.ndarray, offsets: np.ndarr
     kernel then packs them at every Run). `c` becomes an initializer; `c_shape` instead declares
     C as a graph input of that shape.
     """
-    inputs = [_value_info("A", np.dtype(a_dtype), list(a_shape))]
+    inputs = [_value_info("A", np.dtype(a_dtype), None if a_shape is None else list(a_shape))]
     initializers = []
     for name, array in (("values", values), ("indices", indices), ("offsets", offsets)):
         if weights_as_inputs:
