@@ -156,7 +156,7 @@ def sparse_gemm_model(values: np.ndarray, indices: np.ndarray, offsets: np.ndarr
                       attributes: Mapping[str, object], *, a_shape: Optional[Sequence[Dim]],
                       c: Optional[np.ndarray] = None, c_shape: Optional[Sequence[Dim]] = None,
                       weights_as_inputs: bool = False, node_name: str = NODE_NAME,
-                      a_dtype: type = np.float32) -> onnx.ModelProto:
+                      a_dtype: type = np.float32, y_shape: Optional[Sequence[Dim]] = None) -> onnx.ModelProto:
     """One SparseGemm node Y = SparseGemm(A, values, indices, offsets[, C]).
 
     The weights are constant initializers, or graph inputs "values"/"indices"/"offsets" (the
@@ -180,7 +180,8 @@ def sparse_gemm_model(values: np.ndarray, indices: np.ndarray, offsets: np.ndarr
     node = helper.make_node(contract.OP_TYPE, node_inputs, ["Y"], name=node_name,
                             domain=contract.DOMAIN, **dict(attributes))
     graph = helper.make_graph([node], "sparse_gemm_test", inputs,
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT,
+                                                             None if y_shape is None else list(y_shape))],
                               initializer=initializers)
     return finish_model(graph)
 
@@ -193,11 +194,12 @@ def finish_model(graph: onnx.GraphProto) -> onnx.ModelProto:
 
 
 def csr_model(csr: Csr, *, a_shape: Sequence[Dim], c: Optional[np.ndarray] = None,
-              weights_as_inputs: bool = False, **extra_attributes: object) -> onnx.ModelProto:
+              weights_as_inputs: bool = False, y_shape: Optional[Sequence[Dim]] = None,
+              **extra_attributes: object) -> onnx.ModelProto:
     """sparse_gemm_model for a valid Csr, with its K, N and nnz written as attributes."""
     attrs = gemm_attributes(csr.K, csr.N, **{contract.ATTR_NNZ: csr.nnz, **extra_attributes})
     return sparse_gemm_model(csr.values, csr.indices, csr.offsets, attrs, a_shape=a_shape, c=c,
-                             weights_as_inputs=weights_as_inputs)
+                             weights_as_inputs=weights_as_inputs, y_shape=y_shape)
 
 
 def weight_feeds(csr: Csr) -> dict[str, np.ndarray]:
