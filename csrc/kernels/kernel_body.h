@@ -86,7 +86,9 @@ inline float row_dot(const float* values, const Idx* idx, int64_t count, const f
 
 struct NarrowTask {
   const GemmArgs* g;
-  const float* at;  // [K][kNarrowCols]
+  const float* at;  // [K][kNarrowCols]: rows [r0, r0 + rows) of A'
+  int64_t r0;
+  int64_t rows;
 };
 
 template <typename Idx>
@@ -116,7 +118,7 @@ void narrow_range(const NarrowTask& t, const Idx* idx, int64_t n0, int64_t n1) {
       continue;
     }
     V8::store(out, narrow_dot(g.w.values + b, idx + b, e - b, t.at));
-    for (int64_t m = 0; m < g.M; ++m) g.y[m * N + n] = finish(g, out[m], m, n);
+    for (int64_t r = 0; r < t.rows; ++r) g.y[(t.r0 + r) * N + n] = finish(g, out[r], t.r0 + r, n);
   }
 }
 
@@ -131,16 +133,20 @@ inline void narrow_task(void* data, size_t p) {
   }
 }
 
+// Rows of A' in groups of 8 (one group, or none to copy for M = 1, in the common case).
 inline void run_narrow(const GemmArgs& g, const ParallelRunner& parallel) {
   const int64_t K = g.w.K, M = g.M;
   Scratch at(g.scratch, M > 1 ? static_cast<size_t>(K * kNarrowCols) : 0);
-  for (int64_t k = 0; k < K && M > 1; ++k) {
-    float* row = at.p + k * kNarrowCols;
-    for (int64_t m = 0; m < kNarrowCols; ++m)
-      row[m] = m < M ? (g.trans_a ? g.a[k * M + m] : g.a[m * K + k]) : 0.f;
+  for (int64_t r0 = 0; r0 < M; r0 += kNarrowCols) {
+    const int64_t rows = min64(kNarrowCols, M - r0);
+    for (int64_t k = 0; k < K && M > 1; ++k) {
+      float* row = at.p + k * kNarrowCols;
+      for (int64_t r = 0; r < kNarrowCols; ++r)
+        row[r] = r < rows ? (g.trans_a ? g.a[k * M + r0 + r] : g.a[(r0 + r) * K + k]) : 0.f;
+    }
+    NarrowTask task{&g, at.p, r0, rows};
+    parallel(narrow_task, static_cast<size_t>(g.w.n_parts), &task);
   }
-  NarrowTask task{&g, at.p};
-  parallel(narrow_task, static_cast<size_t>(g.w.n_parts), &task);
 }
 
 // ---------------------------------------------------------------- many rows: tiled SpMM
@@ -310,7 +316,7 @@ inline void gemm(const GemmArgs& g, const ParallelRunner& parallel) {
   if (g.M == 0 || g.w.N == 0) return;
   if (g.w.K == 0 || g.w.row_ptr[g.w.N] == 0) {
     fill_bias_only(g);
-  } else if (g.M <= kNarrowCols) {
+  } else if (g.M <= kNarrowCols || !g.w.blocked) {
     run_narrow(g, parallel);
   } else {
     run_tiled(g, parallel);

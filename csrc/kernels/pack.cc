@@ -140,6 +140,8 @@ void build_blocked_layout(PackedCsr* out) {
   const int64_t N = out->N, K = out->K;
   const int64_t nkb = (K + kKBlock - 1) / kKBlock;
   const int64_t n_pairs = (N + 1) / 2;
+  if (nkb * (n_pairs + 1) > 8 * out->nnz + (int64_t{1} << 16)) return;  // see PackedCsr::blocked
+  out->blocked = true;
   out->n_kblocks = nkb;
   out->n_pairs = n_pairs;
   auto row_of = [&](int64_t j) -> int64_t { return out->use16 ? out->idx16[j] : out->idx32[j]; };
@@ -211,6 +213,7 @@ CsrArrays arrays_of(const PackedCsr& w) {
   a.block_ptr = w.block_ptr.data();
   a.n_kblocks = w.n_kblocks;
   a.n_pairs = w.n_pairs;
+  a.blocked = w.blocked;
   return a;
 }
 

@@ -33,6 +33,9 @@ struct PackedCsr {
   std::vector<int64_t> block_ptr;       // [n_kblocks][n_pairs + 1], in steps
   int64_t n_kblocks = 0;
   int64_t n_pairs = 0;                  // ceil(N / 2); an odd N gets a phantom all-zero output
+  // False when the block pointers would dwarf the weights (a huge K with few entries): the
+  // batched path then runs the few-rows strategy on groups of 8 rows instead.
+  bool blocked = false;
 };
 
 // Rows of W per block of the batched kernel's layout (a tile block of 128 x 32 floats = 16 KiB,
@@ -79,6 +82,7 @@ struct CsrArrays {
   const int64_t* block_ptr = nullptr;
   int64_t n_kblocks = 0;
   int64_t n_pairs = 0;
+  bool blocked = false;
 };
 
 CsrArrays arrays_of(const PackedCsr& w);

@@ -30,7 +30,8 @@ struct Kernel {
   float beta = 1.f;
   bool trans_a = false;
   bool relu = false;
-  int64_t nnz_attr = -1;  // -1: attribute absent
+  int64_t nnz_attr = 0;
+  bool has_nnz_attr = false;
   const KernelTable* table = nullptr;
   OrtMemoryInfo* cpu_memory = nullptr;  // selects onnxruntime's CPU allocator for scratch memory
   bool prepacked = false;
@@ -128,35 +129,52 @@ int64_t element_count(const std::vector<int64_t>& dims) {
 
 // ------------------------------------------------------------------ kernel creation
 
-// Reads an optional attribute; a missing attribute leaves `out` at its default.
-template <typename T, typename Getter>
-bool read_optional(const OrtApi* api, Getter getter, const OrtKernelInfo* info, const char* name, T* out) {
-  T value{};
-  OrtStatus* st = (api->*getter)(info, name, &value);
-  if (st != nullptr) {
-    api->ReleaseStatus(st);
-    return false;
-  }
-  *out = value;
-  return true;
+// Attribute reading that tells "absent" (the default applies) from "present with another type"
+// (an error: running with the default would silently compute something else).
+enum class Attr { kAbsent, kRead, kWrongType };
+
+bool released_ok(const OrtApi* api, OrtStatus* st) {
+  if (st == nullptr) return true;
+  api->ReleaseStatus(st);
+  return false;
 }
 
-bool read_string_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::string* out) {
+bool has_attribute_of_any_type(const OrtApi* api, const OrtKernelInfo* info, const char* name) {
+  int64_t i = 0;
+  float f = 0.f;
   size_t size = 0;
-  OrtStatus* st = api->KernelInfoGetAttribute_string(info, name, nullptr, &size);
-  if (st != nullptr) {
-    api->ReleaseStatus(st);
-    return false;
+  return released_ok(api, api->KernelInfoGetAttribute_int64(info, name, &i)) ||
+         released_ok(api, api->KernelInfoGetAttribute_float(info, name, &f)) ||
+         released_ok(api, api->KernelInfoGetAttribute_string(info, name, nullptr, &size));
+}
+
+Attr read_int(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out) {
+  int64_t value = 0;
+  if (released_ok(api, api->KernelInfoGetAttribute_int64(info, name, &value))) {
+    *out = value;
+    return Attr::kRead;
   }
+  return has_attribute_of_any_type(api, info, name) ? Attr::kWrongType : Attr::kAbsent;
+}
+
+Attr read_float(const OrtApi* api, const OrtKernelInfo* info, const char* name, float* out) {
+  float value = 0.f;
+  if (released_ok(api, api->KernelInfoGetAttribute_float(info, name, &value))) {
+    *out = value;
+    return Attr::kRead;
+  }
+  return has_attribute_of_any_type(api, info, name) ? Attr::kWrongType : Attr::kAbsent;
+}
+
+Attr read_string(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::string* out) {
+  size_t size = 0;
+  if (!released_ok(api, api->KernelInfoGetAttribute_string(info, name, nullptr, &size)))
+    return has_attribute_of_any_type(api, info, name) ? Attr::kWrongType : Attr::kAbsent;
   std::string value(size, '\0');
-  st = api->KernelInfoGetAttribute_string(info, name, &value[0], &size);
-  if (st != nullptr) {
-    api->ReleaseStatus(st);
-    return false;
-  }
+  if (!released_ok(api, api->KernelInfoGetAttribute_string(info, name, &value[0], &size))) return Attr::kWrongType;
   value.resize(size > 0 ? size - 1 : 0);  // drop the terminating NUL
   *out = value;
-  return true;
+  return Attr::kRead;
 }
 
 std::string node_name_of(const OrtApi* api, const OrtKernelInfo* info) {
@@ -176,30 +194,42 @@ std::string node_name_of(const OrtApi* api, const OrtKernelInfo* info) {
   return name.empty() ? "<unnamed>" : name;
 }
 
+// One attribute's outcome as a status: wrong type and (for required ones) absence are errors.
+OrtStatus* attribute_status(const Kernel* k, Attr got, const char* name, const char* type, bool required) {
+  if (got == Attr::kWrongType)
+    return node_error(k->api, k->node, std::string("attribute '") + name + "' must be of type " + type);
+  if (got == Attr::kAbsent && required)
+    return node_error(k->api, k->node, std::string("required attribute '") + name + "' is missing (" + type + ")");
+  return nullptr;
+}
+
 OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* k) {
   const OrtApi* api = k->api;
-  if (!read_optional(api, &OrtApi::KernelInfoGetAttribute_int64, info, "K", &k->K))
-    return node_error(api, k->node, "required attribute 'K' is missing");
-  if (!read_optional(api, &OrtApi::KernelInfoGetAttribute_int64, info, "N", &k->N))
-    return node_error(api, k->node, "required attribute 'N' is missing");
+  OP_RETURN_IF_ERROR(attribute_status(k, read_int(api, info, "K", &k->K), "K", "int", true));
+  OP_RETURN_IF_ERROR(attribute_status(k, read_int(api, info, "N", &k->N), "N", "int", true));
   if (k->K <= 0 || k->K > INT32_MAX)
     return node_error(api, k->node, "attribute K = " + std::to_string(k->K) + " must be in [1, 2^31)");
   if (k->N <= 0 || k->N > INT32_MAX)
     return node_error(api, k->node, "attribute N = " + std::to_string(k->N) + " must be in [1, 2^31)");
   int64_t trans_a = 0;
-  read_optional(api, &OrtApi::KernelInfoGetAttribute_int64, info, "transA", &trans_a);
+  OP_RETURN_IF_ERROR(attribute_status(k, read_int(api, info, "transA", &trans_a), "transA", "int", false));
   if (trans_a != 0 && trans_a != 1)
     return node_error(api, k->node, "attribute transA = " + std::to_string(trans_a) + " must be 0 or 1");
   k->trans_a = trans_a == 1;
-  read_optional(api, &OrtApi::KernelInfoGetAttribute_float, info, "alpha", &k->alpha);
-  read_optional(api, &OrtApi::KernelInfoGetAttribute_float, info, "beta", &k->beta);
-  read_optional(api, &OrtApi::KernelInfoGetAttribute_int64, info, "nnz", &k->nnz_attr);
+  OP_RETURN_IF_ERROR(attribute_status(k, read_float(api, info, "alpha", &k->alpha), "alpha", "float", false));
+  OP_RETURN_IF_ERROR(attribute_status(k, read_float(api, info, "beta", &k->beta), "beta", "float", false));
+  const Attr nnz = read_int(api, info, "nnz", &k->nnz_attr);
+  OP_RETURN_IF_ERROR(attribute_status(k, nnz, "nnz", "int", false));
+  k->has_nnz_attr = nnz == Attr::kRead;
+  if (k->has_nnz_attr && k->nnz_attr < 0)
+    return node_error(api, k->node, "attribute nnz = " + std::to_string(k->nnz_attr) + " must be >= 0");
   std::string format = "csr";
-  read_string_attr(api, info, "format", &format);
+  OP_RETURN_IF_ERROR(attribute_status(k, read_string(api, info, "format", &format), "format", "string", false));
   if (format != "csr")
     return node_error(api, k->node, "unknown format '" + format + "' (this library supports: csr)");
   std::string activation;
-  read_string_attr(api, info, "activation", &activation);
+  OP_RETURN_IF_ERROR(
+      attribute_status(k, read_string(api, info, "activation", &activation), "activation", "string", false));
   if (!activation.empty() && activation != "relu")
     return node_error(api, k->node, "unknown activation '" + activation + "' (supported: relu, or none)");
   k->relu = activation == "relu";
@@ -210,7 +240,11 @@ OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* k) {
 OrtStatus* check_declared_input(const OrtKernelInfo* info, const Kernel* k, size_t i) {
   const OrtApi* api = k->api;
   OrtTypeInfo* type_info = nullptr;
-  OP_RETURN_IF_ERROR(api->KernelInfo_GetInputTypeInfo(info, i, &type_info));
+  if (OrtStatus* st = api->KernelInfo_GetInputTypeInfo(info, i, &type_info)) {
+    if (i != kC) return st;
+    api->ReleaseStatus(st);  // optional C omitted by an empty input name: there is no type to check
+    return nullptr;
+  }
   const OrtTensorTypeAndShapeInfo* tensor_info = nullptr;
   OrtStatus* st = api->CastTypeInfoToTensorInfo(type_info, &tensor_info);
   TensorMeta meta;
@@ -266,7 +300,7 @@ OrtStatus* pack_weights(const Kernel* k, const OrtValue* values, const OrtValue*
                         PackedCsr* out) {
   CsrView view;
   OP_RETURN_IF_ERROR(csr_view_of(k, values, indices, offsets, &view));
-  if (k->nnz_attr >= 0 && k->nnz_attr != view.n_values)
+  if (k->has_nnz_attr && k->nnz_attr != view.n_values)
     return node_error(k->api, k->node, "attribute nnz = " + std::to_string(k->nnz_attr) + " but values has " +
                                            std::to_string(view.n_values) + " entries");
   const std::string err = pack_csr(view, k->K, k->N, out);
@@ -512,7 +546,7 @@ OrtCustomOp make_op() {
       const OrtApi* api;
       const OrtKernelInfo* info;
     } args{api, info};
-    return guarded(api, "<creating>", [](void* a, void* out) {
+    return guarded(api, node_name_of(api, info), [](void* a, void* out) {
       auto* p = static_cast<Args*>(a);
       return create_kernel(p->api, p->info, static_cast<void**>(out));
     }, &args, kernel);
