@@ -1,0 +1,432 @@
+#!/usr/bin/env python3
+"""Micro-benchmark of the SparseGemm kernel on one layer, side by side in one process with:
+
+* onnxruntime's dense ``Gemm`` on the same (masked) weights,
+* onnxruntime's ``com.microsoft.SparseToDenseMatMul`` on the same weights as a CSR sparse tensor,
+* ``scipy.sparse`` CSR times dense, in-process.
+
+Every candidate's result is checked against a float64 reference before it is timed. Timings are
+interleaved in rounds (each candidate runs a block of calls per round), so drift in the machine's
+speed hits all candidates alike; latencies are medians over rounds, ratios medians of per-round
+ratios. This is a benchmark, not a test: it asserts nothing about speed.
+
+    PYTHONPATH=. python tools/bench_kernel.py [--quick] [--k 1000 --n 1000] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_prune
+from onnx_prune import contract, formats, masking
+
+SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
+BATCHES = (1, 16, 64, 256)
+QUICK_SPARSITIES = (0.5, 0.9)
+QUICK_BATCHES = (1, 64)
+OURS, DENSE, S2D, SCIPY = "SparseGemm", "dense Gemm", "SparseToDenseMatMul", "scipy CSR"
+CANDIDATES = (OURS, DENSE, S2D, SCIPY)
+OPSET = 17
+IR_VERSION = 9
+
+
+# ---------------------------------------------------------------------------- machine
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def kernel_isa_used(flags: set[str]) -> str:
+    """The variant the library picks (csrc/kernels/dispatch.cc): ONNX_PRUNE_ISA when this CPU
+    supports it, else the best supported one."""
+    supported = ["portable"]
+    if {"avx2", "fma"} <= flags:
+        supported.append("avx2")
+        if {"avx512f", "avx512bw", "avx512vl"} <= flags:
+            supported.append("avx512")
+    forced = os.environ.get("ONNX_PRUNE_ISA", "")
+    if forced in supported:
+        return f"{forced} (forced by ONNX_PRUNE_ISA)"
+    note = f"; ONNX_PRUNE_ISA={forced} not supported here" if forced else ""
+    return f"{supported[-1]} (auto{note})"
+
+
+def machine_info() -> dict:
+    """What a reader needs to judge the numbers."""
+    import onnxruntime as ort
+    import scipy
+
+    flags = cpu_flags()
+    return {"cpu": cpu_model(), "cores": os.cpu_count(),
+            "simd": [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl") if f in flags],
+            "onnxruntime": ort.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "python": platform.python_version(), "kernel_isa": kernel_isa_used(flags),
+            "library": onnx_prune.get_library_path()}
+
+
+# ---------------------------------------------------------------------------- the layer
+
+
+@dataclass
+class Layer:
+    """A magnitude-pruned K x N weight: dense (zeros written out) and in the csr format."""
+
+    weight: np.ndarray  # [K, N] float32, pruned entries zero
+    csr: formats.CsrWeight
+    sparsity: float
+
+    @property
+    def K(self) -> int:
+        return self.csr.K
+
+    @property
+    def N(self) -> int:
+        return self.csr.N
+
+
+def make_layer(K: int, N: int, sparsity: float, seed: int) -> Layer:
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((K, N)).astype(np.float32)
+    mask = masking.magnitude_mask(weight, sparsity)
+    weight = np.where(mask, weight, np.float32(0))
+    return Layer(weight=weight, csr=formats.dense_to_csr(weight, mask), sparsity=sparsity)
+
+
+def finish_model(nodes: list, inputs: list, initializers: list, domains: Sequence[tuple[str, int]]) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "bench_layer", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              initializer=initializers)
+    opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, v) for d, v in domains]
+    return helper.make_model(graph, ir_version=IR_VERSION, opset_imports=opsets)
+
+
+def x_input(K: int):
+    return helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", K])
+
+
+def sparse_gemm_model(layer: Layer) -> onnx.ModelProto:
+    csr = layer.csr
+    inits = [numpy_helper.from_array(a, n) for n, a in (("values", csr.values), ("indices", csr.indices),
+                                                         ("offsets", csr.offsets))]
+    node = helper.make_node(contract.OP_TYPE, ["X", "values", "indices", "offsets"], ["Y"], name="layer",
+                            domain=contract.DOMAIN, **{contract.ATTR_K: csr.K, contract.ATTR_N: csr.N,
+                                                       contract.ATTR_NNZ: csr.nnz})
+    return finish_model([node], [x_input(csr.K)], inits, [(contract.DOMAIN, contract.OP_VERSION)])
+
+
+def dense_gemm_model(layer: Layer) -> onnx.ModelProto:
+    node = helper.make_node("Gemm", ["X", "W"], ["Y"], name="layer")
+    return finish_model([node], [x_input(layer.K)], [numpy_helper.from_array(layer.weight, "W")], [])
+
+
+def sparse_to_dense_model(layer: Layer) -> onnx.ModelProto:
+    """Y = (Wᵀ · Xᵀ)ᵀ: the op takes the sparse operand on the left, so it gets Wᵀ [N, K] (CSR) and
+    X with transB = 1, and a Transpose gives Y [M, N] like the other candidates. Wᵀ is a graph input
+    of sparse-tensor type: onnxruntime densifies a sparse_initializer at load, which the op rejects."""
+    sparse_w = helper.make_value_info("Wt", helper.make_sparse_tensor_type_proto(TensorProto.FLOAT, [layer.N, layer.K]))
+    nodes = [helper.make_node("SparseToDenseMatMul", ["Wt", "X"], ["Yt"], name="layer", domain="com.microsoft",
+                              transB=1),
+             helper.make_node("Transpose", ["Yt"], ["Y"], name="to_rows", perm=[1, 0])]
+    return finish_model(nodes, [sparse_w, x_input(layer.K)], [], [("com.microsoft", 1)])
+
+
+# ---------------------------------------------------------------------------- candidates
+
+
+@dataclass
+class Candidate:
+    name: str
+    run: Optional[Callable[[], np.ndarray]] = None  # one call, returns Y [M, N]
+    problem: Optional[str] = None  # why it cannot be timed
+
+
+def session(model: onnx.ModelProto, threads: int):
+    import onnxruntime as ort
+
+    options = onnx_prune.session_options(threads, log_severity_level=3)  # no shape-inference warnings
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def ort_candidate(name: str, build: Callable[[], tuple[object, dict]]) -> Candidate:
+    """A candidate run the way applications call onnxruntime from Python: InferenceSession.run with
+    numpy inputs (its per-call cost is measured separately, see call_floor_us)."""
+    try:
+        sess, feeds = build()
+    except Exception as exc:  # onnxruntime's own exception types
+        return Candidate(name, problem=f"session creation failed: {one_line(exc)}")
+
+    def run() -> np.ndarray:
+        return sess.run(["Y"], feeds)[0]
+
+    return Candidate(name, run=run)
+
+
+def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict) -> list[Candidate]:
+    """The four candidates for input x; `sessions` caches the sessions of this layer and thread count."""
+    import onnxruntime as ort
+    import scipy.sparse
+
+    def ours():
+        if OURS not in sessions:
+            sessions[OURS] = session(sparse_gemm_model(layer), threads)
+        return sessions[OURS], {"X": x}
+
+    def dense():
+        if DENSE not in sessions:
+            sessions[DENSE] = session(dense_gemm_model(layer), threads)
+        return sessions[DENSE], {"X": x}
+
+    def s2d():
+        if S2D not in sessions:
+            wt = scipy.sparse.csr_matrix(layer.weight.T)
+            tensor = ort.SparseTensor.sparse_csr_from_numpy(
+                np.array([layer.N, layer.K], dtype=np.int64), wt.data.astype(np.float32),
+                wt.indices.astype(np.int64), wt.indptr.astype(np.int64), ort.OrtDevice.make("cpu", 0))
+            # The sparse weight is made once, as a constant would be; the tensor keeps its buffers alive.
+            sessions[S2D] = (session(sparse_to_dense_model(layer), threads),
+                             ort.OrtValue.ort_value_from_sparse_tensor(tensor), tensor, wt)
+        sess, w_value = sessions[S2D][:2]
+        return sess, {"Wt": w_value, "X": x}
+
+    if SCIPY not in sessions:
+        sessions[SCIPY] = scipy.sparse.csr_matrix(layer.weight.T)  # CSR of Wᵀ, as our format
+    wt_csr = sessions[SCIPY]
+
+    def scipy_run() -> np.ndarray:
+        return np.ascontiguousarray((wt_csr @ x.T).T)  # Y [M, N] row-major, like the others
+
+    return [ort_candidate(OURS, ours), ort_candidate(DENSE, dense), ort_candidate(S2D, s2d),
+            Candidate(SCIPY, run=scipy_run)]
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def verify(candidate: Candidate, x: np.ndarray, layer: Layer) -> None:
+    """Marks the candidate unusable when its result differs from the float64 reference."""
+    if candidate.run is None:
+        return
+    expected = x.astype(np.float64) @ layer.weight.astype(np.float64)
+    try:
+        y = candidate.run()
+    except Exception as exc:
+        candidate.run, candidate.problem = None, f"run failed: {one_line(exc)}"
+        return
+    scale = float((np.abs(x).astype(np.float64) @ np.abs(layer.weight).astype(np.float64)).max(initial=0.0))
+    tol = 1e-5 * float(np.abs(expected).max(initial=0.0)) + 4 * np.finfo(np.float32).eps * np.sqrt(layer.K) * scale
+    if y.shape != expected.shape:
+        candidate.run, candidate.problem = None, f"wrong shape {list(y.shape)}, expected {list(expected.shape)}"
+    elif not np.all(np.abs(y - expected) <= tol):
+        err = float(np.nanmax(np.abs(y - expected)))
+        candidate.run, candidate.problem = None, f"wrong result (max error {err:.3g} > {tol:.3g})"
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+def time_calls(run: Callable[[], object], count: int) -> float:
+    """Seconds per call over `count` back-to-back calls."""
+    start = time.perf_counter()
+    for _ in range(count):
+        run()
+    return (time.perf_counter() - start) / count
+
+
+def calls_per_block(run: Callable[[], object], block_s: float) -> int:
+    single = min(time_calls(run, 1) for _ in range(3))
+    return int(min(10_000, max(1, block_s / max(single, 1e-7))))
+
+
+def time_candidates(candidates: Sequence[Candidate], *, rounds: int, warmup: int, block_s: float) -> dict:
+    """name -> {"us": median µs per call, "rounds": per-round seconds} for every runnable candidate."""
+    live = [c for c in candidates if c.run is not None]
+    for c in live:
+        for _ in range(warmup):
+            c.run()
+    counts = {c.name: calls_per_block(c.run, block_s) for c in live}
+    per_round: dict[str, list[float]] = {c.name: [] for c in live}
+    for _ in range(rounds):
+        for c in live:
+            per_round[c.name].append(time_calls(c.run, counts[c.name]))
+    return {name: {"us": statistics.median(ts) * 1e6, "rounds": ts} for name, ts in per_round.items()}
+
+
+def ratio(timings: dict, other: str) -> Optional[float]:
+    """Median over rounds of other / ours (> 1: ours is faster)."""
+    if other not in timings or OURS not in timings:
+        return None
+    return statistics.median(o / s for o, s in zip(timings[other]["rounds"], timings[OURS]["rounds"]))
+
+
+def call_floor_us(threads: int, rounds: int, block_s: float) -> float:
+    """onnxruntime's fixed cost per call here: an Identity model on a 1 x 1000 input."""
+    model = finish_model([helper.make_node("Identity", ["X"], ["Y"])], [x_input(1000)], [], [])
+    sess = session(model, threads)
+    feeds = {"X": np.zeros((1, 1000), np.float32)}
+    floor = Candidate("floor", run=lambda: sess.run(["Y"], feeds)[0])
+    return time_candidates([floor], rounds=rounds, warmup=20, block_s=block_s)["floor"]["us"]
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+@dataclass
+class Row:
+    sparsity: float
+    batch: int
+    threads: int
+    nnz: int
+    us: dict  # candidate -> µs per call (absent: not timed)
+    ratios: dict  # "dense/ours", "s2d/ours", "scipy/ours" -> value or None
+    problems: dict = field(default_factory=dict)  # candidate -> why it was not timed
+
+
+def bench(K: int, N: int, sparsities: Sequence[float], batches: Sequence[int], threads: Sequence[int], *,
+          rounds: int, warmup: int, block_s: float, seed: int, progress: Callable[[str], None]) -> list[Row]:
+    rows = []
+    for sparsity in sparsities:
+        layer = make_layer(K, N, sparsity, seed)
+        for n_threads in threads:
+            sessions: dict = {}
+            for batch in batches:
+                progress(f"sparsity {sparsity}, batch {batch}, {n_threads} thread(s)")
+                x = np.random.default_rng(seed + batch).standard_normal((batch, K)).astype(np.float32)
+                candidates = make_candidates(layer, x, n_threads, sessions)
+                for c in candidates:
+                    verify(c, x, layer)
+                timings = time_candidates(candidates, rounds=rounds, warmup=warmup, block_s=block_s)
+                rows.append(Row(sparsity=sparsity, batch=batch, threads=n_threads, nnz=layer.csr.nnz,
+                                us={name: t["us"] for name, t in timings.items()},
+                                ratios={"dense/ours": ratio(timings, DENSE), "s2d/ours": ratio(timings, S2D),
+                                        "scipy/ours": ratio(timings, SCIPY)},
+                                problems={c.name: c.problem for c in candidates if c.problem}))
+    return rows
+
+
+def parse_threads(values: Sequence[str]) -> list[int]:
+    out: list[int] = []
+    for v in values:
+        n = (os.cpu_count() or 1) if v == "all" else int(v)
+        if n < 1:
+            raise SystemExit(f"--threads takes positive numbers or 'all', got {v}")
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 132))
+    table = Table(title=f"SparseGemm kernel, K x N = {settings['K']} x {settings['N']}: median µs per call "
+                        f"(ratio > 1: SparseGemm faster)")
+    for column in ("threads", "sparsity", "batch", "ours µs", "dense µs", "s2d µs", "scipy µs", "dense/ours",
+                   "s2d/ours", "scipy/ours"):
+        table.add_column(column, justify="right")
+    previous_threads = None
+    for r in rows:
+        if previous_threads is not None and r.threads != previous_threads:
+            table.add_section()
+        previous_threads = r.threads
+        cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in CANDIDATES]
+        ratios = [format_ratio(r.ratios[k]) for k in ("dense/ours", "s2d/ours", "scipy/ours")]
+        table.add_row(str(r.threads), f"{r.sparsity:g}", str(r.batch), *cells, *ratios)
+    console.print(table)
+    problems = sorted({(name, why) for r in rows for name, why in r.problems.items()})
+    for name, why in problems:
+        console.print(f"[yellow]{name} not timed:[/yellow] {why}")
+    console.print(f"machine: {machine['cpu']} · {machine['cores']} cores · SIMD {', '.join(machine['simd']) or 'none'}")
+    console.print(f"onnxruntime {machine['onnxruntime']} · numpy {machine['numpy']} · scipy {machine['scipy']} · "
+                  f"kernel ISA {machine['kernel_isa']}")
+    console.print(f"ours = {OURS} (this library) · dense = onnxruntime {DENSE} · s2d = onnxruntime com.microsoft."
+                  f"{S2D} (Wᵀ as a CSR sparse-tensor input, plus a Transpose to [M, N]) · scipy = {SCIPY} @ dense, "
+                  f"in-process, single-threaded")
+    console.print(f"onnxruntime per-call floor (Identity model, 1 thread): {settings['call_floor_us']:.1f} µs · "
+                  f"{settings['rounds']} rounds of ~{settings['block_ms']:g} ms per candidate · command: "
+                  f"{settings['command']}")
+
+
+def format_ratio(value: Optional[float]) -> str:
+    if value is None:
+        return "n/a"
+    color = "green" if value >= 1.0 else "red"
+    return f"[{color}]{value:.2f}x[/{color}]"
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--k", type=int, default=1000, help="inner dimension K (default 1000)")
+    p.add_argument("--n", type=int, default=1000, help="output features N (default 1000)")
+    p.add_argument("--sparsity", type=float, nargs="+", help=f"default {' '.join(map(str, SPARSITIES))}")
+    p.add_argument("--batch", type=int, nargs="+", help=f"default {' '.join(map(str, BATCHES))}")
+    p.add_argument("--threads", nargs="+", default=["1", "all"], help="intra-op threads: numbers or 'all' (default 1 all)")
+    p.add_argument("--rounds", type=int, help="timing rounds per candidate (default 9, quick 5)")
+    p.add_argument("--block-ms", type=float, help="milliseconds of calls per round and candidate (default 20, quick 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a short run: fewer sparsities, batches, rounds")
+    p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
+    args = p.parse_args(argv)
+    args.sparsity = args.sparsity or list(QUICK_SPARSITIES if args.quick else SPARSITIES)
+    args.batch = args.batch or list(QUICK_BATCHES if args.quick else BATCHES)
+    args.rounds = args.rounds or (5 if args.quick else 9)
+    args.block_ms = args.block_ms or (5.0 if args.quick else 20.0)
+    if args.k < 1 or args.n < 1 or any(b < 1 for b in args.batch) or not all(0 <= s < 1 for s in args.sparsity):
+        p.error("--k, --n and --batch must be positive and every --sparsity in [0, 1)")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from rich.console import Console
+
+    args = parse_args(argv)
+    threads = parse_threads(args.threads)
+    machine = machine_info()
+    err = Console(stderr=True)
+    rows = bench(args.k, args.n, args.sparsity, args.batch, threads, rounds=args.rounds, warmup=5,
+                 block_s=args.block_ms / 1000, seed=args.seed, progress=lambda m: err.print(f"[dim]timing {m}…[/dim]"))
+    settings = {"K": args.k, "N": args.n, "sparsities": args.sparsity, "batches": args.batch, "threads": threads,
+                "rounds": args.rounds, "block_ms": args.block_ms, "seed": args.seed,
+                "command": " ".join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])),
+                "call_floor_us": call_floor_us(1, args.rounds, args.block_ms / 1000)}
+    print_report(rows, machine, settings)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "settings": settings,
+                                               "rows": [asdict(r) for r in rows]}, indent=2))
+        err.print(f"saved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
