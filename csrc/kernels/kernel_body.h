@@ -209,6 +209,7 @@ inline void spmm_pair(const float* values, const uint8_t* rows, int64_t steps, c
     for (int u = 1; u < U; ++u) sum0[u][v] = sum1[u][v] = V::zero();
   }
   int64_t t = 0;
+#pragma GCC unroll 2
   for (; t + U <= steps; t += U) {
     for (int u = 0; u < U; ++u) {
       const typename V::reg w0 = V::set1(values[2 * (t + u)]);
