@@ -112,6 +112,50 @@ def test_large_k(K: int, index_dtype: type) -> None:
     check_batches(csr, batches=(1, 2, 9, 33), rng=rng)
 
 
+def random_case(rng: np.random.Generator) -> dict:
+    """One random combination of everything the op takes."""
+    K, N = int(rng.integers(1, 300)), int(rng.integers(1, 150))
+    bias = str(rng.choice(["none", "scalar", "[1]", "[N]", "[1,N]", "[M,1]", "[M,N]"]))
+    return dict(K=K, N=N, sparsity=float(rng.choice(SPARSITIES)), trans_a=bool(rng.integers(2)),
+                alpha=float(rng.choice([1.0, 0.5, -1.5])), beta=float(rng.choice([1.0, 0.0, -2.0])),
+                relu=bool(rng.integers(2)), bias=bias, value_dtype=rng.choice([np.float32, np.float16]),
+                index_dtype=rng.choice([np.uint16, np.int32]), offset_dtype=rng.choice([np.int32, np.int64]),
+                shuffle=bool(rng.integers(2)), duplicates=int(rng.choice([0, 0, 7])),
+                empty_outputs=int(rng.integers(0, max(1, N // 3))), weights_as_inputs=bool(rng.integers(2)),
+                threads=int(rng.choice([1, 2])), batches=[int(m) for m in rng.permutation(BATCHES)[:4]])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_combinations(isa: str, seed: int) -> None:
+    """Random mixes of shapes, attributes, bias shapes, dtypes and paths; batches in random order so
+    one session also runs a smaller batch after a larger one."""
+    rng = np.random.default_rng(seed)
+    case = random_case(rng)
+    K, N = case["K"], case["N"]
+    csr = random_csr(rng, K, N, case["sparsity"], value_dtype=case["value_dtype"], index_dtype=case["index_dtype"],
+                     offset_dtype=case["offset_dtype"], empty_outputs=case["empty_outputs"], shuffle=case["shuffle"],
+                     duplicates=case["duplicates"])
+    w = dense_of(csr)
+    attrs = dict(transA=int(case["trans_a"]), alpha=case["alpha"], beta=case["beta"],
+                 activation="relu" if case["relu"] else "")
+    a_shape = [K, "M"] if case["trans_a"] else ["M", K]
+    c_shape = {"none": None, "scalar": [], "[1]": [1], "[N]": [N], "[1,N]": [1, N], "[M,1]": ["M", 1],
+               "[M,N]": ["M", N]}[case["bias"]]
+    model = sparse_gemm_model(csr.values, csr.indices, csr.offsets, gemm_attributes(K, N, **attrs), a_shape=a_shape,
+                              c_shape=c_shape, weights_as_inputs=case["weights_as_inputs"])
+    session = open_session(model, case["threads"])
+    for m in case["batches"]:
+        a = random_a(rng, K, m) if case["trans_a"] else random_a(rng, m, K)
+        feeds = {"A": a, **(weight_feeds(csr) if case["weights_as_inputs"] else {})}
+        c = None
+        if c_shape is not None:
+            c = rng.standard_normal([m if d == "M" else d for d in c_shape]).astype(np.float32)
+            feeds["C"] = c
+        y = session.run(None, feeds)[0]
+        assert_matches_reference(y, a, w, c, alpha=case["alpha"], beta=case["beta"], trans_a=case["trans_a"],
+                                 relu=case["relu"])
+
+
 # ---------------------------------------------------------------------------- Gemm attributes
 
 
