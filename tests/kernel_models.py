@@ -103,11 +103,12 @@ def reference_gemm(a: np.ndarray, w: np.ndarray, c: Optional[np.ndarray] = None,
 
 
 def error_scale(a: np.ndarray, w: np.ndarray, c: Optional[np.ndarray] = None, *, alpha: float = 1.0,
-                beta: float = 1.0, trans_a: bool = False) -> float:
-    """Largest |alpha| |A'| @ |W| + |beta| |C|: the magnitude fp32 rounding errors scale with."""
+                beta: float = 1.0, trans_a: bool = False, w_abs: Optional[np.ndarray] = None) -> float:
+    """Largest |alpha| |A'| @ |W| + |beta| |C|: the magnitude fp32 rounding errors scale with.
+    `w_abs` may pass a precomputed |W| (large layers checked for many batches)."""
     a2 = np.abs(np.asarray(a, dtype=np.float64))
     a2 = a2.T if trans_a else a2.reshape(-1, w.shape[0])
-    s = abs(alpha) * (a2 @ np.abs(w))
+    s = abs(alpha) * (a2 @ (np.abs(w) if w_abs is None else w_abs))
     if c is not None:
         s = s + abs(beta) * np.abs(np.asarray(c, dtype=np.float64))
     return float(s.max()) if s.size else 0.0
@@ -115,7 +116,7 @@ def error_scale(a: np.ndarray, w: np.ndarray, c: Optional[np.ndarray] = None, *,
 
 def assert_matches_reference(actual: np.ndarray, a: np.ndarray, w: np.ndarray, c: Optional[np.ndarray] = None,
                              *, alpha: float = 1.0, beta: float = 1.0, trans_a: bool = False,
-                             relu: bool = False) -> None:
+                             relu: bool = False, w_abs: Optional[np.ndarray] = None) -> None:
     """Shape, dtype and values within fp32 rounding: rtol 1e-5 of max |reference| plus
     2 eps32 sqrt(K) times the largest sum of absolute terms."""
     expected = reference_gemm(a, w, c, alpha=alpha, beta=beta, trans_a=trans_a, relu=relu)
@@ -124,7 +125,7 @@ def assert_matches_reference(actual: np.ndarray, a: np.ndarray, w: np.ndarray, c
     if expected.size == 0:
         return
     K = w.shape[0]
-    scale = error_scale(a, w, c, alpha=alpha, beta=beta, trans_a=trans_a)
+    scale = error_scale(a, w, c, alpha=alpha, beta=beta, trans_a=trans_a, w_abs=w_abs)
     tol = 1e-5 * float(np.abs(expected).max()) + 2 * np.finfo(np.float32).eps * math.sqrt(K) * scale + 1e-30
     err = np.abs(actual.astype(np.float64) - expected)
     assert np.isfinite(actual).all(), "non-finite output"
