@@ -378,6 +378,18 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
                   f"{settings['command']}")
 
 
+def markdown_table(rows: Sequence[Row]) -> str:
+    """The result as a markdown table (for docs/bench_kernel.md)."""
+    lines = ["| threads | sparsity | batch | ours µs | dense µs | s2d µs | scipy µs | dense/ours | s2d/ours | scipy/ours |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in CANDIDATES]
+        ratios = [f"{v:.2f}x" if v is not None else "n/a" for v in
+                  (r.ratios["dense/ours"], r.ratios["s2d/ours"], r.ratios["scipy/ours"])]
+        lines.append(f"| {r.threads} | {r.sparsity:g} | {r.batch} | " + " | ".join(cells + ratios) + " |")
+    return "\n".join(lines)
+
+
 def format_ratio(value: Optional[float]) -> str:
     if value is None:
         return "n/a"
@@ -397,6 +409,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a short run: fewer sparsities, batches, rounds")
     p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="also save the table as markdown")
     args = p.parse_args(argv)
     args.sparsity = args.sparsity or list(QUICK_SPARSITIES if args.quick else SPARSITIES)
     args.batch = args.batch or list(QUICK_BATCHES if args.quick else BATCHES)
@@ -412,7 +425,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = parse_args(argv)
     threads = parse_threads(args.threads)
-    machine = machine_info()
+    try:
+        machine = machine_info()
+    except onnx_prune.OnnxPruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     err = Console(stderr=True)
     rows = bench(args.k, args.n, args.sparsity, args.batch, threads, rounds=args.rounds, warmup=5,
                  block_s=args.block_ms / 1000, seed=args.seed, progress=lambda m: err.print(f"[dim]timing {m}…[/dim]"))
@@ -425,6 +442,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         Path(args.json).write_text(json.dumps({"machine": machine, "settings": settings,
                                                "rows": [asdict(r) for r in rows]}, indent=2))
         err.print(f"saved {args.json}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(rows) + "\n")
+        err.print(f"saved {args.markdown}")
     return 0
 
 
