@@ -71,7 +71,7 @@ def test_random_shapes_every_batch(isa: str, sparsity: float, threads: int) -> N
 def test_outputs_without_entries(isa: str) -> None:
     rng = rng_for("empty", isa)
     check_batches(random_csr(rng, 90, 40, 0.5, empty_outputs=15), rng=rng)
-    check_batches(random_csr(rng, 90, 40, 0.99, empty_outputs=39), rng=rng)  # a single non-empty output
+    check_batches(random_csr(rng, 90, 40, 0.99, empty_outputs=39), rng=rng)  # at most one output non-empty
 
 
 @pytest.mark.parametrize("K,N", [(1, 1), (1, 37), (53, 1), (1000, 1), (1, 1000)])
