@@ -1,0 +1,252 @@
+"""A standard-op fallback for SparseGemm, stored inside the pruned file.
+
+onnxruntime runs a model-local function (``ModelProto.functions``) for a custom-domain node when
+no kernel is registered for it, and the registered kernel when the SparseGemm library is loaded.
+So a pruned file carries one ``SparseGemm`` FunctionProto (domain ``ai.onnx_prune``) whose body
+rebuilds the dense ``W [K, N]`` from values / indices / offsets with standard ONNX ops and applies
+``Gemm``: the file then runs anywhere, just without the sparse speed-up.
+
+One body serves every node of the model, whatever its attributes and inputs:
+
+* ``C`` absent: the body's ``Gemm`` gets an empty input name, which ``Gemm`` accepts (opset >= 11).
+* N-D ``A`` is reshaped to ``[-1, A.shape[-1]]`` (a no-op for 2-D ``A``, so ``transA`` still
+  works) and the output is reshaped to ``A.shape[start:end] + [N]`` with ``start = transA *
+  (rank - 1)``, ``end = rank - 1 + transA``: ``A.shape[:-1]`` without transA, ``[M]`` with it.
+* ``activation`` is a string attribute; ``Equal`` on strings needs opset 19, so the body compares
+  it with ``"relu"`` through ``Unique`` (one unique element means equal), valid from opset 11.
+* row ids of the stored values come from the offsets without a scatter-add (opset 16): the
+  non-empty rows start at distinct positions, so a plain ``ScatterElements`` of row-id steps
+  followed by ``CumSum`` yields the row id of every value.
+
+onnxruntime inlines the body with the *model's* ``ai.onnx`` opset (checked with onnxruntime
+1.32), so the function imports exactly that version and only uses ops whose meaning is the same
+from opset 12 on (attributes reach the body through ``Constant`` value_int / value_string,
+which opset 12 introduced). Duplicate ``(k, n)`` entries (never written by onnx-prune) are summed like the
+kernel does from opset 16 on (``ScatterND`` reduction ``add``); below that the last one wins.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+from . import contract
+from .errors import OnnxPruneError
+
+MIN_OPSET = 12  # Constant value_int / value_string (12); optional Gemm C, ScatterND, CumSum (11)
+SCATTER_ADD_OPSET = 16
+MIN_IR_VERSION = 9  # FunctionProto.attribute_proto (default attribute values)
+_INT64_MAX = np.iinfo(np.int64).max
+
+_FUNCTION_DOC = (
+    "Standard-op fallback of the onnx-prune SparseGemm op: rebuilds the dense weight W [K, N] "
+    "from the csr values / indices / offsets and computes act(alpha * A' W + beta * C). "
+    "onnxruntime uses it only when the onnx-prune library is not registered; with the library "
+    "the sparse kernel runs instead. See docs/sparse_gemm_op.md."
+)
+
+
+def add_fallback_functions(model: onnx.ModelProto) -> None:
+    """Embed the SparseGemm fallback function in ``model`` (in place) when it has SparseGemm nodes.
+
+    Replaces an existing SparseGemm function (so re-running is safe) and raises the IR version to
+    9 where lower, since default attribute values of functions need it.
+    """
+    if not _uses_sparse_gemm(model):
+        return
+    opset = default_opset_version(model)
+    if opset < MIN_OPSET:
+        raise OnnxPruneError(f"the SparseGemm fallback needs ai.onnx opset >= {MIN_OPSET}; "
+                             f"the model imports opset {opset}")
+    _check_formats(model)
+    remove_fallback_functions(model)
+    model.functions.append(build_sparse_gemm_function(opset))
+    if model.ir_version < MIN_IR_VERSION:
+        model.ir_version = MIN_IR_VERSION
+
+
+def remove_fallback_functions(model: onnx.ModelProto) -> None:
+    """Drop the SparseGemm function(s) of ``model`` (in place)."""
+    keep = [f for f in model.functions if not _is_sparse_gemm_function(f)]
+    if len(keep) != len(model.functions):
+        del model.functions[:]
+        model.functions.extend(keep)
+
+
+def has_fallback_function(model: onnx.ModelProto) -> bool:
+    return any(_is_sparse_gemm_function(f) for f in model.functions)
+
+
+def default_opset_version(model: onnx.ModelProto) -> int:
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            return int(opset.version)
+    raise OnnxPruneError("the model imports no ai.onnx opset")
+
+
+def build_sparse_gemm_function(opset: int) -> onnx.FunctionProto:
+    """The SparseGemm FunctionProto for a model importing ai.onnx ``opset`` (>= 12)."""
+    b = _BodyBuilder()
+    dense_w = _dense_weight_nodes(b, opset)
+    a2d, shape_a = _flatten_a_nodes(b)
+    gemm = b.node("Gemm", [a2d, dense_w, "C"],
+                  attrs=[_ref("alpha", AttributeProto.FLOAT), _ref("beta", AttributeProto.FLOAT),
+                         _ref("transA", AttributeProto.INT)])
+    activated = _activation_nodes(b, gemm)
+    out_shape = _output_shape_nodes(b, shape_a)
+    b.node("Reshape", [activated, out_shape], out="Y")
+    defaults = [helper.make_attribute(contract.ATTR_ALPHA, 1.0),
+                helper.make_attribute(contract.ATTR_BETA, 1.0),
+                helper.make_attribute(contract.ATTR_TRANS_A, 0),
+                helper.make_attribute(contract.ATTR_ACTIVATION, ""),
+                helper.make_attribute(contract.ATTR_FORMAT, contract.FORMAT_CSR)]
+    required = [contract.ATTR_K, contract.ATTR_N, contract.ATTR_NNZ, contract.ATTR_ORIGINAL_OP,
+                contract.ATTR_DENSE_SHAPE, contract.ATTR_SPARSITY]
+    return helper.make_function(
+        contract.DOMAIN, contract.OP_TYPE, list(contract.INPUT_NAMES), list(contract.OUTPUT_NAMES),
+        b.nodes, [helper.make_opsetid("", opset)], attributes=required,
+        attribute_protos=defaults, doc_string=_FUNCTION_DOC)
+
+
+# ----------------------------------------------------------------------------- body pieces
+
+
+class _BodyBuilder:
+    """Collects body nodes with unique, readable intermediate names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self._count = 0
+
+    def node(self, op: str, inputs: Sequence[str], out: str | None = None,
+             attrs: Sequence[AttributeProto] = (), **kwargs: object) -> str:
+        self._count += 1
+        name = out or f"{op.lower()}_{self._count}"
+        node = helper.make_node(op, list(inputs), [name], **kwargs)
+        node.attribute.extend(attrs)
+        self.nodes.append(node)
+        return name
+
+    def const(self, array: np.ndarray) -> str:
+        return self.node("Constant", [], value=numpy_helper.from_array(np.asarray(array)))
+
+    def attr_scalar(self, attr: str, attr_type: int) -> str:
+        """A Constant holding the caller's attribute ``attr`` as a scalar tensor."""
+        field = {AttributeProto.INT: "value_int", AttributeProto.STRING: "value_string"}[attr_type]
+        ref = AttributeProto(name=field, ref_attr_name=attr, type=attr_type)
+        return self.node("Constant", [], attrs=[ref])
+
+
+def _ref(attr: str, attr_type: int) -> AttributeProto:
+    return AttributeProto(name=attr, ref_attr_name=attr, type=attr_type)
+
+
+def _dense_weight_nodes(b: _BodyBuilder, opset: int) -> str:
+    """W [K, N] float32: zeros with ``W[indices[j], n(j)] = values[j]``."""
+    values = b.node("Cast", ["values"], to=TensorProto.FLOAT)
+    rows_k = b.node("Cast", ["indices"], to=TensorProto.INT64)
+    offsets = b.node("Cast", ["offsets"], to=TensorProto.INT64)
+    cols_n = _column_ids_nodes(b, offsets, values)
+    column = b.const(np.array([-1, 1], dtype=np.int64))
+    kn = b.node("Concat", [b.node("Reshape", [rows_k, column]), b.node("Reshape", [cols_n, column])],
+                axis=1)
+    k1 = b.node("Reshape", [b.attr_scalar(contract.ATTR_K, AttributeProto.INT),
+                            b.const(np.array([1], dtype=np.int64))])
+    n1 = b.node("Reshape", [b.attr_scalar(contract.ATTR_N, AttributeProto.INT),
+                            b.const(np.array([1], dtype=np.int64))])
+    zeros = b.node("ConstantOfShape", [b.node("Concat", [k1, n1], axis=0)],
+                   value=numpy_helper.from_array(np.zeros(1, dtype=np.float32)))
+    reduction = {"reduction": "add"} if opset >= SCATTER_ADD_OPSET else {}
+    return b.node("ScatterND", [zeros, kn, values], **reduction)
+
+
+def _column_ids_nodes(b: _BodyBuilder, offsets: str, values: str) -> str:
+    """n(j) for every stored value j: the row of Wᵀ (column of W) it belongs to."""
+    starts = b.node("Slice", [offsets, b.const(np.array([0], np.int64)), b.const(np.array([-1], np.int64))])
+    ends = b.node("Slice", [offsets, b.const(np.array([1], np.int64)),
+                            b.const(np.array([_INT64_MAX], np.int64))])
+    non_empty = b.node("Greater", [ends, starts])
+    n_cols = b.node("Size", [starts])
+    all_cols = b.node("Range", [b.const(np.array(0, np.int64)), n_cols, b.const(np.array(1, np.int64))])
+    cols = b.node("Compress", [all_cols, non_empty], axis=0)
+    col_starts = b.node("Compress", [starts, non_empty], axis=0)
+    previous = b.node("Concat", [b.const(np.array([0], np.int64)),
+                                 b.node("Slice", [cols, b.const(np.array([0], np.int64)),
+                                                  b.const(np.array([-1], np.int64))])], axis=0)
+    steps = b.node("Sub", [cols, previous])
+    nnz_zeros = b.node("ConstantOfShape", [b.node("Shape", [values])],
+                       value=numpy_helper.from_array(np.zeros(1, dtype=np.int64)))
+    marks = b.node("ScatterElements", [nnz_zeros, col_starts, steps], axis=0)
+    return b.node("CumSum", [marks, b.const(np.array(0, np.int64))])
+
+
+def _flatten_a_nodes(b: _BodyBuilder) -> tuple[str, str]:
+    """A as [-1, A.shape[-1]] (unchanged for 2-D A) and A's shape."""
+    shape_a = b.node("Shape", ["A"])
+    last = b.node("Slice", [shape_a, b.const(np.array([-1], np.int64)),
+                            b.const(np.array([_INT64_MAX], np.int64))])
+    target = b.node("Concat", [b.const(np.array([-1], np.int64)), last], axis=0)
+    return b.node("Reshape", ["A", target]), shape_a
+
+
+def _activation_nodes(b: _BodyBuilder, y: str) -> str:
+    """``Where(is_relu and y < 0, 0, y)``: Relu that lets NaN through, identity otherwise."""
+    one = b.const(np.array([1], np.int64))
+    activation = b.node("Reshape", [b.attr_scalar(contract.ATTR_ACTIVATION, AttributeProto.STRING), one])
+    relu = b.const(np.array([contract.ACTIVATION_RELU], dtype=object))
+    unique = b.node("Unique", [b.node("Concat", [activation, relu], axis=0)])
+    is_relu = b.node("Equal", [b.node("Size", [unique]), b.const(np.array(1, np.int64))])
+    negative = b.node("Less", [y, b.const(np.array(0.0, np.float32))])
+    clamp = b.node("And", [negative, is_relu])
+    return b.node("Where", [clamp, b.const(np.array(0.0, np.float32)), y])
+
+
+def _output_shape_nodes(b: _BodyBuilder, shape_a: str) -> str:
+    """``A.shape[t*(r-1) : r-1+t] + [N]`` with ``t = transA``, ``r = rank(A)``."""
+    one = b.const(np.array([1], np.int64))
+    trans = b.node("Reshape", [b.attr_scalar(contract.ATTR_TRANS_A, AttributeProto.INT), one])
+    rank_minus_1 = b.node("Sub", [b.node("Reshape", [b.node("Size", [shape_a]), one]), one])
+    start = b.node("Mul", [trans, rank_minus_1])
+    end = b.node("Add", [rank_minus_1, trans])
+    leading = b.node("Slice", [shape_a, start, end])
+    n1 = b.node("Reshape", [b.attr_scalar(contract.ATTR_N, AttributeProto.INT), one])
+    return b.node("Concat", [leading, n1], axis=0)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _uses_sparse_gemm(model: onnx.ModelProto) -> bool:
+    return any(_is_sparse_gemm_node(n) for n in _all_nodes(model.graph))
+
+
+def _is_sparse_gemm_node(node: onnx.NodeProto) -> bool:
+    return node.op_type == contract.OP_TYPE and node.domain == contract.DOMAIN
+
+
+def _is_sparse_gemm_function(func: onnx.FunctionProto) -> bool:
+    return func.name == contract.OP_TYPE and func.domain == contract.DOMAIN
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_nodes(g)
+
+
+def _check_formats(model: onnx.ModelProto) -> None:
+    """The body implements csr only: refuse to embed a fallback that would compute garbage."""
+    for node in _all_nodes(model.graph):
+        if not _is_sparse_gemm_node(node):
+            continue
+        for attr in node.attribute:
+            if attr.name == contract.ATTR_FORMAT and attr.s.decode() != contract.FORMAT_CSR:
+                raise OnnxPruneError(f"SparseGemm node '{node.name}': the fallback supports format "
+                                     f"'{contract.FORMAT_CSR}' only, got '{attr.s.decode()}'")
