@@ -1,0 +1,239 @@
+"""Finding the layers onnx-prune can prune (the "eligible" patterns of the README).
+
+A layer is a Gemm whose B is a constant, or a MatMul whose B is a constant 2-D tensor, together with
+what can be fused into one SparseGemm: a following Add of a constant bias (MatMul) and a following
+Relu. Everything else in the graph is left exactly as it is.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import OnnxPruneError
+
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class Layer:
+    """One prunable layer; ``weight`` is W as ``[K, N]`` (Gemm's B transposed when transB = 1)."""
+
+    node: str                 # name of the Gemm / MatMul node
+    op: str                   # "Gemm" or "MatMul"
+    weight_name: str          # the weight tensor (initializer or Constant output) in the input model
+    weight: np.ndarray        # [K, N] float32
+    trans_b: bool             # the weight is stored as [N, K] in the input model
+    input_name: str           # A, the activations feeding the layer
+    output_name: str          # output of the last fused node
+    trans_a: bool = False
+    alpha: float = 1.0
+    beta: float = 1.0
+    bias_name: Optional[str] = None      # C (Gemm) or the fused Add's constant
+    fused_nodes: list[str] = field(default_factory=list)  # the nodes one SparseGemm replaces, in order
+    activation: str = ""                 # "relu" when a Relu is fused
+
+    @property
+    def K(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def N(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def size(self) -> int:
+        return int(self.weight.size)
+
+
+@dataclass
+class Skipped:
+    node: str
+    reason: str
+
+
+class GraphIndex:
+    """Lookups over one graph: constants by name, consumers of each tensor, nodes by name."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        name_nodes(graph)
+        self.graph = graph
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+        self.graph_outputs = {o.name for o in graph.output}
+        self.nodes = {n.name: n for n in graph.node}
+
+    def constant_proto(self, name: str) -> Optional[onnx.TensorProto]:
+        if name in self.initializers:
+            return self.initializers[name]
+        node = self.constant_nodes.get(name)
+        if node is not None:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    return attr.t
+        return None
+
+    def constant(self, name: str) -> Optional[np.ndarray]:
+        proto = self.constant_proto(name)
+        return None if proto is None else numpy_helper.to_array(proto)
+
+    def sole_consumer(self, name: str) -> Optional[onnx.NodeProto]:
+        """The one node reading ``name``, when ``name`` is not also a graph output."""
+        users = self.consumers.get(name, [])
+        if len(users) == 1 and name not in self.graph_outputs:
+            return users[0]
+        return None
+
+
+def name_nodes(graph: onnx.GraphProto) -> None:
+    """Give unnamed nodes stable unique names (the report and the output need them)."""
+    taken = {n.name for n in graph.node if n.name}
+    for index, node in enumerate(graph.node):
+        if not node.name:
+            candidate = f"{node.op_type}_{index}"
+            while candidate in taken:
+                candidate += "_"
+            node.name = candidate
+            taken.add(candidate)
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _is_onnx_op(node: onnx.NodeProto, op_type: str) -> bool:
+    return node.op_type == op_type and node.domain in ONNX_DOMAINS
+
+
+def _weight_problem(node: onnx.NodeProto, w: Optional[np.ndarray]) -> Optional[str]:
+    if w is None:
+        return "its weight is not a constant"
+    if w.ndim != 2:
+        return f"its weight has shape {list(w.shape)}, not 2-D"
+    if w.dtype != np.float32:
+        return f"its weight is {w.dtype}, only float32 weights are pruned"
+    if w.size == 0:
+        return "its weight is empty"
+    return None
+
+
+def find_layers(model: onnx.ModelProto) -> tuple[list[Layer], list[Skipped]]:
+    """Every eligible layer in graph order, and the Gemm/MatMul nodes left alone with the reason."""
+    index = GraphIndex(model)
+    layers, skipped = [], []
+    for node in model.graph.node:
+        if _is_onnx_op(node, "Gemm"):
+            found = _gemm_layer(index, node)
+        elif _is_onnx_op(node, "MatMul"):
+            found = _matmul_layer(index, node)
+        else:
+            continue
+        (layers if isinstance(found, Layer) else skipped).append(found)
+    return layers, skipped
+
+
+def _gemm_layer(index: GraphIndex, node: onnx.NodeProto):
+    w = index.constant(node.input[1]) if len(node.input) > 1 else None
+    problem = _weight_problem(node, w)
+    if problem:
+        return Skipped(node.name, problem)
+    trans_b = bool(_attr(node, "transB", 0))
+    layer = Layer(node=node.name, op="Gemm", weight_name=node.input[1],
+                  weight=np.ascontiguousarray(w.T if trans_b else w), trans_b=trans_b,
+                  input_name=node.input[0], output_name=node.output[0],
+                  trans_a=bool(_attr(node, "transA", 0)), alpha=float(_attr(node, "alpha", 1.0)),
+                  beta=float(_attr(node, "beta", 1.0)),
+                  bias_name=node.input[2] if len(node.input) > 2 and node.input[2] else None,
+                  fused_nodes=[node.name])
+    _fuse_relu(index, layer)
+    return layer
+
+
+def _matmul_layer(index: GraphIndex, node: onnx.NodeProto):
+    w = index.constant(node.input[1])
+    if index.constant(node.input[0]) is not None and w is None:
+        return Skipped(node.name, "its constant operand is A, not the weight B")
+    problem = _weight_problem(node, w)
+    if problem:
+        return Skipped(node.name, problem)
+    layer = Layer(node=node.name, op="MatMul", weight_name=node.input[1], weight=np.ascontiguousarray(w),
+                  trans_b=False, input_name=node.input[0], output_name=node.output[0],
+                  fused_nodes=[node.name])
+    _fuse_bias_add(index, layer)
+    _fuse_relu(index, layer)
+    return layer
+
+
+def _fuse_bias_add(index: GraphIndex, layer: Layer) -> None:
+    """MatMul → Add(constant broadcastable as [N]) becomes one layer with C = the bias."""
+    add = index.sole_consumer(layer.output_name)
+    if add is None or not _is_onnx_op(add, "Add") or len(add.input) != 2:
+        return
+    other = add.input[1] if add.input[0] == layer.output_name else add.input[0]
+    bias = index.constant(other)
+    if bias is None or bias.dtype != np.float32:
+        return
+    if bias.size not in (1, layer.N) or any(d != 1 for d in bias.shape[:-1]):
+        return
+    if bias.ndim > 0 and bias.shape[-1] not in (1, layer.N):
+        return
+    layer.bias_name = other
+    layer.output_name = add.output[0]
+    layer.fused_nodes.append(add.name)
+
+
+def _fuse_relu(index: GraphIndex, layer: Layer) -> None:
+    relu = index.sole_consumer(layer.output_name)
+    if relu is not None and _is_onnx_op(relu, "Relu"):
+        layer.activation = "relu"
+        layer.output_name = relu.output[0]
+        layer.fused_nodes.append(relu.name)
+
+
+# ---------------------------------------------------------------------------- selection
+
+def matches(layer: Layer, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(layer.node, p) or fnmatch.fnmatchcase(layer.weight_name, p) for p in patterns)
+
+
+def select_layers(layers: Sequence[Layer], *, include: Sequence[str] = (), exclude: Sequence[str] = (),
+                  min_params: int = 0) -> tuple[list[Layer], list[Skipped]]:
+    """Apply --include / --exclude (glob patterns on node or weight names) and --min-params."""
+    chosen, left = [], []
+    for layer in layers:
+        if include and not matches(layer, include):
+            left.append(Skipped(layer.node, "not matched by --include"))
+        elif exclude and matches(layer, exclude):
+            left.append(Skipped(layer.node, "matched by --exclude"))
+        elif layer.size < min_params:
+            left.append(Skipped(layer.node, f"{layer.size} weights < --min-params {min_params}"))
+        else:
+            chosen.append(layer)
+    return chosen, left
+
+
+def resolve_layer_ratios(layers: Sequence[Layer], layer_ratios: dict[str, float]) -> dict[str, float]:
+    """Map ``--layer-ratio NAME=R`` (NAME: node or weight name, or a glob) to node names."""
+    resolved = {}
+    for name, ratio in layer_ratios.items():
+        hits = [l for l in layers if matches(l, [name])]
+        if not hits:
+            known = ", ".join(l.node for l in layers) or "none"
+            raise OnnxPruneError(f"--layer-ratio {name}: no selected layer has that node or weight name "
+                                 f"(selected layers: {known})")
+        for layer in hits:
+            resolved[layer.node] = ratio
+    return resolved
