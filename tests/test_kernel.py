@@ -466,9 +466,6 @@ def test_repeated_runs_are_bitwise_identical(isa: str, threads: int) -> None:
             np.testing.assert_array_equal(session.run(None, {"A": a})[0], first)
 
 
-@pytest.mark.xfail(strict=True, reason="tiled path (M > 8) pads the shorter output of a pair with zero weights "
-                                       "read at row 0 of the block: 0 * inf = NaN reaches an output that stores "
-                                       "no weight there, so a row's result depends on the batch it is in")
 def test_row_result_does_not_depend_on_the_batch_with_non_finite_a(isa: str) -> None:
     # Output 0 stores rows 0..3 of W, output 1 only row 5: the pair (0, 1) pads output 1 with 3 zeros.
     csr = Csr(values=np.ones(5, np.float32), indices=np.array([0, 1, 2, 3, 5], np.uint16),

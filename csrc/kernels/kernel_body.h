@@ -163,24 +163,36 @@ inline int64_t tile_width(const GemmArgs& g, int64_t tile) {
   return min64(kTileCols, g.M - tile * kTileCols);
 }
 
-// Copies columns [m0, m0 + w) of A' into tile rows k in [k0, k1), zero-padding to a multiple of 16.
+// Tile row of W's row k: blocks of kKBlock rows, each followed by a zero row (kKBlockRows apart).
+inline int64_t tile_row(int64_t k) { return (k / kKBlock) * kKBlockRows + k % kKBlock; }
+
+// Rows the tile of a K-row weight takes, zero rows included.
+inline int64_t tile_rows(int64_t K) { return ((K + kKBlock - 1) / kKBlock) * kKBlockRows; }
+
+// Copies columns [m0, m0 + w) of A' into the tile rows of W's rows [k0, k1) (k0 a multiple of
+// kKBlock), zero-padding to a multiple of 16 columns and writing the zero row after each block.
 inline void pack_tile_rows(const GemmArgs& g, float* tile, int64_t m0, int64_t w, int64_t k0, int64_t k1) {
   const int64_t K = g.w.K, wp = round_up(w, kPanel);
   if (g.trans_a) {
     for (int64_t k = k0; k < k1; ++k) {
       const float* src = g.a + k * g.M + m0;
-      float* dst = tile + k * wp;
+      float* dst = tile + tile_row(k) * wp;
       for (int64_t i = 0; i < w; ++i) dst[i] = src[i];
       for (int64_t i = w; i < wp; ++i) dst[i] = 0.f;
     }
-    return;
+  } else {
+    for (int64_t kk = k0; kk < k1; kk += 8) {  // 8-row groups never straddle a block
+      const int64_t kn = min64(8, k1 - kk);
+      float* dst = tile + tile_row(kk) * wp;
+      for (int64_t i = 0; i < w; i += 8)
+        transpose_block(g.a + (m0 + i) * K + kk, K, dst + i, wp, min64(8, w - i), kn);
+      for (int64_t k = 0; k < kn; ++k)
+        for (int64_t i = w; i < wp; ++i) dst[k * wp + i] = 0.f;
+    }
   }
-  for (int64_t kk = k0; kk < k1; kk += 8) {
-    const int64_t kn = min64(8, k1 - kk);
-    for (int64_t i = 0; i < w; i += 8)
-      transpose_block(g.a + (m0 + i) * K + kk, K, tile + kk * wp + i, wp, min64(8, w - i), kn);
-    for (int64_t k = kk; k < kk + kn; ++k)
-      for (int64_t i = w; i < wp; ++i) tile[k * wp + i] = 0.f;
+  for (int64_t b = k0 / kKBlock; b * kKBlock < k1; ++b) {
+    float* zero = tile + (b * kKBlockRows + kZeroRow) * wp;
+    for (int64_t i = 0; i < wp; ++i) zero[i] = 0.f;
   }
 }
 
@@ -190,7 +202,7 @@ inline void pack_task(void* data, size_t i) {
   const int64_t tile = static_cast<int64_t>(i) / t.n_kchunks;
   const int64_t chunk = static_cast<int64_t>(i) % t.n_kchunks;
   const int64_t k0 = chunk * kPackKChunk, k1 = min64(g.w.K, k0 + kPackKChunk);
-  pack_tile_rows(g, t.tiles + tile * g.w.K * kTileCols, tile * kTileCols, tile_width(g, tile), k0, k1);
+  pack_tile_rows(g, t.tiles + tile * tile_rows(g.w.K) * kTileCols, tile * kTileCols, tile_width(g, tile), k0, k1);
 }
 
 // The inner loop of the kernel, for one pair of outputs and one block of W's rows:
@@ -249,7 +261,7 @@ template <int NP>
 void spmm_range(const CsrArrays& w, const float* tile, float* acc, int64_t p0, int64_t p1) {
   constexpr int64_t stride = NP * kPanel;
   for (int64_t b = 0; b < w.n_kblocks; ++b) {
-    const float* block = tile + b * kKBlock * stride;
+    const float* block = tile + b * kKBlockRows * stride;
     const int64_t* ptr = w.block_ptr + b * (w.n_pairs + 1);
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t s = ptr[p], e = ptr[p + 1];
@@ -283,7 +295,7 @@ inline void spmm_task(void* data, size_t i) {
   const GemmArgs& g = *t.g;
   const int64_t parts = g.w.n_parts;
   const int64_t tile = static_cast<int64_t>(i) / parts, p = static_cast<int64_t>(i) % parts;
-  const float* tile_data = t.tiles + tile * g.w.K * kTileCols;
+  const float* tile_data = t.tiles + tile * tile_rows(g.w.K) * kTileCols;
   float* acc = t.acc + tile * 2 * g.w.n_pairs * kTileCols;
   const int64_t m0 = tile * kTileCols, w = tile_width(g, tile);
   const int64_t n0 = g.w.parts[p], n1 = g.w.parts[p + 1];
@@ -299,7 +311,7 @@ inline void spmm_task(void* data, size_t i) {
 inline void run_tiled(const GemmArgs& g, const ParallelRunner& parallel) {
   const int64_t n_tiles = (g.M + kTileCols - 1) / kTileCols;
   const int64_t n_kchunks = (g.w.K + kPackKChunk - 1) / kPackKChunk;
-  Scratch tiles(g.scratch, static_cast<size_t>(n_tiles * g.w.K * kTileCols));
+  Scratch tiles(g.scratch, static_cast<size_t>(n_tiles * tile_rows(g.w.K) * kTileCols));
   Scratch acc(g.scratch, static_cast<size_t>(n_tiles * 2 * g.w.n_pairs * kTileCols));
   TiledTask task{&g, tiles.p, acc.p, n_tiles, n_kchunks};
   parallel(pack_task, static_cast<size_t>(n_tiles * n_kchunks), &task);

@@ -163,7 +163,7 @@ void build_blocked_layout(PackedCsr* out) {
     ptr[n_pairs] = steps;
   }
   out->block_values.assign(static_cast<size_t>(2 * steps), 0.f);
-  out->block_rows.assign(static_cast<size_t>(2 * steps), 0);
+  out->block_rows.assign(static_cast<size_t>(2 * steps), static_cast<uint8_t>(kZeroRow));
   std::vector<int64_t> fill(static_cast<size_t>(nkb * N), 0);
   for (int64_t n = 0; n < N; ++n) {
     const int64_t pair = n / 2, side = n % 2;

@@ -27,7 +27,8 @@ struct PackedCsr {
   // (a block of the batch-contiguous copy of A then stays in L1 while every output consumes it;
   // the row index within a block fits one byte). Outputs go in pairs (2p, 2p + 1): per block, a
   // pair's entries are interleaved step by step, the shorter side padded with zero weights, so
-  // one loop with two independent accumulator sets serves both (half the loop exits, no tails).
+  // one loop with two independent accumulator sets serves both (half the loop exits, no tails);
+  // padding entries read the zero row kZeroRow.
   std::vector<float> block_values;      // [step][2]
   std::vector<uint8_t> block_rows;      // [step][2] row of W within its block
   std::vector<int64_t> block_ptr;       // [n_kblocks][n_pairs + 1], in steps
@@ -41,6 +42,11 @@ struct PackedCsr {
 // Rows of W per block of the batched kernel's layout (a tile block of 128 x 32 floats = 16 KiB,
 // half of a typical L1; 256 measured no better on the 2-core Zen 3 dev machine).
 constexpr int64_t kKBlock = 128;
+// In the batched kernel's copy of A, each block of kKBlock rows is followed by one row of zeros;
+// padding entries of the pair layout point there (row kKBlock), so they add exactly 0 even when A
+// holds inf or NaN.
+constexpr int64_t kKBlockRows = kKBlock + 1;
+constexpr int64_t kZeroRow = kKBlock;
 
 // Raw, unvalidated CSR tensors as they arrive from the graph.
 struct CsrView {
