@@ -1,0 +1,122 @@
+"""What a prune run did, for people (a rich table) and for scripts (JSON)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import onnx
+
+from .layers import Layer, Skipped
+
+
+@dataclass
+class LayerReport:
+    node: str
+    weight: str
+    op: str
+    shape: list[int]
+    params: int
+    nnz: int
+    sparsity: float
+    bytes_before: int
+    bytes_after: int
+    status: str  # "sparse" or "dense: <reason>"
+
+
+@dataclass
+class Verification:
+    max_rel_error: float
+    tolerance: float
+    per_output: dict[str, float]
+    passed: bool
+    inputs: str
+
+
+@dataclass
+class PruneReport:
+    layers: list[LayerReport]
+    skipped: list[dict]
+    settings: dict
+    size_before: int
+    size_after: int
+    source: Optional[str] = None
+    verification: Optional[Verification] = None
+
+    @property
+    def sparse_layers(self) -> list[LayerReport]:
+        return [l for l in self.layers if l.status == "sparse"]
+
+    @staticmethod
+    def build(before: onnx.ModelProto, after: onnx.ModelProto, pruned: Sequence, dense_kept: Sequence[Layer],
+              unselected: Sequence[Skipped], settings: dict, source: Optional[str] = None) -> "PruneReport":
+        from .api import AUTO_DENSE_BELOW
+
+        rows = []
+        for p in pruned:
+            layer = p.layer
+            per_value = 2 if settings.get("values") == "fp16" else 4
+            index_bytes = 2 if layer.K <= 65536 else 4
+            rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,
+                                    shape=[layer.K, layer.N], params=layer.size, nnz=p.nnz,
+                                    sparsity=1.0 - p.nnz / layer.size, bytes_before=4 * layer.size,
+                                    bytes_after=p.nnz * (per_value + index_bytes) + 4 * (layer.N + 1),
+                                    status="sparse"))
+        for layer in dense_kept:
+            rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,
+                                    shape=[layer.K, layer.N], params=layer.size, nnz=layer.size, sparsity=0.0,
+                                    bytes_before=4 * layer.size, bytes_after=4 * layer.size,
+                                    status=f"dense: sparsity below {AUTO_DENSE_BELOW:.0%}, where the sparse "
+                                           "kernel does not beat dense Gemm (--no-auto-dense prunes it anyway)"))
+        order = {n.name: i for i, n in enumerate(before.graph.node)}
+        rows.sort(key=lambda r: order.get(r.node, 0))
+        size_before = os.path.getsize(source) if source and os.path.isfile(source) else before.ByteSize()
+        return PruneReport(layers=rows, skipped=[{"node": s.node, "reason": s.reason} for s in unselected],
+                           settings=settings, size_before=size_before, size_after=after.ByteSize(), source=source)
+
+    def to_dict(self) -> dict:
+        return {
+            "layers": [asdict(l) for l in self.layers],
+            "skipped": self.skipped,
+            "settings": self.settings,
+            "file_size_before": self.size_before,
+            "file_size_after": self.size_after,
+            "total_params": sum(l.params for l in self.layers),
+            "total_nnz": sum(l.nnz for l in self.layers),
+            "verification": asdict(self.verification) if self.verification else None,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def print(self, console=None) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = console or Console()
+        table = Table(title="onnx-prune", title_justify="left")
+        for column, justify in (("node", "left"), ("op", "left"), ("shape K×N", "right"), ("kept / params", "right"),
+                                ("sparsity", "right"), ("bytes before", "right"), ("bytes after", "right"),
+                                ("", "left")):
+            table.add_column(column, justify=justify)
+        for l in self.layers:
+            table.add_row(l.node, l.op, f"{l.shape[0]}×{l.shape[1]}", f"{l.nnz:,} / {l.params:,}",
+                          f"{l.sparsity:.1%}", f"{l.bytes_before:,}", f"{l.bytes_after:,}",
+                          "" if l.status == "sparse" else "[yellow]kept dense[/yellow]")
+        console.print(table)
+        for l in self.layers:
+            if l.status != "sparse":
+                console.print(f"[yellow]{l.node}[/yellow] {l.status}")
+        for s in self.skipped:
+            console.print(f"[dim]{s['node']} left alone: {s['reason']}[/dim]")
+        total_p = sum(l.params for l in self.layers)
+        total_k = sum(l.nnz for l in self.layers)
+        console.print(f"weights kept: {total_k:,} of {total_p:,} ({1 - total_k / max(total_p, 1):.1%} sparse) · "
+                      f"file size: {self.size_before:,} → {self.size_after:,} bytes "
+                      f"({self.size_after / max(self.size_before, 1):.1%})")
+        if self.verification:
+            v = self.verification
+            verdict = "[green]passed[/green]" if v.passed else "[red]FAILED[/red]"
+            console.print(f"verification {verdict}: max relative error {v.max_rel_error:.2e} "
+                          f"(tolerance {v.tolerance:.0e}) vs the masked dense model, on {v.inputs}")
