@@ -87,9 +87,11 @@ def save_model_atomic(model: onnx.ModelProto, output_path: PathLike, *, external
             onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_tmp.name, size_threshold=1024)
             _rename_external_location(tmp, data_tmp.name, f"{out.name}.data")
+            _set_default_permissions(data_tmp)
             os.replace(data_tmp, out.parent / f"{out.name}.data")
         else:
             onnx.save_model(model, str(tmp))
+        _set_default_permissions(tmp)
         os.replace(tmp, out)
     except OSError as exc:
         raise OnnxPruneError(f"cannot write '{out}': {exc.strerror or exc}") from exc
@@ -97,6 +99,13 @@ def save_model_atomic(model: onnx.ModelProto, output_path: PathLike, *, external
         for leftover in (tmp, data_tmp):
             if leftover.exists():
                 leftover.unlink()
+
+
+def _set_default_permissions(path: Path) -> None:
+    """mkstemp creates files readable by the owner only; give the output the usual mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _rename_external_location(model_path: Path, old: str, new: str) -> None:
