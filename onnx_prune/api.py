@@ -149,7 +149,11 @@ def _add_optional_parts(model: onnx.ModelProto, fallback: bool) -> None:
             from .fallback import add_fallback_functions
         except ImportError:
             return
-        add_fallback_functions(model)
+        try:
+            add_fallback_functions(model)
+        except OnnxPruneError as exc:  # e.g. an opset too old for the fallback's standard ops
+            warnings.warn(f"no standard-op fallback embedded ({exc}); the file needs the SparseGemm library",
+                          stacklevel=3)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -84,6 +84,9 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
         names = [_unique(f"{stem}.sparse_{part}", taken) for part in ("values", "indices", "offsets")]
         for name, array in zip(names, (csr.values, csr.indices, csr.offsets)):
             graph.initializer.append(numpy_helper.from_array(array, name))
+            if out.ir_version < 4:  # IR < 4: every initializer must also be a graph input
+                graph.input.append(helper.make_tensor_value_info(
+                    name, helper.np_dtype_to_tensor_dtype(array.dtype), list(array.shape)))
         replacement_at[p.layer.fused_nodes[-1]] = sparse_gemm_node(p.layer, csr, names)
         removed.update(p.layer.fused_nodes)
 
