@@ -26,6 +26,7 @@ kernel does from opset 16 on (``ScatterND`` reduction ``add``); below that the l
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -52,14 +53,18 @@ def add_fallback_functions(model: onnx.ModelProto) -> None:
     """Embed the SparseGemm fallback function in ``model`` (in place) when it has SparseGemm nodes.
 
     Replaces an existing SparseGemm function (so re-running is safe) and raises the IR version to
-    9 where lower, since default attribute values of functions need it.
+    9 where lower, since default attribute values of functions need it. Below opset 12 the body
+    cannot read attributes: no function is added and a warning says the file needs the library
+    (or ``onnx-prune densify``) -- pruning such a model must still succeed.
     """
     if not _uses_sparse_gemm(model):
         return
     opset = default_opset_version(model)
     if opset < MIN_OPSET:
-        raise OnnxPruneError(f"the SparseGemm fallback needs ai.onnx opset >= {MIN_OPSET}; "
-                             f"the model imports opset {opset}")
+        warnings.warn(f"no standard-op fallback embedded: it needs ai.onnx opset >= {MIN_OPSET} and the "
+                      f"model imports opset {opset}; the pruned file runs only with the onnx-prune "
+                      "library registered (or after `onnx-prune densify`)", stacklevel=2)
+        return
     _check_formats(model)
     remove_fallback_functions(model)
     model.functions.append(build_sparse_gemm_function(opset))

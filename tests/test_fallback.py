@@ -263,11 +263,13 @@ def test_model_without_sparse_gemm_is_left_alone() -> None:
     assert model.SerializeToString() == before
 
 
-def test_opset_below_12_is_refused_with_a_clear_message() -> None:
+def test_opset_below_12_gets_no_function_and_a_clear_warning() -> None:
     case = Case(a_shape=[2, 6], opset=11)
     model = build_model(case, masked_weight(case, np.random.default_rng(0)), None)
-    with pytest.raises(OnnxPruneError, match=r"needs ai.onnx opset >= 12; the model imports opset 11"):
+    with pytest.warns(UserWarning, match=r"no standard-op fallback embedded: it needs ai.onnx opset >= 12 "
+                                         r"and the model imports opset 11"):
         add_fallback_functions(model)
+    assert not model.functions
 
 
 def test_unknown_format_is_refused() -> None:
