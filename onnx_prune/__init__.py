@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from ._version import __version__
+from .api import prune
 from .errors import OnnxPruneError
 from .library import get_library_path, session_options
+from .report import PruneReport
 
-__all__ = ["__version__", "OnnxPruneError", "get_library_path", "session_options"]
+__all__ = ["__version__", "OnnxPruneError", "PruneReport", "get_library_path", "prune", "session_options"]
