@@ -278,3 +278,30 @@ def test_unknown_format_is_refused() -> None:
     model.graph.node[0].attribute.append(helper.make_attribute("format", "blocked"))
     with pytest.raises(OnnxPruneError, match=r"SparseGemm node 'fc1': the fallback supports format 'csr' only"):
         add_fallback_functions(model)
+
+
+@pytest.mark.parametrize("values", ["fp32", "fp16"])
+def test_pruned_file_runs_without_and_with_the_library(values: str, tmp_path: Path) -> None:
+    """Through onnx_prune.api.prune: the written file carries the function and runs in both sessions."""
+    api = pytest.importorskip("onnx_prune.api")
+    from test_densify import masked_dense, mlp_model
+
+    model = mlp_model()
+    pruned, _ = api.prune(model, ratio=0.8, values=values)
+    assert has_fallback_function(pruned)
+    onnx.checker.check_model(pruned, full_check=True)
+    x = np.random.default_rng(4).standard_normal((6, 12)).astype(np.float32)
+    masked = masked_dense(model, 0.8)
+    if values == "fp16":  # the file stores fp16 weights: the reference uses the same rounded values
+        for tensor in masked.graph.initializer:
+            if tensor.name in ("w1", "w2", "w3"):
+                w = numpy_helper.to_array(tensor).astype(np.float16).astype(np.float32)
+                tensor.CopyFrom(numpy_helper.from_array(w, tensor.name))
+    expected = ort.InferenceSession(masked.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y, ops = run_profiled(pruned, {"x": x}, tmp_path, with_library=False)
+    assert contract.OP_TYPE not in ops and "ScatterND" in ops
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    if find_library_path() is not None:
+        y_lib, ops_lib = run_profiled(pruned, {"x": x}, tmp_path, with_library=True)
+        assert contract.OP_TYPE in ops_lib and "ScatterND" not in ops_lib
+        np.testing.assert_allclose(y_lib, expected, rtol=1e-5, atol=1e-5)
