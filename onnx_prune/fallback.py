@@ -14,9 +14,10 @@ One body serves every node of the model, whatever its attributes and inputs:
   (rank - 1)``, ``end = rank - 1 + transA``: ``A.shape[:-1]`` without transA, ``[M]`` with it.
 * ``activation`` is a string attribute; ``Equal`` on strings needs opset 19, so the body compares
   it with ``"relu"`` through ``Unique`` (one unique element means equal), valid from opset 11.
-* row ids of the stored values come from the offsets without a scatter-add (opset 16): the
-  non-empty rows start at distinct positions, so a plain ``ScatterElements`` of row-id steps
-  followed by ``CumSum`` yields the row id of every value.
+* the row id of every stored value comes from the offsets through fixed-shape ops only (TopK,
+  ScatterElements on a permutation; no scatter-add, which needs opset 16, and no Compress /
+  NonZero, whose data-dependent shapes onnxruntime does not constant-fold): onnxruntime folds the
+  whole rebuild of ``W`` into one dense initializer when the session is created.
 
 onnxruntime inlines the body with the *model's* ``ai.onnx`` opset (checked with onnxruntime
 1.32), so the function imports exactly that version and only uses ops whose meaning is the same
@@ -134,6 +135,13 @@ class _BodyBuilder:
         self.nodes.append(node)
         return name
 
+    def node2(self, op: str, inputs: Sequence[str], **kwargs: object) -> str:
+        """A two-output node (TopK) of which only the second output is used."""
+        self._count += 1
+        first, second = f"{op.lower()}_{self._count}_0", f"{op.lower()}_{self._count}_1"
+        self.nodes.append(helper.make_node(op, list(inputs), [first, second], **kwargs))
+        return second
+
     def const(self, array: np.ndarray) -> str:
         return self.node("Constant", [], value=numpy_helper.from_array(np.asarray(array)))
 
@@ -168,23 +176,29 @@ def _dense_weight_nodes(b: _BodyBuilder, opset: int) -> str:
 
 
 def _column_ids_nodes(b: _BodyBuilder, offsets: str, values: str) -> str:
-    """n(j) for every stored value j: the row of Wᵀ (column of W) it belongs to."""
-    starts = b.node("Slice", [offsets, b.const(np.array([0], np.int64)), b.const(np.array([-1], np.int64))])
+    """n(j) for every stored value j: the row of Wᵀ (column of W) it belongs to.
+
+    n(j) is the number of rows that end at or before j (``searchsorted(offsets[1:], j, "right")``).
+    It is computed with fixed-shape ops only, so that onnxruntime's constant folding can turn the
+    whole weight rebuild into one dense initializer at session creation: sort the keys ``2 * end``
+    (row ends) and ``2 * j + 1`` (positions) together with TopK; a position's rank in that order
+    minus j counts the row ends before it.
+    """
+    two = b.const(np.array(2, np.int64))
     ends = b.node("Slice", [offsets, b.const(np.array([1], np.int64)),
                             b.const(np.array([_INT64_MAX], np.int64))])
-    non_empty = b.node("Greater", [ends, starts])
-    n_cols = b.node("Size", [starts])
-    all_cols = b.node("Range", [b.const(np.array(0, np.int64)), n_cols, b.const(np.array(1, np.int64))])
-    cols = b.node("Compress", [all_cols, non_empty], axis=0)
-    col_starts = b.node("Compress", [starts, non_empty], axis=0)
-    previous = b.node("Concat", [b.const(np.array([0], np.int64)),
-                                 b.node("Slice", [cols, b.const(np.array([0], np.int64)),
-                                                  b.const(np.array([-1], np.int64))])], axis=0)
-    steps = b.node("Sub", [cols, previous])
-    nnz_zeros = b.node("ConstantOfShape", [b.node("Shape", [values])],
-                       value=numpy_helper.from_array(np.zeros(1, dtype=np.int64)))
-    marks = b.node("ScatterElements", [nnz_zeros, col_starts, steps], axis=0)
-    return b.node("CumSum", [marks, b.const(np.array(0, np.int64))])
+    positions = b.node("Range", [b.const(np.array(0, np.int64)), b.node("Size", [values]),
+                                 b.const(np.array(1, np.int64))])
+    keys = b.node("Concat", [b.node("Mul", [ends, two]),
+                             b.node("Add", [b.node("Mul", [positions, two]), b.const(np.array(1, np.int64))])],
+                  axis=0)
+    count = b.node("Shape", [keys])
+    order = b.node2("TopK", [keys, count], axis=0, largest=0, sorted=1)
+    all_ranks = b.node("Range", [b.const(np.array(0, np.int64)), b.node("Size", [keys]),
+                                 b.const(np.array(1, np.int64))])
+    ranks = b.node("ScatterElements", [all_ranks, order, all_ranks], axis=0)
+    position_ranks = b.node("Slice", [ranks, b.node("Shape", [ends]), b.const(np.array([_INT64_MAX], np.int64))])
+    return b.node("Sub", [position_ranks, positions])
 
 
 def _flatten_a_nodes(b: _BodyBuilder) -> tuple[str, str]:
