@@ -116,7 +116,7 @@ def mlp_model() -> onnx.ModelProto:
              numpy_helper.from_array(np.array([-1, 24], np.int64), "shape2")]
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 12])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 6])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def masked_dense(model: onnx.ModelProto, ratio: float) -> onnx.ModelProto:
