@@ -125,6 +125,7 @@ class _BodyBuilder:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self._count = 0
+        self._consts: dict[tuple, str] = {}
 
     def node(self, op: str, inputs: Sequence[str], out: str | None = None,
              attrs: Sequence[AttributeProto] = (), **kwargs: object) -> str:
@@ -143,7 +144,12 @@ class _BodyBuilder:
         return second
 
     def const(self, array: np.ndarray) -> str:
-        return self.node("Constant", [], value=numpy_helper.from_array(np.asarray(array)))
+        """One Constant node per distinct value (keeps the stored function small)."""
+        array = np.asarray(array)
+        key = (array.dtype.str, array.shape, array.tobytes() if array.dtype != object else repr(array.tolist()))
+        if key not in self._consts:
+            self._consts[key] = self.node("Constant", [], value=numpy_helper.from_array(array))
+        return self._consts[key]
 
     def attr_scalar(self, attr: str, attr_type: int) -> str:
         """A Constant holding the caller's attribute ``attr`` as a scalar tensor."""
