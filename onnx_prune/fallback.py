@@ -20,7 +20,7 @@ One body serves every node of the model, whatever its attributes and inputs:
   whole rebuild of ``W`` into one dense initializer when the session is created.
 
 onnxruntime inlines the body with the *model's* ``ai.onnx`` opset (checked with onnxruntime
-1.32), so the function imports exactly that version and only uses ops whose meaning is the same
+1.32; the tests pass on 1.20.1 too), so the function imports exactly that version and only uses ops whose meaning is the same
 from opset 12 on (attributes reach the body through ``Constant`` value_int / value_string,
 which opset 12 introduced). Duplicate ``(k, n)`` entries (never written by onnx-prune) are summed like the
 kernel does from opset 16 on (``ScatterND`` reduction ``add``); below that the last one wins.
@@ -108,11 +108,11 @@ def build_sparse_gemm_function(opset: int) -> onnx.FunctionProto:
                 helper.make_attribute(contract.ATTR_TRANS_A, 0),
                 helper.make_attribute(contract.ATTR_ACTIVATION, ""),
                 helper.make_attribute(contract.ATTR_FORMAT, contract.FORMAT_CSR)]
-    required = [contract.ATTR_K, contract.ATTR_N, contract.ATTR_NNZ, contract.ATTR_ORIGINAL_OP,
+    without_default = [contract.ATTR_K, contract.ATTR_N, contract.ATTR_NNZ, contract.ATTR_ORIGINAL_OP,
                 contract.ATTR_DENSE_SHAPE, contract.ATTR_SPARSITY]
     return helper.make_function(
         contract.DOMAIN, contract.OP_TYPE, list(contract.INPUT_NAMES), list(contract.OUTPUT_NAMES),
-        b.nodes, [helper.make_opsetid("", opset)], attributes=required,
+        b.nodes, [helper.make_opsetid("", opset)], attributes=without_default,
         attribute_protos=defaults, doc_string=_FUNCTION_DOC)
 
 
