@@ -120,7 +120,8 @@ def build_sparse_gemm_function(opset: int) -> onnx.FunctionProto:
 
 
 class _BodyBuilder:
-    """Collects body nodes with unique, readable intermediate names."""
+    """Collects body nodes with short unique intermediate names (t1, t2, ...: the body is stored
+    in every pruned file)."""
 
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
@@ -130,7 +131,7 @@ class _BodyBuilder:
     def node(self, op: str, inputs: Sequence[str], out: str | None = None,
              attrs: Sequence[AttributeProto] = (), **kwargs: object) -> str:
         self._count += 1
-        name = out or f"{op.lower()}_{self._count}"
+        name = out or f"t{self._count}"
         node = helper.make_node(op, list(inputs), [name], **kwargs)
         node.attribute.extend(attrs)
         self.nodes.append(node)
@@ -139,7 +140,7 @@ class _BodyBuilder:
     def node2(self, op: str, inputs: Sequence[str], **kwargs: object) -> str:
         """A two-output node (TopK) of which only the second output is used."""
         self._count += 1
-        first, second = f"{op.lower()}_{self._count}_0", f"{op.lower()}_{self._count}_1"
+        first, second = f"t{self._count}", f"t{self._count}_1"
         self.nodes.append(helper.make_node(op, list(inputs), [first, second], **kwargs))
         return second
 
