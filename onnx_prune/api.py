@@ -1,11 +1,13 @@
 """The Python API: ``onnx_prune.prune(model_or_path, ratio=...) -> (ModelProto, PruneReport)``.
 
 Data flows one way: find eligible layers → select → decide per-layer ratios → sparsify (the
-"sparsifier": magnitude here, calibration-aware methods in calibration.py) → rewrite → verify.
+"sparsifier": magnitude here, calibration-aware methods and N:M patterns in calibration.py) →
+rewrite → verify.
 """
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
@@ -16,150 +18,243 @@ import onnx
 from . import masking
 from .errors import OnnxPruneError
 from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
-from .modelio import load_model
-from .report import LayerReport, PruneReport
-from .rewrite import PrunedLayer, rewrite
+from .modelio import PROTOBUF_LIMIT, load_model
+from .report import PruneReport
+from .rewrite import PrunedLayer, add_optional_parts, rewrite
 
-# Below this sparsity the kernel does not beat onnxruntime's dense Gemm at batch >= 16 on the
-# machines measured (tools/bench_kernel.py: 0.5 ties or loses, 0.7 wins), so by default such a layer
-# stays a dense, unpruned Gemm (auto_dense=False overrides).
-AUTO_DENSE_BELOW = 0.6
+# A layer keeping more than this fraction of its weights (sparsity below 50%) stays a dense,
+# unpruned Gemm / MatMul by default: there the sparse kernel does not beat onnxruntime's dense
+# Gemm (docs/bench_kernel.md: at sparsity 0.5 it ties or loses, at 0.7 it wins at batch >= 16).
+# ``auto_dense=False`` (CLI --no-auto-dense) prunes such layers anyway.
+DENSE_KEEP_THRESHOLD = 0.5
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
+SCOPES = ("layer", "global")
 VALUES = {"fp32": np.float32, "fp16": np.float16}
 
 ModelOrPath = Union[onnx.ModelProto, str, Path]
+Calibration = Union[None, str, Path, Mapping[str, np.ndarray]]
+Progress = Callable[[str, int, int], None]  # (what is being done, steps done, steps in all)
+_STEPS = 5
 
 
 def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer",
           include: Sequence[str] = (), exclude: Sequence[str] = (),
           layer_ratios: Optional[Mapping[str, float]] = None, min_params: int = 0,
-          method: str = "magnitude", calibration=None, calibration_samples: Optional[int] = None,
+          method: str = "magnitude", calibration: Calibration = None, calibration_samples: Optional[int] = None,
           pattern: Optional[str] = None, values: str = "fp32", fallback: bool = True,
           auto_dense: bool = True, verify: bool = False, verify_inputs=None,
-          progress: Optional[Callable[[str], None]] = None) -> tuple[onnx.ModelProto, PruneReport]:
-    """Prune the Gemm / constant-weight MatMul layers of a model; returns the rewritten model and a
-    report. The input model is not modified. ``calibration`` is an .npz path or a dict of arrays keyed
-    by graph input name (needed by ``method="wanda"`` and ``"sparsegpt"``)."""
-    _check_options(ratio, scope, method, values, layer_ratios)
-    model = load_model(model_or_path) if isinstance(model_or_path, (str, Path)) else _copy(model_or_path)
-    say = progress or (lambda _msg: None)
+          progress: Optional[Progress] = None) -> tuple[onnx.ModelProto, PruneReport]:
+    """Prune the Gemm / constant-weight MatMul layers of a model.
+
+    Returns the rewritten model and a report; the input (file or ModelProto) is not modified.
+    ``calibration`` is an .npz path or a dict of arrays keyed by graph input name (first axis =
+    samples), needed by ``method="wanda"`` and ``"sparsegpt"``. ``verify=True`` runs the result
+    against the input with the same masks applied densely and raises OnnxPruneError when they
+    differ by more than verify.VERIFY_TOLERANCE (``verify_inputs``: .npz path or dict; default
+    generated inputs).
+    """
+    check_options(ratio, scope=scope, method=method, values=values, layer_ratios=layer_ratios,
+                  min_params=min_params, calibration_samples=calibration_samples)
+    source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else None
+    model = load_model(model_or_path) if source is not None else _copy(model_or_path)
+    say = _stepper(progress)
 
     say("finding prunable layers")
-    found, skipped = find_layers(model)
-    for s in skipped:
-        if "float32" in s.reason or "not 2-D" in s.reason:
-            warnings.warn(f"layer {s.node} skipped: {s.reason}", stacklevel=2)
-    if not found:
-        raise OnnxPruneError("no prunable layer found: the model has no Gemm or MatMul with a constant "
-                             "float32 2-D weight" + _skip_summary(skipped))
-    chosen, unselected = select_layers(found, include=include, exclude=exclude, min_params=min_params)
-    if not chosen:
-        raise OnnxPruneError("no prunable layer left after --include/--exclude/--min-params "
-                             f"({len(found)} eligible: {', '.join(l.node for l in found)})")
-    ratios = {l.node: ratio for l in chosen}
+    chosen, not_pruned = eligible_layers(model, include=include, exclude=exclude, min_params=min_params)
+    ratios = {layer.node: float(ratio) for layer in chosen}
     ratios.update(resolve_layer_ratios(chosen, dict(layer_ratios or {})))
 
-    say(f"scoring {len(chosen)} layers ({method})")
+    say(f"scoring {len(chosen)} layers ({method}{', ' + pattern if pattern else ''})")
     weights = sparsify(model, chosen, ratios, scope=scope, method=method, calibration=calibration,
                        calibration_samples=calibration_samples, pattern=pattern)
-
-    pruned, dense_kept = [], []
-    for layer in chosen:
-        new_weight, mask = weights[layer.node]
-        sparsity = 1.0 - mask.sum() / mask.size
-        if auto_dense and sparsity < AUTO_DENSE_BELOW:
-            dense_kept.append(layer)
-        else:
-            pruned.append(PrunedLayer(layer, new_weight.astype(np.float32), mask))
+    pruned, dense_kept = split_dense(chosen, weights, auto_dense)
 
     settings = dict(ratio=ratio, scope=scope, method=method, pattern=pattern, values=values,
                     layer_ratios=dict(layer_ratios or {}), include=list(include), exclude=list(exclude),
-                    min_params=min_params, auto_dense=auto_dense, fallback=fallback)
-    say("rewriting the graph")
+                    min_params=min_params, auto_dense=auto_dense, fallback=fallback,
+                    calibration_samples=calibration_samples)
+    say(f"rewriting {len(pruned)} layers as SparseGemm")
     out = rewrite(model, pruned, values_dtype=VALUES[values], settings=settings)
-    _add_optional_parts(out, fallback)
-    onnx.checker.check_model(out)
+    add_optional_parts(out, fallback=fallback)
+    check_output_model(model, out)
 
-    report = PruneReport.build(model, out, pruned, dense_kept, unselected, settings,
-                               source=str(model_or_path) if isinstance(model_or_path, (str, Path)) else None)
-    if verify:
+    report = PruneReport.build(model, out, pruned, dense_kept, not_pruned, settings, source=source)
+    if verify and pruned:
         from .verify import verify_pruned
 
         say("verifying against the masked dense model")
         report.verification = verify_pruned(model, out, pruned, values=values, inputs=verify_inputs)
+        if not report.verification.passed:
+            v = report.verification
+            raise OnnxPruneError(f"verification failed: max relative error {v.max_rel_error:.2e} exceeds "
+                                 f"{v.tolerance:.0e} (outputs: {_worst_outputs(v.per_output)})")
+    say("done")
     return out, report
 
 
+def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), exclude: Sequence[str] = (),
+                    min_params: int = 0) -> tuple[list[Layer], list[Skipped]]:
+    """The layers to prune and every Gemm / MatMul left alone (with why). Non-float32 weights
+    get a warning naming the layer: the user probably expected them to be pruned."""
+    found, ineligible = find_layers(model)
+    for s in ineligible:
+        if "only float32" in s.reason:
+            warnings.warn(f"layer {s.node} skipped: {s.reason}", stacklevel=3)
+    if not found:
+        raise OnnxPruneError("no prunable layer found: the model has no Gemm or MatMul with a constant "
+                             "float32 2-D weight" + _skip_summary(ineligible))
+    chosen, unselected = select_layers(found, include=include, exclude=exclude, min_params=min_params)
+    if not chosen:
+        raise OnnxPruneError("no prunable layer left after --include/--exclude/--min-params "
+                             f"({len(found)} eligible: {_names(found)})")
+    return chosen, [*ineligible, *unselected]
+
+
 def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[str, float], *, scope: str,
-             method: str, calibration, calibration_samples: Optional[int], pattern: Optional[str]
-             ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """node name -> (new weight [K, N], keep mask [K, N]) for every layer."""
+             method: str, calibration: Calibration, calibration_samples: Optional[int],
+             pattern: Optional[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """node name -> (new weight [K, N] float32, keep mask [K, N] bool), for every layer.
+
+    Magnitude pruning is done here with masking's floor rule; every other method (and N:M
+    patterns) belongs to onnx_prune.calibration, imported only when asked for.
+    """
     if method != "magnitude" or pattern:
         try:
-            from . import calibration as calibration_methods
+            from .calibration import sparsify as calibration_sparsify
         except ImportError:
-            raise OnnxPruneError(f"--method {method} / --pattern need onnx_prune.calibration, which this "
-                                 "installation lacks") from None
-        data = None
-        if calibration is not None:
-            data = calibration if isinstance(calibration, Mapping) else \
-                calibration_methods.load_calibration(calibration, model, calibration_samples)
-        elif method != "magnitude":
-            raise OnnxPruneError(f"--method {method} needs calibration data (--calibration DATA.npz)")
-        return calibration_methods.sparsify(model, list(layers), dict(ratios), method=method, calibration=data,
-                                            samples=calibration_samples, pattern=pattern, scope=scope)
+            what = f"method {method}" if method != "magnitude" else f"pattern {pattern}"
+            raise OnnxPruneError(f"{what} needs onnx_prune.calibration, which this installation lacks") from None
+        data = load_calibration(calibration) if calibration is not None else None
+        result = calibration_sparsify(model, list(layers), dict(ratios), method=method, calibration=data,
+                                      samples=calibration_samples, pattern=pattern, scope=scope)
+    else:
+        result = magnitude_sparsify(layers, ratios, scope=scope)
+    return {layer.node: _checked(layer, result) for layer in layers}
+
+
+def magnitude_sparsify(layers: Sequence[Layer], ratios: Mapping[str, float], *, scope: str
+                       ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-layer floor rule, or with ``scope="global"`` one threshold over all layers."""
     if scope == "global":
-        if len(set(ratios.values())) > 1:
-            raise OnnxPruneError("--layer-ratio cannot be combined with --scope global")
-        ratio = next(iter(ratios.values()))
-        masks = masking.global_masks([masking.magnitude_scores(l.weight) for l in layers], ratio)
+        distinct = set(ratios[layer.node] for layer in layers)
+        if len(distinct) > 1:
+            raise OnnxPruneError("--layer-ratio cannot be combined with --scope global (one threshold "
+                                 "for all layers)")
+        masks = masking.global_masks([masking.magnitude_scores(l.weight) for l in layers], distinct.pop())
     else:
         masks = [masking.magnitude_mask(l.weight, ratios[l.node]) for l in layers]
-    return {l.node: (np.where(m, l.weight, np.float32(0)), m) for l, m in zip(layers, masks)}
+    return {l.node: (np.where(m, l.weight, np.float32(0)).astype(np.float32), m) for l, m in zip(layers, masks)}
 
 
-def _check_options(ratio: float, scope: str, method: str, values: str, layer_ratios) -> None:
-    def check(r: float, what: str) -> None:
-        if not isinstance(r, (int, float)) or math.isnan(r) or not 0.0 <= r < 1.0:
-            raise OnnxPruneError(f"{what} must be in [0, 1), got {r}")
+def split_dense(layers: Sequence[Layer], weights: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                auto_dense: bool) -> tuple[list[PrunedLayer], list[Layer]]:
+    """Layers that become SparseGemm, and those kept dense because too few weights go."""
+    pruned, dense_kept = [], []
+    for layer in layers:
+        new_weight, mask = weights[layer.node]
+        kept_fraction = float(mask.sum()) / mask.size
+        if auto_dense and kept_fraction > DENSE_KEEP_THRESHOLD:
+            dense_kept.append(layer)
+        else:
+            pruned.append(PrunedLayer(layer, new_weight, mask))
+    return pruned, dense_kept
 
-    check(ratio, "--ratio")
+
+def load_calibration(calibration: Calibration) -> dict[str, np.ndarray]:
+    """The calibration arrays, from a dict or an .npz file (one clear error when unreadable)."""
+    if isinstance(calibration, Mapping):
+        return {str(k): np.asarray(v) for k, v in calibration.items()}
+    path = Path(calibration)
+    if not path.is_file():
+        raise OnnxPruneError(f"calibration data '{path}' does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise OnnxPruneError(f"calibration data '{path}' is not a readable .npz: {exc}") from exc
+
+
+def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitude", values: str = "fp32",
+                  layer_ratios: Optional[Mapping[str, float]] = None, min_params: int = 0,
+                  calibration_samples: Optional[int] = None) -> None:
+    """Every option checked before any work, each with the CLI flag's name in its message."""
+    _check_ratio(ratio, "--ratio")
     for name, r in (layer_ratios or {}).items():
-        check(r, f"--layer-ratio {name}")
-    if scope not in ("layer", "global"):
+        _check_ratio(r, f"--layer-ratio {name}")
+    if scope not in SCOPES:
         raise OnnxPruneError(f"--scope must be 'layer' or 'global', got '{scope}'")
     if method not in METHODS:
         raise OnnxPruneError(f"--method must be one of {', '.join(METHODS)}, got '{method}'")
     if values not in VALUES:
         raise OnnxPruneError(f"--values must be fp32 or fp16, got '{values}'")
+    if not isinstance(min_params, numbers.Integral) or min_params < 0:
+        raise OnnxPruneError(f"--min-params must be a non-negative integer, got {min_params}")
+    if calibration_samples is not None and calibration_samples < 1:
+        raise OnnxPruneError(f"--calibration-samples must be at least 1, got {calibration_samples}")
 
 
-def _add_optional_parts(model: onnx.ModelProto, fallback: bool) -> None:
-    """The standard-op fallback function and netron's op description, when those modules exist."""
+def check_output_model(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
+    """The output must pass onnx.checker; when it does not, say whether the input already fails."""
+    if out.ByteSize() > PROTOBUF_LIMIT:
+        return  # the in-memory checker cannot take > 2 GB; such models are checked by onnxruntime
     try:
-        from .netron_meta import netron_metadata_json
-    except ImportError:
-        pass
-    else:
-        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
-                                            "metadata.json": netron_metadata_json()})
-    if fallback:
+        onnx.checker.check_model(out)
+    except onnx.checker.ValidationError as exc:
         try:
-            from .fallback import add_fallback_functions
-        except ImportError:
-            return
-        try:
-            add_fallback_functions(model)
-        except OnnxPruneError as exc:  # e.g. an opset too old for the fallback's standard ops
-            warnings.warn(f"no standard-op fallback embedded ({exc}); the file needs the SparseGemm library",
-                          stacklevel=3)
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as input_exc:
+            raise OnnxPruneError(f"the input model fails onnx.checker: {_first_line(input_exc)}") from exc
+        raise OnnxPruneError(f"internal error: the pruned model fails onnx.checker: {_first_line(exc)}") from exc
+
+
+def _check_ratio(r: float, what: str) -> None:
+    if isinstance(r, bool) or not isinstance(r, numbers.Real) or math.isnan(r) or not 0.0 <= r < 1.0:
+        raise OnnxPruneError(f"{what} must be in [0, 1), got {r}")
+
+
+def _checked(layer: Layer, result: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """A sparsifier's answer for one layer, in the shapes and dtypes the rewriter relies on."""
+    if layer.node not in result:
+        raise OnnxPruneError(f"internal error: the sparsifier returned nothing for layer {layer.node}")
+    weight, mask = result[layer.node]
+    weight, mask = np.asarray(weight, dtype=np.float32), np.asarray(mask, dtype=bool)
+    if weight.shape != layer.weight.shape or mask.shape != layer.weight.shape:
+        raise OnnxPruneError(f"internal error: the sparsifier returned shapes {list(weight.shape)} / "
+                             f"{list(mask.shape)} for layer {layer.node} of shape {list(layer.weight.shape)}")
+    return np.where(mask, weight, np.float32(0)), mask
+
+
+def _stepper(progress: Optional[Progress]) -> Callable[[str], None]:
+    done = [0]
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(message, min(done[0], _STEPS), _STEPS)
+        done[0] += 1
+
+    return say
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    if not isinstance(model, onnx.ModelProto):
+        raise OnnxPruneError(f"prune() takes an onnx.ModelProto or a path, got {type(model).__name__}")
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
+
+
+def _names(layers: Sequence[Layer]) -> str:
+    return ", ".join(l.node for l in layers)
+
+
+def _worst_outputs(per_output: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2e}" for k, v in sorted(per_output.items(), key=lambda kv: -kv[1])[:3])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
 
 
 def _skip_summary(skipped: Sequence[Skipped]) -> str:

@@ -1,15 +1,17 @@
 """The ``onnx-prune`` command.
 
 ``onnx-prune IN.onnx OUT.onnx --ratio 0.8`` prunes (the ``prune`` subcommand is implied); ``bench``,
-``eval`` and ``densify`` are subcommands. Errors are one line on stderr with a non-zero exit code;
-``--debug`` shows the traceback.
+``eval`` and ``densify`` are subcommands whose work lives in bench.py, evaluate.py and densify.py.
+Errors are one line ``error: ...`` on stderr with exit code 1 (2 for command-line usage errors);
+``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import typer
 
@@ -17,42 +19,80 @@ from ._version import __version__
 from .errors import OnnxPruneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  pretty_exceptions_show_locals=False,
                   help="Prune the Gemm / MatMul weights of an ONNX model and run it faster in onnxruntime.\n\n"
                        "[bold]onnx-prune IN.onnx OUT.onnx --ratio 0.8[/bold] prunes (same as "
                        "[bold]onnx-prune prune ...[/bold]).")
 
 SUBCOMMANDS = ("prune", "bench", "eval", "densify")
+ROOT_OPTIONS = ("--help", "--version")
 EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
 
 
-def _fail(message: str, debug: bool) -> None:
-    if debug:
+@contextmanager
+def _errors_as_one_line(debug: bool) -> Iterator[None]:
+    """OnnxPruneError → ``error: message``; anything unexpected → one line naming its type."""
+    try:
+        yield
+    except typer.Exit:
         raise
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(EXIT_ERROR)
+    except OnnxPruneError as exc:
+        if debug:
+            raise
+        _print_error(str(exc))
+        raise typer.Exit(EXIT_ERROR) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _print_error("interrupted; nothing was written")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:  # a bug or an environment problem: still one line, details with --debug
+        if debug:
+            raise
+        text = (str(exc).strip() or "").splitlines()
+        _print_error(f"unexpected {type(exc).__name__}: {text[0] if text else ''} (run with --debug for details)")
+        raise typer.Exit(EXIT_ERROR) from None
 
 
-def _parse_layer_ratios(items: List[str]) -> dict[str, float]:
+def _print_error(message: str) -> None:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+
+
+def parse_layer_ratios(items: List[str]) -> dict[str, float]:
+    """``NAME=R`` items (NAME: node or weight name or glob; the last ``=`` separates R)."""
     ratios = {}
     for item in items:
         name, sep, value = item.rpartition("=")
         try:
-            if not sep or not name:
+            if not sep or not name.strip():
                 raise ValueError
-            ratios[name] = float(value)
+            ratios[name.strip()] = float(value)
         except ValueError:
             raise OnnxPruneError(f"--layer-ratio takes NAME=R (e.g. fc1=0.5), got '{item}'") from None
     return ratios
 
 
-def _progress(quiet: bool):
+@contextmanager
+def _progress_bar(quiet: bool) -> Iterator[Optional[Callable[[str, int, int], None]]]:
+    """A rich progress bar on stderr fed by api.prune's progress callback (nothing when quiet or
+    when stderr is not a terminal, so logs and pipes get no bar drawings)."""
     from rich.console import Console
 
-    if quiet:
-        return None, None
     console = Console(stderr=True)
-    status = console.status("pruning…")
-    return status, (lambda msg: status.update(f"{msg}…"))
+    if quiet or not console.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("loading", total=1)
+
+        def update(message: str, done: int, total: int) -> None:
+            bar.update(task, description=message, completed=done, total=total)
+
+        yield update
 
 
 @app.command("prune")
@@ -61,19 +101,19 @@ def prune_command(
     output_path: Path = typer.Argument(..., metavar="OUT.onnx", help="Where to write the pruned model."),
     ratio: float = typer.Option(0.8, "--ratio", "-r", help="Fraction of each layer's weights removed, in [0, 1): "
                                 "exactly floor(R x size) of the smallest-|w| weights (ties: first in row-major W[K,N])."),
-    scope: str = typer.Option("layer", help="layer: the ratio applies per layer; global: one threshold over all layers."),
+    scope: str = typer.Option("layer", "--scope", help="layer: the ratio applies per layer; global: one threshold over all layers."),
     include: List[str] = typer.Option([], "--include", help="Only layers whose node or weight name matches (glob; repeatable)."),
     exclude: List[str] = typer.Option([], "--exclude", help="Leave matching layers dense (glob; repeatable)."),
-    layer_ratio: List[str] = typer.Option([], "--layer-ratio", help="NAME=R: another ratio for one layer (repeatable)."),
+    layer_ratio: List[str] = typer.Option([], "--layer-ratio", help="NAME=R: another ratio for the layers NAME matches (repeatable)."),
     min_params: int = typer.Option(0, "--min-params", help="Leave layers with fewer weights dense."),
-    method: str = typer.Option("magnitude", help="magnitude, wanda or sparsegpt (the last two need --calibration)."),
+    method: str = typer.Option("magnitude", "--method", help="magnitude, wanda or sparsegpt (the last two use --calibration)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help=".npz of inputs keyed by graph input name, first axis = samples."),
     calibration_samples: Optional[int] = typer.Option(None, "--calibration-samples", help="Use at most N calibration samples."),
     pattern: Optional[str] = typer.Option(None, "--pattern", help="Structured sparsity N:M (e.g. 2:4) along each output's inputs."),
     values: str = typer.Option("fp32", "--values", help="Stored weight values: fp32 or fp16 (smaller file)."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback", help="Embed a standard-op fallback so the file also runs without the library."),
-    auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help="Keep layers dense where the sparse kernel cannot win (sparsity below 60%)."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare OUT with the masked dense model in onnxruntime."),
+    auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help="Keep layers dense that would keep more than half their weights (the sparse kernel cannot win there)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare OUT with the masked dense model in onnxruntime before writing."),
     inputs: Optional[Path] = typer.Option(None, "--inputs", help=".npz of inputs for the verification (default: generated)."),
     report_json: Optional[Path] = typer.Option(None, "--report-json", help="Write the report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
@@ -82,33 +122,27 @@ def prune_command(
     """Prune IN.onnx into OUT.onnx and print a per-layer report."""
     from . import api, modelio
 
-    try:
+    with _errors_as_one_line(debug):
         modelio.check_output_path(input_path, output_path)
-        status, say = _progress(quiet)
-        with warnings.catch_warnings(record=True) as caught, (status or _Null()):
+        if report_json is not None:
+            modelio.check_output_path(input_path, report_json)
+        layer_ratios = parse_layer_ratios(layer_ratio)
+        with warnings.catch_warnings(record=True) as caught, _progress_bar(quiet) as progress:
             warnings.simplefilter("always")
             model, report = api.prune(
-                input_path, ratio, scope=scope, include=include, exclude=exclude,
-                layer_ratios=_parse_layer_ratios(layer_ratio), min_params=min_params, method=method,
-                calibration=calibration, calibration_samples=calibration_samples, pattern=pattern,
-                values=values, fallback=fallback, auto_dense=auto_dense, verify=verify, verify_inputs=inputs,
-                progress=say)
-        if report.verification and not report.verification.passed:
-            raise OnnxPruneError(f"verification failed: max relative error {report.verification.max_rel_error:.2e} "
-                                 f"exceeds {report.verification.tolerance:.0e}; nothing was written")
-        modelio.save_model_atomic(model, output_path, external_data=_input_used_external_data(input_path))
-        report.size_after = _written_size(output_path)
-        if report_json:
-            report_json.write_text(report.to_json())
+                input_path, ratio, scope=scope, include=include, exclude=exclude, layer_ratios=layer_ratios,
+                min_params=min_params, method=method, calibration=calibration,
+                calibration_samples=calibration_samples, pattern=pattern, values=values, fallback=fallback,
+                auto_dense=auto_dense, verify=verify, verify_inputs=inputs, progress=progress)
+        modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
+        report.size_after = modelio.written_size(output_path)
+        if report_json is not None:
+            modelio.write_text_atomic(report_json, report.to_json())
         if not quiet:
             for w in caught:
                 typer.echo(f"warning: {w.message}", err=True)
             report.print()
             typer.echo(f"wrote {output_path}")
-    except OnnxPruneError as exc:
-        _fail(str(exc), debug)
-    except KeyboardInterrupt:
-        _fail("interrupted; nothing was written", debug)
 
 
 @app.command("bench")
@@ -124,13 +158,10 @@ def bench_command(
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
     """Time the dense model against the pruned one in one onnxruntime process."""
-    from .bench import run_bench_cli
-
-    try:
+    with _errors_as_one_line(debug):
+        run_bench_cli = _optional("bench", "run_bench_cli")
         run_bench_cli(str(input_path), str(pruned_path) if pruned_path else None, ratio=ratio, batches=batch,
                       threads=threads, rounds=rounds, json_path=str(json_path) if json_path else None, quiet=quiet)
-    except OnnxPruneError as exc:
-        _fail(str(exc), debug)
 
 
 @app.command("eval")
@@ -147,63 +178,40 @@ def eval_command(
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
     """Accuracy and latency of the pruned model across ratios (and methods)."""
-    try:
-        try:
-            from .evaluate import run_eval_cli
-        except ImportError:
-            raise OnnxPruneError("eval needs onnx_prune.evaluate, which this installation lacks") from None
+    with _errors_as_one_line(debug):
+        run_eval_cli = _optional("evaluate", "run_eval_cli")
         run_eval_cli(str(model), str(data), ratios=ratio, methods=method, batch=batch, threads=threads,
                      png=str(png) if png else None, json_path=str(json_path) if json_path else None,
                      calibration=str(calibration) if calibration else None)
-    except OnnxPruneError as exc:
-        _fail(str(exc), debug)
 
 
 @app.command("densify")
 def densify_command(
     input_path: Path = typer.Argument(..., metavar="IN.onnx", help="A pruned model."),
     output_path: Path = typer.Argument(..., metavar="OUT.onnx", help="Where to write the dense model."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
     """Turn every SparseGemm back into standard Gemm / MatMul (+Add) with the zeros written out."""
     from . import modelio
 
-    try:
-        try:
-            from .densify import densify_model
-        except ImportError:
-            raise OnnxPruneError("densify needs onnx_prune.densify, which this installation lacks") from None
+    with _errors_as_one_line(debug):
+        densify_model = _optional("densify", "densify_model")
         modelio.check_output_path(input_path, output_path)
         model = densify_model(modelio.load_model(input_path))
-        modelio.save_model_atomic(model, output_path, external_data=_input_used_external_data(input_path))
-        typer.echo(f"wrote {output_path}")
-    except OnnxPruneError as exc:
-        _fail(str(exc), debug)
+        modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
+        if not quiet:
+            typer.echo(f"wrote {output_path}")
 
 
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _input_used_external_data(path: Path) -> bool:
-    import onnx
-
-    from .modelio import uses_external_data
+def _optional(module: str, function: str):
+    """A function of a module other engineers own, imported only when its subcommand runs."""
+    import importlib
 
     try:
-        return uses_external_data(onnx.load(str(path), load_external_data=False))
-    except Exception:
-        return False
-
-
-def _written_size(path: Path) -> int:
-    size = path.stat().st_size
-    data = path.parent / f"{path.name}.data"
-    return size + (data.stat().st_size if data.exists() else 0)
+        return getattr(importlib.import_module(f"onnx_prune.{module}"), function)
+    except (ImportError, AttributeError):
+        raise OnnxPruneError(f"this installation lacks onnx_prune.{module}.{function}") from None
 
 
 def _version_callback(value: bool) -> None:
@@ -221,9 +229,14 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: ``onnx-prune IN OUT ...`` means ``onnx-prune prune IN OUT ...``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] not in SUBCOMMANDS and not args[0].startswith("-"):
-        args.insert(0, "prune")
-    app(args=args, prog_name="onnx-prune")
+    app(args=with_default_subcommand(args), prog_name="onnx-prune")
+
+
+def with_default_subcommand(args: List[str]) -> List[str]:
+    """Insert ``prune`` unless the first argument is a subcommand or a root option."""
+    if args and args[0] not in SUBCOMMANDS and args[0] not in ROOT_OPTIONS:
+        return ["prune", *args]
+    return args
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ class Layer:
     alpha: float = 1.0
     beta: float = 1.0
     bias_name: Optional[str] = None      # C (Gemm) or the fused Add's constant
+    bias: Optional[np.ndarray] = None    # its value when it is a constant (a Gemm's C may be computed)
+    add_node: Optional[str] = None       # the Add fused into a MatMul layer
     fused_nodes: list[str] = field(default_factory=list)  # the nodes one SparseGemm replaces, in order
     activation: str = ""                 # "relu" when a Relu is fused
 
@@ -72,6 +74,9 @@ class GraphIndex:
                     self.consumers.setdefault(name, []).append(node)
         self.graph_outputs = {o.name for o in graph.output}
         self.nodes = {n.name: n for n in graph.node}
+        self.ranks = {v.name: len(v.type.tensor_type.shape.dim)
+                      for v in [*graph.input, *graph.value_info, *graph.output]
+                      if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
 
     def constant_proto(self, name: str) -> Optional[onnx.TensorProto]:
         if name in self.initializers:
@@ -96,15 +101,22 @@ class GraphIndex:
 
 
 def name_nodes(graph: onnx.GraphProto) -> None:
-    """Give unnamed nodes stable unique names (the report and the output need them)."""
-    taken = {n.name for n in graph.node if n.name}
+    """Give unnamed nodes stable unique names, and repeated names a suffix: the report, the
+    selection patterns and the rewrite all address nodes by name."""
+    named = [n.name for n in graph.node if n.name]
+    taken = set(named)
+    seen: set[str] = set()
     for index, node in enumerate(graph.node):
-        if not node.name:
-            candidate = f"{node.op_type}_{index}"
-            while candidate in taken:
-                candidate += "_"
-            node.name = candidate
-            taken.add(candidate)
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        stem = node.name or f"{node.op_type}_{index}"
+        candidate, n = stem, 1
+        while candidate in taken:
+            candidate, n = f"{stem}_{n}", n + 1
+        node.name = candidate
+        taken.add(candidate)
+        seen.add(candidate)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -151,18 +163,20 @@ def _gemm_layer(index: GraphIndex, node: onnx.NodeProto):
     if problem:
         return Skipped(node.name, problem)
     trans_b = bool(_attr(node, "transB", 0))
+    bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
     layer = Layer(node=node.name, op="Gemm", weight_name=node.input[1],
                   weight=np.ascontiguousarray(w.T if trans_b else w), trans_b=trans_b,
                   input_name=node.input[0], output_name=node.output[0],
                   trans_a=bool(_attr(node, "transA", 0)), alpha=float(_attr(node, "alpha", 1.0)),
-                  beta=float(_attr(node, "beta", 1.0)),
-                  bias_name=node.input[2] if len(node.input) > 2 and node.input[2] else None,
-                  fused_nodes=[node.name])
+                  beta=float(_attr(node, "beta", 1.0)), bias_name=bias_name,
+                  bias=index.constant(bias_name) if bias_name else None, fused_nodes=[node.name])
     _fuse_relu(index, layer)
     return layer
 
 
 def _matmul_layer(index: GraphIndex, node: onnx.NodeProto):
+    if len(node.input) != 2:
+        return Skipped(node.name, f"it has {len(node.input)} inputs, not 2")
     w = index.constant(node.input[1])
     if index.constant(node.input[0]) is not None and w is None:
         return Skipped(node.name, "its constant operand is A, not the weight B")
@@ -190,7 +204,11 @@ def _fuse_bias_add(index: GraphIndex, layer: Layer) -> None:
         return
     if bias.ndim > 0 and bias.shape[-1] not in (1, layer.N):
         return
+    if bias.ndim > 1 and index.ranks.get(layer.input_name, 0) < bias.ndim:
+        return  # a bias of higher (or unknown) rank than the product would change the output's rank
     layer.bias_name = other
+    layer.bias = bias
+    layer.add_node = add.name
     layer.output_name = add.output[0]
     layer.fused_nodes.append(add.name)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Union
 
 import onnx
-from google.protobuf.message import DecodeError
 
 from .errors import OnnxPruneError
 
@@ -26,10 +25,10 @@ def load_model(path: PathLike) -> onnx.ModelProto:
         raise OnnxPruneError(f"'{p}' is not a file")
     try:
         model = onnx.load(str(p), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise OnnxPruneError(f"'{p}' is not a valid ONNX model: {_first_line(exc)}") from exc
     except OSError as exc:
         raise OnnxPruneError(f"cannot read '{p}': {exc.strerror or exc}") from exc
+    except Exception as exc:  # protobuf's DecodeError, onnx's parse errors: the bytes are not a model
+        raise OnnxPruneError(f"'{p}' is not a valid ONNX model: {_first_line(exc)}") from exc
     if not model.HasField("graph") or (not model.graph.node and not model.graph.initializer):
         raise OnnxPruneError(f"'{p}' is not a valid ONNX model: it holds no graph")
     if uses_external_data(model):
@@ -38,6 +37,50 @@ def load_model(path: PathLike) -> onnx.ModelProto:
         except (OSError, ValueError) as exc:
             raise OnnxPruneError(f"'{p}': cannot read its external data: {_first_line(exc)}") from exc
     return model
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def external_data_files(path: PathLike) -> list[Path]:
+    """The files a model's external tensors live in (none when unreadable or not external)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return []
+    locations = {e.value for t in _all_tensors(model) for e in t.external_data if e.key == "location"}
+    return [Path(path).parent / loc for loc in sorted(locations)]
+
+
+def file_uses_external_data(path: PathLike) -> bool:
+    """Whether the model file at ``path`` keeps tensors outside itself (its output should too)."""
+    return bool(external_data_files(path))
+
+
+def written_size(path: PathLike) -> int:
+    """Bytes of a saved model including its ``<name>.data`` file when there is one."""
+    p = Path(path)
+    data = p.parent / f"{p.name}.data"
+    return p.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write a small text file (the JSON report) via a temporary file and a rename."""
+    out = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.resolve().parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        _set_default_permissions(Path(tmp_name))
+        os.replace(tmp_name, out)
+    except OSError as exc:
+        raise OnnxPruneError(f"cannot write '{out}': {exc.strerror or exc}") from exc
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
@@ -53,13 +96,17 @@ def _all_tensors(model: onnx.ModelProto):
 
 
 def check_output_path(input_path: PathLike | None, output_path: PathLike) -> Path:
-    """Refuse to overwrite the input and fail early when the output folder is not writable."""
+    """Refuse to overwrite the input (or its external data) and fail early when the output folder
+    is not writable."""
     out = Path(output_path)
     if input_path is not None:
         src = Path(input_path)
-        same = out.exists() and src.exists() and os.path.samefile(src, out)
-        if same or out.resolve() == src.resolve():
+        if _same_file(src, out):
             raise OnnxPruneError(f"output '{out}' is the input file; choose another output path")
+        for data in [out, out.parent / f"{out.name}.data"]:
+            if any(_same_file(d, data) for d in external_data_files(src)):
+                raise OnnxPruneError(f"output '{out}' would overwrite the input's external data '{data}'; "
+                                     "choose another output path")
     folder = out.resolve().parent
     if not folder.is_dir():
         raise OnnxPruneError(f"cannot write '{out}': folder '{folder}' does not exist")

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import onnx
 
+from .formats import index_dtype_for, offset_dtype_for
 from .layers import Layer, Skipped
 
 
@@ -51,24 +52,26 @@ class PruneReport:
     @staticmethod
     def build(before: onnx.ModelProto, after: onnx.ModelProto, pruned: Sequence, dense_kept: Sequence[Layer],
               unselected: Sequence[Skipped], settings: dict, source: Optional[str] = None) -> "PruneReport":
-        from .api import AUTO_DENSE_BELOW
+        from .api import DENSE_KEEP_THRESHOLD
 
         rows = []
         for p in pruned:
             layer = p.layer
             per_value = 2 if settings.get("values") == "fp16" else 4
-            index_bytes = 2 if layer.K <= 65536 else 4
+            index_bytes = index_dtype_for(layer.K).itemsize
+            offset_bytes = offset_dtype_for(p.nnz).itemsize
             rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,
                                     shape=[layer.K, layer.N], params=layer.size, nnz=p.nnz,
                                     sparsity=1.0 - p.nnz / layer.size, bytes_before=4 * layer.size,
-                                    bytes_after=p.nnz * (per_value + index_bytes) + 4 * (layer.N + 1),
+                                    bytes_after=p.nnz * (per_value + index_bytes) + offset_bytes * (layer.N + 1),
                                     status="sparse"))
         for layer in dense_kept:
             rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,
                                     shape=[layer.K, layer.N], params=layer.size, nnz=layer.size, sparsity=0.0,
                                     bytes_before=4 * layer.size, bytes_after=4 * layer.size,
-                                    status=f"dense: sparsity below {AUTO_DENSE_BELOW:.0%}, where the sparse "
-                                           "kernel does not beat dense Gemm (--no-auto-dense prunes it anyway)"))
+                                    status=f"dense: it would keep more than {DENSE_KEEP_THRESHOLD:.0%} of its "
+                                           "weights, where the sparse kernel does not beat dense Gemm "
+                                           "(--no-auto-dense prunes it anyway)"))
         order = {n.name: i for i, n in enumerate(before.graph.node)}
         rows.sort(key=lambda r: order.get(r.node, 0))
         size_before = os.path.getsize(source) if source and os.path.isfile(source) else before.ByteSize()
@@ -91,7 +94,9 @@ class PruneReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def print(self, console=None) -> None:
+        """The per-layer table with totals, then sizes and the verification verdict."""
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         console = console or Console()
@@ -101,22 +106,25 @@ class PruneReport:
                                 ("", "left")):
             table.add_column(column, justify=justify)
         for l in self.layers:
-            table.add_row(l.node, l.op, f"{l.shape[0]}×{l.shape[1]}", f"{l.nnz:,} / {l.params:,}",
+            table.add_row(escape(l.node), l.op, f"{l.shape[0]}×{l.shape[1]}", f"{l.nnz:,} / {l.params:,}",
                           f"{l.sparsity:.1%}", f"{l.bytes_before:,}", f"{l.bytes_after:,}",
                           "" if l.status == "sparse" else "[yellow]kept dense[/yellow]")
+        total_p = sum(l.params for l in self.layers)
+        total_k = sum(l.nnz for l in self.layers)
+        table.add_section()
+        table.add_row("total", "", "", f"{total_k:,} / {total_p:,}", f"{1 - total_k / max(total_p, 1):.1%}",
+                      f"{sum(l.bytes_before for l in self.layers):,}", f"{sum(l.bytes_after for l in self.layers):,}",
+                      "")
         console.print(table)
         for l in self.layers:
             if l.status != "sparse":
-                console.print(f"[yellow]{l.node}[/yellow] {l.status}")
+                console.print(f"[yellow]{escape(l.node)}[/yellow] {escape(l.status)}")
         for s in self.skipped:
-            console.print(f"[dim]{s['node']} left alone: {s['reason']}[/dim]")
-        total_p = sum(l.params for l in self.layers)
-        total_k = sum(l.nnz for l in self.layers)
-        console.print(f"weights kept: {total_k:,} of {total_p:,} ({1 - total_k / max(total_p, 1):.1%} sparse) · "
-                      f"file size: {self.size_before:,} → {self.size_after:,} bytes "
+            console.print(f"[dim]{escape(s['node'])} left alone: {escape(s['reason'])}[/dim]")
+        console.print(f"file size: {self.size_before:,} → {self.size_after:,} bytes "
                       f"({self.size_after / max(self.size_before, 1):.1%})")
         if self.verification:
             v = self.verification
             verdict = "[green]passed[/green]" if v.passed else "[red]FAILED[/red]"
             console.print(f"verification {verdict}: max relative error {v.max_rel_error:.2e} "
-                          f"(tolerance {v.tolerance:.0e}) vs the masked dense model, on {v.inputs}")
+                          f"(tolerance {v.tolerance:.0e}) vs the masked dense model, on {escape(v.inputs)}")

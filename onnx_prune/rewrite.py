@@ -6,6 +6,7 @@ The new node keeps the original node's name and sits where the last of the nodes
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -35,8 +36,9 @@ class PrunedLayer:
 def describe(layer: Layer, csr: CsrWeight) -> str:
     """The node's doc_string: what netron users want to see at a glance."""
     shape = "x".join(str(d) for d in dense_shape(layer))
-    return (f"pruned {layer.op} {layer.node}: weight {layer.weight_name} {shape}, "
-            f"{csr.nnz} of {layer.size} kept ({100 * csr.sparsity:.1f}% sparse), format {csr.format}")
+    fused = f", fused {' + '.join(layer.fused_nodes[1:])}" if len(layer.fused_nodes) > 1 else ""
+    return (f"pruned {layer.op} {shape} -> nnz {csr.nnz} ({100 * csr.sparsity:.1f}% sparse); "
+            f"weight {layer.weight_name}, format {csr.format}, values {csr.values.dtype}{fused}")
 
 
 def dense_shape(layer: Layer) -> list[int]:
@@ -44,10 +46,12 @@ def dense_shape(layer: Layer) -> list[int]:
     return [layer.N, layer.K] if layer.trans_b else [layer.K, layer.N]
 
 
-def sparse_gemm_node(layer: Layer, csr: CsrWeight, names: Sequence[str]) -> onnx.NodeProto:
+def sparse_gemm_node(layer: Layer, csr: CsrWeight, names: Sequence[str], bias_name: str | None = None
+                     ) -> onnx.NodeProto:
+    """The SparseGemm node for ``layer``: inputs A, values, indices, offsets (``names``) and C."""
     inputs = [layer.input_name, *names]
-    if layer.bias_name:
-        inputs.append(layer.bias_name)
+    if bias_name or layer.bias_name:
+        inputs.append(bias_name or layer.bias_name)
     attrs = dict(K=layer.K, N=layer.N, format=csr.format, alpha=layer.alpha, beta=layer.beta,
                  transA=int(layer.trans_a), nnz=csr.nnz, original_op=layer.op,
                  dense_shape=dense_shape(layer), sparsity=float(csr.sparsity))
@@ -83,11 +87,9 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
         stem = p.layer.node if p.layer.weight_name in shared else p.layer.weight_name
         names = [_unique(f"{stem}.sparse_{part}", taken) for part in ("values", "indices", "offsets")]
         for name, array in zip(names, (csr.values, csr.indices, csr.offsets)):
-            graph.initializer.append(numpy_helper.from_array(array, name))
-            if out.ir_version < 4:  # IR < 4: every initializer must also be a graph input
-                graph.input.append(helper.make_tensor_value_info(
-                    name, helper.np_dtype_to_tensor_dtype(array.dtype), list(array.shape)))
-        replacement_at[p.layer.fused_nodes[-1]] = sparse_gemm_node(p.layer, csr, names)
+            add_initializer(out, name, array)
+        bias_name = _flat_bias(out, p.layer, taken)
+        replacement_at[p.layer.fused_nodes[-1]] = sparse_gemm_node(p.layer, csr, names, bias_name)
         removed.update(p.layer.fused_nodes)
 
     nodes = []
@@ -100,9 +102,38 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
     graph.node.extend(nodes)
     drop_unused_constants(out, {p.layer.weight_name for p in pruned} |
                           {p.layer.bias_name for p in pruned if p.layer.bias_name})
+    _drop_stale_value_info(out)
     _import_domain(out)
     _record_settings(out, settings or {})
     return out
+
+
+def add_initializer(model: onnx.ModelProto, name: str, array: np.ndarray) -> None:
+    """A new initializer (also declared as a graph input where IR < 4 requires it)."""
+    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+    if model.ir_version < 4:
+        model.graph.input.append(helper.make_tensor_value_info(
+            name, helper.np_dtype_to_tensor_dtype(array.dtype), list(array.shape)))
+
+
+def _flat_bias(model: onnx.ModelProto, layer: Layer, taken: set[str]) -> str | None:
+    """A fused MatMul bias of shape [1, ..., N] becomes a new [N] initializer (the contract's C
+    shapes); Gemm's C and [N] / [1] biases are read as they are."""
+    if layer.op != "MatMul" or layer.bias is None or layer.bias.ndim <= 1:
+        return None
+    name = _unique(f"{layer.bias_name}.flat", taken)
+    add_initializer(model, name, layer.bias.reshape(-1).astype(np.float32))
+    return name
+
+
+def _drop_stale_value_info(model: onnx.ModelProto) -> None:
+    """Shape annotations of tensors that no node produces any more (fused intermediates)."""
+    graph = model.graph
+    alive = {o for n in graph.node for o in n.output} | {i.name for i in graph.input} | \
+            {t.name for t in graph.initializer}
+    kept = [v for v in graph.value_info if v.name in alive]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
 
 
 def _weights_read_by_several(pruned: Sequence[PrunedLayer]) -> set[str]:
@@ -140,3 +171,29 @@ def _record_settings(model: onnx.ModelProto, settings: dict) -> None:
     meta["onnx_prune.version"] = __version__
     meta["onnx_prune.settings"] = json.dumps(settings, sort_keys=True)
     helper.set_model_props(model, meta)
+
+
+def add_optional_parts(model: onnx.ModelProto, *, fallback: bool = True) -> None:
+    """netron's description of SparseGemm (always) and the standard-op fallback function (unless
+    ``fallback`` is off), each only when its module is part of this installation."""
+    try:
+        from .netron_meta import netron_metadata_json
+    except ImportError:
+        pass
+    else:
+        meta = {p.key: p.value for p in model.metadata_props}
+        meta["metadata.json"] = netron_metadata_json()
+        helper.set_model_props(model, meta)
+    if not fallback:
+        return
+    try:
+        from .fallback import add_fallback_functions
+    except ImportError:
+        return
+    from .errors import OnnxPruneError
+
+    try:
+        add_fallback_functions(model)
+    except OnnxPruneError as exc:  # e.g. an opset too old for the fallback's standard ops
+        warnings.warn(f"no standard-op fallback embedded ({exc}); the file needs the SparseGemm library",
+                      stacklevel=3)

@@ -17,6 +17,9 @@ from .rewrite import drop_unused_constants
 # Max relative error (max |pruned - reference| / max |reference| per output) the run may show. Both
 # sides are fp32; the difference is the summation order of the kernels, far below this.
 VERIFY_TOLERANCE = 1e-4
+# With --values fp16 the reference uses the same fp16-rounded weights, so only the accumulation
+# differs too; the kernel's fp16 path converts per block, allow ten times more.
+VERIFY_TOLERANCE_FP16 = 1e-3
 BATCH_FOR_GENERATED = 4
 OTHER_DIM_FOR_GENERATED = 3
 
@@ -53,6 +56,9 @@ def generated_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndar
                 dims.append(d.dim_value)
             else:
                 dims.append(BATCH_FOR_GENERATED if axis == 0 else OTHER_DIM_FOR_GENERATED)
+        if not value.type.HasField("tensor_type") or t.elem_type in (0, onnx.TensorProto.STRING):
+            raise OnnxPruneError(f"cannot generate a value for input '{value.name}' (not a numeric tensor); "
+                                 "pass --inputs data.npz or --no-verify")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.standard_normal(dims).astype(dtype)
@@ -62,11 +68,17 @@ def generated_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndar
 
 
 def load_inputs(path: Union[str, Path], model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The arrays of an .npz keyed by graph input name (extra arrays are ignored)."""
+    if not Path(path).is_file():
+        raise OnnxPruneError(f"inputs '{path}' does not exist")
     try:
-        with np.load(path) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive of named arrays")
+        with data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise OnnxPruneError(f"cannot read inputs '{path}': {exc}") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise OnnxPruneError(f"cannot read inputs '{path}': {str(exc).splitlines()[0] if str(exc) else exc}") from exc
     initializers = {t.name for t in model.graph.initializer}
     wanted = [v.name for v in model.graph.input if v.name not in initializers]
     missing = [n for n in wanted if n not in arrays]
@@ -85,9 +97,14 @@ def max_relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
 
 
 def verify_pruned(model: onnx.ModelProto, pruned_model: onnx.ModelProto, pruned: Sequence, *,
-                  values: str = "fp32", inputs: Inputs = None, tolerance: float = VERIFY_TOLERANCE
+                  values: str = "fp32", inputs: Inputs = None, tolerance: Optional[float] = None
                   ) -> Verification:
+    """Run both models on the same inputs; the result says whether every float output agrees
+    within ``tolerance`` (default: VERIFY_TOLERANCE, or VERIFY_TOLERANCE_FP16 for fp16 values)."""
     import onnxruntime as ort
+
+    if tolerance is None:
+        tolerance = VERIFY_TOLERANCE_FP16 if values == "fp16" else VERIFY_TOLERANCE
 
     if isinstance(inputs, (str, Path)):
         feeds, described = load_inputs(inputs, model), str(inputs)
@@ -97,18 +114,25 @@ def verify_pruned(model: onnx.ModelProto, pruned_model: onnx.ModelProto, pruned:
         feeds = generated_inputs(model)
         described = "generated inputs (" + ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items()) + ")"
     reference = masked_dense_model(model, pruned, values)
-    try:
-        ref_session = ort.InferenceSession(reference.SerializeToString(), providers=["CPUExecutionProvider"])
-        out_session = ort.InferenceSession(pruned_model.SerializeToString(), session_options(),
-                                           providers=["CPUExecutionProvider"])
-        expected = ref_session.run(None, feeds)
-        actual = out_session.run(None, feeds)
-    except OnnxPruneError:
-        raise
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise OnnxPruneError(f"verification could not run the models: {str(exc).splitlines()[0]}") from exc
+    expected = _run(reference, feeds, None, "the input model (with the masks applied densely)")
+    actual = _run(pruned_model, feeds, session_options(), "the pruned model")
     names = [o.name for o in model.graph.output]
-    per_output = {n: max_relative_error(e, a) for n, e, a in zip(names, expected, actual)}
+    per_output = {n: max_relative_error(e, a) for n, e, a in zip(names, expected, actual)
+                  if np.issubdtype(np.asarray(e).dtype, np.floating)}
     worst = max(per_output.values(), default=0.0)
     return Verification(max_rel_error=worst, tolerance=tolerance, per_output=per_output,
                         passed=bool(worst <= tolerance), inputs=described)
+
+
+def _run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], options, what: str) -> list[np.ndarray]:
+    """One onnxruntime run; its failure becomes one line naming the model that failed."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return session.run(None, dict(feeds))
+    except OnnxPruneError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types
+        text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise OnnxPruneError(f"verification could not run {what}: {text}") from exc
