@@ -121,7 +121,9 @@ def save_model_atomic(model: onnx.ModelProto, output_path: PathLike, *, external
     """Write ``model`` to a temporary file beside ``output_path`` and rename it into place.
 
     ``external_data`` (or a model too large for one protobuf) stores tensors in
-    ``<output name>.data`` next to the model, itself written atomically too.
+    ``<output name>.data`` next to the model, itself written atomically too. onnx moves the
+    tensors of ``model`` out in place then (no copy of a model that may be gigabytes): do not use
+    ``model`` afterwards.
     """
     out = Path(output_path)
     external_data = external_data or model.ByteSize() > PROTOBUF_LIMIT
