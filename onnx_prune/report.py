@@ -99,7 +99,10 @@ class PruneReport:
         from rich.markup import escape
         from rich.table import Table
 
-        console = console or Console()
+        if console is None:
+            console = Console()
+            if not console.is_terminal:  # logs and pipes: wide enough that no column is cut
+                console = Console(width=max(console.width, 160))
         table = Table(title="onnx-prune", title_justify="left")
         for column, justify in (("node", "left"), ("op", "left"), ("shape K×N", "right"), ("kept / params", "right"),
                                 ("sparsity", "right"), ("bytes before", "right"), ("bytes after", "right"),

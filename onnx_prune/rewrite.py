@@ -103,7 +103,8 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
     drop_unused_constants(out, {p.layer.weight_name for p in pruned} |
                           {p.layer.bias_name for p in pruned if p.layer.bias_name})
     _drop_stale_value_info(out)
-    _import_domain(out)
+    if pruned:
+        _import_domain(out)
     _record_settings(out, settings or {})
     return out
 
@@ -175,7 +176,10 @@ def _record_settings(model: onnx.ModelProto, settings: dict) -> None:
 
 def add_optional_parts(model: onnx.ModelProto, *, fallback: bool = True) -> None:
     """netron's description of SparseGemm (always) and the standard-op fallback function (unless
-    ``fallback`` is off), each only when its module is part of this installation."""
+    ``fallback`` is off), each only when its module is part of this installation and the model
+    has a SparseGemm node."""
+    if not any(n.op_type == contract.OP_TYPE and n.domain == contract.DOMAIN for n in model.graph.node):
+        return
     try:
         from .netron_meta import netron_metadata_json
     except ImportError:

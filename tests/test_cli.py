@@ -1,5 +1,10 @@
-"""The onnx-prune command as users run it: outputs, report, exit codes and one-line errors, and the
-promise that the input is never modified and a failed run leaves no output behind."""
+"""The onnx-prune command as users run it: outputs against a numpy reference, the report, exit
+codes and one-line errors, and the promises that the input is never modified and that a failed
+run leaves no output behind.
+
+A few tests start the real process (``python -m onnx_prune.cli``); the pattern sweep and the
+failure injections run the same entry point in-process (typer's CliRunner) to stay fast.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -13,141 +18,94 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
 
 import onnx_prune
+from onnx_prune import cli as cli_module
+from onnx_prune import contract
 
-from model_builders import mlp_model, mlp_reference
+from helpers_models import (a_input, assert_close, f32, gemm, gemm_forward, make_model, masked, matmul, mlp,
+                            mlp_reference, non_constant_b_gemm, relu_only, x_input)
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The real command in a fresh process (wide help text, so no option name is cut)."""
     return subprocess.run([sys.executable, "-m", "onnx_prune.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+                          timeout=300, env={**os.environ, "COLUMNS": "200"})
+
+
+def cli_inproc(*args: str):
+    """The same entry point in this process; result has exit_code, stdout and stderr."""
+    return CliRunner().invoke(cli_module.app, cli_module.with_default_subcommand(list(args)))
 
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture()
-def mlp_file(tmp_path: Path) -> Path:
-    path = tmp_path / "mlp.onnx"
-    onnx.save(mlp_model(), str(path))
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
     return path
 
+
+def run_file(path: Path, feeds: dict, library: bool = True) -> list[np.ndarray]:
+    options = onnx_prune.session_options() if library else ort.SessionOptions()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def one_line_error(stderr: str, message: str) -> None:
+    assert stderr.startswith("error: ") and "Traceback" not in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert message in stderr, stderr
+
+
+@pytest.fixture()
+def mlp_file(tmp_path: Path) -> Path:
+    return save(mlp(), tmp_path / "mlp.onnx")
+
+
+# ----------------------------------------------------------------------------- the real process
 
 def test_prune_writes_model_report_and_json(mlp_file: Path, tmp_path: Path):
     before = digest(mlp_file)
     out, report_path = tmp_path / "out.onnx", tmp_path / "report.json"
-    done = cli(str(mlp_file), str(out), "--ratio", "0.9", "--no-auto-dense", "--report-json", str(report_path))
+    done = cli(str(mlp_file), str(out), "--ratio", "0.9", "--report-json", str(report_path))
     assert done.returncode == 0, done.stderr
-    assert "verification passed" in done.stdout and "/fc0/Gemm" in done.stdout
+    assert "verification passed" in done.stdout and "/fc0/Gemm" in done.stdout and "total" in done.stdout
+    assert f"wrote {out}" in done.stdout
     assert digest(mlp_file) == before
     report = json.loads(report_path.read_text())
     assert [l["node"] for l in report["layers"]] == ["/fc0/Gemm", "/fc1/Gemm", "/fc2/Gemm"]
     assert [l["weight"] for l in report["layers"]] == ["fc0.weight", "fc1.weight", "fc2.weight"]
     assert [l["shape"] for l in report["layers"]] == [[20, 16], [16, 12], [12, 5]]
     assert [l["nnz"] for l in report["layers"]] == [320 - 288, 192 - 172, 60 - 54]
-    assert report["verification"]["passed"]
+    assert report["verification"]["passed"] and report["file_size_after"] == out.stat().st_size
+    assert report["file_size_before"] == mlp_file.stat().st_size
     x = np.random.default_rng(0).standard_normal((5, 20)).astype(np.float32)
-    session = ort.InferenceSession(str(out), onnx_prune.session_options())
-    y = session.run(None, {"input": x})[0]
-    ref = mlp_reference(mlp_model(), x, 0.9)
-    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert_close(run_file(out, {"input": x})[0], mlp_reference(mlp(), x, 0.9))
 
 
-def test_explicit_prune_subcommand_and_quiet(mlp_file: Path, tmp_path: Path):
+def test_explicit_subcommand_options_first_and_quiet(mlp_file: Path, tmp_path: Path):
     done = cli("prune", str(mlp_file), str(tmp_path / "o.onnx"), "--ratio", "0.8", "--quiet")
-    assert done.returncode == 0 and done.stdout == ""
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
+    done = cli("--ratio", "0.8", "-q", str(mlp_file), str(tmp_path / "o2.onnx"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o2.onnx").exists()
 
 
-def test_help_lists_subcommands_and_options():
+def test_help_and_version():
     done = cli("--help")
     assert done.returncode == 0
     for word in ("prune", "bench", "eval", "densify"):
         assert word in done.stdout
     done = cli("prune", "--help")
-    for option in ("--ratio", "--scope", "--include", "--exclude", "--layer-ratio", "--min-params",
-                   "--report-json", "--quiet", "--verify", "--inputs"):
-        assert option in done.stdout
-
-
-@pytest.mark.parametrize("make_input,args,message", [
-    (lambda d: d / "missing.onnx", ["--ratio", "0.5"], "does not exist"),
-    (lambda d: _write(d / "text.onnx", b"this is not a model"), [], "is not a valid ONNX model"),
-    (lambda d: _truncated(d), [], "is not a valid ONNX model"),
-    (lambda d: _mlp(d), ["--ratio", "1.0"], "--ratio must be in [0, 1)"),
-    (lambda d: _mlp(d), ["--ratio", "-0.2"], "--ratio must be in [0, 1)"),
-    (lambda d: _mlp(d), ["--layer-ratio", "oops"], "--layer-ratio takes NAME=R"),
-    (lambda d: _mlp(d), ["--layer-ratio", "nosuchlayer=0.5"], "no selected layer has that node or weight name"),
-    (lambda d: _mlp(d), ["--scope", "everything"], "--scope must be 'layer' or 'global'"),
-    (lambda d: _mlp(d), ["--method", "magic"], "--method must be one of"),
-    (lambda d: _mlp(d), ["--include", "nothing*"], "no prunable layer left"),
-    (lambda d: _no_layers(d), [], "no prunable layer found"),
-])
-def test_bad_input_one_line_error_nonzero_exit_no_output(tmp_path: Path, make_input, args, message):
-    src = make_input(tmp_path)
-    before = digest(src) if src.exists() else None
-    out = tmp_path / "out.onnx"
-    done = cli(str(src), str(out), *args)
-    assert done.returncode != 0
-    assert message in done.stderr
-    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
-    assert not out.exists()
-    assert not list(tmp_path.glob(".out.onnx*"))  # no temp file left behind
-    if before:
-        assert digest(src) == before
-
-
-def test_output_equal_to_input_is_refused(mlp_file: Path):
-    before = digest(mlp_file)
-    done = cli(str(mlp_file), str(mlp_file))
-    assert done.returncode != 0 and "is the input file" in done.stderr
-    assert digest(mlp_file) == before
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
-def test_unwritable_output_folder(mlp_file: Path, tmp_path: Path):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    done = cli(str(mlp_file), str(locked / "o.onnx"))
-    assert done.returncode != 0 and "not writable" in done.stderr
-
-
-def test_missing_output_folder(mlp_file: Path, tmp_path: Path):
-    done = cli(str(mlp_file), str(tmp_path / "no" / "such" / "o.onnx"))
-    assert done.returncode != 0 and "does not exist" in done.stderr
-
-
-def test_debug_shows_traceback(tmp_path: Path):
-    done = cli(str(tmp_path / "missing.onnx"), str(tmp_path / "o.onnx"), "--debug")
-    assert done.returncode != 0 and "Traceback" in done.stderr
-
-
-def test_external_data_in_and_out(tmp_path: Path):
-    src = tmp_path / "ext.onnx"
-    onnx.save_model(mlp_model(dims=(64, 48, 8)), str(src), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)
-    out = tmp_path / "pruned.onnx"
-    done = cli(str(src), str(out), "--ratio", "0.9", "--no-auto-dense", "-q")
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "pruned.onnx.data").exists()
-    model = onnx.load(str(out))
-    x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
-    y = ort.InferenceSession(str(out), onnx_prune.session_options()).run(None, {"input": x})[0]
-    ref = mlp_reference(mlp_model(dims=(64, 48, 8)), x, 0.9)
-    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
-    assert len(model.graph.node) == 2
-
-
-def test_inputs_npz_for_verification(mlp_file: Path, tmp_path: Path):
-    data = tmp_path / "inputs.npz"
-    np.savez(data, input=np.ones((3, 20), np.float32))
-    done = cli(str(mlp_file), str(tmp_path / "o.onnx"), "--inputs", str(data))
-    assert done.returncode == 0 and str(data) in done.stdout
-    np.savez(data, wrong=np.ones((3, 20), np.float32))
-    done = cli(str(mlp_file), str(tmp_path / "o2.onnx"), "--inputs", str(data))
-    assert done.returncode != 0 and "lack input" in done.stderr
+    for option in ("--ratio", "--scope", "--include", "--exclude", "--layer-ratio", "--min-params", "--method",
+                   "--calibration", "--calibration-samples", "--pattern", "--values", "--fallback",
+                   "--auto-dense", "--verify", "--inputs", "--report-json", "--quiet", "--debug"):
+        assert option in done.stdout, option
+    done = cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"onnx-prune {onnx_prune.__version__}"
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -155,23 +113,296 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _mlp(d: Path) -> Path:
-    path = d / "mlp.onnx"
-    onnx.save(mlp_model(), str(path))
-    return path
-
-
 def _truncated(d: Path) -> Path:
-    full = mlp_model().SerializeToString()
+    full = mlp().SerializeToString()
     return _write(d / "truncated.onnx", full[: len(full) // 3])
 
 
-def _no_layers(d: Path) -> Path:
-    from onnx import TensorProto, helper
+@pytest.mark.parametrize("make_input,args,message", [
+    (lambda d: d / "missing.onnx", ["--ratio", "0.5"], "does not exist"),
+    (lambda d: _write(d / "text.onnx", b"this is not a model"), [], "is not a valid ONNX model"),
+    (_truncated, [], "is not a valid ONNX model"),
+    (lambda d: save(mlp(), d / "m.onnx"), ["--ratio", "1.0"], "--ratio must be in [0, 1)"),
+    (lambda d: save(mlp(), d / "m.onnx"), ["--ratio", "-0.2"], "--ratio must be in [0, 1)"),
+    (lambda d: save(mlp(), d / "m.onnx"), ["--layer-ratio", "oops"], "--layer-ratio takes NAME=R"),
+    (lambda d: save(mlp(), d / "m.onnx"), ["--layer-ratio", "fc0=abc"], "--layer-ratio takes NAME=R"),
+    (lambda d: save(mlp(), d / "m.onnx"), ["--layer-ratio", "=0.5"], "--layer-ratio takes NAME=R"),
+    (lambda d: save(mlp(), d / "m.onnx"), ["--layer-ratio", "nosuchlayer=0.5"],
+     "no selected layer has that node or weight name"),
+    (lambda d: save(mlp(), d / "m.onnx"), ["--layer-ratio", "/fc0/Gemm=1.5"], "--layer-ratio /fc0/Gemm must be in"),
+    (lambda d: save(mlp(), d / "m.onnx"), ["--scope", "everything"], "--scope must be 'layer' or 'global'"),
+    (lambda d: save(mlp(), d / "m.onnx"), ["--method", "magic"], "--method must be one of"),
+    (lambda d: save(mlp(), d / "m.onnx"), ["--values", "int4"], "--values must be fp32 or fp16"),
+    (lambda d: save(mlp(), d / "m.onnx"), ["--include", "nothing*"], "no prunable layer left"),
+    (lambda d: save(relu_only(), d / "relu.onnx"), [], "no prunable layer found"),
+    (lambda d: save(non_constant_b_gemm(), d / "dyn.onnx"), [], "no prunable layer found"),
+    (lambda d: save(mlp(), d / "m.onnx"), ["--inputs", "nowhere.npz"], "inputs 'nowhere.npz' does not exist"),
+])
+def test_bad_input_one_line_error_exit_1_no_output(tmp_path: Path, make_input, args, message):
+    src = make_input(tmp_path)
+    before = digest(src) if src.exists() else None
+    out = tmp_path / "out.onnx"
+    done = cli(str(src), str(out), *args)
+    assert done.returncode == 1
+    one_line_error(done.stderr, message)
+    assert not out.exists() and not list(tmp_path.glob(".out.onnx*"))
+    if before:
+        assert digest(src) == before
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
-    path = d / "relu.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
+
+def test_usage_errors_exit_2(mlp_file: Path, tmp_path: Path):
+    done = cli(str(mlp_file), str(tmp_path / "o.onnx"), "--ratio", "abc")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    done = cli(str(mlp_file))
+    assert done.returncode == 2 and "Missing argument" in done.stderr
+
+
+def test_output_equal_to_input_is_refused(mlp_file: Path):
+    before = digest(mlp_file)
+    for same in (str(mlp_file), str(mlp_file.parent / "." / mlp_file.name)):
+        done = cli(str(mlp_file), same)
+        assert done.returncode == 1
+        one_line_error(done.stderr, "is the input file")
+    assert digest(mlp_file) == before
+
+
+def test_missing_output_folder(mlp_file: Path, tmp_path: Path):
+    done = cli(str(mlp_file), str(tmp_path / "no" / "such" / "o.onnx"))
+    assert done.returncode == 1
+    one_line_error(done.stderr, "does not exist")
+
+
+def test_debug_shows_traceback(tmp_path: Path):
+    done = cli(str(tmp_path / "missing.onnx"), str(tmp_path / "o.onnx"), "--debug")
+    assert done.returncode != 0 and "Traceback" in done.stderr and "does not exist" in done.stderr
+
+
+def test_external_data_in_and_out(tmp_path: Path):
+    src = tmp_path / "ext.onnx"
+    onnx.save_model(mlp(dims=(64, 48, 8)), str(src), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)
+    before = (digest(src), digest(tmp_path / "ext.onnx.data"))
+    out = tmp_path / "pruned.onnx"
+    done = cli(str(src), str(out), "--ratio", "0.9", "-q")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "pruned.onnx.data").exists()
+    assert (digest(src), digest(tmp_path / "ext.onnx.data")) == before
+    x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
+    assert_close(run_file(out, {"input": x})[0], mlp_reference(mlp(dims=(64, 48, 8)), x, 0.9))
+    assert len(onnx.load(str(out)).graph.node) == 2
+
+
+# ----------------------------------------------------------------------------- in-process
+
+def test_inputs_npz_for_verification(mlp_file: Path, tmp_path: Path):
+    data = tmp_path / "inputs.npz"
+    np.savez(data, input=np.ones((3, 20), np.float32))
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--inputs", str(data))
+    assert done.exit_code == 0 and str(data) in done.stdout
+    np.savez(data, wrong=np.ones((3, 20), np.float32))
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o2.onnx"), "--inputs", str(data))
+    assert done.exit_code == 1
+    one_line_error(done.stderr, "lack input")
+    assert not (tmp_path / "o2.onnx").exists()
+
+
+def _gemm_case(**kw):
+    def build():
+        model, p = gemm(18, 8, **kw)
+        a = a_input(18, kw.get("trans_a", 0))
+        ref = gemm_forward(a, masked(p["W"], 0.8), p["C"], trans_a=kw.get("trans_a", 0),
+                           alpha=kw.get("alpha", 1.0), beta=kw.get("beta", 1.0))
+        return model, {"A": a}, [ref]
+    return build
+
+
+def _matmul_case(a_rank, bias_shape=(8,), **kw):
+    def build():
+        model, p = matmul(18, 8, a_rank=a_rank, bias_shape=bias_shape, **kw)
+        x = x_input(18, a_rank)
+        ref = x.astype(np.float64) @ masked(p["W"], 0.8)
+        if p["bias"] is not None:
+            ref = ref + p["bias"]
+        return model, {"X": x}, [np.maximum(ref, 0) if kw.get("relu") else ref]
+    return build
+
+
+def _shared_case():
+    w = np.random.default_rng(3).standard_normal((10, 10)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["X", "W"], ["h"], name="g1", transB=1),
+             helper.make_node("MatMul", ["h", "W"], ["Y"], name="m2")]
+    model = make_model(nodes, [f32("X", ["b", 10])], [f32("Y", ["b", 10])], [numpy_helper.from_array(w, "W")])
+    x = x_input(10, 2)
+    return model, {"X": x}, [(x.astype(np.float64) @ masked(w.T, 0.8)) @ masked(w, 0.8)]
+
+
+def _mixed_domains_case():
+    model = mlp()
+    model.graph.node.append(helper.make_node("Normalizer", ["logits"], ["normalized"], domain="ai.onnx.ml",
+                                             name="norm", norm="L1"))
+    model.graph.output.append(f32("normalized", ["batch", 5]))
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+    x = np.random.default_rng(4).standard_normal((2, 20)).astype(np.float32)
+    ref = mlp_reference(mlp(), x, 0.8)
+    return model, {"input": x}, [ref, ref / np.abs(ref).sum(axis=1, keepdims=True)]
+
+
+def _opset_case(opset):
+    def build():
+        return _gemm_case(trans_b=1, bias_shape=(8,), opset=opset)()
+    return build
+
+
+PATTERNS = {
+    "gemm-plain": _gemm_case(),
+    "gemm-transA-transB-alpha-beta-bias-row": _gemm_case(trans_a=1, trans_b=1, alpha=0.5, beta=-1.0, bias_shape=(1, 8)),
+    "gemm-scalar-bias": _gemm_case(bias_shape=()),
+    "gemm-bias-M-by-1": _gemm_case(trans_b=1, bias_shape=(7, 1)),
+    "gemm-constant-node": _gemm_case(trans_b=1, bias_shape=(8,), constant_node=True),
+    "matmul-2d-add": _matmul_case(2),
+    "matmul-3d-add-relu": _matmul_case(3, relu=True),
+    "matmul-4d-bias-first": _matmul_case(4, bias_first=True),
+    "matmul-no-bias": _matmul_case(3, bias_shape=(None,)),
+    "matmul-constant-node": _matmul_case(3, constant_node=True),
+    "shared-weight": _shared_case,
+    "mixed-domains": _mixed_domains_case,
+    "opset-7": _opset_case(7),
+    "opset-current": _opset_case(onnx.defs.onnx_opset_version()),
+}
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_every_eligible_pattern_through_the_cli(tmp_path: Path, name: str):
+    model, feeds, expected = PATTERNS[name]()
+    src = save(model, tmp_path / "in.onnx")
+    before = digest(src)
+    out = tmp_path / "out.onnx"
+    done = cli_inproc(str(src), str(out), "--ratio", "0.8", "--report-json", str(tmp_path / "r.json"))
+    assert done.exit_code == 0, done.output
+    assert digest(src) == before
+    written = onnx.load(str(out))
+    onnx.checker.check_model(written)
+    assert any(n.op_type == contract.OP_TYPE for n in written.graph.node)
+    for got, want in zip(run_file(out, feeds), expected):
+        assert_close(got, want)
+    assert json.loads((tmp_path / "r.json").read_text())["verification"]["passed"]
+
+
+def test_options_reach_the_output(mlp_file: Path, tmp_path: Path):
+    out = tmp_path / "o.onnx"
+    done = cli_inproc(str(mlp_file), str(out), "--ratio", "0.9", "--scope", "global", "--values", "fp16",
+                      "--no-fallback", "--no-verify", "--exclude", "/fc2/*", "--layer-ratio", "fc0.weight=0.9",
+                      "--report-json", str(tmp_path / "r.json"))
+    assert done.exit_code == 0, done.output
+    assert "verification" not in done.stdout
+    written = onnx.load(str(out))
+    assert not written.functions
+    assert [n.op_type for n in written.graph.node] == [contract.OP_TYPE, contract.OP_TYPE, "Gemm"]
+    assert {t.data_type for t in written.graph.initializer if t.name.endswith("sparse_values")} == {TensorProto.FLOAT16}
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["settings"]["scope"] == "global" and report["verification"] is None
+    assert report["skipped"] == [{"node": "/fc2/Gemm", "reason": "matched by --exclude"}]
+    assert sum(l["params"] - l["nnz"] for l in report["layers"]) == int(0.9 * (320 + 192))
+    settings = json.loads({p.key: p.value for p in written.metadata_props}["onnx_prune.settings"])
+    assert settings["values"] == "fp16" and settings["exclude"] == ["/fc2/*"]
+
+
+def test_auto_dense_reported_and_overridable(mlp_file: Path, tmp_path: Path):
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--ratio", "0.3")
+    assert done.exit_code == 0 and "kept dense" in done.stdout and "--no-auto-dense" in done.stdout
+    assert not [n for n in onnx.load(str(tmp_path / "o.onnx")).graph.node if n.op_type == contract.OP_TYPE]
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o2.onnx"), "--ratio", "0.3", "--no-auto-dense")
+    assert done.exit_code == 0 and "kept dense" not in done.stdout
+
+
+def test_non_float32_layer_warning_is_printed(tmp_path: Path):
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("MatMul", ["X", "W32"], ["h"], name="fp32_layer"),
+             helper.make_node("Cast", ["h"], ["h64"], to=TensorProto.DOUBLE, name="cast"),
+             helper.make_node("MatMul", ["h64", "W64"], ["Y"], name="fp64_layer")]
+    model = make_model(nodes, [f32("X", [2, 8])], [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, [2, 4])],
+                       [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "W32"),
+                        numpy_helper.from_array(rng.standard_normal((8, 4)), "W64")])
+    src = save(model, tmp_path / "in.onnx")
+    done = cli_inproc(str(src), str(tmp_path / "o.onnx"))
+    assert done.exit_code == 0, done.output
+    assert "warning: layer fp64_layer skipped: its weight is float64" in done.stderr
+
+
+def test_unwritable_output_folder(mlp_file: Path, tmp_path: Path, monkeypatch):
+    import onnx_prune.modelio as modelio
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(modelio.os, "access", lambda path, mode: Path(path) != locked)  # as if read-only
+    done = cli_inproc(str(mlp_file), str(locked / "o.onnx"))
+    assert done.exit_code == 1
+    one_line_error(done.stderr, "is not writable")
+    assert os.listdir(locked) == []
+
+
+def test_failed_write_leaves_no_output(mlp_file: Path, tmp_path: Path, monkeypatch):
+    def broken_save(model, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", broken_save)
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"))
+    assert done.exit_code == 1
+    one_line_error(done.stderr, "No space left on device")
+    assert sorted(os.listdir(tmp_path)) == ["mlp.onnx"]
+
+
+def test_failed_verification_writes_nothing(mlp_file: Path, tmp_path: Path, monkeypatch):
+    import onnx_prune.verify as verify
+
+    monkeypatch.setattr(verify, "VERIFY_TOLERANCE", -1.0)
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--report-json", str(tmp_path / "r.json"))
+    assert done.exit_code == 1
+    one_line_error(done.stderr, "verification failed")
+    assert sorted(os.listdir(tmp_path)) == ["mlp.onnx"]
+
+
+def test_unexpected_exception_is_one_line(mlp_file: Path, tmp_path: Path, monkeypatch):
+    from onnx_prune import api
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("something broke\nsecond line")
+
+    monkeypatch.setattr(api, "rewrite", boom)
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"))
+    assert done.exit_code == 1
+    one_line_error(done.stderr, "unexpected RuntimeError: something broke (run with --debug")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_densify_round_trip(mlp_file: Path, tmp_path: Path):
+    pruned, dense = tmp_path / "p.onnx", tmp_path / "d.onnx"
+    assert cli_inproc(str(mlp_file), str(pruned), "--ratio", "0.9", "-q").exit_code == 0
+    done = cli_inproc("densify", str(pruned), str(dense))
+    if "lacks onnx_prune.densify" in done.stderr:
+        pytest.skip("onnx_prune.densify is not part of this installation")
+    assert done.exit_code == 0, done.output
+    model = onnx.load(str(dense))
+    assert not [n for n in model.graph.node if n.domain == contract.DOMAIN]
+    x = np.random.default_rng(6).standard_normal((3, 20)).astype(np.float32)
+    assert_close(run_file(dense, {"input": x}, library=False)[0], mlp_reference(mlp(), x, 0.9))
+    done = cli_inproc("densify", str(pruned), str(pruned))
+    assert done.exit_code == 1
+    one_line_error(done.stderr, "is the input file")
+
+
+def test_subcommands_missing_modules_say_so(tmp_path: Path, monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def without_evaluate(name, *args):
+        if name == "onnx_prune.evaluate":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_evaluate)
+    done = cli_inproc("eval", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"))
+    assert done.exit_code == 1
+    one_line_error(done.stderr, "this installation lacks onnx_prune.evaluate.run_eval_cli")
