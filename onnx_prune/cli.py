@@ -126,6 +126,8 @@ def prune_command(
         modelio.check_output_path(input_path, output_path)
         if report_json is not None:
             modelio.check_output_path(input_path, report_json)
+            if report_json.resolve() == output_path.resolve():
+                raise OnnxPruneError(f"--report-json '{report_json}' is the output model path; choose another")
         layer_ratios = parse_layer_ratios(layer_ratio)
         with warnings.catch_warnings(record=True) as caught, _progress_bar(quiet) as progress:
             warnings.simplefilter("always")

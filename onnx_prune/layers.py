@@ -72,7 +72,8 @@ class GraphIndex:
             for name in node.input:
                 if name:
                     self.consumers.setdefault(name, []).append(node)
-        self.graph_outputs = {o.name for o in graph.output}
+        # tensors read from inside If / Loop / Scan bodies count as outputs: never fused away
+        self.graph_outputs = {o.name for o in graph.output} | subgraph_reads(graph)
         self.nodes = {n.name: n for n in graph.node}
         self.ranks = {v.name: len(v.type.tensor_type.shape.dim)
                       for v in [*graph.input, *graph.value_info, *graph.output]
@@ -98,6 +99,20 @@ class GraphIndex:
         if len(users) == 1 and name not in self.graph_outputs:
             return users[0]
         return None
+
+
+def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name read by a node of a subgraph (at any depth) of ``graph``'s nodes."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
+                list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+            for body in bodies:
+                names |= {name for n in body.node for name in n.input}
+                names |= {o.name for o in body.output}
+                names |= subgraph_reads(body)
+    return names
 
 
 def name_nodes(graph: onnx.GraphProto) -> None:

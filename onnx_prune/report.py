@@ -104,20 +104,21 @@ class PruneReport:
             if not console.is_terminal:  # logs and pipes: wide enough that no column is cut
                 console = Console(width=max(console.width, 160))
         table = Table(title="onnx-prune", title_justify="left")
+        any_dense = any(l.status != "sparse" for l in self.layers)
         for column, justify in (("node", "left"), ("op", "left"), ("shape K×N", "right"), ("kept / params", "right"),
                                 ("sparsity", "right"), ("bytes before", "right"), ("bytes after", "right"),
-                                ("", "left")):
+                                *([("", "left")] if any_dense else [])):
             table.add_column(column, justify=justify)
         for l in self.layers:
             table.add_row(escape(l.node), l.op, f"{l.shape[0]}×{l.shape[1]}", f"{l.nnz:,} / {l.params:,}",
                           f"{l.sparsity:.1%}", f"{l.bytes_before:,}", f"{l.bytes_after:,}",
-                          "" if l.status == "sparse" else "[yellow]kept dense[/yellow]")
+                          *([("" if l.status == "sparse" else "[yellow]kept dense[/yellow]")] if any_dense else []))
         total_p = sum(l.params for l in self.layers)
         total_k = sum(l.nnz for l in self.layers)
         table.add_section()
         table.add_row("total", "", "", f"{total_k:,} / {total_p:,}", f"{1 - total_k / max(total_p, 1):.1%}",
                       f"{sum(l.bytes_before for l in self.layers):,}", f"{sum(l.bytes_after for l in self.layers):,}",
-                      "")
+                      *([""] if any_dense else []))
         console.print(table)
         for l in self.layers:
             if l.status != "sparse":

@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 from . import contract
 from ._version import __version__
 from .formats import CsrWeight, dense_to_csr
-from .layers import GraphIndex, Layer
+from .layers import GraphIndex, Layer, subgraph_reads
 
 
 @dataclass
@@ -149,10 +149,7 @@ def drop_unused_constants(model: onnx.ModelProto, candidates: set[str]) -> None:
     more (a weight shared with a node that stays is kept; unrelated unused tensors are untouched)."""
     graph = model.graph
     read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-    for n in graph.node:  # tensors read from inside subgraphs (If / Loop bodies)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                read |= {name for sn in a.g.node for name in sn.input}
+    read |= subgraph_reads(graph)  # tensors read from inside If / Loop bodies
     dead = candidates - read
     keep_nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output and n.output[0] in dead)]
     keep_inits = [t for t in graph.initializer if t.name not in dead]

@@ -392,3 +392,20 @@ def test_bad_options(kwargs, message):
 def test_nothing_eligible():
     with pytest.raises(OnnxPruneError, match="no prunable layer found"):
         onnx_prune.prune(relu_only(), 0.5)
+
+
+def test_tensor_read_inside_a_subgraph_is_not_fused_away():
+    model, p = matmul(12, 6, a_rank=2, bias_shape=(6,))
+    branch = lambda name: helper.make_graph([helper.make_node("Identity", ["mm"], [name])], name, [],  # noqa: E731
+                                            [f32(name, ["batch", 6])])
+    model.graph.node.append(helper.make_node("If", ["cond"], ["picked"], name="if",
+                                             then_branch=branch("t"), else_branch=branch("e")))
+    model.graph.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+    model.graph.output.append(f32("picked", ["batch", 6]))
+    out, _ = onnx_prune.prune(model, 0.75)
+    assert [n.op_type for n in out.graph.node] == [contract.OP_TYPE, "Add", "Identity", "If"]
+    x = x_input(12, 2)
+    y, picked = run(out, {"X": x, "cond": np.array(True)})
+    ref = x.astype(np.float64) @ masked(p["W"], 0.75)
+    assert_close(picked, ref)
+    assert_close(y, ref + p["bias"])
