@@ -129,6 +129,8 @@ def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[st
         result = calibration_sparsify(model, list(layers), dict(ratios), method=method, calibration=data,
                                       samples=calibration_samples, pattern=pattern, scope=scope)
     else:
+        if calibration is not None:
+            warnings.warn("calibration data is not used by --method magnitude", stacklevel=3)
         result = magnitude_sparsify(layers, ratios, scope=scope)
     return {layer.node: _checked(layer, result) for layer in layers}
 

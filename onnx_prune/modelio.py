@@ -61,10 +61,9 @@ def file_uses_external_data(path: PathLike) -> bool:
 
 
 def written_size(path: PathLike) -> int:
-    """Bytes of a saved model including its ``<name>.data`` file when there is one."""
+    """Bytes of a saved model including the external data files it reads."""
     p = Path(path)
-    data = p.parent / f"{p.name}.data"
-    return p.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    return p.stat().st_size + sum(d.stat().st_size for d in external_data_files(p) if d.is_file())
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:

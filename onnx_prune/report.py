@@ -10,6 +10,7 @@ import onnx
 
 from .formats import index_dtype_for, offset_dtype_for
 from .layers import Layer, Skipped
+from .modelio import written_size
 
 
 @dataclass
@@ -74,7 +75,7 @@ class PruneReport:
                                            "(--no-auto-dense prunes it anyway)"))
         order = {n.name: i for i, n in enumerate(before.graph.node)}
         rows.sort(key=lambda r: order.get(r.node, 0))
-        size_before = os.path.getsize(source) if source and os.path.isfile(source) else before.ByteSize()
+        size_before = written_size(source) if source and os.path.isfile(source) else before.ByteSize()
         return PruneReport(layers=rows, skipped=[{"node": s.node, "reason": s.reason} for s in unselected],
                            settings=settings, size_before=size_before, size_after=after.ByteSize(), source=source)
 

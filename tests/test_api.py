@@ -409,3 +409,21 @@ def test_tensor_read_inside_a_subgraph_is_not_fused_away():
     ref = x.astype(np.float64) @ masked(p["W"], 0.75)
     assert_close(picked, ref)
     assert_close(y, ref + p["bias"])
+
+
+def test_pruning_a_pruned_model_prunes_the_layers_left_dense():
+    model = mlp(dims=(20, 16, 12, 5))
+    first, report = onnx_prune.prune(model, 0.9, layer_ratios={"/fc1/Gemm": 0.2})
+    assert [l.status == "sparse" for l in report.layers] == [True, False, True]
+    second, report = onnx_prune.prune(first, 0.9)
+    assert [l.node for l in report.layers] == ["/fc1/Gemm"]
+    assert [n.op_type for n in second.graph.node] == [contract.OP_TYPE] * 3
+    assert [(o.domain, o.version) for o in second.opset_import].count((contract.DOMAIN, 1)) == 1
+    assert len(second.functions) == len(first.functions)
+    x = np.random.default_rng(14).standard_normal((2, 20)).astype(np.float32)
+    assert_close(run(second, {"input": x})[0], mlp_reference(model, x, 0.9))
+
+
+def test_calibration_data_with_magnitude_is_reported_unused():
+    with pytest.warns(UserWarning, match="calibration data is not used by --method magnitude"):
+        onnx_prune.prune(mlp(), 0.9, calibration={"input": np.ones((2, 20), np.float32)})
