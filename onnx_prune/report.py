@@ -124,8 +124,8 @@ class PruneReport:
         for l in self.layers:
             if l.status != "sparse":
                 console.print(f"[yellow]{escape(l.node)}[/yellow] {escape(l.status)}")
-        for s in self.skipped:
-            console.print(f"[dim]{escape(s['node'])} left alone: {escape(s['reason'])}[/dim]")
+        for line in _skipped_lines(self.skipped):
+            console.print(f"[dim]{escape(line)}[/dim]")
         console.print(f"file size: {self.size_before:,} → {self.size_after:,} bytes "
                       f"({self.size_after / max(self.size_before, 1):.1%})")
         if self.verification:
@@ -133,3 +133,18 @@ class PruneReport:
             verdict = "[green]passed[/green]" if v.passed else "[red]FAILED[/red]"
             console.print(f"verification {verdict}: max relative error {v.max_rel_error:.2e} "
                           f"(tolerance {v.tolerance:.0e}) vs the masked dense model, on {escape(v.inputs)}")
+
+
+SKIPPED_SHOWN = 5
+
+
+def _skipped_lines(skipped: Sequence[dict]) -> list[str]:
+    """One line per node left alone, or one per reason when there are many (attention MatMuls of a
+    transformer would otherwise fill the screen; the JSON report keeps every node)."""
+    if len(skipped) <= SKIPPED_SHOWN:
+        return [f"{s['node']} left alone: {s['reason']}" for s in skipped]
+    by_reason: dict[str, list[str]] = {}
+    for s in skipped:
+        by_reason.setdefault(s["reason"], []).append(s["node"])
+    return [f"{len(nodes)} nodes left alone ({reason}): {', '.join(nodes[:3])}{', …' if len(nodes) > 3 else ''}"
+            for reason, nodes in by_reason.items()]

@@ -233,3 +233,19 @@ def test_failed_save_leaves_nothing_behind(tmp_path: Path, monkeypatch):
     with pytest.raises(OnnxPruneError, match="cannot write .*No space left on device"):
         modelio.save_model_atomic(out, dest)
     assert os.listdir(tmp_path) == []
+
+
+def test_report_printout_summarises_many_skipped_nodes():
+    from rich.console import Console
+
+    from onnx_prune.report import PruneReport
+
+    model, _ = matmul(8, 4, a_rank=2, bias_shape=(None,))
+    _, report = onnx_prune.prune(model, 0.75)
+    report.skipped = [{"node": f"attn{i}", "reason": "its weight is not a constant"} for i in range(7)]
+    console = Console(width=200, record=True)
+    report.print(console)
+    text = console.export_text()
+    assert "7 nodes left alone (its weight is not a constant): attn0, attn1, attn2, …" in text
+    assert "/linear/MatMul" in text and "8×4" in text and "8 / 32" in text and "total" in text
+    assert isinstance(report, PruneReport)
