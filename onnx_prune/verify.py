@@ -88,12 +88,24 @@ def load_inputs(path: Union[str, Path], model: onnx.ModelProto) -> dict[str, np.
 
 
 def max_relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
+    """max |reference - actual| / max(max |reference|, tiny) over the finite entries; a
+    non-finite value counts as equal only where the other side has the same one (NaN for NaN,
+    inf for inf of the same sign), otherwise the error is infinite."""
     reference = np.asarray(reference, dtype=np.float64)
     actual = np.asarray(actual, dtype=np.float64)
+    if reference.shape != actual.shape:
+        return float("inf")
     if reference.size == 0:
         return 0.0
-    scale = max(float(np.max(np.abs(reference))), 1e-12)
-    return float(np.max(np.abs(reference - actual))) / scale
+    finite = np.isfinite(reference) & np.isfinite(actual)
+    same_special = (np.isnan(reference) & np.isnan(actual)) | \
+        (np.isinf(reference) & (reference == actual))
+    if not np.all(finite | same_special):
+        return float("inf")
+    if not finite.any():
+        return 0.0
+    scale = max(float(np.max(np.abs(reference[finite]))), 1e-12)
+    return float(np.max(np.abs(reference[finite] - actual[finite]))) / scale
 
 
 def verify_pruned(model: onnx.ModelProto, pruned_model: onnx.ModelProto, pruned: Sequence, *,

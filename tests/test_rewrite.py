@@ -249,3 +249,15 @@ def test_report_printout_summarises_many_skipped_nodes():
     assert "7 nodes left alone (its weight is not a constant): attn0, attn1, attn2, …" in text
     assert "/linear/MatMul" in text and "8×4" in text and "8 / 32" in text and "total" in text
     assert isinstance(report, PruneReport)
+
+
+def test_max_relative_error_definition():
+    from onnx_prune.verify import max_relative_error
+
+    assert max_relative_error(np.array([2.0, -4.0]), np.array([2.0, -3.0])) == pytest.approx(0.25)
+    assert max_relative_error(np.array([np.nan, 1.0]), np.array([np.nan, 1.0])) == 0.0
+    assert max_relative_error(np.array([np.inf, 1.0]), np.array([np.inf, 1.5])) == pytest.approx(0.5)
+    assert max_relative_error(np.array([np.nan, 1.0]), np.array([0.0, 1.0])) == float("inf")
+    assert max_relative_error(np.array([np.inf]), np.array([-np.inf])) == float("inf")
+    assert max_relative_error(np.zeros(3), np.full(3, 1e-13)) == pytest.approx(0.1)
+    assert max_relative_error(np.zeros((2, 3)), np.zeros((3, 2))) == float("inf")
