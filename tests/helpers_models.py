@@ -197,3 +197,48 @@ def non_constant_b_gemm() -> onnx.ModelProto:
 
 def relu_only() -> onnx.ModelProto:
     return make_model([helper.make_node("Relu", ["x"], ["y"])], [f32("x", [2])], [f32("y", [2])], [])
+
+
+def attention_block(d: int = 16, ff: int = 32, seed: int = 0) -> tuple[onnx.ModelProto, dict]:
+    """One single-head transformer block as exporters write it: Q/K/V/out projections and a
+    two-layer FFN as MatMul + Add (+ Relu), attention MatMuls between activations (not prunable),
+    Softmax, a residual Add. X: [batch, seq, d]."""
+    rng = np.random.default_rng(seed)
+    p = {name: rng.standard_normal(shape).astype(np.float32) * 0.3 for name, shape in [
+        ("Wq", (d, d)), ("Wk", (d, d)), ("Wv", (d, d)), ("Wo", (d, d)), ("W1", (d, ff)), ("W2", (ff, d)),
+        ("bq", (d,)), ("bk", (d,)), ("bv", (d,)), ("bo", (d,)), ("b1", (ff,)), ("b2", (d,))]}
+    p["scale"] = np.array(1.0 / np.sqrt(d), np.float32)
+    nodes = []
+    for name, src in (("q", "X"), ("k", "X"), ("v", "X")):
+        nodes += [helper.make_node("MatMul", [src, f"W{name}"], [f"{name}_mm"], name=f"/attn/{name}/MatMul"),
+                  helper.make_node("Add", [f"b{name}", f"{name}_mm"], [name], name=f"/attn/{name}/Add")]
+    nodes += [
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="/attn/Transpose"),
+        helper.make_node("MatMul", ["q", "kt"], ["scores_raw"], name="/attn/scores/MatMul"),
+        helper.make_node("Mul", ["scores_raw", "scale"], ["scores"], name="/attn/Mul"),
+        helper.make_node("Softmax", ["scores"], ["probs"], axis=-1, name="/attn/Softmax"),
+        helper.make_node("MatMul", ["probs", "v"], ["ctx"], name="/attn/ctx/MatMul"),
+        helper.make_node("MatMul", ["ctx", "Wo"], ["o_mm"], name="/attn/o/MatMul"),
+        helper.make_node("Add", ["o_mm", "bo"], ["o"], name="/attn/o/Add"),
+        helper.make_node("Add", ["X", "o"], ["h"], name="/residual/Add"),
+        helper.make_node("MatMul", ["h", "W1"], ["f1_mm"], name="/ffn/fc1/MatMul"),
+        helper.make_node("Add", ["f1_mm", "b1"], ["f1"], name="/ffn/fc1/Add"),
+        helper.make_node("Relu", ["f1"], ["f1_relu"], name="/ffn/Relu"),
+        helper.make_node("MatMul", ["f1_relu", "W2"], ["f2_mm"], name="/ffn/fc2/MatMul"),
+        helper.make_node("Add", ["f2_mm", "b2"], ["Y"], name="/ffn/fc2/Add"),
+    ]
+    inits = [numpy_helper.from_array(v, k) for k, v in p.items()]
+    model = make_model(nodes, [f32("X", ["batch", "seq", d])], [f32("Y", ["batch", "seq", d])], inits)
+    return model, p
+
+
+def attention_forward(x: np.ndarray, p: dict, ratio: float) -> np.ndarray:
+    """float64 forward of attention_block() with every projection weight pruned at ``ratio``."""
+    w = {k: masked(p[k], ratio) for k in ("Wq", "Wk", "Wv", "Wo", "W1", "W2")}
+    x = np.asarray(x, np.float64)
+    q, k, v = (x @ w[f"W{n}"] + p[f"b{n}"] for n in "qkv")
+    scores = q @ k.transpose(0, 2, 1) * float(p["scale"])
+    probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    h = x + (probs @ v) @ w["Wo"] + p["bo"]
+    return np.maximum(h @ w["W1"] + p["b1"], 0) @ w["W2"] + p["b2"]

@@ -427,3 +427,17 @@ def test_pruning_a_pruned_model_prunes_the_layers_left_dense():
 def test_calibration_data_with_magnitude_is_reported_unused():
     with pytest.warns(UserWarning, match="calibration data is not used by --method magnitude"):
         onnx_prune.prune(mlp(), 0.9, calibration={"input": np.ones((2, 20), np.float32)})
+
+
+def test_transformer_block_projections_pruned_attention_left_alone():
+    from helpers_models import attention_block, attention_forward
+
+    model, p = attention_block()
+    out, report = onnx_prune.prune(model, 0.8, verify=True)
+    assert sorted(l.node for l in report.layers) == sorted(
+        ["/attn/q/MatMul", "/attn/k/MatMul", "/attn/v/MatMul", "/attn/o/MatMul", "/ffn/fc1/MatMul", "/ffn/fc2/MatMul"])
+    assert sorted(s["node"] for s in report.skipped) == ["/attn/ctx/MatMul", "/attn/scores/MatMul"]
+    assert [n.op_type for n in out.graph.node].count(contract.OP_TYPE) == 6
+    assert not [n for n in out.graph.node if n.op_type == "Relu"]  # fused into fc1
+    x = np.random.default_rng(15).standard_normal((2, 5, 16)).astype(np.float32)
+    assert_close(run(out, {"X": x})[0], attention_forward(x, p, 0.8))
