@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import onnx_prune
 from onnx_prune import contract, modelio
@@ -261,3 +261,16 @@ def test_max_relative_error_definition():
     assert max_relative_error(np.array([np.inf]), np.array([-np.inf])) == float("inf")
     assert max_relative_error(np.zeros(3), np.full(3, 1e-13)) == pytest.approx(0.1)
     assert max_relative_error(np.zeros((2, 3)), np.zeros((3, 2))) == float("inf")
+
+
+def test_generated_inputs_share_symbolic_sizes():
+    from onnx_prune.verify import generated_inputs
+
+    model = make_model([helper.make_node("Add", ["a", "b"], ["c"])],
+                       [f32("a", ["batch", "seq", 4]), f32("b", ["seq", "batch", 1]),
+                        helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["batch"])],
+                       [f32("c", None)], [])
+    feeds = generated_inputs(model)
+    assert feeds["a"].shape == (4, 3, 4) and feeds["b"].shape == (3, 4, 1) and feeds["ids"].shape == (4,)
+    assert feeds["ids"].dtype == np.int64 and not feeds["ids"].any()
+    np.testing.assert_array_equal(generated_inputs(model)["a"], feeds["a"])  # seeded
