@@ -19,13 +19,13 @@ from ._version import __version__
 from .errors import OnnxPruneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  pretty_exceptions_show_locals=False,
+                  pretty_exceptions_show_locals=False, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Prune the Gemm / MatMul weights of an ONNX model and run it faster in onnxruntime.\n\n"
                        "[bold]onnx-prune IN.onnx OUT.onnx --ratio 0.8[/bold] prunes (same as "
                        "[bold]onnx-prune prune ...[/bold]).")
 
 SUBCOMMANDS = ("prune", "bench", "eval", "densify")
-ROOT_OPTIONS = ("--help", "--version")
+ROOT_OPTIONS = ("-h", "--help", "--version")
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 

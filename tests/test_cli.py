@@ -104,6 +104,7 @@ def test_help_and_version():
                    "--calibration", "--calibration-samples", "--pattern", "--values", "--fallback",
                    "--auto-dense", "--verify", "--inputs", "--report-json", "--quiet", "--debug"):
         assert option in done.stdout, option
+    assert cli("-h").stdout == cli("--help").stdout
     done = cli("--version")
     assert done.returncode == 0 and done.stdout.strip() == f"onnx-prune {onnx_prune.__version__}"
 
