@@ -407,3 +407,67 @@ def test_subcommands_missing_modules_say_so(tmp_path: Path, monkeypatch):
     done = cli_inproc("eval", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"))
     assert done.exit_code == 1
     one_line_error(done.stderr, "this installation lacks onnx_prune.evaluate.run_eval_cli")
+
+
+# ----------------------------------------------------------------------------- real-exporter fixtures
+
+FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("*.onnx"))
+
+
+def _feeds_for(model: onnx.ModelProto) -> dict:
+    """Seeded inputs from the declared shapes (symbolic dims: 2), zeros for integer inputs."""
+    rng = np.random.default_rng(0)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        t = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 2 for d in t.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
+        feeds[value.name] = (rng.standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating)
+                             else np.zeros(shape, dtype))
+    return feeds
+
+
+def _masked_dense_reference(model: onnx.ModelProto, report: dict, ratio: float) -> onnx.ModelProto:
+    """IN with every pruned layer's weight masked by the test's own floor rule (standard ops only)."""
+    from helpers_models import keep_mask
+
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    nodes = {n.name: n for n in ref.graph.node}
+    inits = {t.name: t for t in ref.graph.initializer}
+    for layer in report["layers"]:
+        if layer["status"] != "sparse":
+            continue
+        node = nodes[layer["node"]]
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute) if node.op_type == "Gemm" else False
+        stored = numpy_helper.to_array(inits[layer["weight"]])
+        w_kn = stored.T if trans_b else stored
+        kept = np.where(keep_mask(w_kn, ratio), w_kn, 0).astype(np.float32)
+        inits[layer["weight"]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(kept.T if trans_b else kept),
+                                                                layer["weight"]))
+    return ref
+
+
+@pytest.mark.skipif(not FIXTURES, reason="no real-exporter fixtures in tests/fixtures yet")
+@pytest.mark.parametrize("fixture", FIXTURES, ids=[f.name for f in FIXTURES])
+def test_real_exporter_fixtures(tmp_path: Path, fixture: Path):
+    before = digest(fixture)
+    out, report_path = tmp_path / "out.onnx", tmp_path / "r.json"
+    done = cli_inproc(str(fixture), str(out), "--ratio", "0.8", "--report-json", str(report_path))
+    assert done.exit_code == 0, done.output
+    assert digest(fixture) == before
+    report = json.loads(report_path.read_text())
+    assert report["verification"]["passed"] and any(l["status"] == "sparse" for l in report["layers"])
+    model = onnx.load(str(fixture))
+    weights = [l["weight"] for l in report["layers"]]
+    if len(set(weights)) != len(weights):
+        pytest.skip("shared weights: one masked initializer cannot stand for several masks")
+    feeds = _feeds_for(model)
+    reference = ort.InferenceSession(_masked_dense_reference(model, report, 0.8).SerializeToString(),
+                                     providers=["CPUExecutionProvider"]).run(None, feeds)
+    for got, want in zip(run_file(out, feeds), reference):
+        if np.issubdtype(np.asarray(want).dtype, np.floating):
+            assert_close(got, want.astype(np.float64), rtol=1e-4)
