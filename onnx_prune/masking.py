@@ -61,3 +61,80 @@ def _keep_mask(flat_scores: np.ndarray, drop: int) -> np.ndarray:
         order = np.argsort(flat_scores, kind="stable")
         keep[order[:drop]] = False
     return keep
+
+
+# ---------------------------------------------------------------------------- N:M patterns
+
+def parse_pattern(pattern: str) -> tuple[int, int]:
+    """``"2:4"`` -> ``(2, 4)``: keep ``n`` of every ``m`` consecutive weights along K."""
+    try:
+        n_text, m_text = str(pattern).split(":")
+        n, m = int(n_text), int(m_text)
+    except ValueError:
+        raise ValueError(f"--pattern takes N:M with integers 0 < N < M (e.g. 2:4), got '{pattern}'") from None
+    if not 0 < n < m:
+        raise ValueError(f"--pattern takes N:M with integers 0 < N < M (e.g. 2:4), got '{pattern}'")
+    return n, m
+
+
+def check_pattern_fits(k: int, m: int, layer: str) -> None:
+    if k % m != 0:
+        raise ValueError(f"layer {layer}: its {k} inputs (K) are not a multiple of the pattern's group size {m}")
+
+
+def nm_mask(scores: np.ndarray, n: int, m: int, layer: str = "?") -> np.ndarray:
+    """Keep the ``n`` largest scores of every group of ``m`` consecutive rows (along K) in each
+    column of ``scores [K, N]`` (the usual 2:4 convention: groups run along the inner dimension).
+    Ties: the weight that comes first along K is removed first, as in the floor rule."""
+    scores = np.asarray(scores)
+    k, cols = scores.shape
+    check_pattern_fits(k, m, layer)
+    groups = scores.reshape(k // m, m, cols)
+    order = np.argsort(groups, axis=1, kind="stable")  # ascending: the first m - n go
+    keep = np.ones_like(groups, dtype=bool)
+    np.put_along_axis(keep, order[:, : m - n, :], False, axis=1)
+    return keep.reshape(k, cols)
+
+
+# ---------------------------------------------------------------------------- per-output (Wanda) rule
+
+def per_output_drops(scores: np.ndarray, drop: int) -> np.ndarray:
+    """How many weights each output (column of ``scores [K, N]``) loses so that together they
+    lose exactly ``drop``: every column ``drop // N``, and the ``drop % N`` columns whose next
+    weight in line is cheapest (smallest score; ties: lower column index) one more."""
+    k, cols = scores.shape
+    base, extra = divmod(int(drop), cols)
+    counts = np.full(cols, base, dtype=np.int64)
+    if extra:
+        next_in_line = np.sort(scores, axis=0, kind="stable")[base]
+        counts[np.argsort(next_in_line, kind="stable")[:extra]] += 1
+    return counts
+
+
+def per_output_mask(scores: np.ndarray, drop: int) -> np.ndarray:
+    """Keep-mask removing ``drop`` weights in all, the lowest scores of each column separately
+    (counts from per_output_drops; ties within a column: lower row first)."""
+    scores = np.asarray(scores)
+    counts = per_output_drops(scores, drop)
+    order = np.argsort(scores, axis=0, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(scores.shape[0])[:, None].repeat(scores.shape[1], 1), axis=0)
+    return rank >= counts[None, :]
+
+
+# ---------------------------------------------------------------------------- global allocation
+
+def global_drop_counts(scores: Sequence[np.ndarray], ratio: float) -> list[int]:
+    """How many weights each layer loses when one threshold over all ``scores`` removes exactly
+    ``floor(ratio * total)`` (the global floor rule); the methods then pick *which* weights."""
+    return [int((~m).sum()) for m in global_masks(scores, ratio)]
+
+
+def split_count(total: int, sizes: Sequence[int]) -> list[int]:
+    """Split ``total`` over consecutive parts of ``sizes`` in proportion, exactly and
+    deterministically: part i gets floor(total*end_i/S) - floor(total*start_i/S)."""
+    whole, start, out = max(int(sum(sizes)), 1), 0, []
+    for size in sizes:
+        out.append(int(total) * (start + int(size)) // whole - int(total) * start // whole)
+        start += int(size)
+    return out

@@ -1,0 +1,246 @@
+"""Calibration statistics of the layers' inputs, gathered by running the model in onnxruntime.
+
+For each layer input ``X`` (the tensor A feeding a layer, N-D flattened to ``[-1, K]``, Aᵀ for
+transA layers) it accumulates, in float64 over all calibration samples, ``H = XᵀX`` (SparseGPT's
+Hessian) and the squared column norms ``Σ x_k²`` (Wanda). Data is fed in batches sized so the
+captured activations stay under CAPTURE_BYTES: memory is bounded whatever the sample count.
+
+Sequential pruning (as in the SparseGPT paper) needs each layer's inputs computed by the model
+whose earlier layers are already pruned: ``layer_groups`` orders the layers in waves (a layer
+joins a wave once every layer upstream of it is done) and ``with_weights`` writes the pruned
+weights, as masked dense tensors, into a copy of the model for the next wave's capture.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import OnnxPruneError
+
+CAPTURE_BYTES = 256 * 2**20     # activations captured per onnxruntime run, at most (after the first)
+FIRST_BATCH = 8                 # samples in the first run, which measures the bytes per sample
+MAX_BATCH = 1024
+
+
+@dataclass
+class InputStats:
+    """What calibration says about one layer input X [rows, K]."""
+
+    rows: int
+    sq_norms: np.ndarray                 # [K] float64, Σ_rows x_k²
+    hessian: Optional[np.ndarray]        # [K, K] float64, XᵀX (None when not asked for)
+
+
+@dataclass(frozen=True)
+class FeedPlan:
+    """How calibration arrays become onnxruntime feeds: ``step`` samples per run (None: any),
+    and the inputs whose arrays hold one whole model input per sample (fed one at a time)."""
+
+    samples: int
+    step: Optional[int]
+    per_sample: frozenset
+
+
+def capture_stats(model: onnx.ModelProto, layers: Sequence, calibration: Mapping[str, np.ndarray],
+                  plan: FeedPlan, *, hessian: bool) -> dict[str, InputStats]:
+    """Run ``model`` over all calibration samples; node name -> stats of that layer's input."""
+    keys = {layer.node: (layer.input_name, bool(layer.trans_a)) for layer in layers}
+    sizes = {keys[layer.node]: layer.K for layer in layers}
+    graph_inputs = {v.name for v in model.graph.input}
+    exposed = sorted({name for name, _ in sizes if name not in graph_inputs})
+    session = _session(_exposing(model, exposed)) if exposed else None
+    acc = {key: _Accumulator(k, hessian) for key, k in sizes.items()}
+    for feeds in _batches(calibration, plan, session):
+        values = dict(zip(exposed, session.run(exposed, feeds))) if session is not None else {}
+        for (name, trans_a), a in acc.items():
+            tensor = values[name] if name in values else feeds[name]
+            a.add(_as_rows(tensor, trans_a, sizes[(name, trans_a)], name))
+    stats = {key: a.result() for key, a in acc.items()}
+    for layer in layers:
+        _check_finite(stats[keys[layer.node]], layer.node)
+    return {layer.node: stats[keys[layer.node]] for layer in layers}
+
+
+class _Accumulator:
+    def __init__(self, k: int, hessian: bool) -> None:
+        self.rows = 0
+        self.sq = np.zeros(k, dtype=np.float64)
+        self.h = np.zeros((k, k), dtype=np.float64) if hessian else None
+
+    def add(self, x: np.ndarray) -> None:
+        x = x.astype(np.float64, copy=False)
+        self.rows += x.shape[0]
+        self.sq += np.einsum("ij,ij->j", x, x)
+        if self.h is not None:
+            self.h += x.T @ x
+
+    def result(self) -> InputStats:
+        return InputStats(self.rows, self.sq, self.h)
+
+
+def _as_rows(tensor: np.ndarray, trans_a: bool, k: int, name: str) -> np.ndarray:
+    """The layer's X as [rows, K]: Aᵀ for transA, N-D A flattened over its leading dims."""
+    t = np.asarray(tensor)
+    if trans_a:
+        if t.ndim != 2 or t.shape[0] != k:
+            raise OnnxPruneError(f"calibration: tensor '{name}' has shape {list(t.shape)}, expected [{k}, M]")
+        return t.T
+    if t.ndim == 0 or t.shape[-1] != k:
+        raise OnnxPruneError(f"calibration: tensor '{name}' has shape {list(t.shape)}, expected [..., {k}]")
+    return t.reshape(-1, k)
+
+
+def _check_finite(stats: InputStats, node: str) -> None:
+    if not np.all(np.isfinite(stats.sq_norms)):
+        raise OnnxPruneError(f"calibration: the inputs of layer {node} contain NaN or inf "
+                             "(check the calibration data)")
+    if stats.rows == 0:
+        raise OnnxPruneError(f"calibration: layer {node} received no input rows")
+
+
+def _batches(calibration: Mapping[str, np.ndarray], plan: FeedPlan, session) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds covering every sample once; with no fixed step the first run is small and measures
+    how many samples fit in CAPTURE_BYTES of captured activations."""
+    start, step = 0, plan.step or FIRST_BATCH
+    while start < plan.samples:
+        stop = min(start + step, plan.samples)
+        feeds = {}
+        for name, array in calibration.items():
+            part = array[start:stop]
+            feeds[name] = part.reshape(part.shape[1:]) if name in plan.per_sample else part
+        yield feeds
+        if plan.step is None and start == 0:
+            step = _batch_for_budget(session, feeds, stop - start)
+        start = stop
+
+
+def _batch_for_budget(session, feeds: Mapping[str, np.ndarray], done: int) -> int:
+    """Samples per run so that one run's feeds and captured tensors take about CAPTURE_BYTES."""
+    captured = session.last_bytes if session is not None else 0
+    per_sample = (captured + sum(v.nbytes for v in feeds.values())) / max(done, 1)
+    return int(max(1, min(MAX_BATCH, CAPTURE_BYTES // max(per_sample, 1))))
+
+
+def _exposing(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are exactly ``names`` (nothing else is computed for
+    nothing)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.output[:]
+    out.graph.output.extend([helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names])
+    return out
+
+
+class _Session:
+    """An onnxruntime session whose errors are one line and which remembers how many bytes its
+    last run returned (to size the next batches)."""
+
+    def __init__(self, session) -> None:
+        self._session = session
+        self.last_bytes = 0
+
+    def run(self, names, feeds):
+        try:
+            values = self._session.run(list(names), dict(feeds))
+        except Exception as exc:  # onnxruntime's own exception types
+            text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise OnnxPruneError(f"calibration: onnxruntime could not run the model on the calibration "
+                                 f"data: {text}") from exc
+        self.last_bytes = sum(np.asarray(v).nbytes for v in values)
+        return values
+
+
+def _session(model: onnx.ModelProto) -> _Session:
+    import onnxruntime as ort
+
+    from .contract import DOMAIN
+    from .library import find_library_path
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the replaced dense weights are unused: no warning for each
+    library = find_library_path()
+    if library and any(n.domain == DOMAIN for n in model.graph.node):
+        options.register_custom_ops_library(library)  # an already pruned model
+    try:
+        if model.ByteSize() < 2**31 - 1:
+            return _Session(ort.InferenceSession(model.SerializeToString(), options,
+                                                 providers=["CPUExecutionProvider"]))
+        with tempfile.TemporaryDirectory() as tmp:  # > 2 GB: only as a file with external data
+            path = os.path.join(tmp, "model.onnx")
+            onnx.save(model, path, save_as_external_data=True, location="weights.bin")
+            return _Session(ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]))
+    except Exception as exc:
+        text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise OnnxPruneError(f"calibration: onnxruntime cannot load the model: {text}") from exc
+
+
+# ---------------------------------------------------------------------------- sequential order
+
+def layer_groups(model: onnx.ModelProto, layers: Sequence) -> list[list]:
+    """Waves of layers in graph order: a layer's wave comes after every layer upstream of its
+    input, so capturing a wave on the model with all earlier waves pruned is sequential pruning
+    (layers reading the same tensor, like q/k/v projections, share one wave and one run)."""
+    producer = {o: node for node in model.graph.node for o in node.output}
+    layer_of_node = {layer.fused_nodes[0] if getattr(layer, "fused_nodes", None) else layer.node: layer
+                     for layer in layers}
+    upstream = {layer.node: _upstream_layers(layer.input_name, producer, layer_of_node) for layer in layers}
+    done: set[str] = set()
+    waves = []
+    left = list(layers)
+    while left:
+        wave = [l for l in left if upstream[l.node] <= done]
+        if not wave:  # a cycle cannot happen in a valid graph; do the rest one by one
+            wave = left[:1]
+        waves.append(wave)
+        done |= {l.node for l in wave}
+        left = [l for l in left if l.node not in done]
+    return waves
+
+
+def _upstream_layers(tensor: str, producer: Mapping[str, onnx.NodeProto], layer_of_node: Mapping) -> set[str]:
+    seen_tensors, found, stack = set(), set(), [tensor]
+    while stack:
+        name = stack.pop()
+        if name in seen_tensors or name not in producer:
+            continue
+        seen_tensors.add(name)
+        node = producer[name]
+        if node.name in layer_of_node:
+            found.add(layer_of_node[node.name].node)
+        stack.extend(i for i in _reads(node) if i)
+    return found
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """A node's inputs, including the outer tensors its If / Loop bodies read."""
+    names = list(node.input)
+    for attr in node.attribute:
+        bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
+            list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+        for body in bodies:
+            for inner in body.node:
+                names.extend(_reads(inner))
+    return names
+
+
+def with_weights(model: onnx.ModelProto, layers: Sequence, weights: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` where each layer named in ``weights`` reads that [K, N] weight (stored
+    the way the layer stores it) from a fresh initializer of its own (shared weights stay intact
+    for the other readers)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = {n.name: n for n in out.graph.node}
+    for i, layer in enumerate(l for l in layers if l.node in weights):
+        w = np.asarray(weights[layer.node], dtype=np.float32)
+        stored = np.ascontiguousarray(w.T if getattr(layer, "trans_b", False) else w)
+        name = f"{layer.weight_name}__onnx_prune_calibrated_{i}"
+        out.graph.initializer.append(numpy_helper.from_array(stored, name))
+        node_name = layer.fused_nodes[0] if getattr(layer, "fused_nodes", None) else layer.node
+        nodes[node_name].input[1] = name
+    return out

@@ -1,0 +1,116 @@
+"""SparseGPT (Frantar & Alistarh 2023): one-shot pruning with OBS-style weight updates.
+
+W here is ``[K, N]`` (inputs x outputs), so the paper's rows (outputs) are our columns and its
+columns (inputs) are our rows: the algorithm walks along K, and every step is vectorised over
+the N outputs. ``H = XᵀX`` is the layer Hessian from calibration (capture.py).
+
+Exact sparsity: the paper selects, per block of 128 inputs, the weights whose OBS error
+``w² / [H⁻¹]²_kk`` is below the block's quantile, which need not add up to the requested count.
+Here the layer's removal count ``drop`` is split over the blocks in proportion to their size
+(masking.split_count) and each block removes exactly its share, lowest errors first (ties: first
+in row-major order). N:M patterns choose, per group of m inputs and per output, the m - n
+lowest errors when the walk reaches the group (the errors then reflect all earlier updates).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import masking
+from .errors import OnnxPruneError
+
+BLOCK_SIZE = 128
+PERCDAMP = 0.01
+_DAMP_RETRIES = 4
+
+BlockDone = Callable[[int, int], None]  # (blocks done, blocks in all)
+
+
+def inverse_hessian_factor(hessian: np.ndarray, percdamp: float = PERCDAMP, layer: str = "?"
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Upper Cholesky factor U of the dampened H⁻¹ (H⁻¹ = UᵀU), and the dead-input flags.
+
+    Dead inputs (never nonzero in calibration: diag(H) = 0) get a unit diagonal so H stays
+    invertible; their weights cost nothing on the calibration data and are removed first.
+    Dampening is ``percdamp * mean(diag H)`` and grows tenfold when H is still not positive
+    definite (a few times, then a clear error)."""
+    h = np.array(hessian, dtype=np.float64, copy=True)
+    diag = np.diag(h).copy()
+    dead = diag <= 0
+    live_mean = float(diag[~dead].mean()) if (~dead).any() else 1.0
+    h[dead, dead] = live_mean
+    damp = percdamp * float(np.diag(h).mean())
+    for _ in range(_DAMP_RETRIES):
+        try:
+            dampened = h + damp * np.eye(len(h))
+            lower = np.linalg.cholesky(dampened)
+            eye = np.eye(len(h))
+            inv_lower = np.linalg.solve(lower, eye)
+            hinv = inv_lower.T @ inv_lower
+            return np.linalg.cholesky((hinv + hinv.T) / 2).T, dead
+        except np.linalg.LinAlgError:
+            damp *= 10
+    raise OnnxPruneError(f"sparsegpt: the calibration Hessian of layer {layer} is not positive definite even "
+                         "with strong dampening (calibration data with NaN/inf, or far too few samples?)")
+
+
+def obs_errors(weight: np.ndarray, factor: np.ndarray, dead: np.ndarray) -> np.ndarray:
+    """OBS error ``w² / U_kk²`` of removing each weight alone (0 for dead inputs)."""
+    d = np.diag(factor)[:, None]
+    errors = np.asarray(weight, dtype=np.float64) ** 2 / d ** 2
+    errors[dead, :] = 0.0
+    return errors
+
+
+def sparsegpt_prune(weight: np.ndarray, hessian: np.ndarray, drop: int, *, pattern: Optional[tuple[int, int]] = None,
+                    block_size: int = BLOCK_SIZE, percdamp: float = PERCDAMP, layer: str = "?",
+                    on_block: Optional[BlockDone] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Prune ``weight [K, N]`` given ``hessian [K, K]``: returns (updated weight, keep mask).
+
+    Unstructured: exactly ``drop`` weights go. With ``pattern=(n, m)`` every group of m inputs
+    keeps n weights per output and ``drop`` is ignored."""
+    w = np.array(weight, dtype=np.float64, copy=True)
+    k, _ = w.shape
+    if pattern is not None:
+        masking.check_pattern_fits(k, pattern[1], layer)
+        block_size = max(pattern[1], block_size // pattern[1] * pattern[1])  # blocks of whole groups
+    factor, dead = inverse_hessian_factor(hessian, percdamp, layer)
+    starts = list(range(0, k, block_size))
+    shares = masking.split_count(drop, [min(block_size, k - s) for s in starts]) if pattern is None else []
+    keep = np.ones(w.shape, dtype=bool)
+    for b, start in enumerate(starts):
+        end = min(start + block_size, k)
+        errors = _prune_block(w, factor, dead, keep, start, end, shares[b] if pattern is None else 0, pattern)
+        # lazy batch update: the rest of W absorbs the whole block's compensation at once
+        w[end:] -= factor[start:end, end:].T @ errors
+        if on_block is not None:
+            on_block(b + 1, len(starts))
+    w[~keep] = 0.0
+    return w.astype(np.float32), keep
+
+
+def _prune_block(w: np.ndarray, factor: np.ndarray, dead: np.ndarray, keep: np.ndarray, start: int, end: int,
+                 drop: int, pattern: Optional[tuple[int, int]]) -> np.ndarray:
+    """Walk the rows (inputs) of one block: prune, then spread each row's error over the later
+    rows of the block. Returns the scaled errors ``(w - q) / U_kk`` for the lazy update."""
+    block = w[start:end]                       # a view: updated in place
+    u = factor[start:end, start:end]
+    d = np.diag(u)
+    if pattern is None:
+        scores = obs_errors(block, u, dead[start:end])
+        keep[start:end] = masking._keep_mask(scores.ravel(), drop).reshape(block.shape)
+    errors = np.zeros_like(block)
+    for i in range(end - start):
+        if pattern is not None and i % pattern[1] == 0:
+            n, m = pattern
+            group = obs_errors(block[i:i + m], u[i:i + m, i:i + m], dead[start + i:start + i + m])
+            keep[start + i:start + i + m] = masking.nm_mask(group, n, m)
+        row = block[i]
+        pruned = ~keep[start + i]
+        err = np.where(pruned, row, 0.0) / d[i]
+        block[i] = np.where(pruned, 0.0, row)
+        block[i + 1:] -= np.outer(u[i, i + 1:], err)
+        errors[i] = err
+    return errors
+
