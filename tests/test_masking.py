@@ -1,0 +1,107 @@
+"""masking.py: the floor rule, N:M groups, the per-output (Wanda) rule and global allocation,
+each checked against an independent plain-Python reading of the rule."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from onnx_prune import masking
+
+
+def test_removal_count_is_the_floor_even_where_binary_rounding_bites():
+    assert masking.removal_count(0.7, 10) == 7
+    assert masking.removal_count(0.29, 100) == 29
+    assert masking.removal_count(0.5, 7) == 3
+    with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\)"):
+        masking.removal_count(1.0, 10)
+
+
+def test_mask_from_scores_drops_the_lowest_and_breaks_ties_by_position():
+    scores = np.array([[3.0, 1.0], [1.0, 2.0], [1.0, 5.0]])
+    keep = masking.mask_from_scores(scores, 0.5)  # floor(0.5 * 6) = 3: the three 1.0s
+    assert keep.tolist() == [[True, False], [False, True], [False, True]]
+    keep = masking.mask_from_scores(scores, 0.34)  # 2 of the three tied 1.0s: row-major first
+    assert keep.tolist() == [[True, False], [False, True], [True, True]]
+
+
+@pytest.mark.parametrize("pattern,expected", [("2:4", (2, 4)), ("1:2", (1, 2)), (" 4:8", (4, 8))])
+def test_parse_pattern(pattern, expected):
+    assert masking.parse_pattern(pattern) == expected
+
+
+@pytest.mark.parametrize("pattern", ["2-4", "4:2", "0:4", "2:2", "a:b", "2:4:8", ""])
+def test_parse_pattern_rejects_bad_text(pattern):
+    with pytest.raises(ValueError, match="--pattern takes N:M with integers 0 < N < M"):
+        masking.parse_pattern(pattern)
+
+
+def _nm_reference(scores: np.ndarray, n: int, m: int) -> np.ndarray:
+    keep = np.ones(scores.shape, bool)
+    for col in range(scores.shape[1]):
+        for g in range(0, scores.shape[0], m):
+            group = [(scores[g + i, col], i) for i in range(m)]
+            for _, i in sorted(group)[: m - n]:  # lowest score first, then lowest row
+                keep[g + i, col] = False
+    return keep
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 8), (1, 2)])
+def test_nm_mask_keeps_the_n_largest_of_each_group_along_k(n, m):
+    rng = np.random.default_rng(n * 10 + m)
+    scores = np.round(rng.random((4 * m, 7)), 1)  # rounded: plenty of ties
+    keep = masking.nm_mask(scores, n, m)
+    assert np.array_equal(keep, _nm_reference(scores, n, m))
+    assert np.all(keep.reshape(4, m, 7).sum(axis=1) == n)
+
+
+def test_nm_mask_names_the_layer_when_k_does_not_fit():
+    with pytest.raises(ValueError, match="layer fc1: its 10 inputs .K. are not a multiple of the pattern's group size 4"):
+        masking.nm_mask(np.ones((10, 3)), 2, 4, layer="fc1")
+
+
+def test_per_output_mask_removes_exactly_drop_and_the_lowest_of_each_column():
+    rng = np.random.default_rng(0)
+    scores = rng.random((9, 5))
+    for drop in range(0, 46, 7):
+        keep = masking.per_output_mask(scores, drop)
+        assert (~keep).sum() == drop
+        per_col = (~keep).sum(axis=0)
+        assert per_col.max() - per_col.min() <= 1
+        for col in range(5):
+            removed, kept = scores[~keep[:, col], col], scores[keep[:, col], col]
+            if removed.size and kept.size:
+                assert removed.max() <= kept.min()
+
+
+def test_per_output_remainder_goes_to_the_cheapest_next_weight():
+    scores = np.array([[0.1, 0.2, 0.3], [0.9, 0.5, 0.4]])
+    # drop 4 over 3 columns: each column loses 1, one column loses its second weight too;
+    # second-lowest per column is 0.9, 0.5, 0.4 -> column 2 pays the least
+    keep = masking.per_output_mask(scores, 4)
+    assert keep.tolist() == [[False, False, False], [True, True, False]]
+
+
+def test_per_output_ties_resolve_by_position():
+    keep = masking.per_output_mask(np.ones((4, 2)), 3)
+    assert keep.tolist() == [[False, False], [False, True], [True, True], [True, True]]
+
+
+def test_global_drop_counts_sum_to_the_floor_of_the_total():
+    rng = np.random.default_rng(1)
+    scores = [rng.random((7, 3)), rng.random((5, 11)) * 2, rng.random((13,))]
+    for ratio in (0.1, 0.33, 0.5, 0.9):
+        counts = masking.global_drop_counts(scores, ratio)
+        assert sum(counts) == math.floor(ratio * (21 + 55 + 13))
+        joined = np.concatenate([s.ravel() for s in scores])
+        threshold = np.sort(joined)[sum(counts) - 1] if sum(counts) else -1
+        assert counts == [int((s <= threshold).sum()) for s in scores]  # distinct random scores
+
+
+def test_split_count_is_exact_and_proportional():
+    assert masking.split_count(10, [4, 4, 2]) == [4, 4, 2]
+    assert masking.split_count(7, [128, 128, 16]) == [3, 3, 1]
+    parts = masking.split_count(1001, [128] * 7 + [104])
+    assert sum(parts) == 1001 and max(parts[:7]) - min(parts[:7]) <= 1
+    assert masking.split_count(0, [3, 5]) == [0, 0]
