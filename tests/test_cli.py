@@ -471,3 +471,38 @@ def test_real_exporter_fixtures(tmp_path: Path, fixture: Path):
     for got, want in zip(run_file(out, feeds), reference):
         if np.issubdtype(np.asarray(want).dtype, np.floating):
             assert_close(got, want.astype(np.float64), rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- calibration wiring
+
+def test_calibration_methods_and_patterns_reach_the_sparsifier(mlp_file: Path, tmp_path: Path):
+    import importlib.util
+
+    if importlib.util.find_spec("onnx_prune.calibration") is None:
+        done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--pattern", "2:4")
+        assert done.exit_code == 1
+        one_line_error(done.stderr, "pattern 2:4 needs onnx_prune.calibration")
+        return
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, input=np.random.default_rng(9).standard_normal((16, 20)).astype(np.float32))
+    for method in ("wanda", "sparsegpt"):
+        out, report = tmp_path / f"{method}.onnx", tmp_path / f"{method}.json"
+        done = cli_inproc(str(mlp_file), str(out), "--method", method, "--calibration", str(cal), "--ratio", "0.75",
+                          "--calibration-samples", "8", "--report-json", str(report))
+        assert done.exit_code == 0, done.output
+        data = json.loads(report.read_text())
+        assert data["settings"]["method"] == method and data["verification"]["passed"]
+        assert [l["nnz"] for l in data["layers"]] == [320 - 240, 192 - 144, 60 - 45]
+    out = tmp_path / "nm.onnx"
+    done = cli_inproc(str(mlp_file), str(out), "--pattern", "2:4", "--ratio", "0.5")
+    assert done.exit_code == 0, done.output
+    model = onnx.load(str(out))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in (n for n in model.graph.node if n.op_type == contract.OP_TYPE):
+        indices, offsets = inits[node.input[2]].astype(int), inits[node.input[3]]
+        for n in range(len(offsets) - 1):  # at most 2 kept in every group of 4 consecutive inputs
+            groups = np.bincount(indices[offsets[n]:offsets[n + 1]] // 4)
+            assert groups.max(initial=0) <= 2
+    done = cli_inproc(str(mlp_file), str(tmp_path / "w.onnx"), "--method", "wanda")
+    assert done.exit_code == 1
+    one_line_error(done.stderr, "needs --calibration")
