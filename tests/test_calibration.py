@@ -1,0 +1,350 @@
+"""calibration.py and sparsegpt.py: Wanda and SparseGPT against magnitude pruning and against an
+independent (unblocked, explicit-inverse) OBS reference; exact sparsity per layer and global;
+N:M in every group; sequential calibration; determinism; every bad calibration input by message."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import onnx_prune
+from helpers_models import f32, make_model, mlp, mlp_weights_kn
+from onnx_prune import masking
+from onnx_prune.calibration import load_calibration, sparsify, wanda_scores
+from onnx_prune.errors import OnnxPruneError
+from onnx_prune.layers import find_layers
+from onnx_prune.sparsegpt import sparsegpt_prune
+
+DIMS = (32, 24, 16, 8)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def correlated_inputs(samples: int, k: int, seed: int) -> np.ndarray:
+    """Inputs whose features are mixed (correlated) and of very different scales."""
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((k, k)) * 0.5 + np.eye(k)
+    return (rng.standard_normal((samples, k)) @ mix * np.exp(rng.standard_normal(k))).astype(np.float32)
+
+
+def relative_error(x: np.ndarray, w: np.ndarray, w_hat: np.ndarray) -> float:
+    x = x.astype(np.float64)
+    return float(np.linalg.norm(x @ w - x @ w_hat) / np.linalg.norm(x @ w))
+
+
+def reference_sparsegpt(w, h, drop=0, pattern=None, block=128, percdamp=0.01):
+    """SparseGPT written the slow way: before each input k, the exact inverse Hessian of the
+    inputs not yet fixed; each pruned weight is removed by the OBS update over those inputs.
+    Masks: per block, the lowest w² / [H_F⁻¹]_00 (exact share of ``drop``); or per N:M group."""
+    w = np.array(w, np.float64)
+    h = np.array(h, np.float64)
+    k = len(h)
+    dead = np.diag(h) == 0
+    h[dead, dead] = np.diag(h)[~dead].mean()
+    h += percdamp * np.diag(h).mean() * np.eye(k)
+    keep = np.ones(w.shape, bool)
+
+    def costs(rows):
+        d = np.array([np.linalg.inv(h[j:, j:])[0, 0] for j in rows])
+        c = w[rows] ** 2 / d[:, None]
+        c[dead[rows]] = 0
+        return c
+
+    for i in range(k):
+        if pattern is None and i % block == 0:
+            rows = np.arange(i, min(i + block, k))
+            share = drop * (rows[-1] + 1) // k - drop * i // k  # the block's exact part of drop
+            order = np.lexsort((np.arange(rows.size * w.shape[1]), costs(rows).ravel()))
+            flat = np.ones(rows.size * w.shape[1], bool)
+            flat[order[:share]] = False
+            keep[rows] = flat.reshape(rows.size, -1)
+        if pattern is not None and i % pattern[1] == 0:
+            n, m = pattern
+            c = costs(np.arange(i, i + m))
+            for col in range(w.shape[1]):
+                for j in np.lexsort((np.arange(m), c[:, col]))[: m - n]:
+                    keep[i + j, col] = False
+        inv = np.linalg.inv(h[i:, i:])
+        for col in np.flatnonzero(~keep[i]):
+            w[i:, col] -= w[i, col] / inv[0, 0] * inv[:, 0]
+    w[~keep] = 0
+    return w, keep
+
+
+# ----------------------------------------------------------------------------- one layer
+
+@pytest.mark.parametrize("ratio", [0.5, 0.8])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparsegpt_and_wanda_reconstruct_better_than_magnitude(ratio, seed):
+    x = correlated_inputs(400, 48, seed)
+    w = np.random.default_rng(seed + 10).standard_normal((48, 20)).astype(np.float32)
+    drop = masking.removal_count(ratio, w.size)
+    magnitude = w * masking.magnitude_mask(w, ratio)
+    wanda = w * masking.per_output_mask(wanda_scores(w, (x.astype(np.float64) ** 2).sum(0)), drop)
+    sparse, keep = sparsegpt_prune(w, x.T.astype(np.float64) @ x, drop, block_size=16)
+    assert (~keep).sum() == drop and np.all(sparse[~keep] == 0)
+    e_mag, e_wanda, e_sgpt = (relative_error(x, w, v) for v in (magnitude, wanda, sparse))
+    assert e_sgpt < e_mag * 0.6
+    assert e_wanda < e_mag
+
+
+@pytest.mark.parametrize("block", [8, 128])
+def test_sparsegpt_matches_the_explicit_obs_reference(block):
+    x = correlated_inputs(200, 24, 3)
+    x[:, 5] = 0  # a dead input
+    w = np.random.default_rng(4).standard_normal((24, 7)).astype(np.float32)
+    h = x.T.astype(np.float64) @ x
+    drop = masking.removal_count(0.6, w.size)
+    got, keep = sparsegpt_prune(w, h, drop, block_size=block)
+    want, want_keep = reference_sparsegpt(w, h, drop, block=block)
+    assert np.array_equal(keep, want_keep)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert not keep[5].any()  # dead-input weights cost nothing: they go first
+
+
+@pytest.mark.parametrize("pattern", [(2, 4), (1, 4)])
+def test_sparsegpt_n_m_matches_the_reference_whatever_the_block_size(pattern):
+    x = correlated_inputs(200, 32, 5)
+    w = np.random.default_rng(6).standard_normal((32, 6)).astype(np.float32)
+    h = x.T.astype(np.float64) @ x
+    want, want_keep = reference_sparsegpt(w, h, pattern=pattern)
+    for block in (4, 12, 128):  # 12 is rounded down to whole groups
+        got, keep = sparsegpt_prune(w, h, 0, pattern=pattern, block_size=block)
+        assert np.array_equal(keep, want_keep)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.all(keep.reshape(-1, pattern[1], 6).sum(axis=1) == pattern[0])
+
+
+# ----------------------------------------------------------------------------- through sparsify
+
+def _mlp_case(seed=0, samples=128):
+    model = mlp(DIMS, seed=seed)
+    layers = find_layers(model)[0]
+    x = correlated_inputs(samples, DIMS[0], seed + 1)
+    return model, layers, {"input": x}
+
+
+def _run(model, layers, data, ratio=0.7, **kw):
+    options = dict(method="sparsegpt", calibration=data, samples=None, pattern=None, scope="layer")
+    options.update(kw)
+    ratios = ratio if isinstance(ratio, dict) else {l.node: ratio for l in layers}
+    return sparsify(model, layers, ratios, **options)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_exact_sparsity_per_layer(method):
+    model, layers, data = _mlp_case()
+    ratios = {layers[0].node: 0.33, layers[1].node: 0.71, layers[2].node: 0.9}
+    result = _run(model, layers, data, ratios, method=method)
+    for layer in layers:
+        weight, keep = result[layer.node]
+        assert (~keep).sum() == math.floor(ratios[layer.node] * layer.size + 1e-9)
+        assert weight.dtype == np.float32 and np.all(weight[~keep] == 0)
+
+
+def test_wanda_keeps_the_same_count_in_every_output_and_its_best_scores():
+    model, layers, data = _mlp_case()
+    result = _run(model, layers, data, 0.7, method="wanda")
+    x = data["input"].astype(np.float64)
+    weight, keep = result[layers[0].node]
+    per_output = keep.sum(axis=0)
+    assert per_output.max() - per_output.min() <= 1
+    scores = np.abs(layers[0].weight) * np.sqrt((x ** 2).sum(0))[:, None]
+    for n in range(keep.shape[1]):
+        assert scores[~keep[:, n], n].max() <= scores[keep[:, n], n].min()
+    assert np.array_equal(weight, np.where(keep, layers[0].weight, 0))  # Wanda does not update weights
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_later_layers_are_calibrated_on_the_pruned_prefix(method):
+    model, layers, data = _mlp_case()
+    result = _run(model, layers, data, 0.75, method=method)
+    w = mlp_weights_kn(model)
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    h = np.maximum(data["input"].astype(np.float64) @ result[layers[0].node][0] + inits["fc0.bias"], 0)
+    drop = masking.removal_count(0.75, w[1].size)
+    if method == "sparsegpt":
+        want, want_keep = sparsegpt_prune(w[1], h.T @ h, drop)
+    else:
+        want_keep = masking.per_output_mask(wanda_scores(w[1], (h ** 2).sum(0)), drop)
+        want = np.where(want_keep, w[1], 0)
+    got, keep = result[layers[1].node]
+    assert np.array_equal(keep, want_keep)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_n_m_holds_in_every_group(method):
+    model, layers, data = _mlp_case()
+    with pytest.warns(UserWarning, match="--pattern 2:4 removes exactly 2 of every 4 weights .sparsity 0.5.; "
+                                         "the requested ratio 0.7 is not used"):
+        result = _run(model, layers, data, 0.7, method=method, pattern="2:4")
+    for layer in layers:
+        weight, keep = result[layer.node]
+        groups = keep.reshape(layer.K // 4, 4, layer.N)
+        assert np.all(groups.sum(axis=1) == 2)
+        assert np.all(weight[~keep] == 0)
+    if method == "magnitude":
+        w = layers[0].weight
+        assert np.array_equal(result[layers[0].node][1], masking.nm_mask(np.abs(w), 2, 4))
+
+
+def test_pattern_at_its_own_ratio_gives_no_warning():
+    model, layers, data = _mlp_case()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _run(model, layers, data, 0.5, method="wanda", pattern="1:2")
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_global_scope_hits_the_total_and_spares_the_layers_that_matter(method):
+    model, layers, data = _mlp_case()
+    data = {"input": data["input"].copy()}
+    data["input"][:, : DIMS[0] // 2] = 0  # half the model's inputs are dead: fc0 can give more
+    result = _run(model, layers, data, 0.6, method=method, scope="global")
+    removed = [(~result[l.node][1]).sum() for l in layers]
+    assert sum(removed) == math.floor(0.6 * sum(l.size for l in layers))
+    sparsity = [r / l.size for r, l in zip(removed, layers)]
+    assert sparsity[0] > 0.6 and sparsity[0] == max(sparsity)
+    keep0 = result[layers[0].node][1]
+    assert not keep0[: DIMS[0] // 2].any()  # every weight of a dead input went first
+
+
+def test_global_scope_refuses_per_layer_ratios_and_patterns():
+    model, layers, data = _mlp_case()
+    ratios = {l.node: 0.5 for l in layers}
+    ratios[layers[0].node] = 0.8
+    with pytest.raises(OnnxPruneError, match="--layer-ratio cannot be combined with --scope global"):
+        _run(model, layers, data, ratios, scope="global")
+    with pytest.raises(OnnxPruneError, match="--pattern 2:4 fixes every layer's sparsity at 0.5; it cannot be "
+                                             "combined with --scope global"):
+        _run(model, layers, data, 0.5, scope="global", pattern="2:4")
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_deterministic(method, scope):
+    model, layers, data = _mlp_case(seed=3)
+    first = _run(model, layers, data, 0.8, method=method, scope=scope)
+    second = _run(model, layers, {"input": data["input"].copy()}, 0.8, method=method, scope=scope)
+    for node in first:
+        assert np.array_equal(first[node][0], second[node][0])
+        assert np.array_equal(first[node][1], second[node][1])
+
+
+def test_samples_limits_the_calibration_to_the_first_n():
+    model, layers, data = _mlp_case(samples=100)
+    few = _run(model, layers, data, 0.7, samples=30)
+    cut = _run(model, layers, {"input": data["input"][:30]}, 0.7)
+    for node in few:
+        assert np.array_equal(few[node][0], cut[node][0])
+
+
+def test_methods_with_calibration_need_data():
+    model, layers, _ = _mlp_case()
+    with pytest.raises(OnnxPruneError, match="--method wanda needs --calibration"):
+        _run(model, layers, None, 0.5, method="wanda")
+
+
+def test_pattern_problems_are_one_line():
+    model, layers, data = _mlp_case()
+    with pytest.raises(OnnxPruneError, match="layer /fc2/Gemm: its 16 inputs .K. are not a multiple of the "
+                                             "pattern's group size 32"):
+        _run(model, layers[2:], data, 0.5, pattern="1:32")
+    with pytest.raises(OnnxPruneError, match="--pattern takes N:M"):
+        _run(model, layers, data, 0.5, pattern="4:2")
+
+
+def test_progress_bar_runs_and_reports_layers_and_blocks():
+    from rich.console import Console
+    from rich.progress import Progress
+
+    model, layers, data = _mlp_case()
+    with Progress(console=Console(file=open("/dev/null", "w"))) as bar:
+        _run(model, layers, data, 0.7, progress=bar)
+        layers_task = bar.tasks[0]
+        assert layers_task.completed == layers_task.total == 3
+        assert bar.tasks[1].total == 1  # the last layer (K=16) is one block
+    _run(model, layers, data, 0.7, progress=True)
+
+
+def test_api_prune_with_sparsegpt_verifies_and_beats_magnitude():
+    model, layers, data = _mlp_case(samples=256)
+    x = data["input"]
+    pruned, report = onnx_prune.prune(model, 0.7, method="sparsegpt", calibration=data, verify=True,
+                                      auto_dense=False)
+    assert report.verification.passed
+    import onnxruntime as ort
+
+    def run(m):
+        session = ort.InferenceSession(m.SerializeToString(), onnx_prune.session_options(),
+                                       providers=["CPUExecutionProvider"])
+        return session.run(None, {"input": x})[0]
+
+    dense = run(model)
+    magnitude, _ = onnx_prune.prune(model, 0.7, auto_dense=False)
+    assert np.linalg.norm(run(pruned) - dense) < 0.7 * np.linalg.norm(run(magnitude) - dense)
+
+
+# ----------------------------------------------------------------------------- calibration files
+
+def two_input_model():
+    w = helper.make_tensor("W", 1, [4, 3], np.ones(12, np.float32).tolist())
+    nodes = [helper.make_node("Gemm", ["X", "W"], ["g"], name="gemm"),
+             helper.make_node("Add", ["g", "Y"], ["out"], name="add")]
+    return make_model(nodes, [f32("X", ["batch", 4]), f32("Y", ["batch", 3])], [f32("out", ["batch", 3])], [w])
+
+
+def _save(tmp_path, **arrays):
+    path = tmp_path / "calib.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_load_calibration_reads_checks_and_cuts(tmp_path):
+    x, y = np.zeros((10, 4), np.float32), np.ones((10, 3), np.float32)
+    data = load_calibration(_save(tmp_path, X=x, Y=y), two_input_model(), samples=6)
+    assert data["X"].shape == (6, 4) and data["Y"].shape == (6, 3)
+
+
+@pytest.mark.parametrize("arrays,message", [
+    (dict(X=np.zeros((5, 4), np.float32)), r"calib.npz' lacks the model input 'Y' \(its inputs: X, Y\)"),
+    (dict(X=np.zeros((5, 4), np.float32), Y=np.zeros((5, 3), np.float32), Z=np.zeros(1)),
+     r"'Z' is not an input of the model \(its inputs: X, Y\)"),
+    (dict(X=np.zeros((5, 4)), Y=np.zeros((5, 3), np.float32)), r"'X' is float64, the model input is float32"),
+    (dict(X=np.zeros((5, 5), np.float32), Y=np.zeros((5, 3), np.float32)),
+     r"'X' has shape \[5, 5\], which does not match the model input \[\?, 4\] \(first axis = samples\)"),
+    (dict(X=np.zeros((5,), np.float32), Y=np.zeros((5, 3), np.float32)),
+     r"'X' has shape \[5\], the model input has rank 2"),
+    (dict(X=np.zeros((5, 4), np.float32), Y=np.zeros((6, 3), np.float32)),
+     r"the inputs have different sample counts \(first axis\): X 5, Y 6"),
+    (dict(X=np.zeros((0, 4), np.float32), Y=np.zeros((0, 3), np.float32)), r"holds no samples"),
+])
+def test_bad_calibration_files_are_one_clear_error(tmp_path, arrays, message):
+    with pytest.raises(OnnxPruneError, match=message):
+        load_calibration(_save(tmp_path, **arrays), two_input_model())
+
+
+def test_unreadable_calibration_files(tmp_path):
+    model = two_input_model()
+    with pytest.raises(OnnxPruneError, match="calibration data '.*missing.npz' does not exist"):
+        load_calibration(tmp_path / "missing.npz", model)
+    text = tmp_path / "text.npz"
+    text.write_text("not a zip archive")
+    with pytest.raises(OnnxPruneError, match="calibration data '.*text.npz' is not a valid .npz"):
+        load_calibration(text, model)
+    single = tmp_path / "single.npy"
+    np.save(single, np.zeros((2, 4), np.float32))
+    with pytest.raises(OnnxPruneError, match="is not a valid .npz: it holds a single array, not named arrays"):
+        load_calibration(single, model)
+
+
+def test_api_checks_the_calibration_against_the_model(tmp_path):
+    path = _save(tmp_path, wrong=np.zeros((4, DIMS[0]), np.float32))
+    with pytest.raises(OnnxPruneError, match="'wrong' is not an input of the model"):
+        onnx_prune.prune(mlp(DIMS), 0.5, method="wanda", calibration=path)
