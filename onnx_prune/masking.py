@@ -5,6 +5,10 @@ The rule (documented in the README): for a ratio ``R`` a layer of ``size`` weigh
 position (the weight that comes first in row-major order of ``W [K, N]`` is removed first).
 With ``scope="global"`` the same rule applies once to all selected layers together.
 Scores default to ``|w|`` (magnitude pruning); other methods supply their own scores.
+
+The calibration-aware methods (calibration.py) add three ways to pick: N:M groups along K
+(``nm_mask``), the per-output rule of Wanda that still removes exactly the floor count
+(``per_output_mask``), and removal counts from one global threshold (``global_drop_counts``).
 """
 from __future__ import annotations
 
