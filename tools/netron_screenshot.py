@@ -129,10 +129,13 @@ def _read_nodes(driver, page: NetronPage) -> None:
 
 
 def _select(driver, node_name: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    element = driver.find_element(By.CSS_SELECTOR, f"#node-name-{node_name} .node-item-type")
-    element.click()
+    """Click the node's title (looked up by id: names such as '/fc1/Gemm' are not CSS-safe)."""
+    title = driver.execute_script(
+        "const n = document.getElementById('node-name-' + arguments[0]);"
+        "return n ? n.querySelector('.node-item-type') : null;", node_name)
+    if title is None:
+        raise ValueError(f"netron drew no node named '{node_name}'")
+    title.click()
     time.sleep(1.0)
     return driver.execute_script(
         "const s = document.getElementById('sidebar-content');"
