@@ -21,8 +21,8 @@ ModelOrPath = Union[onnx.ModelProto, str, Path]
 Data = Union[str, Path, Mapping[str, np.ndarray]]
 LABELS = "labels"
 EVAL_CHUNK = 1000  # rows per onnxruntime call while scoring accuracy: bounds memory on big test sets
-ROUNDS = 7  # interleaved dense/pruned timing rounds per sweep row
-RUNS_PER_ROUND = 5
+ROUNDS = 15  # interleaved dense/pruned timing rounds per sweep row
+RUNS_PER_ROUND = 10
 WARMUP_RUNS = 3
 ROW_KEYS = ("method", "ratio", "dense_accuracy", "pruned_accuracy", "accuracy_drop", "dense_ms", "pruned_ms",
             "speedup", "sparse_layers", "sparsity", "size_before", "size_after", "batch", "threads")
@@ -260,6 +260,16 @@ def machine_description() -> str:
     return f"{name}, {os.cpu_count()} logical cores"
 
 
+def _load_average() -> Optional[list[float]]:
+    """1/5/15-minute load when the sweep ended: other work on the machine skews latency."""
+    import os
+
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def sweep_table(rows: Sequence[Mapping], title: str = ""):
     from rich.table import Table
 
@@ -291,7 +301,7 @@ def run_eval_cli(model: str, data: str, ratios: Sequence[float], methods: Sequen
     if png:
         plot_sweep(rows, png)
     if json_path:
-        doc = dict(model=Path(model).name, data=Path(data).name, machine=machine, batch=batch, threads=threads,
-                   rows=rows)
+        doc = dict(model=Path(model).name, data=Path(data).name, machine=machine, load_average=_load_average(),
+                   batch=batch, threads=threads, rows=rows)
         Path(json_path).write_text(json.dumps(doc, indent=2) + "\n")
     return rows

