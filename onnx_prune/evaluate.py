@@ -61,8 +61,17 @@ def model_feeds(session, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
         value = arrays[inp.name]
         if len(value) != count:
             raise OnnxPruneError(f"'{inp.name}' has {len(value)} rows but 'labels' has {count}")
+        _check_sample_shape(inp.name, value.shape[1:], inp.shape[1:])
         feeds[inp.name] = value.astype(_np_dtype(inp.type), copy=False)
     return feeds
+
+
+def _check_sample_shape(name: str, got: tuple, declared: list) -> None:
+    """Fixed dims of the model input must match the data (symbolic ones take anything)."""
+    fits = len(got) == len(declared) and all(not isinstance(d, int) or d == g for g, d in zip(got, declared))
+    if not fits:
+        want = ", ".join(str(d) if isinstance(d, int) else "?" for d in declared)
+        raise OnnxPruneError(f"'{name}' samples have shape {list(got)} but the model expects [{want}] per sample")
 
 
 def _np_dtype(ort_type: str) -> np.dtype:

@@ -137,6 +137,8 @@ def test_plot_needs_rows(tmp_path):
     ({"x": np.zeros((3, 12), np.float32), "labels": np.zeros(3, np.int64)}, "no array for model input 'input'"),
     ({"input": np.zeros((4, 12), np.float32), "labels": np.zeros(3, np.int64)}, "'input' has 4 rows but 'labels' has 3"),
     ({"input": np.zeros((3, 12), np.float32), "labels": np.zeros(3, np.float32)}, "1-D integer array"),
+    ({"input": np.zeros((3, 11), np.float32), "labels": np.zeros(3, np.int64)},
+     r"'input' samples have shape \[11\] but the model expects \[12\] per sample"),
 ])
 def test_bad_evaluation_data_is_one_clear_error(arrays, message):
     model, _ = make_mlp()
