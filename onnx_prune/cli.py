@@ -112,7 +112,7 @@ def prune_command(
     pattern: Optional[str] = typer.Option(None, "--pattern", help="Structured sparsity N:M (e.g. 2:4) along each output's inputs."),
     values: str = typer.Option("fp32", "--values", help="Stored weight values: fp32 or fp16 (smaller file)."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback", help="Embed a standard-op fallback so the file also runs without the library."),
-    auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help="Keep layers dense that would keep more than half their weights (the sparse kernel cannot win there)."),
+    auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help="Keep layers dense whose sparsity would be below 60% (the sparse kernel does not win there; not applied with --pattern)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare OUT with the masked dense model in onnxruntime before writing."),
     inputs: Optional[Path] = typer.Option(None, "--inputs", help=".npz of inputs for the verification (default: generated)."),
     report_json: Optional[Path] = typer.Option(None, "--report-json", help="Write the report as JSON."),

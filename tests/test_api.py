@@ -299,16 +299,16 @@ def test_include_exclude_layer_ratio_min_params():
 
 
 def test_auto_dense_threshold_and_report_reason():
-    assert api.DENSE_KEEP_THRESHOLD == 0.5
+    assert api.DENSE_KEEP_THRESHOLD == 0.4
     model = mlp(dims=(20, 16, 12, 5))
-    out, report = onnx_prune.prune(model, 0.9, layer_ratios={"/fc1/Gemm": 0.4, "/fc2/Gemm": 0.5})
+    out, report = onnx_prune.prune(model, 0.9, layer_ratios={"/fc1/Gemm": 0.5, "/fc2/Gemm": 0.6})
     status = {l.node: l.status for l in report.layers}
-    assert status["/fc0/Gemm"] == "sparse" and status["/fc2/Gemm"] == "sparse"  # 50% sparse: pruned
-    assert status["/fc1/Gemm"].startswith("dense: it would keep more than 50%")
+    assert status["/fc0/Gemm"] == "sparse" and status["/fc2/Gemm"] == "sparse"  # 60% sparse: pruned
+    assert status["/fc1/Gemm"].startswith("dense: it would keep more than 40%")
     assert [n.op_type for n in out.graph.node] == [contract.OP_TYPE, "Gemm", "Relu", contract.OP_TYPE]
     x = np.random.default_rng(13).standard_normal((2, 20)).astype(np.float32)
     weights = mlp_weights_kn(model)
-    masks = [keep_mask(weights[0], 0.9), np.ones_like(weights[1], bool), keep_mask(weights[2], 0.5)]
+    masks = [keep_mask(weights[0], 0.9), np.ones_like(weights[1], bool), keep_mask(weights[2], 0.6)]
     assert_close(run(out, {"input": x})[0], mlp_forward(model, x, masks))
     _, report = onnx_prune.prune(model, 0.3, auto_dense=False)
     assert all(l.status == "sparse" for l in report.layers)

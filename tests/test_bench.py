@@ -13,7 +13,7 @@ from onnx_prune.api import prune
 from onnx_prune.bench import bench_pair, make_inputs, parse_threads
 from onnx_prune.errors import OnnxPruneError
 
-from model_builders import mlp_model
+from helpers_models import mlp as mlp_model
 
 
 def test_bench_pair_rows_are_consistent():

@@ -443,11 +443,15 @@ def _masked_dense_reference(model: onnx.ModelProto, report: dict, ratio: float) 
             continue
         node = nodes[layer["node"]]
         trans_b = any(a.name == "transB" and a.i for a in node.attribute) if node.op_type == "Gemm" else False
-        stored = numpy_helper.to_array(inits[layer["weight"]])
+        if layer["weight"] in inits:
+            target = inits[layer["weight"]]
+        else:  # a Constant node's value (exporters that never use initializers)
+            const = next(n for n in ref.graph.node if n.op_type == "Constant" and n.output[0] == layer["weight"])
+            target = next(a for a in const.attribute if a.name == "value").t
+        stored = numpy_helper.to_array(target)
         w_kn = stored.T if trans_b else stored
         kept = np.where(keep_mask(w_kn, ratio), w_kn, 0).astype(np.float32)
-        inits[layer["weight"]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(kept.T if trans_b else kept),
-                                                                layer["weight"]))
+        target.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(kept.T if trans_b else kept), target.name))
     return ref
 
 
