@@ -228,7 +228,10 @@ def _row(method: str, ratio: float, dense_accuracy: float, pruned_accuracy: floa
 
 def plot_sweep(rows: Sequence[Mapping], png_path: Union[str, Path]) -> None:
     """Two panels: top-1 accuracy vs ratio per method (dense as a dashed line), speedup vs ratio."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise OnnxPruneError("plotting needs matplotlib: pip install 'onnx-prune[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
