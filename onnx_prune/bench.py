@@ -66,24 +66,10 @@ def machine_info() -> dict:
 
 
 def make_inputs(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for every graph input: the first dimension is the batch, other unknown
-    dimensions are 1. Only float inputs can be generated."""
-    rng = np.random.default_rng(seed)
-    initializers = {i.name for i in model.graph.initializer}
-    feeds = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        if tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise OnnxPruneError(f"bench can only generate float inputs; input '{value.name}' is "
-                                 f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type)}")
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
-                for d in tensor_type.shape.dim]
-        if dims:
-            dims[0] = batch
-        feeds[value.name] = rng.standard_normal(dims).astype(np.float32)
-    return feeds
+    """Random inputs from the declared shapes, a symbolic first dimension set to ``batch``."""
+    from .verify import generated_inputs
+
+    return generated_inputs(model, seed=seed, batch=batch)
 
 
 def _session(model: onnx.ModelProto, threads: int):

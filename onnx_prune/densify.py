@@ -31,6 +31,7 @@ from . import contract
 from .errors import OnnxPruneError
 from .fallback import remove_fallback_functions
 from .formats import CsrWeight, csr_to_dense
+from .rewrite import unique_name
 
 _WEIGHT_SUFFIX = ".sparse_values"
 _RIGHT_BROADCAST_BIAS_RANKS = (0, 1)
@@ -66,7 +67,7 @@ def densify_model(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         sparse = _read_sparse_node(node, constants)
         weight_inputs.update(node.input[1:4])
-        w_name = _unique(_dense_weight_name(node), taken)
+        w_name = unique_name(_dense_weight_name(node), taken)
         graph.initializer.append(numpy_helper.from_array(sparse.csr.to_dense(), w_name))
         new_nodes.extend(_dense_nodes(sparse, w_name, ranks.get(node.input[0]), constants, graph,
                                       taken, _opset(out)))
@@ -138,7 +139,7 @@ def _dense_nodes(sparse: _SparseNode, w_name: str, a_rank: Optional[int],
     a_name, y_name = node.input[0], node.output[0]
     c_name = node.input[4] if len(node.input) > 4 and node.input[4] else None
     relu = sparse.activation == contract.ACTIVATION_RELU
-    pre_relu = _unique(f"{node.name or y_name}_pre_relu", taken) if relu else y_name
+    pre_relu = unique_name(f"{node.name or y_name}_pre_relu", taken) if relu else y_name
     two_d = sparse.trans_a == 1 or a_rank == 2 or (a_rank is None and sparse.original_op == "Gemm")
     if two_d:
         nodes = [_gemm(node.name, a_name, w_name, c_name, pre_relu, sparse, graph, taken, opset)]
@@ -147,7 +148,7 @@ def _dense_nodes(sparse: _SparseNode, w_name: str, a_rank: Optional[int],
     else:
         nodes = _flattened_gemm(sparse, a_name, w_name, c_name, pre_relu, graph, taken, opset)
     if relu:
-        nodes.append(helper.make_node("Relu", [pre_relu], [y_name], name=_unique(f"{node.name}/relu", taken)))
+        nodes.append(helper.make_node("Relu", [pre_relu], [y_name], name=unique_name(f"{node.name}/relu", taken)))
     for n in nodes:
         n.doc_string = node.doc_string if n is nodes[0] else ""
     return nodes
@@ -178,8 +179,8 @@ def _matmul_add(sparse: _SparseNode, a: str, w: str, c: Optional[str], y: str,
     nodes, previous = [], None
     for i, (step_name, op, extra) in enumerate(steps):
         inputs = extra if previous is None else [previous, *extra]
-        out = y if i == len(steps) - 1 else _unique(f"{step_name}_out", taken)
-        nodes.append(helper.make_node(op, inputs, [out], name=_unique(step_name, taken) if i else step_name))
+        out = y if i == len(steps) - 1 else unique_name(f"{step_name}_out", taken)
+        nodes.append(helper.make_node(op, inputs, [out], name=unique_name(step_name, taken) if i else step_name))
         previous = out
     return nodes
 
@@ -188,19 +189,19 @@ def _flattened_gemm(sparse: _SparseNode, a: str, w: str, c: str, y: str, graph: 
                     taken: set[str], opset: int) -> list[onnx.NodeProto]:
     """Gemm on ``A`` reshaped to ``[-1, K]``; the result reshaped to ``A.shape[:-1] + [N]``."""
     name = sparse.node.name
-    t = lambda stem: _unique(f"{name}/{stem}", taken)  # noqa: E731
+    t = lambda stem: unique_name(f"{name}/{stem}", taken)  # noqa: E731
     flat_shape = _add_initializer(graph, taken, f"{name}.flat_shape", np.array([-1, sparse.csr.K], np.int64))
     n_dim = _add_initializer(graph, taken, f"{name}.n_dim", np.array([sparse.csr.N], np.int64))
     zero = _add_initializer(graph, taken, f"{name}.zero", np.array([0], np.int64))
     minus_one = _add_initializer(graph, taken, f"{name}.minus_one", np.array([-1], np.int64))
     a2, g, shape_a, leading, out_shape = t("a_2d"), t("gemm_out"), t("a_shape"), t("leading"), t("out_shape")
     return [
-        helper.make_node("Reshape", [a, flat_shape], [a2], name=_unique(f"{name}/flatten", taken)),
+        helper.make_node("Reshape", [a, flat_shape], [a2], name=unique_name(f"{name}/flatten", taken)),
         _gemm(name, a2, w, c, g, sparse, graph, taken, opset),
-        helper.make_node("Shape", [a], [shape_a], name=_unique(f"{name}/shape", taken)),
-        helper.make_node("Slice", [shape_a, zero, minus_one], [leading], name=_unique(f"{name}/leading", taken)),
-        helper.make_node("Concat", [leading, n_dim], [out_shape], axis=0, name=_unique(f"{name}/concat", taken)),
-        helper.make_node("Reshape", [g, out_shape], [y], name=_unique(f"{name}/unflatten", taken)),
+        helper.make_node("Shape", [a], [shape_a], name=unique_name(f"{name}/shape", taken)),
+        helper.make_node("Slice", [shape_a, zero, minus_one], [leading], name=unique_name(f"{name}/leading", taken)),
+        helper.make_node("Concat", [leading, n_dim], [out_shape], axis=0, name=unique_name(f"{name}/concat", taken)),
+        helper.make_node("Reshape", [g, out_shape], [y], name=unique_name(f"{name}/unflatten", taken)),
     ]
 
 
@@ -258,16 +259,8 @@ def _all_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    candidate, n = name, 1
-    while candidate in taken:
-        candidate, n = f"{name}_{n}", n + 1
-    taken.add(candidate)
-    return candidate
-
-
 def _add_initializer(graph: onnx.GraphProto, taken: set[str], stem: str, array: np.ndarray) -> str:
-    name = _unique(stem, taken)
+    name = unique_name(stem, taken)
     graph.initializer.append(numpy_helper.from_array(array, name))
     return name
 

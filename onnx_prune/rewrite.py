@@ -62,7 +62,8 @@ def sparse_gemm_node(layer: Layer, csr: CsrWeight, names: Sequence[str], bias_na
     return node
 
 
-def _unique(name: str, taken: set[str]) -> str:
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``, … whichever is not yet in ``taken`` (then taken)."""
     candidate, n = name, 1
     while candidate in taken:
         candidate, n = f"{name}_{n}", n + 1
@@ -85,7 +86,7 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
     for p in pruned:
         csr = dense_to_csr(p.weight, p.mask, values_dtype=values_dtype)
         stem = p.layer.node if p.layer.weight_name in shared else p.layer.weight_name
-        names = [_unique(f"{stem}.sparse_{part}", taken) for part in ("values", "indices", "offsets")]
+        names = [unique_name(f"{stem}.sparse_{part}", taken) for part in ("values", "indices", "offsets")]
         for name, array in zip(names, (csr.values, csr.indices, csr.offsets)):
             add_initializer(out, name, array)
         bias_name = _flat_bias(out, p.layer, taken)
@@ -122,7 +123,7 @@ def _flat_bias(model: onnx.ModelProto, layer: Layer, taken: set[str]) -> str | N
     shapes); Gemm's C and [N] / [1] biases are read as they are."""
     if layer.op != "MatMul" or layer.bias is None or layer.bias.ndim <= 1:
         return None
-    name = _unique(f"{layer.bias_name}.flat", taken)
+    name = unique_name(f"{layer.bias_name}.flat", taken)
     add_initializer(model, name, layer.bias.reshape(-1).astype(np.float32))
     return name
 

@@ -41,8 +41,9 @@ def masked_dense_model(model: onnx.ModelProto, pruned: Sequence, values: str = "
     return ref
 
 
-def generated_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random float inputs (zeros for integer ones) from the graph's declared input shapes."""
+def generated_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = BATCH_FOR_GENERATED) -> dict[str, np.ndarray]:
+    """Random float inputs (zeros for integer ones) from the graph's declared input shapes; a
+    symbolic first dimension gets ``batch``."""
     rng = np.random.default_rng(seed)
     initializers = {t.name for t in model.graph.initializer}
     feeds: dict[str, np.ndarray] = {}
@@ -56,7 +57,7 @@ def generated_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndar
             if d.HasField("dim_value") and d.dim_value > 0:
                 dims.append(d.dim_value)
             else:  # one size per symbolic name, so inputs sharing "batch" or "seq" agree
-                default = BATCH_FOR_GENERATED if axis == 0 else OTHER_DIM_FOR_GENERATED
+                default = batch if axis == 0 else OTHER_DIM_FOR_GENERATED
                 dims.append(symbols.setdefault(d.dim_param, default) if d.dim_param else default)
         if not value.type.HasField("tensor_type") or t.elem_type in (0, onnx.TensorProto.STRING):
             raise OnnxPruneError(f"cannot generate a value for input '{value.name}' (not a numeric tensor); "
