@@ -20,7 +20,7 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from . import capture, masking
+from . import capture, masking, modelio
 from .capture import FeedPlan, InputStats
 from .errors import OnnxPruneError
 from .sparsegpt import inverse_hessian_factor, obs_errors, sparsegpt_prune
@@ -40,18 +40,7 @@ def load_calibration(path: Union[str, Path], model: onnx.ModelProto, samples: Op
 
 
 def read_npz(path: Union[str, Path]) -> dict[str, np.ndarray]:
-    p = Path(path)
-    if not p.is_file():
-        raise OnnxPruneError(f"calibration data '{p}' does not exist")
-    try:
-        data = np.load(p, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("it holds a single array, not named arrays")
-        with data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise OnnxPruneError(f"calibration data '{p}' is not a valid .npz: {text}") from exc
+    return modelio.read_npz(path, "calibration data")
 
 
 def checked_calibration(data: Mapping[str, np.ndarray], model: onnx.ModelProto, samples: Optional[int] = None,

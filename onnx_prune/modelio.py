@@ -82,6 +82,23 @@ def write_text_atomic(path: PathLike, text: str) -> None:
             os.unlink(tmp_name)
 
 
+def read_npz(path: PathLike, what: str) -> dict[str, "np.ndarray"]:
+    """All arrays of an .npz archive; ``what`` names the file in the one-line errors."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise OnnxPruneError(f"{what} '{p}' does not exist")
+    try:
+        data = np.load(p, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array, not named arrays")
+        with data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise OnnxPruneError(f"{what} '{p}' is not a valid .npz: {_first_line(exc)}") from exc
+
+
 def uses_external_data(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model))
 

@@ -11,6 +11,7 @@ from onnx import numpy_helper
 
 from .errors import OnnxPruneError
 from .library import session_options
+from .modelio import read_npz
 from .report import Verification
 from .rewrite import drop_unused_constants
 
@@ -72,16 +73,7 @@ def generated_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = BATCH_F
 
 def load_inputs(path: Union[str, Path], model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The arrays of an .npz keyed by graph input name (extra arrays are ignored)."""
-    if not Path(path).is_file():
-        raise OnnxPruneError(f"inputs '{path}' does not exist")
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("not an .npz archive of named arrays")
-        with data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise OnnxPruneError(f"cannot read inputs '{path}': {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+    arrays = read_npz(path, "inputs")
     initializers = {t.name for t in model.graph.initializer}
     wanted = [v.name for v in model.graph.input if v.name not in initializers]
     missing = [n for n in wanted if n not in arrays]
