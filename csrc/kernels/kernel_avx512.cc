@@ -17,19 +17,11 @@ struct V {
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
 };
 
-// The few-rows strategy works on 8 floats: AVX2 registers (this unit is built with -mavx2 -mfma too).
-struct V8 {
-  using reg = __m256;
-  static constexpr int W = 8;
-  static reg zero() { return _mm256_setzero_ps(); }
-  static reg load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
-  static reg set1(float x) { return _mm256_set1_ps(x); }
-  static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
-  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
-};
-
 #include "x86_helpers.h"
+
+// The few-rows strategy works on 8 floats: AVX2 registers (this unit is built with -mavx2 -mfma too).
+using V8 = Avx2Vec;
+
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 #include "kernel_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE

@@ -19,7 +19,6 @@
 constexpr int64_t kNarrowCols = 8;  // batch rows handled by the few-rows strategy
 constexpr int64_t kPanel = 16;       // floats per layout unit of a tile
 constexpr int64_t kTileCols = 32;    // batch columns per tile (2 panels)
-constexpr int64_t kNBlock = 16;      // outputs per epilogue block
 constexpr int64_t kPackKChunk = 256; // rows of At per packing task
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }

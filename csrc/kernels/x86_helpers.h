@@ -2,6 +2,18 @@
 // inside their ISA namespace before kernel_body.h, which uses them in place of its scalar versions.
 #define ONNX_PRUNE_HAVE_X86_HELPERS 1
 
+// 8 floats in an AVX2 register: the AVX2 unit's vector type, and both units' few-rows type (V8).
+struct Avx2Vec {
+  using reg = __m256;
+  static constexpr int W = 8;
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  static reg set1(float x) { return _mm256_set1_ps(x); }
+  static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+};
+
 // dst[c * dst_stride + r] = src[r * src_stride + c] for an 8 x 8 block.
 inline void transpose8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
   __m256 r[8];

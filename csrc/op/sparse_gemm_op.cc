@@ -255,8 +255,7 @@ OrtStatus* check_declared_input(const OrtKernelInfo* info, const Kernel* k, size
   if (!dtype_allowed(i, meta.type))
     return node_error(api, k->node, std::string("input ") + input_name(i) + " has type " + dtype_name(meta.type) +
                                         ", expected " + allowed_dtypes(i));
-  const bool rank_known = !(meta.dims.empty() && meta.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED);
-  if (i == kA && rank_known && !meta.dims.empty()) {
+  if (i == kA && !meta.dims.empty()) {  // a known shape: check A against K now
     const int64_t inner = k->trans_a ? meta.dims.front() : meta.dims.back();
     if (k->trans_a && meta.dims.size() != 2)
       return node_error(api, k->node, "transA = 1 needs a 2-D A, got shape " + dims_to_string(meta.dims));
@@ -384,8 +383,6 @@ OrtStatus* check_bias(const Kernel* k, const TensorMeta& c, int64_t M, BiasView*
   bias->cols = cols;
   return nullptr;
 }
-
-void run_on_ort_pool(void* ctx, void (*fn)(void*, size_t), size_t total, void* fn_data);
 
 struct PoolContext {
   const OrtApi* api;
