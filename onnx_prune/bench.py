@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxPruneError
-from .library import get_library_path
+from .library import session_options
 
 DEFAULT_BATCHES = (1, 16, 64, 256)
 
@@ -75,10 +75,7 @@ def make_inputs(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, 
 def _session(model: onnx.ModelProto, threads: int):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(get_library_path())
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    options = session_options(intra_op_num_threads=threads, inter_op_num_threads=1)
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 

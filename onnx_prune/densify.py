@@ -30,7 +30,7 @@ from onnx import helper, numpy_helper
 from . import contract
 from .errors import OnnxPruneError
 from .fallback import remove_fallback_functions
-from .formats import CsrWeight, csr_to_dense
+from .formats import CsrWeight
 from .rewrite import unique_name
 
 _WEIGHT_SUFFIX = ".sparse_values"

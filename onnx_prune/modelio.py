@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import onnx
 
 from .errors import OnnxPruneError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PathLike = Union[str, "os.PathLike[str]"]
 # Above this size a model cannot be a single protobuf; write its tensors as external data.
