@@ -3,9 +3,13 @@ external, and atomic writes (a failed run never leaves a half-written output beh
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 import onnx
 
@@ -72,7 +76,7 @@ def written_size(path: PathLike) -> int:
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Write a small text file (the JSON report) via a temporary file and a rename."""
     out = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.resolve().parent))
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.absolute().parent))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -122,11 +126,11 @@ def check_output_path(input_path: PathLike | None, output_path: PathLike) -> Pat
         src = Path(input_path)
         if _same_file(src, out):
             raise OnnxPruneError(f"output '{out}' is the input file; choose another output path")
-        for data in [out, out.parent / f"{out.name}.data"]:
+        for data in [out, *(out.parent / name for name in output_data_names(out))]:
             if any(_same_file(d, data) for d in external_data_files(src)):
                 raise OnnxPruneError(f"output '{out}' would overwrite the input's external data '{data}'; "
                                      "choose another output path")
-    folder = out.resolve().parent
+    folder = out.absolute().parent  # a symlink at OUT is replaced, so its own folder is written
     if not folder.is_dir():
         raise OnnxPruneError(f"cannot write '{out}': folder '{folder}' does not exist")
     if not os.access(folder, os.W_OK):
@@ -137,36 +141,93 @@ def check_output_path(input_path: PathLike | None, output_path: PathLike) -> Pat
 
 
 def save_model_atomic(model: onnx.ModelProto, output_path: PathLike, *, external_data: bool = False) -> None:
-    """Write ``model`` to a temporary file beside ``output_path`` and rename it into place.
+    """Write ``model`` to ``output_path`` so that the model and its data file change together.
 
-    ``external_data`` (or a model too large for one protobuf) stores tensors in
-    ``<output name>.data`` next to the model, itself written atomically too. onnx moves the
-    tensors of ``model`` out in place then (no copy of a model that may be gigabytes): do not use
+    ``external_data`` (or a model too large for one protobuf) stores tensors in a data file beside
+    the model, ``<output name>.data`` (or ``<output name>.1.data`` when the model being replaced
+    reads that name). Everything is first written into a hidden folder beside the output; then the
+    data file is renamed to a name the current output does not read, and the model file is renamed
+    over the output: that one rename is the moment the new pair replaces the old one. A failure or
+    an interrupt (SIGINT, SIGTERM) before it leaves the previous output and its data as they were,
+    after it the new pair is complete; no temporary file survives either way. A symlink at
+    ``output_path`` is replaced by the new file (the file it pointed at is left alone). onnx moves
+    the tensors of ``model`` out in place (no copy of a model that may be gigabytes): do not use
     ``model`` afterwards.
     """
-    out = Path(output_path)
+    out = Path(output_path).absolute()
     external_data = external_data or model.ByteSize() > PROTOBUF_LIMIT
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.resolve().parent))
-    os.close(fd)
-    tmp = Path(tmp_name)
-    data_tmp = out.parent / f".{out.name}.data.tmp"
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent)))
+    placed: list[Path] = []
+    committed = False
     try:
-        if external_data:
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_tmp.name, size_threshold=1024)
-            _rename_external_location(tmp, data_tmp.name, f"{out.name}.data")
-            _set_default_permissions(data_tmp)
-            os.replace(data_tmp, out.parent / f"{out.name}.data")
-        else:
-            onnx.save_model(model, str(tmp))
-        _set_default_permissions(tmp)
-        os.replace(tmp, out)
+        data_name = _free_data_name(out) if external_data else None
+        _write_staged(model, stage / out.name, data_name)
+        staged = [stage / name for name in ([data_name] if data_name else [])] + [stage / out.name]
+        for path in staged:
+            _set_default_permissions(path)
+        stale = [p for p in _own_data_files(out) if p.name != data_name]
+        with _interrupts_deferred():
+            for path in staged[:-1]:  # the data file: a name the current output does not read
+                os.replace(path, out.parent / path.name)
+                placed.append(out.parent / path.name)
+            os.replace(staged[-1], out)  # the commit
+            committed = True
+            for path in stale:
+                path.unlink(missing_ok=True)
     except OSError as exc:
         raise OnnxPruneError(f"cannot write '{out}': {exc.strerror or exc}") from exc
     finally:
-        for leftover in (tmp, data_tmp):
-            if leftover.exists():
-                leftover.unlink()
+        with _interrupts_deferred():  # a second Ctrl-C must not leave the staging folder behind
+            if not committed:
+                for path in placed:
+                    path.unlink(missing_ok=True)
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def output_data_names(output_path: PathLike) -> list[str]:
+    """The data file names save_model_atomic may give an external-data output (it alternates
+    between them so that the data file of the output being replaced stays intact until the end)."""
+    name = Path(output_path).name
+    return [f"{name}.data", f"{name}.1.data"]
+
+
+def _free_data_name(out: Path) -> str:
+    """The first of the output's data names that the model now at ``out`` does not read."""
+    read = {p.name for p in external_data_files(out)} if out.is_file() else set()
+    return next(n for n in output_data_names(out) if n not in read)
+
+
+def _own_data_files(out: Path) -> list[Path]:
+    """Data files the model now at ``out`` reads under one of our names (stale once replaced)."""
+    ours = set(output_data_names(out))
+    return [p for p in external_data_files(out) if p.name in ours] if out.is_file() else []
+
+
+def _write_staged(model: onnx.ModelProto, path: Path, data_name: Optional[str]) -> None:
+    if data_name is None:
+        onnx.save_model(model, str(path))
+    else:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM back while the output's files are renamed into place, then deliver
+    them to the handlers that were there (only the main thread can install handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(received):
+            os.kill(os.getpid(), sig)
 
 
 def _set_default_permissions(path: Path) -> None:
@@ -174,16 +235,6 @@ def _set_default_permissions(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
-
-
-def _rename_external_location(model_path: Path, old: str, new: str) -> None:
-    """Point the saved model's external tensors at the final data file name."""
-    model = onnx.load(str(model_path), load_external_data=False)
-    for tensor in _all_tensors(model):
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value == old:
-                entry.value = new
-    onnx.save_model(model, str(model_path))
 
 
 def _first_line(exc: BaseException) -> str:
