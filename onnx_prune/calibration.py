@@ -1,9 +1,10 @@
 """Calibration-aware one-shot pruning: Wanda and SparseGPT, N:M patterns (docs/calibration.md).
 
 ``sparsify`` drives the sparsifiers (sparsifiers.py) for api.py whenever a method needs
-calibration statistics or a pattern is set. Layers are pruned sequentially in graph order: each wave of layers
-(capture.layer_groups) sees activations computed by the model with every earlier layer already
-pruned, as in the SparseGPT paper, so later layers compensate for the damage done upstream.
+calibration statistics or a pattern is set. Layers are pruned sequentially in graph order: each
+wave of layers (capture.layer_groups) sees activations computed by the model with every earlier
+layer already pruned, as in the SparseGPT paper, so later layers compensate for the damage done
+upstream.
 
 Sparsity follows the floor rule of masking.py: a layer loses exactly ``floor(R * size)`` weights
 (``scope="global"``: all layers together lose ``floor(R * total)``). An N:M pattern instead fixes
