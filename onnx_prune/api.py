@@ -1,8 +1,8 @@
 """The Python API: ``onnx_prune.prune(model_or_path, ratio=...) -> (ModelProto, PruneReport)``.
 
 Data flows one way: find eligible layers → select → decide per-layer ratios → sparsify (the
-"sparsifier": magnitude here, calibration-aware methods and N:M patterns in calibration.py) →
-rewrite → verify.
+method from sparsifiers.py; calibration.py drives those that need calibration data, and N:M
+patterns) → keep low-sparsity layers dense (auto_dense.py) → rewrite → verify.
 """
 from __future__ import annotations
 
@@ -15,21 +15,14 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from . import masking
-from .errors import OnnxPruneError
+from . import sparsifiers
+from .auto_dense import DENSE_KEEP_THRESHOLD, split_dense  # noqa: F401  (report.py reads the threshold here)
+from .errors import OnnxPruneError, UsageError, first_line
 from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
-from .modelio import PROTOBUF_LIMIT, load_model
+from .modelio import PROTOBUF_LIMIT, load_model, read_npz
 from .report import PruneReport
-from .rewrite import PrunedLayer, add_optional_parts, rewrite
+from .rewrite import add_optional_parts, rewrite
 
-# A layer keeping more than this fraction of its weights (sparsity below 60%) stays a dense,
-# unpruned Gemm / MatMul by default: there the sparse kernel does not beat onnxruntime's dense
-# Gemm at batch >= 16 (tools/bench_kernel.py, 1000x1000, 1 thread, 2-core Zen 3: dense/ours at
-# batch 16 was 0.96x at sparsity 0.5 and 1.15x at 0.6). An explicit N:M pattern is always kept
-# sparse (the user asked for that structure). ``auto_dense=False`` (--no-auto-dense) prunes anyway.
-DENSE_KEEP_THRESHOLD = 0.4
-
-METHODS = ("magnitude", "wanda", "sparsegpt")
 SCOPES = ("layer", "global")
 VALUES = {"fp32": np.float32, "fp16": np.float16}
 
@@ -117,65 +110,32 @@ def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[st
              pattern: Optional[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """node name -> (new weight [K, N] float32, keep mask [K, N] bool), for every layer.
 
-    Magnitude pruning is done here with masking's floor rule; every other method (and N:M
-    patterns) belongs to onnx_prune.calibration, imported only when asked for.
+    A method that needs no calibration statistics runs here; the others (and N:M patterns) belong
+    to onnx_prune.calibration, imported only when asked for.
     """
-    if method != "magnitude" or pattern:
+    sparsifier = sparsifiers.get(method)
+    if sparsifier.needs_calibration or pattern:
         try:
             from .calibration import sparsify as calibration_sparsify
         except ImportError:
-            what = f"method {method}" if method != "magnitude" else f"pattern {pattern}"
+            what = f"method {method}" if sparsifier.needs_calibration else f"pattern {pattern}"
             raise OnnxPruneError(f"{what} needs onnx_prune.calibration, which this installation lacks") from None
         data = load_calibration(calibration) if calibration is not None else None
         result = calibration_sparsify(model, list(layers), dict(ratios), method=method, calibration=data,
                                       samples=calibration_samples, pattern=pattern, scope=scope)
     else:
         if calibration is not None:
-            warnings.warn("calibration data is not used by --method magnitude", stacklevel=3)
-        result = magnitude_sparsify(layers, ratios, scope=scope)
+            warnings.warn(f"calibration data is not used by --method {method}", stacklevel=3)
+        pruned = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope)
+        result = {node: (p.weight, p.mask) for node, p in pruned.items()}  # the bias is not used yet
     return {layer.node: _checked(layer, result) for layer in layers}
-
-
-def magnitude_sparsify(layers: Sequence[Layer], ratios: Mapping[str, float], *, scope: str
-                       ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-layer floor rule, or with ``scope="global"`` one threshold over all layers."""
-    if scope == "global":
-        distinct = set(ratios[layer.node] for layer in layers)
-        if len(distinct) > 1:
-            raise OnnxPruneError("--layer-ratio cannot be combined with --scope global (one threshold "
-                                 "for all layers)")
-        masks = masking.global_masks([masking.magnitude_scores(l.weight) for l in layers], distinct.pop())
-    else:
-        masks = [masking.magnitude_mask(l.weight, ratios[l.node]) for l in layers]
-    return {l.node: (np.where(m, l.weight, np.float32(0)).astype(np.float32), m) for l, m in zip(layers, masks)}
-
-
-def split_dense(layers: Sequence[Layer], weights: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                auto_dense: bool) -> tuple[list[PrunedLayer], list[Layer]]:
-    """Layers that become SparseGemm, and those kept dense because too few weights go."""
-    pruned, dense_kept = [], []
-    for layer in layers:
-        new_weight, mask = weights[layer.node]
-        kept_fraction = float(mask.sum()) / mask.size
-        if auto_dense and kept_fraction > DENSE_KEEP_THRESHOLD:
-            dense_kept.append(layer)
-        else:
-            pruned.append(PrunedLayer(layer, new_weight, mask))
-    return pruned, dense_kept
 
 
 def load_calibration(calibration: Calibration) -> dict[str, np.ndarray]:
     """The calibration arrays, from a dict or an .npz file (one clear error when unreadable)."""
     if isinstance(calibration, Mapping):
         return {str(k): np.asarray(v) for k, v in calibration.items()}
-    path = Path(calibration)
-    if not path.is_file():
-        raise OnnxPruneError(f"calibration data '{path}' does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise OnnxPruneError(f"calibration data '{path}' is not a readable .npz: {exc}") from exc
+    return read_npz(calibration, "calibration data")
 
 
 def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitude", values: str = "fp32",
@@ -186,15 +146,20 @@ def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitud
     for name, r in (layer_ratios or {}).items():
         _check_ratio(r, f"--layer-ratio {name}")
     if scope not in SCOPES:
-        raise OnnxPruneError(f"--scope must be 'layer' or 'global', got '{scope}'")
-    if method not in METHODS:
-        raise OnnxPruneError(f"--method must be one of {', '.join(METHODS)}, got '{method}'")
-    if values not in VALUES:
-        raise OnnxPruneError(f"--values must be fp32 or fp16, got '{values}'")
+        raise UsageError(f"--scope must be {_alternatives(SCOPES)}, got '{scope}'")
+    sparsifiers.get(method)
+    if values not in value_types():
+        raise UsageError(f"--values must be {_alternatives(value_types(), quote=False)}, got '{values}'")
     if not isinstance(min_params, numbers.Integral) or min_params < 0:
-        raise OnnxPruneError(f"--min-params must be a non-negative integer, got {min_params}")
+        raise UsageError(f"--min-params must be a non-negative integer, got {min_params}")
     if calibration_samples is not None and calibration_samples < 1:
-        raise OnnxPruneError(f"--calibration-samples must be at least 1, got {calibration_samples}")
+        raise UsageError(f"--calibration-samples must be at least 1, got {calibration_samples}")
+
+
+def value_types() -> tuple[str, ...]:
+    """The --values choices: how pruned weights may be stored."""
+    # TODO(merge): read them from the storage-format registry (sparse_gemm.formats)
+    return tuple(VALUES)
 
 
 def check_output_model(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
@@ -207,13 +172,13 @@ def check_output_model(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
         try:
             onnx.checker.check_model(model)
         except onnx.checker.ValidationError as input_exc:
-            raise OnnxPruneError(f"the input model fails onnx.checker: {_first_line(input_exc)}") from exc
-        raise OnnxPruneError(f"internal error: the pruned model fails onnx.checker: {_first_line(exc)}") from exc
+            raise OnnxPruneError(f"the input model fails onnx.checker: {first_line(input_exc)}") from exc
+        raise OnnxPruneError(f"internal error: the pruned model fails onnx.checker: {first_line(exc)}") from exc
 
 
 def _check_ratio(r: float, what: str) -> None:
     if isinstance(r, bool) or not isinstance(r, numbers.Real) or math.isnan(r) or not 0.0 <= r < 1.0:
-        raise OnnxPruneError(f"{what} must be in [0, 1), got {r}")
+        raise UsageError(f"{what} must be in [0, 1), got {r}")
 
 
 def _checked(layer: Layer, result: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -255,9 +220,10 @@ def _worst_outputs(per_output: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {v:.2e}" for k, v in sorted(per_output.items(), key=lambda kv: -kv[1])[:3])
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+def _alternatives(names: Sequence[str], quote: bool = True) -> str:
+    """'a' or 'b' / a, b or c: the choices of an option, for its error message."""
+    shown = [f"'{n}'" if quote else n for n in names]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
 def _skip_summary(skipped: Sequence[Skipped]) -> str:

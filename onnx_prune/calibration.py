@@ -1,9 +1,10 @@
 """Calibration-aware one-shot pruning: Wanda and SparseGPT, N:M patterns (docs/calibration.md).
 
-``sparsify`` is the sparsifier api.py calls whenever the method is not plain magnitude pruning or
-a pattern is set. Layers are pruned sequentially in graph order: each wave of layers
-(capture.layer_groups) sees activations computed by the model with every earlier layer already
-pruned, as in the SparseGPT paper, so later layers compensate for the damage done upstream.
+``sparsify`` drives the sparsifiers (sparsifiers.py) for api.py whenever a method needs
+calibration statistics or a pattern is set. Layers are pruned sequentially in graph order: each
+wave of layers (capture.layer_groups) sees activations computed by the model with every earlier
+layer already pruned, as in the SparseGPT paper, so later layers compensate for the damage done
+upstream.
 
 Sparsity follows the floor rule of masking.py: a layer loses exactly ``floor(R * size)`` weights
 (``scope="global"``: all layers together lose ``floor(R * total)``). An N:M pattern instead fixes
@@ -20,12 +21,11 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from . import capture, masking, modelio
+from . import capture, masking, modelio, sparsifiers
 from .capture import FeedPlan, InputStats
 from .errors import OnnxPruneError
-from .sparsegpt import inverse_hessian_factor, obs_errors, sparsegpt_prune
+from .sparsifiers import Pruned, Sparsifier, wanda_scores  # noqa: F401  (wanda_scores: public here too)
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
 Result = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
@@ -35,12 +35,8 @@ def load_calibration(path: Union[str, Path], model: onnx.ModelProto, samples: Op
                      ) -> dict[str, np.ndarray]:
     """The .npz at ``path`` (arrays keyed by graph input name, first axis = samples), checked
     against the model's inputs and cut to the first ``samples`` samples."""
-    data, _ = checked_calibration(read_npz(path), model, samples, source=f"'{path}'")
+    data, _ = checked_calibration(modelio.read_npz(path, "calibration data"), model, samples, source=f"'{path}'")
     return data
-
-
-def read_npz(path: Union[str, Path]) -> dict[str, np.ndarray]:
-    return modelio.read_npz(path, "calibration data")
 
 
 def checked_calibration(data: Mapping[str, np.ndarray], model: onnx.ModelProto, samples: Optional[int] = None,
@@ -129,20 +125,20 @@ def sparsify(model: onnx.ModelProto, layers: list, ratios: dict[str, float], *, 
              scope: str, progress=False) -> Result:
     """node name -> (new weight [K, N] float32, keep mask [K, N] bool) for every layer.
 
-    ``method``: magnitude (only with a pattern), wanda or sparsegpt (these need ``calibration``,
-    arrays keyed by graph input name, first axis = samples). ``progress``: True for a rich
-    progress bar on stderr, or a ``rich.progress.Progress`` to add the tasks to."""
-    if method not in METHODS:
-        raise OnnxPruneError(f"--method must be one of {', '.join(METHODS)}, got '{method}'")
+    ``method``: a sparsifiers name; those that use statistics need ``calibration``, arrays keyed by
+    graph input name, first axis = samples. ``progress``: True for a rich progress bar on stderr,
+    or a ``rich.progress.Progress`` to add the tasks to."""
+    sparsifier = sparsifiers.get(method)
     nm = _pattern(pattern, layers, ratios, scope)
-    if method == "magnitude":
-        return {l.node: _apply(l.weight, _magnitude_mask(l, ratios[l.node], nm)) for l in layers}
+    if not sparsifier.needs_calibration:
+        pruned = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope, pattern=nm)
+        return {node: _as_result(p) for node, p in pruned.items()}
     if calibration is None:
         raise OnnxPruneError(f"--method {method} needs --calibration: an .npz of model inputs (first axis = samples)")
     data, plan = checked_calibration(calibration, model, samples)
-    drops = _drop_counts(model, layers, ratios, method, data, plan, scope, nm)
+    drops = _drop_counts(model, layers, ratios, sparsifier, data, plan, scope)
     with _progress(progress, method, len(layers)) as bar:
-        return _sequential(model, layers, drops, method, data, plan, nm, bar)
+        return _sequential(model, layers, drops, sparsifier, data, plan, nm, bar)
 
 
 def _pattern(pattern: Optional[str], layers: Sequence, ratios: Mapping[str, float], scope: str
@@ -165,72 +161,41 @@ def _pattern(pattern: Optional[str], layers: Sequence, ratios: Mapping[str, floa
     return n, m
 
 
-def _magnitude_mask(layer, ratio: float, nm: Optional[tuple[int, int]]) -> np.ndarray:
-    if nm is not None:
-        return masking.nm_mask(masking.magnitude_scores(layer.weight), *nm, layer=layer.node)
-    return masking.magnitude_mask(layer.weight, ratio)
+def _drop_counts(model, layers, ratios, sparsifier: Sparsifier, data, plan, scope) -> dict[str, int]:
+    """Weights each layer loses; the global allocation scores the weights on the unpruned model."""
+    def saliency() -> list[np.ndarray]:
+        stats = capture.capture_stats(model, layers, data, plan, hessian=sparsifier.statistics == sparsifiers.HESSIAN)
+        return [sparsifier.saliency(l, stats[l.node]) for l in layers]
+
+    return sparsifiers.drop_counts(layers, ratios, scope=scope, saliency=saliency)
 
 
-def _apply(weight: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.where(keep, weight, np.float32(0)).astype(np.float32), keep
-
-
-def _drop_counts(model, layers, ratios, method, data, plan, scope, nm) -> dict[str, int]:
-    """Weights each layer loses: the floor rule per layer, or the global allocation."""
-    if nm is not None or scope != "global":
-        return {l.node: masking.removal_count(ratios[l.node], l.size) for l in layers}
-    distinct = set(ratios[l.node] for l in layers)
-    if len(distinct) > 1:
-        raise OnnxPruneError("--layer-ratio cannot be combined with --scope global (one ratio for all layers)")
-    stats = capture.capture_stats(model, layers, data, plan, hessian=method == "sparsegpt")
-    scores = [normalised_saliency(l.weight, stats[l.node], method, l.node) for l in layers]
-    return dict(zip((l.node for l in layers), masking.global_drop_counts(scores, distinct.pop())))
-
-
-def normalised_saliency(weight: np.ndarray, stats: InputStats, method: str, layer: str = "?") -> np.ndarray:
-    """Each weight's share of its layer's total saliency, comparable across layers.
-
-    Saliency estimates the output error caused by removing the weight alone: Wanda's
-    ``w² ‖x_k‖²`` (the square of its score), SparseGPT's OBS error ``w² / [H⁻¹]_kk``. Dividing by
-    the layer's total makes layers comparable, so one global threshold takes more weights from
-    the layers where they matter least."""
-    if method == "sparsegpt":
-        factor, dead = inverse_hessian_factor(stats.hessian, layer=layer)
-        saliency = obs_errors(weight, factor, dead)
-    else:
-        saliency = np.asarray(weight, dtype=np.float64) ** 2 * stats.sq_norms[:, None]
-    total = float(saliency.sum())
-    return saliency / total if total > 0 else saliency
-
-
-def _sequential(model, layers, drops, method, data, plan, nm, bar) -> Result:
+def _sequential(model, layers, drops, sparsifier: Sparsifier, data, plan, nm, bar) -> Result:
     """Prune wave by wave, each wave calibrated on the model with all earlier waves pruned."""
     result: Result = {}
+    hessian = sparsifier.statistics == sparsifiers.HESSIAN
     for wave in capture.layer_groups(model, layers):
         current = capture.with_weights(model, layers, {n: w for n, (w, _) in result.items()})
-        stats = capture.capture_stats(current, wave, data, plan, hessian=method == "sparsegpt")
+        stats = capture.capture_stats(current, wave, data, plan, hessian=hessian)
         for layer in wave:
-            bar.start_layer(layer.node)
-            result[layer.node] = _prune_layer(layer, stats[layer.node], drops[layer.node], method, nm, bar)
-            bar.finish_layer()
+            result[layer.node] = _as_result(_prune_layer(sparsifier, layer, stats[layer.node], drops[layer.node],
+                                                         nm, bar))
     return result
 
 
-def _prune_layer(layer, stats: InputStats, drop: int, method: str, nm, bar) -> tuple[np.ndarray, np.ndarray]:
+def _prune_layer(sparsifier: Sparsifier, layer, stats: Optional[InputStats], drop: int, nm, bar) -> Pruned:
+    bar.start_layer(layer.node)
     try:
-        if method == "sparsegpt":
-            return sparsegpt_prune(layer.weight, stats.hessian, drop, pattern=nm, layer=layer.node,
-                                   on_block=bar.blocks)
-        scores = wanda_scores(layer.weight, stats.sq_norms)
-        keep = masking.nm_mask(scores, *nm, layer=layer.node) if nm else masking.per_output_mask(scores, drop)
-        return _apply(layer.weight, keep)
+        pruned = sparsifier.update_mask(layer, stats, drop, pattern=nm, on_block=bar.blocks)
     except ValueError as exc:
         raise OnnxPruneError(str(exc)) from None
+    bar.finish_layer()
+    return pruned
 
 
-def wanda_scores(weight: np.ndarray, sq_norms: np.ndarray) -> np.ndarray:
-    """Wanda (Sun et al. 2023): ``|w_kn| · ‖x_k‖₂``, compared within each output n."""
-    return np.abs(np.asarray(weight, dtype=np.float64)) * np.sqrt(np.asarray(sq_norms, dtype=np.float64))[:, None]
+def _as_result(pruned: Pruned) -> tuple[np.ndarray, np.ndarray]:
+    # an updated bias (Pruned.bias) is not written into the model yet: no method returns one
+    return pruned.weight, pruned.mask
 
 
 # ---------------------------------------------------------------------------- progress

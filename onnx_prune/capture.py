@@ -12,8 +12,6 @@ weights, as masked dense tensors, into a copy of the model for the next wave's c
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Optional, Sequence
 
@@ -21,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import runtime
 from .errors import OnnxPruneError
 
 CAPTURE_BYTES = 256 * 2**20     # activations captured per onnxruntime run, at most (after the first)
@@ -54,7 +53,7 @@ def capture_stats(model: onnx.ModelProto, layers: Sequence, calibration: Mapping
     sizes = {keys[layer.node]: layer.K for layer in layers}
     graph_inputs = {v.name for v in model.graph.input}
     exposed = sorted({name for name, _ in sizes if name not in graph_inputs})
-    session = _session(_exposing(model, exposed)) if exposed else None
+    session = _Session(_exposing(model, exposed)) if exposed else None
     acc = {key: _Accumulator(k, hessian) for key, k in sizes.items()}
     for feeds in _batches(calibration, plan, session):
         values = dict(zip(exposed, session.run(exposed, feeds))) if session is not None else {}
@@ -138,46 +137,20 @@ def _exposing(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
 
 
 class _Session:
-    """An onnxruntime session whose errors are one line and which remembers how many bytes its
-    last run returned (to size the next batches)."""
+    """An onnxruntime session on a copy of the model exposing the layer inputs; remembers how many
+    bytes its last run returned (to size the next batches)."""
 
-    def __init__(self, session) -> None:
-        self._session = session
+    def __init__(self, model: onnx.ModelProto) -> None:
+        # log_severity_level 3: the replaced dense weights are unused, no warning for each
+        self._session = runtime.open_session(model, log_severity_level=3,
+                                             error="calibration: onnxruntime cannot load the model")
         self.last_bytes = 0
 
     def run(self, names, feeds):
-        try:
-            values = self._session.run(list(names), dict(feeds))
-        except Exception as exc:  # onnxruntime's own exception types
-            text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-            raise OnnxPruneError(f"calibration: onnxruntime could not run the model on the calibration "
-                                 f"data: {text}") from exc
+        values = runtime.run(self._session, feeds, names,
+                             error="calibration: onnxruntime could not run the model on the calibration data")
         self.last_bytes = sum(np.asarray(v).nbytes for v in values)
         return values
-
-
-def _session(model: onnx.ModelProto) -> _Session:
-    import onnxruntime as ort
-
-    from .contract import DOMAIN
-    from .library import find_library_path
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the replaced dense weights are unused: no warning for each
-    library = find_library_path()
-    if library and any(n.domain == DOMAIN for n in model.graph.node):
-        options.register_custom_ops_library(library)  # an already pruned model
-    try:
-        if model.ByteSize() < 2**31 - 1:
-            return _Session(ort.InferenceSession(model.SerializeToString(), options,
-                                                 providers=["CPUExecutionProvider"]))
-        with tempfile.TemporaryDirectory() as tmp:  # > 2 GB: only as a file with external data
-            path = os.path.join(tmp, "model.onnx")
-            onnx.save(model, path, save_as_external_data=True, location="weights.bin")
-            return _Session(ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]))
-    except Exception as exc:
-        text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise OnnxPruneError(f"calibration: onnxruntime cannot load the model: {text}") from exc
 
 
 # ---------------------------------------------------------------------------- sequential order

@@ -11,12 +11,15 @@ import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import typer
 
 from ._version import __version__
-from .errors import OnnxPruneError
+from . import sparsifiers
+from .api import SCOPES, value_types
+from .auto_dense import DENSE_KEEP_THRESHOLD
+from .errors import OnnxPruneError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_show_locals=False, context_settings={"help_option_names": ["-h", "--help"]},
@@ -27,6 +30,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 SUBCOMMANDS = ("prune", "bench", "eval", "densify")
 ROOT_OPTIONS = ("-h", "--help", "--version")
 EXIT_ERROR = 1
+EXIT_USAGE = 2  # what typer uses for its own usage errors
 EXIT_INTERRUPTED = 130
 
 
@@ -41,7 +45,7 @@ def _errors_as_one_line(debug: bool) -> Iterator[None]:
         if debug:
             raise
         _print_error(str(exc))
-        raise typer.Exit(EXIT_ERROR) from None
+        raise typer.Exit(EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR) from None
     except KeyboardInterrupt:
         if debug:
             raise
@@ -59,6 +63,15 @@ def _print_error(message: str) -> None:
     typer.echo(f"error: {' '.join(message.split())}", err=True)
 
 
+def choices(names: Sequence[str]) -> str:
+    """An option's choices as --help shows them: ``[a|b|c]``."""
+    return f"[{'|'.join(names)}]"
+
+
+def _calibrated_methods() -> str:
+    return " and ".join(n for n in sparsifiers.names() if sparsifiers.get(n).needs_calibration)
+
+
 def parse_layer_ratios(items: List[str]) -> dict[str, float]:
     """``NAME=R`` items (NAME: node or weight name or glob; the last ``=`` separates R)."""
     ratios = {}
@@ -69,7 +82,7 @@ def parse_layer_ratios(items: List[str]) -> dict[str, float]:
                 raise ValueError
             ratios[name.strip()] = float(value)
         except ValueError:
-            raise OnnxPruneError(f"--layer-ratio takes NAME=R (e.g. fc1=0.5), got '{item}'") from None
+            raise UsageError(f"--layer-ratio takes NAME=R (e.g. fc1=0.5), got '{item}'") from None
     return ratios
 
 
@@ -101,18 +114,18 @@ def prune_command(
     output_path: Path = typer.Argument(..., metavar="OUT.onnx", help="Where to write the pruned model."),
     ratio: float = typer.Option(0.8, "--ratio", "-r", help="Fraction of each layer's weights removed, in [0, 1): "
                                 "exactly floor(R x size) of the smallest-|w| weights (ties: first in row-major W[K,N])."),
-    scope: str = typer.Option("layer", "--scope", help="layer: the ratio applies per layer; global: one threshold over all layers."),
+    scope: str = typer.Option("layer", "--scope", metavar=choices(SCOPES), help="layer: the ratio applies per layer; global: one threshold over all layers."),
     include: List[str] = typer.Option([], "--include", help="Only layers whose node or weight name matches (glob; repeatable)."),
     exclude: List[str] = typer.Option([], "--exclude", help="Leave matching layers dense (glob; repeatable)."),
     layer_ratio: List[str] = typer.Option([], "--layer-ratio", help="NAME=R: another ratio for the layers NAME matches (repeatable)."),
     min_params: int = typer.Option(0, "--min-params", help="Leave layers with fewer weights dense."),
-    method: str = typer.Option("magnitude", "--method", help="magnitude, wanda or sparsegpt (the last two use --calibration)."),
+    method: str = typer.Option("magnitude", "--method", metavar=choices(sparsifiers.names()), help=f"Pruning method ({_calibrated_methods()} use --calibration)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help=".npz of inputs keyed by graph input name, first axis = samples."),
     calibration_samples: Optional[int] = typer.Option(None, "--calibration-samples", help="Use at most N calibration samples."),
     pattern: Optional[str] = typer.Option(None, "--pattern", help="Structured sparsity N:M (e.g. 2:4) along each output's inputs."),
-    values: str = typer.Option("fp32", "--values", help="Stored weight values: fp32 or fp16 (smaller file)."),
+    values: str = typer.Option("fp32", "--values", metavar=choices(value_types()), help="Stored weight values (fp16: a smaller file)."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback", help="Embed a standard-op fallback so the file also runs without the library."),
-    auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help="Keep layers dense whose sparsity would be below 60% (the sparse kernel does not win there; not applied with --pattern)."),
+    auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help=f"Keep layers dense whose sparsity would be below {1 - DENSE_KEEP_THRESHOLD:.0%} (the sparse kernel does not win there; not applied with --pattern)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare OUT with the masked dense model in onnxruntime before writing."),
     inputs: Optional[Path] = typer.Option(None, "--inputs", help=".npz of inputs for the verification (default: generated)."),
     report_json: Optional[Path] = typer.Option(None, "--report-json", help="Write the report as JSON."),
@@ -171,7 +184,7 @@ def eval_command(
     model: Path = typer.Argument(..., metavar="MODEL.onnx", help="The dense model."),
     data: Path = typer.Option(..., "--data", help=".npz with 'labels' and arrays keyed by graph input name."),
     ratio: List[float] = typer.Option([0.0, 0.5, 0.7, 0.8, 0.9, 0.95], "--ratio", help="Ratios to sweep (repeatable)."),
-    method: List[str] = typer.Option(["magnitude"], "--method", help="Methods to compare (repeatable)."),
+    method: List[str] = typer.Option(["magnitude"], "--method", metavar=choices(sparsifiers.names()), help="Methods to compare (repeatable)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration .npz for wanda / sparsegpt."),
     batch: int = typer.Option(64, "--batch", help="Batch size for the latency column."),
     threads: int = typer.Option(1, "--threads", help="intra_op_num_threads."),

@@ -5,25 +5,21 @@ in interleaved rounds so that machine noise hits both alike; the median is repor
 """
 from __future__ import annotations
 
-import platform
-import statistics
-import time
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 
-from .contract import DOMAIN
+from . import runtime, timing
 from .errors import OnnxPruneError
+from .machine import describe, machine_info
 
 ModelOrPath = Union[onnx.ModelProto, str, Path]
 Data = Union[str, Path, Mapping[str, np.ndarray]]
 LABELS = "labels"
 EVAL_CHUNK = 1000  # rows per onnxruntime call while scoring accuracy: bounds memory on big test sets
 ROUNDS = 15  # interleaved dense/pruned timing rounds per sweep row
-RUNS_PER_ROUND = 10
-WARMUP_RUNS = 3
 ROW_KEYS = ("method", "ratio", "dense_accuracy", "pruned_accuracy", "accuracy_drop", "dense_ms", "pruned_ms",
             "speedup", "sparse_layers", "sparsity", "size_before", "size_after", "batch", "threads")
 
@@ -82,38 +78,6 @@ def _np_dtype(ort_type: str) -> np.dtype:
     return np.dtype(names[ort_type])
 
 
-def uses_sparse_ops(model: onnx.ModelProto) -> bool:
-    return any(op.domain == DOMAIN for op in model.opset_import) or any(n.domain == DOMAIN for n in model.graph.node)
-
-
-def open_session(model: ModelOrPath, session_options=None, *, threads: int = 1):
-    """onnxruntime session on the CPU; the SparseGemm library is registered when the model needs it."""
-    import onnxruntime as ort
-
-    proto = model if isinstance(model, onnx.ModelProto) else None
-    if session_options is None:
-        if proto is None:
-            proto = _load(model)
-        if uses_sparse_ops(proto):
-            from .library import session_options as sparse_options
-
-            session_options = sparse_options(intra_op_num_threads=threads)
-        else:
-            session_options = ort.SessionOptions()
-            session_options.intra_op_num_threads = int(threads)
-    source = proto.SerializeToString() if proto is not None else str(model)
-    try:
-        return ort.InferenceSession(source, sess_options=session_options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise OnnxPruneError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
-
-
-def _load(path: ModelOrPath) -> onnx.ModelProto:
-    from .modelio import load_model
-
-    return load_model(path)
-
-
 # ----------------------------------------------------------------------------- accuracy
 
 def evaluate_accuracy(model: ModelOrPath, data_npz: Data, *, session_options=None, threads: int = 1) -> float:
@@ -123,7 +87,7 @@ def evaluate_accuracy(model: ModelOrPath, data_npz: Data, *, session_options=Non
     name, first axis = samples. Pruned models get the SparseGemm library registered automatically.
     """
     arrays = load_eval_data(data_npz)
-    session = open_session(model, session_options, threads=threads)
+    session = runtime.open_session(model, options=session_options, threads=threads)
     return _accuracy(session, model_feeds(session, arrays), arrays[LABELS])
 
 
@@ -156,26 +120,12 @@ def batch_feeds(feeds: Mapping[str, np.ndarray], batch: int) -> dict[str, np.nda
     return out
 
 
-def _median_ms(session, feeds: Mapping[str, np.ndarray], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def paired_latency_ms(dense, pruned, feeds: Mapping[str, np.ndarray], *, rounds: int = ROUNDS,
-                      runs: int = RUNS_PER_ROUND) -> tuple[float, float]:
-    """Median latency (ms) of two sessions timed in alternating rounds on the same inputs."""
-    for _ in range(WARMUP_RUNS):
-        dense.run(None, feeds)
-        pruned.run(None, feeds)
-    dense_ms, pruned_ms = [], []
-    for _ in range(rounds):
-        dense_ms.append(_median_ms(dense, feeds, runs))
-        pruned_ms.append(_median_ms(pruned, feeds, runs))
-    return statistics.median(dense_ms), statistics.median(pruned_ms)
+                      runs: int = timing.MIN_RUNS) -> tuple[float, float]:
+    """Median latency (ms) of two sessions timed in interleaved rounds on the same inputs."""
+    t = timing.time_pair(lambda: dense.run(None, feeds), lambda: pruned.run(None, feeds), rounds=rounds,
+                         min_runs=runs)
+    return t.first_s * 1e3, t.second_s * 1e3
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -183,7 +133,7 @@ def paired_latency_ms(dense, pruned, feeds: Mapping[str, np.ndarray], *, rounds:
 def sweep(model_path: Union[str, Path], data_npz: Data, ratios: Sequence[float],
           methods: Sequence[str] = ("magnitude",), batch: int = 64, threads: int = 1,
           calibration: Optional[Union[str, Path, Mapping[str, np.ndarray]]] = None, *,
-          rounds: int = ROUNDS, runs: int = RUNS_PER_ROUND) -> list[dict]:
+          rounds: int = ROUNDS, runs: int = timing.MIN_RUNS) -> list[dict]:
     """One row per method x ratio with the keys in ROW_KEYS.
 
     Accuracy on the whole data set; latency (ms per call of ``batch`` samples) of dense vs pruned
@@ -191,12 +141,12 @@ def sweep(model_path: Union[str, Path], data_npz: Data, ratios: Sequence[float],
     is passed through to ``api.prune``.
     """
     from .api import prune
-    from .library import session_options
 
     if not ratios or not methods:
         raise OnnxPruneError("sweep needs at least one ratio and one method")
+    timing.check_rounds(rounds)
     arrays = load_eval_data(data_npz)
-    dense = open_session(model_path, session_options(intra_op_num_threads=threads))
+    dense = runtime.open_session(model_path, library=True, threads=threads)
     feeds = model_feeds(dense, arrays)
     timing_feeds = batch_feeds(feeds, batch)
     dense_accuracy = _accuracy(dense, feeds, arrays[LABELS])
@@ -204,7 +154,7 @@ def sweep(model_path: Union[str, Path], data_npz: Data, ratios: Sequence[float],
     for method in methods:
         for ratio in ratios:
             pruned_model, report = prune(model_path, ratio=float(ratio), method=method, calibration=calibration)
-            pruned = open_session(pruned_model, session_options(intra_op_num_threads=threads))
+            pruned = runtime.open_session(pruned_model, library=True, threads=threads)
             pruned_accuracy = _accuracy(pruned, feeds, arrays[LABELS])
             dense_ms, pruned_ms = paired_latency_ms(dense, pruned, timing_feeds, rounds=rounds, runs=runs)
             rows.append(_row(method, float(ratio), dense_accuracy, pruned_accuracy, dense_ms, pruned_ms, report,
@@ -257,21 +207,6 @@ def plot_sweep(rows: Sequence[Mapping], png_path: Union[str, Path]) -> None:
     plt.close(fig)
 
 
-def machine_description() -> str:
-    """CPU model and core count, recorded with every sweep so numbers are never quoted without context."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{name}, {os.cpu_count()} logical cores"
-
-
 def _load_average() -> Optional[list[float]]:
     """1/5/15-minute load when the sweep ended: other work on the machine skews latency."""
     import os
@@ -306,7 +241,7 @@ def run_eval_cli(model: str, data: str, ratios: Sequence[float], methods: Sequen
     from rich.console import Console
 
     rows = sweep(model, data, ratios, methods=methods, batch=batch, threads=threads, calibration=calibration)
-    machine = machine_description()
+    machine = describe(machine_info())
     title = (f"{Path(model).name}: dense accuracy {100 * rows[0]['dense_accuracy']:.2f}%, batch {batch}, "
              f"{threads} thread(s), {machine}")
     Console(width=max(120, Console().width)).print(sweep_table(rows, title))

@@ -65,11 +65,6 @@ def session_options(intra_op_num_threads: int = 0, **settings: object):
 
     Extra keyword arguments are set as attributes (e.g. ``graph_optimization_level``).
     """
-    import onnxruntime as ort
+    from .runtime import session_options as options
 
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(get_library_path())
-    options.intra_op_num_threads = int(intra_op_num_threads)
-    for name, value in settings.items():
-        setattr(options, name, value)
-    return options
+    return options(intra_op_num_threads, library=get_library_path(), **settings)

@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import runtime
 from .errors import OnnxPruneError
-from .library import session_options
 from .modelio import read_npz
 from .report import Verification
 from .rewrite import drop_unused_constants
@@ -119,8 +119,8 @@ def verify_pruned(model: onnx.ModelProto, pruned_model: onnx.ModelProto, pruned:
         feeds = generated_inputs(model)
         described = "generated inputs (" + ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items()) + ")"
     reference = masked_dense_model(model, pruned, values)
-    expected = _run(reference, feeds, None, "the input model (with the masks applied densely)")
-    actual = _run(pruned_model, feeds, session_options(), "the pruned model")
+    expected = _run(reference, feeds, "the input model (with the masks applied densely)", library=False)
+    actual = _run(pruned_model, feeds, "the pruned model", library=True)
     names = [o.name for o in model.graph.output]
     per_output = {n: max_relative_error(e, a) for n, e, a in zip(names, expected, actual)
                   if np.issubdtype(np.asarray(e).dtype, np.floating)}
@@ -129,15 +129,7 @@ def verify_pruned(model: onnx.ModelProto, pruned_model: onnx.ModelProto, pruned:
                         passed=bool(worst <= tolerance), inputs=described)
 
 
-def _run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], options, what: str) -> list[np.ndarray]:
+def _run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], what: str, *, library: bool) -> list[np.ndarray]:
     """One onnxruntime run; its failure becomes one line naming the model that failed."""
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return session.run(None, dict(feeds))
-    except OnnxPruneError:
-        raise
-    except Exception as exc:  # onnxruntime raises its own exception types
-        text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise OnnxPruneError(f"verification could not run {what}: {text}") from exc
+    error = f"verification could not run {what}"
+    return runtime.run(runtime.open_session(model, library=library, error=error), feeds, error=error)

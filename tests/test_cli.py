@@ -123,17 +123,8 @@ def _truncated(d: Path) -> Path:
     (lambda d: d / "missing.onnx", ["--ratio", "0.5"], "does not exist"),
     (lambda d: _write(d / "text.onnx", b"this is not a model"), [], "is not a valid ONNX model"),
     (_truncated, [], "is not a valid ONNX model"),
-    (lambda d: save(mlp(), d / "m.onnx"), ["--ratio", "1.0"], "--ratio must be in [0, 1)"),
-    (lambda d: save(mlp(), d / "m.onnx"), ["--ratio", "-0.2"], "--ratio must be in [0, 1)"),
-    (lambda d: save(mlp(), d / "m.onnx"), ["--layer-ratio", "oops"], "--layer-ratio takes NAME=R"),
-    (lambda d: save(mlp(), d / "m.onnx"), ["--layer-ratio", "fc0=abc"], "--layer-ratio takes NAME=R"),
-    (lambda d: save(mlp(), d / "m.onnx"), ["--layer-ratio", "=0.5"], "--layer-ratio takes NAME=R"),
     (lambda d: save(mlp(), d / "m.onnx"), ["--layer-ratio", "nosuchlayer=0.5"],
      "no selected layer has that node or weight name"),
-    (lambda d: save(mlp(), d / "m.onnx"), ["--layer-ratio", "/fc0/Gemm=1.5"], "--layer-ratio /fc0/Gemm must be in"),
-    (lambda d: save(mlp(), d / "m.onnx"), ["--scope", "everything"], "--scope must be 'layer' or 'global'"),
-    (lambda d: save(mlp(), d / "m.onnx"), ["--method", "magic"], "--method must be one of"),
-    (lambda d: save(mlp(), d / "m.onnx"), ["--values", "int4"], "--values must be fp32 or fp16"),
     (lambda d: save(mlp(), d / "m.onnx"), ["--include", "nothing*"], "no prunable layer left"),
     (lambda d: save(relu_only(), d / "relu.onnx"), [], "no prunable layer found"),
     (lambda d: save(non_constant_b_gemm(), d / "dyn.onnx"), [], "no prunable layer found"),
@@ -149,6 +140,61 @@ def test_bad_input_one_line_error_exit_1_no_output(tmp_path: Path, make_input, a
     assert not out.exists() and not list(tmp_path.glob(".out.onnx*"))
     if before:
         assert digest(src) == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--ratio", "1.0"], "--ratio must be in [0, 1)"),
+    (["--ratio", "1.5"], "--ratio must be in [0, 1)"),
+    (["--ratio", "-0.2"], "--ratio must be in [0, 1)"),
+    (["--layer-ratio", "oops"], "--layer-ratio takes NAME=R"),
+    (["--layer-ratio", "fc0=abc"], "--layer-ratio takes NAME=R"),
+    (["--layer-ratio", "=0.5"], "--layer-ratio takes NAME=R"),
+    (["--layer-ratio", "/fc0/Gemm=1.5"], "--layer-ratio /fc0/Gemm must be in"),
+    (["--scope", "everything"], "--scope must be 'layer' or 'global'"),
+    (["--method", "magic"], "--method must be one of magnitude, wanda, sparsegpt, got 'magic'"),
+    (["--values", "int4"], "--values must be fp32 or fp16"),
+    (["--min-params", "-3"], "--min-params must be a non-negative integer"),
+    (["--calibration-samples", "0"], "--calibration-samples must be at least 1"),
+])
+def test_bad_option_value_one_line_error_exit_2_no_output(mlp_file: Path, tmp_path: Path, args, message):
+    before = digest(mlp_file)
+    out = tmp_path / "out.onnx"
+    done = cli(str(mlp_file), str(out), *args)
+    assert done.returncode == 2
+    one_line_error(done.stderr, message)
+    assert not out.exists() and digest(mlp_file) == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rounds", "0"], "--rounds must be a positive integer, got 0"),
+    (["--threads", "none"], "--threads takes a positive number or 'all', got 'none'"),
+    (["--batch", "0"], "--batch takes positive numbers, got [0]"),
+])
+def test_bench_bad_option_value_exit_2(mlp_file: Path, args, message):
+    done = cli_inproc("bench", str(mlp_file), "--quiet", *args)
+    assert done.exit_code == 2
+    one_line_error(done.stderr, message)
+
+
+def test_help_lists_the_choices_of_the_registries(mlp_file: Path):
+    from onnx_prune import api, sparsifiers
+
+    done = cli("prune", "--help")
+    assert done.returncode == 0
+    for names in (sparsifiers.names(), api.SCOPES, api.value_types()):
+        assert f"[{'|'.join(names)}]" in done.stdout, done.stdout
+    assert "[magnitude|wanda|sparsegpt]" in cli("eval", "--help").stdout
+    assert "below 60%" in done.stdout
+
+
+def test_npy_file_given_as_calibration_is_one_clear_error(mlp_file: Path, tmp_path: Path):
+    calib = tmp_path / "calib.npz"
+    with open(calib, "wb") as handle:  # np.save would append .npy to the name
+        np.save(handle, np.zeros((8, 20), np.float32))
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--method", "wanda", "--calibration", str(calib))
+    assert done.exit_code == 1
+    one_line_error(done.stderr, f"calibration data '{calib}' is not a valid .npz: it holds a single array")
+    assert not (tmp_path / "o.onnx").exists()
 
 
 def test_usage_errors_exit_2(mlp_file: Path, tmp_path: Path):

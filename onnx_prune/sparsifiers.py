@@ -1,0 +1,170 @@
+"""Sparsifiers: one small class per pruning method (``--method``), found by name in a registry.
+
+A sparsifier decides which weights of one layer go, in one hook, ``update_mask``: given the layer,
+the calibration statistics of its input (when the method uses any) and how many weights to remove
+(or an N:M pattern), it returns the new weight and the keep mask. ``saliency`` scores every weight
+for ``--scope global``, where one threshold over all layers sets each layer's removal count first.
+The numerics live in masking.py (scores, masks, the floor rule) and sparsegpt.py; calibration.py
+gathers the statistics and drives the methods that need them.
+
+Adding a method: subclass Sparsifier, set ``name`` (and ``statistics`` when it uses calibration
+data), implement the hooks, decorate with ``@register``; --method and check_options follow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Optional, Sequence
+
+import numpy as np
+
+from . import masking
+from .errors import OnnxPruneError, UsageError
+from .sparsegpt import inverse_hessian_factor, obs_errors, sparsegpt_prune
+
+if TYPE_CHECKING:
+    from .capture import InputStats
+    from .layers import Layer
+
+Pattern = Optional[tuple[int, int]]           # N:M as (n, m), or None for unstructured
+BlockDone = Callable[[int, int], None]        # (blocks done, blocks in all) while a layer is pruned
+HESSIAN, SQ_NORMS = "hessian", "sq_norms"     # the calibration statistics a method may need
+
+
+@dataclass
+class Pruned:
+    """A sparsifier's answer for one layer."""
+
+    weight: np.ndarray                  # [K, N] float32, zero where ``mask`` is False
+    mask: np.ndarray                    # [K, N] bool, True = kept
+    bias: Optional[np.ndarray] = None   # an updated bias, for methods that compensate through it
+
+    @staticmethod
+    def masked(weight: np.ndarray, keep: np.ndarray) -> "Pruned":
+        """The layer's own weights where kept, zeros elsewhere."""
+        return Pruned(np.where(keep, weight, np.float32(0)).astype(np.float32), keep)
+
+
+class Sparsifier:
+    """A pruning method. ``statistics``: None (weights alone), SQ_NORMS (Σ x_k² per input) or
+    HESSIAN (XᵀX), gathered from calibration data before the hooks run."""
+
+    name: ClassVar[str]
+    statistics: ClassVar[Optional[str]] = None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.statistics is not None
+
+    def saliency(self, layer: "Layer", stats: Optional["InputStats"]) -> np.ndarray:
+        """[K, N] per-weight cost of removal, comparable across layers (for --scope global)."""
+        raise NotImplementedError
+
+    def update_mask(self, layer: "Layer", stats: Optional["InputStats"], drop: int, *, pattern: Pattern = None,
+                    on_block: Optional[BlockDone] = None) -> Pruned:
+        """Remove ``drop`` weights of ``layer`` (or, with ``pattern``, keep n of every m along K)."""
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, Sparsifier] = {}
+
+
+def register(cls: type) -> type:
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def names() -> tuple[str, ...]:
+    """The --method choices, in registration order."""
+    return tuple(REGISTRY)
+
+
+def get(name: str) -> Sparsifier:
+    if name not in REGISTRY:
+        raise UsageError(f"--method must be one of {', '.join(names())}, got '{name}'")
+    return REGISTRY[name]
+
+
+def drop_counts(layers: Sequence["Layer"], ratios: Mapping[str, float], *, scope: str,
+                saliency: Callable[[], Sequence[np.ndarray]]) -> dict[str, int]:
+    """Weights each layer loses: ``floor(R * size)`` per layer, or with ``scope="global"`` the
+    share one threshold over all layers' ``saliency()`` (called only then) takes from each."""
+    if scope != "global":
+        return {l.node: masking.removal_count(ratios[l.node], l.size) for l in layers}
+    distinct = set(ratios[l.node] for l in layers)
+    if len(distinct) > 1:
+        raise OnnxPruneError("--layer-ratio cannot be combined with --scope global (one threshold for all layers)")
+    return dict(zip((l.node for l in layers), masking.global_drop_counts(saliency(), distinct.pop())))
+
+
+def prune_by_weights(sparsifier: Sparsifier, layers: Sequence["Layer"], ratios: Mapping[str, float], *,
+                     scope: str, pattern: Pattern = None) -> dict[str, Pruned]:
+    """node name -> Pruned for a method that needs no calibration statistics."""
+    drops = drop_counts(layers, ratios, scope=scope, saliency=lambda: [sparsifier.saliency(l, None) for l in layers])
+    return {l.node: sparsifier.update_mask(l, None, drops[l.node], pattern=pattern) for l in layers}
+
+
+def share_of_total(saliency: np.ndarray) -> np.ndarray:
+    """Each weight's share of its layer's total saliency: comparable across layers, so one global
+    threshold takes more weights from the layers where they matter least."""
+    total = float(saliency.sum())
+    return saliency / total if total > 0 else saliency
+
+
+@register
+class Magnitude(Sparsifier):
+    """The smallest |w| go (ties: first in row-major W[K, N])."""
+
+    name = "magnitude"
+
+    def saliency(self, layer, stats=None) -> np.ndarray:
+        return masking.magnitude_scores(layer.weight)
+
+    def update_mask(self, layer, stats, drop, *, pattern=None, on_block=None) -> Pruned:
+        scores = masking.magnitude_scores(layer.weight)
+        if pattern is not None:
+            keep = masking.nm_mask(scores, *pattern, layer=layer.node)
+        else:
+            keep = masking._keep_mask(scores.ravel(), drop).reshape(scores.shape)
+        return Pruned.masked(layer.weight, keep)
+
+
+@register
+class Wanda(Sparsifier):
+    """Wanda (Sun et al. 2023): the smallest ``|w_kn| · ‖x_k‖₂`` within each output n go."""
+
+    name = "wanda"
+    statistics = SQ_NORMS
+
+    def saliency(self, layer, stats) -> np.ndarray:
+        # the output error of removing w alone, w² ‖x_k‖²: the square of Wanda's score
+        return share_of_total(np.asarray(layer.weight, dtype=np.float64) ** 2 * stats.sq_norms[:, None])
+
+    def update_mask(self, layer, stats, drop, *, pattern=None, on_block=None) -> Pruned:
+        scores = wanda_scores(layer.weight, stats.sq_norms)
+        keep = masking.nm_mask(scores, *pattern, layer=layer.node) if pattern else \
+            masking.per_output_mask(scores, drop)
+        return Pruned.masked(layer.weight, keep)
+
+
+@register
+class SparseGPT(Sparsifier):
+    """SparseGPT (Frantar & Alistarh 2023): OBS removal with the kept weights updated to make up
+    for the removed ones (sparsegpt.py)."""
+
+    name = "sparsegpt"
+    statistics = HESSIAN
+
+    def saliency(self, layer, stats) -> np.ndarray:
+        # the OBS error of removing w alone, w² / [H⁻¹]_kk
+        factor, dead = inverse_hessian_factor(stats.hessian, layer=layer.node)
+        return share_of_total(obs_errors(layer.weight, factor, dead))
+
+    def update_mask(self, layer, stats, drop, *, pattern=None, on_block=None) -> Pruned:
+        weight, keep = sparsegpt_prune(layer.weight, stats.hessian, drop, pattern=pattern, layer=layer.node,
+                                       on_block=on_block)
+        return Pruned(weight, keep)
+
+
+def wanda_scores(weight: np.ndarray, sq_norms: np.ndarray) -> np.ndarray:
+    """Wanda's score ``|w_kn| · ‖x_k‖₂``, compared within each output n."""
+    return np.abs(np.asarray(weight, dtype=np.float64)) * np.sqrt(np.asarray(sq_norms, dtype=np.float64))[:, None]
