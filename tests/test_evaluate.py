@@ -127,6 +127,34 @@ def test_run_eval_cli_writes_json_and_png(mlp_and_data, library_path, tmp_path, 
     assert "magnitude" in printed and "0.50" in printed
 
 
+def test_eval_int8_point_is_onnxruntimes_accuracy_of_the_quantized_model(mlp_and_data, library_path, tmp_path):
+    from onnxruntime import InferenceSession
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _, _, model_path, data_path, x, labels = mlp_and_data
+    png, js = tmp_path / "s.png", tmp_path / "s.json"
+    run_eval_cli(str(model_path), str(data_path), [0.5, 0.8], batch=8, threads=1, png=str(png), json_path=str(js),
+                 baselines=["int8"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads(js.read_text())
+    (point,) = doc["baselines"]
+    quantize_dynamic(str(model_path), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8)
+    scores = InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    expected = float((scores.argmax(axis=1) == labels).mean())
+    assert point["baseline"] == "int8" and "per_channel=False" in point["what"]
+    assert point["accuracy"] == pytest.approx(expected, abs=1e-12)
+    assert point["accuracy_drop"] == pytest.approx(doc["rows"][0]["dense_accuracy"] - expected)
+    assert point["ms"] > 0 and point["speedup"] == pytest.approx(point["dense_ms"] / point["ms"])
+    assert 0 < point["max_rel_error"]["logits"] < 0.1
+
+
+def test_eval_without_baseline(mlp_and_data, library_path, tmp_path):
+    _, _, model_path, data_path, _, _ = mlp_and_data
+    js = tmp_path / "s.json"
+    run_eval_cli(str(model_path), str(data_path), [0.5], batch=8, json_path=str(js), baselines=["none"])
+    assert json.loads(js.read_text())["baselines"] == []
+
+
 def test_plot_needs_rows(tmp_path):
     with pytest.raises(OnnxPruneError, match="no rows"):
         plot_sweep([], tmp_path / "x.png")
