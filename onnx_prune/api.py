@@ -54,6 +54,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     model = load_model(model_or_path) if source is not None else _copy(model_or_path)
     say = _stepper(progress)
 
+    check_supported_opset(model)
     say("finding prunable layers")
     chosen, not_pruned = eligible_layers(model, include=include, exclude=exclude, min_params=min_params)
     ratios = {layer.node: float(ratio) for layer in chosen}
@@ -96,6 +97,10 @@ def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), excl
         if "only float32" in s.reason:
             warnings.warn(f"layer {s.node} skipped: {s.reason}", stacklevel=3)
     if not found:
+        already = _sparse_gemm_count(model)
+        if already:
+            raise OnnxPruneError(f"no prunable layer found: the model is already pruned: it has {already} SparseGemm "
+                                 "nodes; prune the original model, or densify it first (onnx-prune densify)")
         raise OnnxPruneError("no prunable layer found: the model has no Gemm or MatMul with a constant "
                              "float32 2-D weight" + _skip_summary(ineligible))
     chosen, unselected = select_layers(found, include=include, exclude=exclude, min_params=min_params)
@@ -160,6 +165,27 @@ def value_types() -> tuple[str, ...]:
     """The --values choices: how pruned weights may be stored."""
     # TODO(merge): read them from the storage-format registry (sparse_gemm.formats)
     return tuple(VALUES)
+
+
+MIN_OPSET = 7  # onnxruntime implements the standard ops from opset 7 on
+
+
+def check_supported_opset(model: onnx.ModelProto) -> None:
+    """Models importing ai.onnx opset 1-6 cannot be run by onnxruntime (verification, the pruned
+    file's other ops): say so before any session fails on the first node."""
+    # TODO(merge): read the opset with graph.py's opset lookup.
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if versions and versions[0] < MIN_OPSET:
+        raise OnnxPruneError(f"the model imports ai.onnx opset {versions[0]}; onnx-prune and onnxruntime support "
+                             f"opset {MIN_OPSET} and later: convert it first "
+                             "(onnx.version_converter.convert_version(model, 13))")
+
+
+def _sparse_gemm_count(model: onnx.ModelProto) -> int:
+    # TODO(merge): use sparse_gemm.node.is_sparse_gemm, the one check of a SparseGemm node.
+    from .contract import DOMAIN, OP_TYPE
+
+    return sum(1 for node in model.graph.node if (node.domain, node.op_type) == (DOMAIN, OP_TYPE))
 
 
 def check_output_model(model: onnx.ModelProto, out: onnx.ModelProto) -> None:

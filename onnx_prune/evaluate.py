@@ -35,16 +35,12 @@ Progress = Callable[[str, int, int], None]  # (what is being done, steps done, s
 
 def load_eval_data(data: Data) -> dict[str, np.ndarray]:
     """The .npz (or dict) as arrays; one clear error when it cannot be read or lacks labels."""
+    from .modelio import read_npz
+
     if isinstance(data, Mapping):
         arrays = {k: np.asarray(v) for k, v in data.items()}
     else:
-        try:
-            with np.load(str(data), allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except FileNotFoundError:
-            raise OnnxPruneError(f"evaluation data not found: {data}") from None
-        except Exception as exc:  # zip/pickle/format errors all mean "not a usable .npz"
-            raise OnnxPruneError(f"cannot read evaluation data {data}: {str(exc).splitlines()[0]}") from None
+        arrays = read_npz(data, "evaluation data")
     if LABELS not in arrays:
         raise OnnxPruneError(f"evaluation data has no 'labels' array (found: {', '.join(sorted(arrays)) or 'none'})")
     if arrays[LABELS].ndim != 1 or not np.issubdtype(arrays[LABELS].dtype, np.integer):

@@ -7,6 +7,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Union
@@ -41,7 +42,7 @@ def load_model(path: PathLike) -> onnx.ModelProto:
     if uses_external_data(model):
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # OSError, or onnx's ValidationError for a location outside the folder
             raise OnnxPruneError(f"'{p}': cannot read its external data: {_first_line(exc)}") from exc
     return model
 
@@ -102,7 +103,7 @@ def read_npz(path: PathLike, what: str) -> dict[str, "np.ndarray"]:
             raise ValueError("it holds a single array, not named arrays")
         with data:
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise OnnxPruneError(f"{what} '{p}' is not a valid .npz: {_first_line(exc)}") from exc
 
 

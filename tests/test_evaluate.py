@@ -178,7 +178,8 @@ def test_unreadable_data_file(tmp_path):
     model, _ = make_mlp()
     bad = tmp_path / "bad.npz"
     bad.write_text("not a zip")
-    with pytest.raises(OnnxPruneError, match="cannot read evaluation data"):
+    with pytest.raises(OnnxPruneError, match=f"evaluation data '{bad}' is not a valid .npz: This file contains pickled"):
         evaluate_accuracy(model, bad)
-    with pytest.raises(OnnxPruneError, match="evaluation data not found"):
-        evaluate_accuracy(model, tmp_path / "missing.npz")
+    missing = tmp_path / "missing.npz"
+    with pytest.raises(OnnxPruneError, match=f"evaluation data '{missing}' does not exist"):
+        evaluate_accuracy(model, missing)
