@@ -16,18 +16,13 @@ import numpy as np
 import onnx
 
 from . import masking
+from .auto_dense import DENSE_KEEP_THRESHOLD
 from .errors import OnnxPruneError
 from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
 from .modelio import PROTOBUF_LIMIT, load_model
 from .report import PruneReport
 from .rewrite import PrunedLayer, add_optional_parts, rewrite
 
-# A layer keeping more than this fraction of its weights (sparsity below 60%) stays a dense,
-# unpruned Gemm / MatMul by default: there the sparse kernel does not beat onnxruntime's dense
-# Gemm at batch >= 16 (tools/bench_kernel.py, 1000x1000, 1 thread, 2-core Zen 3: dense/ours at
-# batch 16 was 0.96x at sparsity 0.5 and 1.15x at 0.6). An explicit N:M pattern is always kept
-# sparse (the user asked for that structure). ``auto_dense=False`` (--no-auto-dense) prunes anyway.
-DENSE_KEEP_THRESHOLD = 0.4
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 SCOPES = ("layer", "global")

@@ -22,6 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
+from .graph import node_reads
 
 CAPTURE_BYTES = 256 * 2**20     # activations captured per onnxruntime run, at most (after the first)
 FIRST_BATCH = 8                 # samples in the first run, which measures the bytes per sample
@@ -159,7 +160,7 @@ class _Session:
 def _session(model: onnx.ModelProto) -> _Session:
     import onnxruntime as ort
 
-    from .contract import DOMAIN
+    from .sparse_gemm.contract import DOMAIN
     from .library import find_library_path
 
     options = ort.SessionOptions()
@@ -213,20 +214,8 @@ def _upstream_layers(tensor: str, producer: Mapping[str, onnx.NodeProto], layer_
         node = producer[name]
         if node.name in layer_of_node:
             found.add(layer_of_node[node.name].node)
-        stack.extend(i for i in _reads(node) if i)
+        stack.extend(node_reads(node))
     return found
-
-
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """A node's inputs, including the outer tensors its If / Loop bodies read."""
-    names = list(node.input)
-    for attr in node.attribute:
-        bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
-            list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
-        for body in bodies:
-            for inner in body.node:
-                names.extend(_reads(inner))
-    return names
 
 
 def with_weights(model: onnx.ModelProto, layers: Sequence, weights: Mapping[str, np.ndarray]) -> onnx.ModelProto:

@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from .contract import DOMAIN
+from .sparse_gemm.contract import DOMAIN
 from .errors import OnnxPruneError
 
 ModelOrPath = Union[onnx.ModelProto, str, Path]

@@ -12,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_prune
-from onnx_prune import api, contract
+from onnx_prune import api
+from onnx_prune.sparse_gemm import contract
 from onnx_prune.errors import OnnxPruneError
 
 from helpers_models import (M, a_input, assert_close, f32, gemm, gemm_forward, global_keep_masks, keep_mask,
