@@ -81,11 +81,11 @@ def remove_dead_tensors(model: onnx.ModelProto, candidates: Iterable[str]) -> se
 
 
 def _keep(field, wanted) -> None:
-    """Keep the entries of a repeated protobuf field for which ``wanted`` is true (in place)."""
-    kept = [item for item in field if wanted(item)]
-    if len(kept) != len(field):
-        del field[:]
-        field.extend(kept)
+    """Delete the entries of a repeated protobuf field for which ``wanted`` is false, in place
+    (index by index: the kept entries, weights included, are never copied)."""
+    for i in reversed(range(len(field))):
+        if not wanted(field[i]):
+            del field[i]
 
 
 def add_initializer(model: onnx.ModelProto, name: str, array: np.ndarray) -> None:
