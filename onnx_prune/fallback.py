@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, TensorProto, helper, numpy_helper
+from onnx import AttributeProto, helper, numpy_helper
 
 from .errors import OnnxPruneError
 from .graph import iter_nodes, opset_version

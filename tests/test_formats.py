@@ -137,3 +137,28 @@ def test_node_reader_errors_name_the_node() -> None:
     node = helper.make_node(contract.OP_TYPE, ["X", "v", "i", "o"], ["Y"], name="fc", domain=contract.DOMAIN, K=3, N=2)
     with pytest.raises(OnnxPruneError, match=r"^SparseGemm node 'fc': its weight 'v' is not a constant initializer"):
         SparseGemmNode(node).packed({})
+
+
+def test_fallback_refuses_a_model_mixing_formats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One fallback function serves one format: two formats in one model are one clear error,
+    which add_optional_parts turns into a warning (the pruned file still needs the library)."""
+    from onnx_prune.fallback import has_fallback_function, model_format
+    from onnx_prune.rewrite import add_optional_parts
+    from onnx_prune.sparse_gemm.formats.csr import CsrFormat
+
+    class Other(CsrFormat):
+        name = "other"
+
+    monkeypatch.setitem(formats._REGISTRY, "other", Other())
+    nodes = [helper.make_node(contract.OP_TYPE, ["X", "v", "i", "o"], [f"Y{i}"], name=f"fc{i}", domain=contract.DOMAIN,
+                              K=2, N=2, format=fmt) for i, fmt in enumerate(("csr", "other"))]
+    graph = helper.make_graph(nodes, "g", [], [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(contract.DOMAIN, 1)])
+    with pytest.raises(OnnxPruneError, match=r"^SparseGemm nodes use several formats \('csr' \(node 'fc0'\), "
+                                             r"'other' \(node 'fc1'\)\); the fallback function serves one format"):
+        model_format(model)
+    with pytest.warns(UserWarning, match="no standard-op fallback embedded .*several formats"):
+        add_optional_parts(model)
+    assert not has_fallback_function(model)
+    del model.graph.node[0]
+    assert model_format(model) == "other"
