@@ -16,15 +16,15 @@ import numpy as np
 import onnx
 
 from . import sparsifiers
-from .auto_dense import DENSE_KEEP_THRESHOLD, split_dense  # noqa: F401  (report.py reads the threshold here)
+from .auto_dense import split_dense
 from .errors import OnnxPruneError, UsageError, first_line
 from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
 from .modelio import PROTOBUF_LIMIT, load_model, read_npz
 from .report import PruneReport
 from .rewrite import add_optional_parts, rewrite
+from .sparse_gemm import contract, formats
 
 SCOPES = ("layer", "global")
-VALUES = {"fp32": np.float32, "fp16": np.float16}
 
 ModelOrPath = Union[onnx.ModelProto, str, Path]
 Calibration = Union[None, str, Path, Mapping[str, np.ndarray]]
@@ -69,7 +69,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
                     min_params=min_params, auto_dense=auto_dense, fallback=fallback,
                     calibration_samples=calibration_samples)
     say(f"rewriting {len(pruned)} layers as SparseGemm")
-    out = rewrite(model, pruned, values_dtype=VALUES[values], settings=settings)
+    out = rewrite(model, pruned, values_dtype=value_types()[values], settings=settings)
     add_optional_parts(out, fallback=fallback)
     check_output_model(model, out)
 
@@ -156,10 +156,9 @@ def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitud
         raise UsageError(f"--calibration-samples must be at least 1, got {calibration_samples}")
 
 
-def value_types() -> tuple[str, ...]:
-    """The --values choices: how pruned weights may be stored."""
-    # TODO(merge): read them from the storage-format registry (sparse_gemm.formats)
-    return tuple(VALUES)
+def value_types() -> Mapping[str, np.dtype]:
+    """The --values choices (name -> stored dtype), as the storage format declares them."""
+    return formats.get(contract.DEFAULT_FORMAT).value_types
 
 
 def check_output_model(model: onnx.ModelProto, out: onnx.ModelProto) -> None:

@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_prune
-from onnx_prune import contract
+from onnx_prune.sparse_gemm import contract
 
 from kernel_models import (ISA_ENV, Csr, assert_matches_reference, available_isas, csr_model, dense_of,
                            finish_model, gemm_attributes, open_session, random_csr, sparse_gemm_model,
