@@ -1,12 +1,12 @@
-// Validation and packing of the CSR weight tensors, done once per kernel (or per Run when the
-// weights are not constant). Every index and offset is checked here so the hot loops never need to.
+// The `csr` storage format: its weight tensors (values, indices, offsets), their validation and
+// packing, done once per kernel (or per Run when the weights are not constant), and the kernels
+// that run it. Every index and offset is checked here so the hot loops never need to.
+#include "formats/csr.h"
+
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 #include <sstream>
 
-#include "sparse_gemm_kernels.h"
 
 namespace onnx_prune {
 namespace {
@@ -217,20 +217,51 @@ CsrArrays arrays_of(const PackedCsr& w) {
   return a;
 }
 
-float* scratch_alloc(const ScratchAllocator& allocator, size_t n_floats) {
-  const size_t bytes = ((n_floats * sizeof(float) + 63) / 64) * 64;
-  void* p = allocator.alloc ? allocator.alloc(allocator.ctx, bytes == 0 ? 64 : bytes)
-                            : std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
-  if (p == nullptr) throw std::bad_alloc();
-  return static_cast<float*>(p);
-}
+// ---------------------------------------------------------------- the Format entry
 
-void scratch_free(const ScratchAllocator& allocator, float* p) {
-  if (allocator.free) {
-    allocator.free(allocator.ctx, p);
-  } else {
-    std::free(p);
+namespace format_csr {
+namespace {
+
+enum Tensor : size_t { kValues = 0, kIndices = 1, kOffsets = 2 };
+
+std::string pack(const std::vector<TensorView>& t, const WeightShape& shape, std::unique_ptr<PackedWeight>* out) {
+  CsrView view;
+  view.values = t[kValues].data;
+  view.values_fp16 = t[kValues].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+  view.indices = t[kIndices].data;
+  view.indices_u16 = t[kIndices].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16;
+  view.offsets = t[kOffsets].data;
+  view.offsets_i64 = t[kOffsets].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+  view.n_values = t[kValues].dims[0];
+  view.n_indices = t[kIndices].dims[0];
+  view.n_offsets = t[kOffsets].dims[0];
+  if (shape.has_nnz && shape.nnz != view.n_values) {
+    std::ostringstream err;
+    err << "attribute nnz = " << shape.nnz << " but values has " << view.n_values << " entries";
+    return err.str();
   }
+  auto packed = std::make_unique<PackedCsr>();
+  std::string err = pack_csr(view, shape.K, shape.N, packed.get());
+  if (!err.empty()) return "invalid sparse weight: " + err;
+  *out = std::move(packed);
+  return {};
 }
 
+void run(const PackedWeight& packed, const KernelTable& kernels, const GemmArgs& args, const ParallelRunner& parallel) {
+  const auto& w = static_cast<const PackedCsr&>(packed);
+  kernels.csr_gemm(arrays_of(w), args, parallel);
+}
+
+}  // namespace
+
+const Format kFormat{
+    "csr",
+    {{"values", {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}, 1},
+     {"indices", {ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32}, 1},
+     {"offsets", {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64}, 1}},
+    &pack,
+    &run,
+};
+
+}  // namespace format_csr
 }  // namespace onnx_prune
