@@ -306,6 +306,17 @@ WRONG_TYPE_CASES = {
     "format int": (gemm_attributes(K, N, format=7), "attribute 'format' must be of type string"),
     "activation int": (gemm_attributes(K, N, activation=1), "attribute 'activation' must be of type string"),
     "nnz float": (gemm_attributes(K, N, nnz=12.0), "attribute 'nnz' must be of type int"),
+    # Lists once ran with the defaults: the kernel only probed int, float and string.
+    "alpha list": (gemm_attributes(K, N, alpha=[2.0]), "attribute 'alpha' must be of type float, got a list of floats"),
+    "beta list": (gemm_attributes(K, N, beta=[0.5, 2.0]), "attribute 'beta' must be of type float, got a list of floats"),
+    "transA list": (gemm_attributes(K, N, transA=[1]), "attribute 'transA' must be of type int, got a list of ints"),
+    "nnz list": (gemm_attributes(K, N, nnz=[999]), "attribute 'nnz' must be of type int, got a list of ints"),
+    "K list": ({"K": [K], "N": N}, "attribute 'K' must be of type int, got a list of ints"),
+    "activation list": (gemm_attributes(K, N, activation=["relu"]),
+                        "attribute 'activation' must be of type string, got a list of strings"),
+    "format list": (gemm_attributes(K, N, format=["coo"]), "attribute 'format' must be of type string, got a list of strings"),
+    "alpha tensor": (gemm_attributes(K, N, alpha=onnx.helper.make_tensor("t", onnx.TensorProto.FLOAT, [1], [2.0])),
+                     "attribute 'alpha' must be of type float, got a tensor"),
 }
 
 
@@ -317,6 +328,28 @@ def test_attribute_of_wrong_type_is_rejected(case: str) -> None:
     csr = valid_csr()
     model = model_of(csr.values, csr.indices, csr.offsets, attributes, a_shape=("M", None))
     expect_error(model, {"A": a_batch()}, "create", fragment)
+
+
+def test_unknown_format_lists_the_library_formats() -> None:
+    csr = valid_csr()
+    model = model_of(csr.values, csr.indices, csr.offsets, gemm_attributes(K, N, format="coo"))
+    expect_error(model, {"A": a_batch()}, "create", "unknown format 'coo' (this library supports: csr)")
+
+
+def test_model_importing_a_newer_op_version_runs_the_version_1_kernel() -> None:
+    """Measured onnxruntime behaviour, written in docs/sparse_gemm_op.md ("Versioning"): kernels are
+    matched to the schema's since_version, so a model importing ai.onnx_prune version 2 gets the
+    version-1 kernel (the library declares end version 1, which onnxruntime does not enforce); version
+    0 is rejected by onnxruntime. If this starts failing, onnxruntime changed: update the contract."""
+    csr = valid_csr()
+    model = model_of(csr.values, csr.indices, csr.offsets)
+    a = a_batch()
+    expected = quiet_session(model).run(None, {"A": a})[0]
+    model.opset_import[1].version = 2
+    np.testing.assert_array_equal(quiet_session(model).run(None, {"A": a})[0], expected)
+    model.opset_import[1].version = 0
+    stage, message = failure_of(model, {"A": a})
+    assert stage == "create" and "ai.onnx_prune:SparseGemm(-1) is not a registered function/op" in message, message
 
 
 def test_negative_nnz_attribute_is_rejected() -> None:

@@ -139,13 +139,50 @@ bool released_ok(const OrtApi* api, OrtStatus* st) {
   return false;
 }
 
-bool has_attribute_of_any_type(const OrtApi* api, const OrtKernelInfo* info, const char* name) {
+// The message onnxruntime gives for an attribute the node does not have, learnt from a name no
+// node uses (with that name in it replaced by `name`): this API can read ints, floats, strings,
+// their lists of numbers and tensors, but not lists of strings or graphs, which only differ from
+// "absent" by the message.
+bool reported_absent(const OrtApi* api, const OrtKernelInfo* info, const char* name, OrtStatus* st) {
+  static const std::string kProbe = "onnx_prune_attribute_that_no_node_has";
+  const std::string message = api->GetErrorMessage(st);
+  api->ReleaseStatus(st);
+  int64_t unused = 0;
+  OrtStatus* probe = api->KernelInfoGetAttribute_int64(info, kProbe.c_str(), &unused);
+  if (probe == nullptr) return false;
+  std::string absent = api->GetErrorMessage(probe);
+  api->ReleaseStatus(probe);
+  const size_t at = absent.find(kProbe);
+  if (at != std::string::npos) absent.replace(at, kProbe.size(), name);
+  return message == absent;
+}
+
+// What the node gives for attribute `name`, in words ("a list of floats"), or "" when it has none.
+// The list readers accept a list of any type (an empty list of theirs), so only a non-empty answer counts.
+std::string attribute_kind(const OrtApi* api, const OrtKernelInfo* info, const char* name) {
   int64_t i = 0;
   float f = 0.f;
   size_t size = 0;
-  return released_ok(api, api->KernelInfoGetAttribute_int64(info, name, &i)) ||
-         released_ok(api, api->KernelInfoGetAttribute_float(info, name, &f)) ||
-         released_ok(api, api->KernelInfoGetAttribute_string(info, name, nullptr, &size));
+  if (released_ok(api, api->KernelInfoGetAttribute_int64(info, name, &i))) return "an int";
+  if (released_ok(api, api->KernelInfoGetAttribute_float(info, name, &f))) return "a float";
+  if (released_ok(api, api->KernelInfoGetAttribute_string(info, name, nullptr, &size))) return "a string";
+  size = 0;
+  if (released_ok(api, api->KernelInfoGetAttributeArray_float(info, name, nullptr, &size)) && size > 0)
+    return "a list of floats";
+  size = 0;
+  if (released_ok(api, api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size)) && size > 0)
+    return "a list of ints";
+  OrtAllocator* allocator = nullptr;
+  if (released_ok(api, api->GetAllocatorWithDefaultOptions(&allocator))) {
+    OrtValue* tensor = nullptr;
+    if (released_ok(api, api->KernelInfoGetAttribute_tensor(info, name, allocator, &tensor))) {
+      api->ReleaseValue(tensor);
+      return "a tensor";
+    }
+  }
+  OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, &i);
+  if (st == nullptr || reported_absent(api, info, name, st)) return "";
+  return "a list of strings, an empty list or another type";
 }
 
 Attr read_int(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out) {
@@ -154,7 +191,7 @@ Attr read_int(const OrtApi* api, const OrtKernelInfo* info, const char* name, in
     *out = value;
     return Attr::kRead;
   }
-  return has_attribute_of_any_type(api, info, name) ? Attr::kWrongType : Attr::kAbsent;
+  return attribute_kind(api, info, name).empty() ? Attr::kAbsent : Attr::kWrongType;
 }
 
 Attr read_float(const OrtApi* api, const OrtKernelInfo* info, const char* name, float* out) {
@@ -163,13 +200,13 @@ Attr read_float(const OrtApi* api, const OrtKernelInfo* info, const char* name, 
     *out = value;
     return Attr::kRead;
   }
-  return has_attribute_of_any_type(api, info, name) ? Attr::kWrongType : Attr::kAbsent;
+  return attribute_kind(api, info, name).empty() ? Attr::kAbsent : Attr::kWrongType;
 }
 
 Attr read_string(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::string* out) {
   size_t size = 0;
   if (!released_ok(api, api->KernelInfoGetAttribute_string(info, name, nullptr, &size)))
-    return has_attribute_of_any_type(api, info, name) ? Attr::kWrongType : Attr::kAbsent;
+    return attribute_kind(api, info, name).empty() ? Attr::kAbsent : Attr::kWrongType;
   std::string value(size, '\0');
   if (!released_ok(api, api->KernelInfoGetAttribute_string(info, name, &value[0], &size))) return Attr::kWrongType;
   value.resize(size > 0 ? size - 1 : 0);  // drop the terminating NUL
@@ -195,9 +232,11 @@ std::string node_name_of(const OrtApi* api, const OrtKernelInfo* info) {
 }
 
 // One attribute's outcome as a status: wrong type and (for required ones) absence are errors.
-OrtStatus* attribute_status(const Kernel* k, Attr got, const char* name, const char* type, bool required) {
+OrtStatus* attribute_status(const Kernel* k, const OrtKernelInfo* info, Attr got, const char* name, const char* type,
+                            bool required) {
   if (got == Attr::kWrongType)
-    return node_error(k->api, k->node, std::string("attribute '") + name + "' must be of type " + type);
+    return node_error(k->api, k->node, std::string("attribute '") + name + "' must be of type " + type + ", got " +
+                                           attribute_kind(k->api, info, name));
   if (got == Attr::kAbsent && required)
     return node_error(k->api, k->node, std::string("required attribute '") + name + "' is missing (" + type + ")");
   return nullptr;
@@ -206,32 +245,32 @@ OrtStatus* attribute_status(const Kernel* k, Attr got, const char* name, const c
 OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* k) {
   const OrtApi* api = k->api;
   WeightShape& w = k->shape;
-  OP_RETURN_IF_ERROR(attribute_status(k, read_int(api, info, "K", &w.K), "K", "int", true));
-  OP_RETURN_IF_ERROR(attribute_status(k, read_int(api, info, "N", &w.N), "N", "int", true));
+  OP_RETURN_IF_ERROR(attribute_status(k, info, read_int(api, info, "K", &w.K), "K", "int", true));
+  OP_RETURN_IF_ERROR(attribute_status(k, info, read_int(api, info, "N", &w.N), "N", "int", true));
   if (w.K <= 0 || w.K > INT32_MAX)
     return node_error(api, k->node, "attribute K = " + std::to_string(w.K) + " must be in [1, 2^31)");
   if (w.N <= 0 || w.N > INT32_MAX)
     return node_error(api, k->node, "attribute N = " + std::to_string(w.N) + " must be in [1, 2^31)");
   int64_t trans_a = 0;
-  OP_RETURN_IF_ERROR(attribute_status(k, read_int(api, info, "transA", &trans_a), "transA", "int", false));
+  OP_RETURN_IF_ERROR(attribute_status(k, info, read_int(api, info, "transA", &trans_a), "transA", "int", false));
   if (trans_a != 0 && trans_a != 1)
     return node_error(api, k->node, "attribute transA = " + std::to_string(trans_a) + " must be 0 or 1");
   k->trans_a = trans_a == 1;
-  OP_RETURN_IF_ERROR(attribute_status(k, read_float(api, info, "alpha", &k->alpha), "alpha", "float", false));
-  OP_RETURN_IF_ERROR(attribute_status(k, read_float(api, info, "beta", &k->beta), "beta", "float", false));
+  OP_RETURN_IF_ERROR(attribute_status(k, info, read_float(api, info, "alpha", &k->alpha), "alpha", "float", false));
+  OP_RETURN_IF_ERROR(attribute_status(k, info, read_float(api, info, "beta", &k->beta), "beta", "float", false));
   const Attr nnz = read_int(api, info, "nnz", &w.nnz);
-  OP_RETURN_IF_ERROR(attribute_status(k, nnz, "nnz", "int", false));
+  OP_RETURN_IF_ERROR(attribute_status(k, info, nnz, "nnz", "int", false));
   w.has_nnz = nnz == Attr::kRead;
   if (w.has_nnz && w.nnz < 0)
     return node_error(api, k->node, "attribute nnz = " + std::to_string(w.nnz) + " must be >= 0");
   std::string format = "csr";
-  OP_RETURN_IF_ERROR(attribute_status(k, read_string(api, info, "format", &format), "format", "string", false));
+  OP_RETURN_IF_ERROR(attribute_status(k, info, read_string(api, info, "format", &format), "format", "string", false));
   k->format = find_format(format);
   if (k->format == nullptr)
     return node_error(api, k->node, "unknown format '" + format + "' (this library supports: " + format_names() + ")");
   std::string activation;
   OP_RETURN_IF_ERROR(
-      attribute_status(k, read_string(api, info, "activation", &activation), "activation", "string", false));
+      attribute_status(k, info, read_string(api, info, "activation", &activation), "activation", "string", false));
   if (!activation.empty() && activation != "relu")
     return node_error(api, k->node, "unknown activation '" + activation + "' (supported: relu, or none)");
   k->relu = activation == "relu";
@@ -510,7 +549,20 @@ OrtStatus* guarded(const OrtApi* api, const std::string& node, OrtStatus* (*body
   }
 }
 
-OrtCustomOp make_op() {
+OrtStatus* ORT_API_CALL create_sparse_gemm(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info,
+                                           void** kernel) {
+  *kernel = nullptr;
+  struct Args {
+    const OrtApi* api;
+    const OrtKernelInfo* info;
+  } args{api, info};
+  return guarded(api, node_name_of(api, info), [](void* a, void* out) {
+    auto* p = static_cast<Args*>(a);
+    return create_kernel(p->api, p->info, static_cast<void**>(out));
+  }, &args, kernel);
+}
+
+OrtCustomOp make_op(OrtStatus*(ORT_API_CALL* create)(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*, void**)) {
   OrtCustomOp op;
   std::memset(&op, 0, sizeof op);
   op.version = ORT_API_VERSION;
@@ -532,17 +584,7 @@ OrtCustomOp make_op() {
   op.GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
   op.GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
   op.GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
-  op.CreateKernelV2 = [](const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** kernel) {
-    *kernel = nullptr;
-    struct Args {
-      const OrtApi* api;
-      const OrtKernelInfo* info;
-    } args{api, info};
-    return guarded(api, node_name_of(api, info), [](void* a, void* out) {
-      auto* p = static_cast<Args*>(a);
-      return create_kernel(p->api, p->info, static_cast<void**>(out));
-    }, &args, kernel);
-  };
+  op.CreateKernelV2 = create;
   op.KernelComputeV2 = [](void* kernel, OrtKernelContext* context) {
     auto* k = static_cast<Kernel*>(kernel);
     return guarded(k->api, k->node, [](void* a, void* b) {
@@ -551,18 +593,25 @@ OrtCustomOp make_op() {
   };
   op.KernelDestroy = [](void* kernel) {
     auto* k = static_cast<Kernel*>(kernel);
+    if (k == nullptr) return;
     if (k->cpu_memory != nullptr) k->api->ReleaseMemoryInfo(k->cpu_memory);
     delete k;
   };
-  op.GetStartVersion = [](const OrtCustomOp*) { return kSinceVersion; };
-  op.GetEndVersion = [](const OrtCustomOp*) { return INT_MAX; };
   return op;
 }
 
 }  // namespace
 
 const OrtCustomOp* sparse_gemm_op() {
-  static const OrtCustomOp op = make_op();
+  static const OrtCustomOp op = [] {
+    OrtCustomOp o = make_op(&create_sparse_gemm);
+    // onnxruntime (measured with 1.32) matches a kernel to the schema's since_version, not to the
+    // version the model imports, so this end does not stop a model importing version 2 from running
+    // this kernel; the contract says so ("Versioning"). It still states what the library implements.
+    o.GetStartVersion = [](const OrtCustomOp*) { return kSinceVersion; };
+    o.GetEndVersion = [](const OrtCustomOp*) { return kEndVersion; };
+    return o;
+  }();
   return &op;
 }
 
