@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <sstream>
 
+#include "formats/non_finite.h"
 
 namespace onnx_prune {
 namespace {
@@ -247,9 +249,37 @@ std::string pack(const std::vector<TensorView>& t, const WeightShape& shape, std
   return {};
 }
 
+// True when output n's column stores every position in `ks` (sorted). `seen` has ks.size() slots.
+template <typename Idx>
+bool stores_all(const PackedCsr& w, const Idx* idx, int64_t n, const std::vector<int64_t>& ks,
+                std::vector<int64_t>& seen) {
+  const int64_t b = w.row_ptr[n], e = w.row_ptr[n + 1];
+  if (e - b < static_cast<int64_t>(ks.size())) return false;
+  size_t hits = 0;
+  for (int64_t j = b; j < e; ++j) {
+    const auto it = std::lower_bound(ks.begin(), ks.end(), static_cast<int64_t>(idx[j]));
+    if (it == ks.end() || *it != idx[j]) continue;
+    int64_t& last = seen[static_cast<size_t>(it - ks.begin())];
+    if (last != n) {  // duplicates of one position count once
+      last = n;
+      ++hits;
+    }
+  }
+  return hits == ks.size();
+}
+
 void run(const PackedWeight& packed, const KernelTable& kernels, const GemmArgs& args, const ParallelRunner& parallel) {
   const auto& w = static_cast<const PackedCsr&>(packed);
   kernels.csr_gemm(arrays_of(w), args, parallel);
+  std::vector<int64_t> seen;
+  for_each_non_finite_row(kernels, args, w.K, [&](int64_t m, const std::vector<int64_t>& ks) {
+    seen.assign(ks.size(), -1);
+    float* y = args.y + m * w.N;
+    for (int64_t n = 0; n < w.N; ++n) {
+      const bool all = w.use16 ? stores_all(w, w.idx16.data(), n, ks, seen) : stores_all(w, w.idx32.data(), n, ks, seen);
+      if (!all) y[n] = std::numeric_limits<float>::quiet_NaN();
+    }
+  });
 }
 
 }  // namespace
