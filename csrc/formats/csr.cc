@@ -136,13 +136,24 @@ void balance_parts(PackedCsr* out) {
   if (out->parts.back() < N || N == 0) out->parts.push_back(N);
 }
 
+// The blocked layout's per-(block, pair) tables -- block_ptr and the counts built with it, about
+// 3 * nkb * (n_pairs + 1) int64 -- are sized by K and N, not by the stored weights. They are built
+// only while nkb * (n_pairs + 1) stays within half the number of stored weights (plus a fixed
+// allowance that keeps every small layer blocked), so kernel creation takes a small multiple of
+// the weights' own memory for any K and N (a huge K with few entries once took ~25x).
+constexpr int64_t kBlockTableAllowance = int64_t{1} << 16;
+
+bool blocked_layout_fits(int64_t nkb, int64_t n_pairs, int64_t nnz) {
+  return nkb * (n_pairs + 1) <= nnz / 2 + kBlockTableAllowance;
+}
+
 // Fills PackedCsr's blocked, pair-interleaved layout (see sparse_gemm_kernels.h). Entries may
 // come in any order within an output (the contract allows it); duplicates stay separate entries.
 void build_blocked_layout(PackedCsr* out) {
   const int64_t N = out->N, K = out->K;
   const int64_t nkb = (K + kKBlock - 1) / kKBlock;
   const int64_t n_pairs = (N + 1) / 2;
-  if (nkb * (n_pairs + 1) > 8 * out->nnz + (int64_t{1} << 16)) return;  // see PackedCsr::blocked
+  if (!blocked_layout_fits(nkb, n_pairs, out->nnz)) return;  // see PackedCsr::blocked
   out->blocked = true;
   out->n_kblocks = nkb;
   out->n_pairs = n_pairs;
@@ -166,7 +177,8 @@ void build_blocked_layout(PackedCsr* out) {
   }
   out->block_values.assign(static_cast<size_t>(2 * steps), 0.f);
   out->block_rows.assign(static_cast<size_t>(2 * steps), static_cast<uint8_t>(kZeroRow));
-  std::vector<int64_t> fill(static_cast<size_t>(nkb * N), 0);
+  std::vector<int64_t>& fill = counts;  // the counts are spent: reuse them as fill positions
+  std::fill(fill.begin(), fill.end(), 0);
   for (int64_t n = 0; n < N; ++n) {
     const int64_t pair = n / 2, side = n % 2;
     for (int64_t j = out->row_ptr[n]; j < out->row_ptr[n + 1]; ++j) {

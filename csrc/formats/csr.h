@@ -35,8 +35,9 @@ struct PackedCsr : PackedWeight {
   std::vector<int64_t> block_ptr;       // [n_kblocks][n_pairs + 1], in steps
   int64_t n_kblocks = 0;
   int64_t n_pairs = 0;                  // ceil(N / 2); an odd N gets a phantom all-zero output
-  // False when the block pointers would dwarf the weights (a huge K with few entries): the
-  // batched path then runs the few-rows strategy on groups of 8 rows instead.
+  // False when the block tables, sized by K and N, would outgrow the stored weights (a huge K or N
+  // with few entries; csr.cc's blocked_layout_fits): the batched path then runs the few-rows
+  // strategy on groups of 8 rows instead.
   bool blocked = false;
 };
 
