@@ -330,6 +330,16 @@ def test_attribute_of_wrong_type_is_rejected(case: str) -> None:
     expect_error(model, {"A": a_batch()}, "create", fragment)
 
 
+@pytest.mark.parametrize("which", [1, 2, 3])
+def test_omitted_weight_input_fails_at_creation(which: int) -> None:
+    """Only C is optional: a weight left out by an empty input name is named in the error."""
+    csr = valid_csr()
+    model = model_of(csr.values, csr.indices, csr.offsets)
+    name = model.graph.node[0].input[which]
+    model.graph.node[0].input[which] = ""
+    expect_error(model, {"A": a_batch()}, "create", f"input {name} is missing")
+
+
 def test_unknown_format_lists_the_library_formats() -> None:
     csr = valid_csr()
     model = model_of(csr.values, csr.indices, csr.offsets, gemm_attributes(K, N, format="coo"))

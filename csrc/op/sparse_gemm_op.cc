@@ -288,9 +288,9 @@ OrtStatus* check_declared_input(const OrtKernelInfo* info, const Kernel* k, size
   const OrtApi* api = k->api;
   OrtTypeInfo* type_info = nullptr;
   if (OrtStatus* st = api->KernelInfo_GetInputTypeInfo(info, i, &type_info)) {
-    if (i != k->c_index()) return st;
-    api->ReleaseStatus(st);  // optional C omitted by an empty input name: there is no type to check
-    return nullptr;
+    api->ReleaseStatus(st);  // an input omitted by an empty name: only C may be
+    if (i == k->c_index()) return nullptr;
+    return node_error(api, k->node, std::string("input ") + input_spec(k, i).name + " is missing (an empty input name)");
   }
   const OrtTensorTypeAndShapeInfo* tensor_info = nullptr;
   OrtStatus* st = api->CastTypeInfoToTensorInfo(type_info, &tensor_info);
