@@ -16,15 +16,16 @@ import numpy as np
 import onnx
 
 from . import sparsifiers
-from .auto_dense import DENSE_KEEP_THRESHOLD, split_dense  # noqa: F401  (report.py reads the threshold here)
+from .auto_dense import split_dense
 from .errors import OnnxPruneError, UsageError, first_line
+from .graph import opset_version
 from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
 from .modelio import PROTOBUF_LIMIT, load_model, read_npz
 from .report import PruneReport
 from .rewrite import add_optional_parts, rewrite
+from .sparse_gemm import contract, formats
 
 SCOPES = ("layer", "global")
-VALUES = {"fp32": np.float32, "fp16": np.float16}
 
 ModelOrPath = Union[onnx.ModelProto, str, Path]
 Calibration = Union[None, str, Path, Mapping[str, np.ndarray]]
@@ -70,7 +71,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
                     min_params=min_params, auto_dense=auto_dense, fallback=fallback,
                     calibration_samples=calibration_samples)
     say(f"rewriting {len(pruned)} layers as SparseGemm")
-    out = rewrite(model, pruned, values_dtype=VALUES[values], settings=settings)
+    out = rewrite(model, pruned, values_dtype=value_types()[values], settings=settings)
     add_optional_parts(out, fallback=fallback)
     check_output_model(model, out)
 
@@ -161,10 +162,9 @@ def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitud
         raise UsageError(f"--calibration-samples must be at least 1, got {calibration_samples}")
 
 
-def value_types() -> tuple[str, ...]:
-    """The --values choices: how pruned weights may be stored."""
-    # TODO(merge): read them from the storage-format registry (sparse_gemm.formats)
-    return tuple(VALUES)
+def value_types() -> Mapping[str, np.dtype]:
+    """The --values choices (name -> stored dtype), as the storage format declares them."""
+    return formats.get(contract.DEFAULT_FORMAT).value_types
 
 
 MIN_OPSET = 7  # onnxruntime implements the standard ops from opset 7 on
@@ -173,19 +173,17 @@ MIN_OPSET = 7  # onnxruntime implements the standard ops from opset 7 on
 def check_supported_opset(model: onnx.ModelProto) -> None:
     """Models importing ai.onnx opset 1-6 cannot be run by onnxruntime (verification, the pruned
     file's other ops): say so before any session fails on the first node."""
-    # TODO(merge): read the opset with graph.py's opset lookup.
-    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
-    if versions and versions[0] < MIN_OPSET:
-        raise OnnxPruneError(f"the model imports ai.onnx opset {versions[0]}; onnx-prune and onnxruntime support "
+    version = opset_version(model)
+    if version is not None and version < MIN_OPSET:
+        raise OnnxPruneError(f"the model imports ai.onnx opset {version}; onnx-prune and onnxruntime support "
                              f"opset {MIN_OPSET} and later: convert it first "
                              "(onnx.version_converter.convert_version(model, 13))")
 
 
 def _sparse_gemm_count(model: onnx.ModelProto) -> int:
-    # TODO(merge): use sparse_gemm.node.is_sparse_gemm, the one check of a SparseGemm node.
-    from .contract import DOMAIN, OP_TYPE
+    from .sparse_gemm import is_sparse_gemm
 
-    return sum(1 for node in model.graph.node if (node.domain, node.op_type) == (DOMAIN, OP_TYPE))
+    return sum(1 for node in model.graph.node if is_sparse_gemm(node))
 
 
 def check_output_model(model: onnx.ModelProto, out: onnx.ModelProto) -> None:

@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from . import runtime
+from .graph import node_reads
 from .errors import OnnxPruneError
 
 CAPTURE_BYTES = 256 * 2**20     # activations captured per onnxruntime run, at most (after the first)
@@ -186,20 +187,8 @@ def _upstream_layers(tensor: str, producer: Mapping[str, onnx.NodeProto], layer_
         node = producer[name]
         if node.name in layer_of_node:
             found.add(layer_of_node[node.name].node)
-        stack.extend(i for i in _reads(node) if i)
+        stack.extend(node_reads(node))
     return found
-
-
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """A node's inputs, including the outer tensors its If / Loop bodies read."""
-    names = list(node.input)
-    for attr in node.attribute:
-        bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
-            list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
-        for body in bodies:
-            for inner in body.node:
-                names.extend(_reads(inner))
-    return names
 
 
 def with_weights(model: onnx.ModelProto, layers: Sequence, weights: Mapping[str, np.ndarray]) -> onnx.ModelProto:

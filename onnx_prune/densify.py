@@ -27,27 +27,36 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import contract
 from .errors import OnnxPruneError
 from .fallback import remove_fallback_functions
-from .formats import CsrWeight
-from .rewrite import unique_name
+from .graph import NameScope, add_initializer, iter_nodes, opset_version, remove_dead_tensors, subgraphs
+from .sparse_gemm import PackedWeight, SparseGemmNode, contract, formats, is_sparse_gemm
 
-_WEIGHT_SUFFIX = ".sparse_values"
 _RIGHT_BROADCAST_BIAS_RANKS = (0, 1)
 
 
 @dataclass
 class _SparseNode:
-    """The attributes and constant weights of one SparseGemm node."""
+    """One SparseGemm node with its constant weight, read and checked."""
 
-    node: onnx.NodeProto
-    csr: CsrWeight
-    alpha: float
-    beta: float
-    trans_a: int
-    activation: str
-    original_op: str
+    node: SparseGemmNode
+    packed: PackedWeight
+
+
+@dataclass
+class _Target:
+    """Where dense nodes are written: the model, its initializers by name and its name scope."""
+
+    model: onnx.ModelProto
+    constants: dict[str, onnx.TensorProto]
+    names: NameScope
+    opset: int
+
+    def add(self, stem: str, array: np.ndarray) -> str:
+        """A new initializer named after ``stem`` (made unique); returns its name."""
+        name = self.names.unique(stem)
+        add_initializer(self.model, name, array)
+        return name
 
 
 def densify_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -56,24 +65,22 @@ def densify_model(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     graph = out.graph
     _refuse_nested_sparse_gemm(graph)
-    constants = {t.name: t for t in graph.initializer}
+    target = _Target(out, {t.name: t for t in graph.initializer}, NameScope.of_graph(graph),
+                     opset_version(out) or 0)
     ranks = _known_ranks(out)
-    taken = _all_names(graph)
     new_nodes: list[onnx.NodeProto] = []
     weight_inputs: set[str] = set()
     for node in graph.node:
-        if not _is_sparse_gemm(node):
+        if not is_sparse_gemm(node):
             new_nodes.append(node)
             continue
-        sparse = _read_sparse_node(node, constants)
-        weight_inputs.update(node.input[1:4])
-        w_name = unique_name(_dense_weight_name(node), taken)
-        graph.initializer.append(numpy_helper.from_array(sparse.csr.to_dense(), w_name))
-        new_nodes.extend(_dense_nodes(sparse, w_name, ranks.get(node.input[0]), constants, graph,
-                                      taken, _opset(out)))
+        sparse = _read_sparse_node(node, target.constants)
+        weight_inputs.update(sparse.node.tensor_inputs)
+        w_name = target.add(sparse.node.weight_stem(), sparse.packed.to_dense())
+        new_nodes.extend(_dense_nodes(sparse, w_name, ranks.get(sparse.node.a), target))
     del graph.node[:]
     graph.node.extend(new_nodes)
-    _drop_unread_initializers(graph, weight_inputs)
+    remove_dead_tensors(out, weight_inputs)
     remove_fallback_functions(out)
     _drop_domain_if_unused(out)
     return out
@@ -83,125 +90,81 @@ def densify_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _read_sparse_node(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> _SparseNode:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    where = f"SparseGemm node '{node.name}'"
-    if len(node.input) < 4:
-        raise OnnxPruneError(f"{where}: has {len(node.input)} inputs, needs at least 4")
-    fmt = attrs.get(contract.ATTR_FORMAT, contract.FORMAT_CSR.encode())
-    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
-    if fmt != contract.FORMAT_CSR:
-        raise OnnxPruneError(f"{where}: cannot densify format '{fmt}' (known: {contract.FORMAT_CSR})")
-    for attr in (contract.ATTR_K, contract.ATTR_N):
-        if attr not in attrs:
-            raise OnnxPruneError(f"{where}: the required attribute '{attr}' is missing")
-    tensors = []
-    for name in node.input[1:4]:
-        if name not in constants:
-            raise OnnxPruneError(f"{where}: its weight '{name}' is not a constant initializer, "
-                                 "so it cannot be written out dense")
-        tensors.append(numpy_helper.to_array(constants[name]))
-    csr = CsrWeight(values=tensors[0], indices=tensors[1], offsets=tensors[2],
-                    K=int(attrs[contract.ATTR_K]), N=int(attrs[contract.ATTR_N]))
-    _check_csr(csr, where)
-    activation = attrs.get(contract.ATTR_ACTIVATION, b"")
-    original = attrs.get(contract.ATTR_ORIGINAL_OP, b"")
-    return _SparseNode(node=node, csr=csr, alpha=float(attrs.get(contract.ATTR_ALPHA, 1.0)),
-                       beta=float(attrs.get(contract.ATTR_BETA, 1.0)),
-                       trans_a=int(attrs.get(contract.ATTR_TRANS_A, 0)),
-                       activation=activation.decode() if isinstance(activation, bytes) else activation,
-                       original_op=original.decode() if isinstance(original, bytes) else original)
-
-
-def _check_csr(csr: CsrWeight, where: str) -> None:
-    """The contract's validity rules, so that bad weights give one clear line, not a numpy error."""
-    if csr.K <= 0 or csr.N <= 0:
-        raise OnnxPruneError(f"{where}: K and N must be positive, got K={csr.K}, N={csr.N}")
-    if csr.values.ndim != 1 or csr.indices.shape != csr.values.shape:
-        raise OnnxPruneError(f"{where}: values {list(csr.values.shape)} and indices "
-                             f"{list(csr.indices.shape)} must be 1-D of the same length")
-    if csr.offsets.shape != (csr.N + 1,):
-        raise OnnxPruneError(f"{where}: offsets has shape {list(csr.offsets.shape)}, expected [{csr.N + 1}]")
-    offsets = csr.offsets.astype(np.int64)
-    if offsets[0] != 0 or offsets[-1] != csr.nnz or np.any(np.diff(offsets) < 0):
-        raise OnnxPruneError(f"{where}: offsets must start at 0, never decrease and end at nnz={csr.nnz}")
-    indices = csr.indices.astype(np.int64)
-    if indices.size and (indices.min() < 0 or indices.max() >= csr.K):
-        raise OnnxPruneError(f"{where}: an index is outside [0, K={csr.K})")
+    sparse = SparseGemmNode(node)
+    if not formats.is_known(sparse.format_name):
+        raise OnnxPruneError(f"{sparse.where}: cannot densify format '{sparse.format_name}' "
+                             f"(known: {', '.join(formats.names())})")
+    return _SparseNode(node=sparse, packed=sparse.packed(constants))
 
 
 # ----------------------------------------------------------------------------- writing
 
 
-def _dense_nodes(sparse: _SparseNode, w_name: str, a_rank: Optional[int],
-                 constants: dict[str, onnx.TensorProto], graph: onnx.GraphProto, taken: set[str],
-                 opset: int) -> list[onnx.NodeProto]:
+def _dense_nodes(sparse: _SparseNode, w_name: str, a_rank: Optional[int], t: _Target) -> list[onnx.NodeProto]:
     node = sparse.node
-    a_name, y_name = node.input[0], node.output[0]
-    c_name = node.input[4] if len(node.input) > 4 and node.input[4] else None
-    relu = sparse.activation == contract.ACTIVATION_RELU
-    pre_relu = unique_name(f"{node.name or y_name}_pre_relu", taken) if relu else y_name
-    two_d = sparse.trans_a == 1 or a_rank == 2 or (a_rank is None and sparse.original_op == "Gemm")
+    a_name, y_name, c_name = node.a, node.y, node.c
+    relu = node.activation == contract.ACTIVATION_RELU
+    pre_relu = t.names.unique(f"{node.name or y_name}_pre_relu") if relu else y_name
+    two_d = node.trans_a == 1 or a_rank == 2 or (a_rank is None and node.original_op == "Gemm")
     if two_d:
-        nodes = [_gemm(node.name, a_name, w_name, c_name, pre_relu, sparse, graph, taken, opset)]
-    elif c_name is None or _right_broadcast_bias(constants.get(c_name)):
-        nodes = _matmul_add(sparse, a_name, w_name, c_name, pre_relu, constants, graph, taken)
+        nodes = [_gemm(node.name, a_name, w_name, c_name, pre_relu, sparse, t)]
+    elif c_name is None or _right_broadcast_bias(t.constants.get(c_name)):
+        nodes = _matmul_add(sparse, a_name, w_name, c_name, pre_relu, t)
     else:
-        nodes = _flattened_gemm(sparse, a_name, w_name, c_name, pre_relu, graph, taken, opset)
+        nodes = _flattened_gemm(sparse, a_name, w_name, c_name, pre_relu, t)
     if relu:
-        nodes.append(helper.make_node("Relu", [pre_relu], [y_name], name=unique_name(f"{node.name}/relu", taken)))
+        nodes.append(helper.make_node("Relu", [pre_relu], [y_name], name=t.names.unique(f"{node.name}/relu")))
     for n in nodes:
-        n.doc_string = node.doc_string if n is nodes[0] else ""
+        n.doc_string = node.proto.doc_string if n is nodes[0] else ""
     return nodes
 
 
-def _gemm(name: str, a: str, w: str, c: Optional[str], y: str, sparse: _SparseNode,
-          graph: onnx.GraphProto, taken: set[str], opset: int) -> onnx.NodeProto:
-    if c is None and opset < 11:  # C became optional in opset 11
-        c = _add_initializer(graph, taken, f"{name}.zero_bias", np.zeros(sparse.csr.N, np.float32))
+def _gemm(name: str, a: str, w: str, c: Optional[str], y: str, sparse: _SparseNode, t: _Target) -> onnx.NodeProto:
+    if c is None and t.opset < 11:  # C became optional in opset 11
+        c = t.add(f"{name}.zero_bias", np.zeros(sparse.packed.N, np.float32))
     inputs = [a, w] + ([c] if c else [])
-    return helper.make_node("Gemm", inputs, [y], name=name, alpha=sparse.alpha, beta=sparse.beta,
-                            transA=sparse.trans_a)
+    return helper.make_node("Gemm", inputs, [y], name=name, alpha=sparse.node.alpha, beta=sparse.node.beta,
+                            transA=sparse.node.trans_a)
 
 
-def _matmul_add(sparse: _SparseNode, a: str, w: str, c: Optional[str], y: str,
-                constants: dict[str, onnx.TensorProto], graph: onnx.GraphProto,
-                taken: set[str]) -> list[onnx.NodeProto]:
-    name = sparse.node.name
+def _matmul_add(sparse: _SparseNode, a: str, w: str, c: Optional[str], y: str, t: _Target) -> list[onnx.NodeProto]:
+    node = sparse.node
+    name = node.name
     steps = [(name, "MatMul", [a, w])]
-    if sparse.alpha != 1.0:
-        alpha = _add_initializer(graph, taken, f"{name}.alpha", np.array(sparse.alpha, np.float32))
+    if node.alpha != 1.0:
+        alpha = t.add(f"{name}.alpha", np.array(node.alpha, np.float32))
         steps.append((f"{name}/alpha", "Mul", [alpha]))
     if c is not None:
-        if sparse.beta != 1.0:
-            scaled = np.float32(sparse.beta) * numpy_helper.to_array(constants[c]).astype(np.float32)
-            c = _add_initializer(graph, taken, f"{c}.times_beta", scaled)
+        if node.beta != 1.0:
+            scaled = np.float32(node.beta) * numpy_helper.to_array(t.constants[c]).astype(np.float32)
+            c = t.add(f"{c}.times_beta", scaled)
         steps.append((f"{name}/bias", "Add", [c]))
     nodes, previous = [], None
     for i, (step_name, op, extra) in enumerate(steps):
         inputs = extra if previous is None else [previous, *extra]
-        out = y if i == len(steps) - 1 else unique_name(f"{step_name}_out", taken)
-        nodes.append(helper.make_node(op, inputs, [out], name=unique_name(step_name, taken) if i else step_name))
+        out = y if i == len(steps) - 1 else t.names.unique(f"{step_name}_out")
+        nodes.append(helper.make_node(op, inputs, [out], name=t.names.unique(step_name) if i else step_name))
         previous = out
     return nodes
 
 
-def _flattened_gemm(sparse: _SparseNode, a: str, w: str, c: str, y: str, graph: onnx.GraphProto,
-                    taken: set[str], opset: int) -> list[onnx.NodeProto]:
+def _flattened_gemm(sparse: _SparseNode, a: str, w: str, c: str, y: str, t: _Target) -> list[onnx.NodeProto]:
     """Gemm on ``A`` reshaped to ``[-1, K]``; the result reshaped to ``A.shape[:-1] + [N]``."""
     name = sparse.node.name
-    t = lambda stem: unique_name(f"{name}/{stem}", taken)  # noqa: E731
-    flat_shape = _add_initializer(graph, taken, f"{name}.flat_shape", np.array([-1, sparse.csr.K], np.int64))
-    n_dim = _add_initializer(graph, taken, f"{name}.n_dim", np.array([sparse.csr.N], np.int64))
-    zero = _add_initializer(graph, taken, f"{name}.zero", np.array([0], np.int64))
-    minus_one = _add_initializer(graph, taken, f"{name}.minus_one", np.array([-1], np.int64))
-    a2, g, shape_a, leading, out_shape = t("a_2d"), t("gemm_out"), t("a_shape"), t("leading"), t("out_shape")
+    unique = lambda stem: t.names.unique(f"{name}/{stem}")  # noqa: E731
+    flat_shape = t.add(f"{name}.flat_shape", np.array([-1, sparse.packed.K], np.int64))
+    n_dim = t.add(f"{name}.n_dim", np.array([sparse.packed.N], np.int64))
+    zero = t.add(f"{name}.zero", np.array([0], np.int64))
+    minus_one = t.add(f"{name}.minus_one", np.array([-1], np.int64))
+    a2, g, shape_a, leading, out_shape = (unique("a_2d"), unique("gemm_out"), unique("a_shape"), unique("leading"),
+                                          unique("out_shape"))
     return [
-        helper.make_node("Reshape", [a, flat_shape], [a2], name=unique_name(f"{name}/flatten", taken)),
-        _gemm(name, a2, w, c, g, sparse, graph, taken, opset),
-        helper.make_node("Shape", [a], [shape_a], name=unique_name(f"{name}/shape", taken)),
-        helper.make_node("Slice", [shape_a, zero, minus_one], [leading], name=unique_name(f"{name}/leading", taken)),
-        helper.make_node("Concat", [leading, n_dim], [out_shape], axis=0, name=unique_name(f"{name}/concat", taken)),
-        helper.make_node("Reshape", [g, out_shape], [y], name=unique_name(f"{name}/unflatten", taken)),
+        helper.make_node("Reshape", [a, flat_shape], [a2], name=unique("flatten")),
+        _gemm(name, a2, w, c, g, sparse, t),
+        helper.make_node("Shape", [a], [shape_a], name=unique("shape")),
+        helper.make_node("Slice", [shape_a, zero, minus_one], [leading], name=unique("leading")),
+        helper.make_node("Concat", [leading, n_dim], [out_shape], axis=0, name=unique("concat")),
+        helper.make_node("Reshape", [g, out_shape], [y], name=unique("unflatten")),
     ]
 
 
@@ -216,19 +179,11 @@ def _right_broadcast_bias(tensor: Optional[onnx.TensorProto]) -> bool:
 # ----------------------------------------------------------------------------- bookkeeping
 
 
-def _is_sparse_gemm(node: onnx.NodeProto) -> bool:
-    return node.op_type == contract.OP_TYPE and node.domain == contract.DOMAIN
-
-
 def _refuse_nested_sparse_gemm(graph: onnx.GraphProto) -> None:
     for node in graph.node:
-        for attr in node.attribute:
-            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subgraphs:
-                if any(_is_sparse_gemm(n) for n in sub.node):
-                    raise OnnxPruneError(f"node '{node.name}' holds SparseGemm nodes in a subgraph; "
-                                         "densify handles the main graph only")
-                _refuse_nested_sparse_gemm(sub)
+        if any(is_sparse_gemm(n) for body in subgraphs(node) for n in iter_nodes(body)):
+            raise OnnxPruneError(f"node '{node.name}' holds SparseGemm nodes in a subgraph; "
+                                 "densify handles the main graph only")
 
 
 def _known_ranks(model: onnx.ModelProto) -> dict[str, int]:
@@ -244,41 +199,6 @@ def _known_ranks(model: onnx.ModelProto) -> dict[str, int]:
         if tensor_type.HasField("shape"):
             ranks[value.name] = len(tensor_type.shape.dim)
     return ranks
-
-
-def _dense_weight_name(node: onnx.NodeProto) -> str:
-    values = node.input[1]
-    return values[: -len(_WEIGHT_SUFFIX)] if values.endswith(_WEIGHT_SUFFIX) else f"{node.name}.weight"
-
-
-def _all_names(graph: onnx.GraphProto) -> set[str]:
-    names = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {n.name for n in graph.node}
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-    return names
-
-
-def _add_initializer(graph: onnx.GraphProto, taken: set[str], stem: str, array: np.ndarray) -> str:
-    name = unique_name(stem, taken)
-    graph.initializer.append(numpy_helper.from_array(array, name))
-    return name
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _drop_unread_initializers(graph: onnx.GraphProto, candidates: set[str]) -> None:
-    """Remove the sparse weight tensors nothing reads any more (shared ones stay)."""
-    read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-    dead = candidates - read
-    kept = [t for t in graph.initializer if t.name not in dead]
-    kept_inputs = [i for i in graph.input if i.name not in dead]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    del graph.input[:]
-    graph.input.extend(kept_inputs)
 
 
 def _drop_domain_if_unused(model: onnx.ModelProto) -> None:

@@ -3,8 +3,10 @@
 onnxruntime runs a model-local function (``ModelProto.functions``) for a custom-domain node when
 no kernel is registered for it, and the registered kernel when the SparseGemm library is loaded.
 So a pruned file carries one ``SparseGemm`` FunctionProto (domain ``ai.onnx_prune``) whose body
-rebuilds the dense ``W [K, N]`` from values / indices / offsets with standard ONNX ops and applies
-``Gemm``: the file then runs anywhere, just without the sparse speed-up.
+rebuilds the dense ``W [K, N]`` from the format's tensors with standard ONNX ops (the piece the
+format supplies: ``SparseFormat.fallback_dense_weight``) and applies ``Gemm``: the file then runs
+anywhere, just without the sparse speed-up. There is one function per op name, so all SparseGemm
+nodes of a model must use one format for it to be embedded.
 
 One body serves every node of the model, whatever its attributes and inputs:
 
@@ -14,16 +16,16 @@ One body serves every node of the model, whatever its attributes and inputs:
   (rank - 1)``, ``end = rank - 1 + transA``: ``A.shape[:-1]`` without transA, ``[M]`` with it.
 * ``activation`` is a string attribute; ``Equal`` on strings needs opset 19, so the body compares
   it with ``"relu"`` through ``Unique`` (one unique element means equal), valid from opset 11.
-* the row id of every stored value comes from the offsets through fixed-shape ops only (TopK,
-  ScatterElements on a permutation; no scatter-add, which needs opset 16, and no Compress /
-  NonZero, whose data-dependent shapes onnxruntime does not constant-fold): onnxruntime folds the
-  whole rebuild of ``W`` into one dense initializer when the session is created.
+* the format's piece uses fixed-shape ops only (no Compress / NonZero, whose data-dependent
+  shapes onnxruntime does not constant-fold): onnxruntime folds the whole rebuild of ``W`` into
+  one dense initializer when the session is created.
 
 onnxruntime inlines the body with the *model's* ``ai.onnx`` opset (checked with onnxruntime
 1.32; the tests pass on 1.20.1 too), so the function imports exactly that version and only uses ops whose meaning is the same
 from opset 12 on (attributes reach the body through ``Constant`` value_int / value_string,
-which opset 12 introduced). Duplicate ``(k, n)`` entries (never written by onnx-prune) are summed like the
-kernel does from opset 16 on (``ScatterND`` reduction ``add``); below that the last one wins.
+which opset 12 introduced). For csr, duplicate ``(k, n)`` entries (never written by onnx-prune) are
+summed like the kernel does from opset 16 on (``ScatterND`` reduction ``add``); below that the last
+one wins.
 """
 from __future__ import annotations
 
@@ -32,19 +34,19 @@ from typing import Sequence
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, TensorProto, helper, numpy_helper
+from onnx import AttributeProto, helper, numpy_helper
 
-from . import contract
 from .errors import OnnxPruneError
+from .graph import iter_nodes, opset_version
+from .sparse_gemm import contract, formats, formats_used, is_sparse_gemm
 
 MIN_OPSET = 12  # Constant value_int / value_string (12); optional Gemm C, ScatterND, CumSum (11)
-SCATTER_ADD_OPSET = 16
 MIN_IR_VERSION = 9  # FunctionProto.attribute_proto (default attribute values)
 _INT64_MAX = np.iinfo(np.int64).max
 
 _FUNCTION_DOC = (
     "Standard-op fallback of the onnx-prune SparseGemm op: rebuilds the dense weight W [K, N] "
-    "from the csr values / indices / offsets and computes act(alpha * A' W + beta * C). "
+    "from the {format} tensors ({tensors}) and computes act(alpha * A' W + beta * C). "
     "onnxruntime uses it only when the onnx-prune library is not registered; with the library "
     "the sparse kernel runs instead. See docs/sparse_gemm_op.md."
 )
@@ -58,17 +60,19 @@ def add_fallback_functions(model: onnx.ModelProto) -> None:
     cannot read attributes: no function is added and a warning says the file needs the library
     (or ``onnx-prune densify``) -- pruning such a model must still succeed.
     """
-    if not _uses_sparse_gemm(model):
+    if not any(is_sparse_gemm(n) for n in iter_nodes(model.graph)):
         return
-    opset = default_opset_version(model)
+    opset = opset_version(model)
+    if opset is None:
+        raise OnnxPruneError("the model imports no ai.onnx opset")
     if opset < MIN_OPSET:
         warnings.warn(f"no standard-op fallback embedded: it needs ai.onnx opset >= {MIN_OPSET} and the "
                       f"model imports opset {opset}; the pruned file runs only with the onnx-prune "
                       "library registered (or after `onnx-prune densify`)", stacklevel=2)
         return
-    _check_formats(model)
+    fmt = model_format(model)
     remove_fallback_functions(model)
-    model.functions.append(build_sparse_gemm_function(opset))
+    model.functions.append(build_sparse_gemm_function(opset, fmt))
     if model.ir_version < MIN_IR_VERSION:
         model.ir_version = MIN_IR_VERSION
 
@@ -85,17 +89,12 @@ def has_fallback_function(model: onnx.ModelProto) -> bool:
     return any(_is_sparse_gemm_function(f) for f in model.functions)
 
 
-def default_opset_version(model: onnx.ModelProto) -> int:
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            return int(opset.version)
-    raise OnnxPruneError("the model imports no ai.onnx opset")
-
-
-def build_sparse_gemm_function(opset: int) -> onnx.FunctionProto:
-    """The SparseGemm FunctionProto for a model importing ai.onnx ``opset`` (>= 12)."""
-    b = _BodyBuilder()
-    dense_w = _dense_weight_nodes(b, opset)
+def build_sparse_gemm_function(opset: int, format: str = contract.DEFAULT_FORMAT) -> onnx.FunctionProto:
+    """The SparseGemm FunctionProto for nodes storing ``format`` in a model importing ai.onnx
+    ``opset`` (>= 12)."""
+    fmt = formats.get(format)
+    b = FunctionBody()
+    dense_w = fmt.fallback_dense_weight(b, opset)
     a2d, shape_a = _flatten_a_nodes(b)
     gemm = b.node("Gemm", [a2d, dense_w, "C"],
                   attrs=[_ref("alpha", AttributeProto.FLOAT), _ref("beta", AttributeProto.FLOAT),
@@ -107,19 +106,21 @@ def build_sparse_gemm_function(opset: int) -> onnx.FunctionProto:
                 helper.make_attribute(contract.ATTR_BETA, 1.0),
                 helper.make_attribute(contract.ATTR_TRANS_A, 0),
                 helper.make_attribute(contract.ATTR_ACTIVATION, ""),
-                helper.make_attribute(contract.ATTR_FORMAT, contract.FORMAT_CSR)]
+                helper.make_attribute(contract.ATTR_FORMAT, contract.DEFAULT_FORMAT)]
     without_default = [contract.ATTR_K, contract.ATTR_N, contract.ATTR_NNZ, contract.ATTR_ORIGINAL_OP,
                 contract.ATTR_DENSE_SHAPE, contract.ATTR_SPARSITY]
+    inputs = [contract.INPUT_A, *fmt.tensor_names, contract.INPUT_C]
+    doc = _FUNCTION_DOC.format(format=fmt.name, tensors=" / ".join(fmt.tensor_names))
     return helper.make_function(
-        contract.DOMAIN, contract.OP_TYPE, list(contract.INPUT_NAMES), list(contract.OUTPUT_NAMES),
+        contract.DOMAIN, contract.OP_TYPE, inputs, list(contract.OUTPUT_NAMES),
         b.nodes, [helper.make_opsetid("", opset)], attributes=without_default,
-        attribute_protos=defaults, doc_string=_FUNCTION_DOC)
+        attribute_protos=defaults, doc_string=doc)
 
 
 # ----------------------------------------------------------------------------- body pieces
 
 
-class _BodyBuilder:
+class FunctionBody:
     """Collects body nodes with short unique intermediate names (t1, t2, ...: the body is stored
     in every pruned file)."""
 
@@ -163,52 +164,7 @@ def _ref(attr: str, attr_type: int) -> AttributeProto:
     return AttributeProto(name=attr, ref_attr_name=attr, type=attr_type)
 
 
-def _dense_weight_nodes(b: _BodyBuilder, opset: int) -> str:
-    """W [K, N] float32: zeros with ``W[indices[j], n(j)] = values[j]``."""
-    values = b.node("Cast", ["values"], to=TensorProto.FLOAT)
-    rows_k = b.node("Cast", ["indices"], to=TensorProto.INT64)
-    offsets = b.node("Cast", ["offsets"], to=TensorProto.INT64)
-    cols_n = _column_ids_nodes(b, offsets, values)
-    column = b.const(np.array([-1, 1], dtype=np.int64))
-    kn = b.node("Concat", [b.node("Reshape", [rows_k, column]), b.node("Reshape", [cols_n, column])],
-                axis=1)
-    k1 = b.node("Reshape", [b.attr_scalar(contract.ATTR_K, AttributeProto.INT),
-                            b.const(np.array([1], dtype=np.int64))])
-    n1 = b.node("Reshape", [b.attr_scalar(contract.ATTR_N, AttributeProto.INT),
-                            b.const(np.array([1], dtype=np.int64))])
-    zeros = b.node("ConstantOfShape", [b.node("Concat", [k1, n1], axis=0)],
-                   value=numpy_helper.from_array(np.zeros(1, dtype=np.float32)))
-    reduction = {"reduction": "add"} if opset >= SCATTER_ADD_OPSET else {}
-    return b.node("ScatterND", [zeros, kn, values], **reduction)
-
-
-def _column_ids_nodes(b: _BodyBuilder, offsets: str, values: str) -> str:
-    """n(j) for every stored value j: the row of Wᵀ (column of W) it belongs to.
-
-    n(j) is the number of rows that end at or before j (``searchsorted(offsets[1:], j, "right")``).
-    It is computed with fixed-shape ops only, so that onnxruntime's constant folding can turn the
-    whole weight rebuild into one dense initializer at session creation: sort the keys ``2 * end``
-    (row ends) and ``2 * j + 1`` (positions) together with TopK; a position's rank in that order
-    minus j counts the row ends before it.
-    """
-    two = b.const(np.array(2, np.int64))
-    ends = b.node("Slice", [offsets, b.const(np.array([1], np.int64)),
-                            b.const(np.array([_INT64_MAX], np.int64))])
-    positions = b.node("Range", [b.const(np.array(0, np.int64)), b.node("Size", [values]),
-                                 b.const(np.array(1, np.int64))])
-    keys = b.node("Concat", [b.node("Mul", [ends, two]),
-                             b.node("Add", [b.node("Mul", [positions, two]), b.const(np.array(1, np.int64))])],
-                  axis=0)
-    count = b.node("Shape", [keys])
-    order = b.node2("TopK", [keys, count], axis=0, largest=0, sorted=1)
-    all_ranks = b.node("Range", [b.const(np.array(0, np.int64)), b.node("Size", [keys]),
-                                 b.const(np.array(1, np.int64))])
-    ranks = b.node("ScatterElements", [all_ranks, order, all_ranks], axis=0)
-    position_ranks = b.node("Slice", [ranks, b.node("Shape", [ends]), b.const(np.array([_INT64_MAX], np.int64))])
-    return b.node("Sub", [position_ranks, positions])
-
-
-def _flatten_a_nodes(b: _BodyBuilder) -> tuple[str, str]:
+def _flatten_a_nodes(b: FunctionBody) -> tuple[str, str]:
     """A as [-1, A.shape[-1]] (unchanged for 2-D A) and A's shape."""
     shape_a = b.node("Shape", ["A"])
     last = b.node("Slice", [shape_a, b.const(np.array([-1], np.int64)),
@@ -217,7 +173,7 @@ def _flatten_a_nodes(b: _BodyBuilder) -> tuple[str, str]:
     return b.node("Reshape", ["A", target]), shape_a
 
 
-def _activation_nodes(b: _BodyBuilder, y: str) -> str:
+def _activation_nodes(b: FunctionBody, y: str) -> str:
     """``Where(is_relu and y < 0, 0, y)``: Relu that lets NaN through, identity otherwise."""
     one = b.const(np.array([1], np.int64))
     activation = b.node("Reshape", [b.attr_scalar(contract.ATTR_ACTIVATION, AttributeProto.STRING), one])
@@ -229,7 +185,7 @@ def _activation_nodes(b: _BodyBuilder, y: str) -> str:
     return b.node("Where", [clamp, b.const(np.array(0.0, np.float32)), y])
 
 
-def _output_shape_nodes(b: _BodyBuilder, shape_a: str) -> str:
+def _output_shape_nodes(b: FunctionBody, shape_a: str) -> str:
     """``A.shape[t*(r-1) : r-1+t] + [N]`` with ``t = transA``, ``r = rank(A)``."""
     one = b.const(np.array([1], np.int64))
     trans = b.node("Reshape", [b.attr_scalar(contract.ATTR_TRANS_A, AttributeProto.INT), one])
@@ -244,35 +200,20 @@ def _output_shape_nodes(b: _BodyBuilder, shape_a: str) -> str:
 # ----------------------------------------------------------------------------- checks
 
 
-def _uses_sparse_gemm(model: onnx.ModelProto) -> bool:
-    return any(_is_sparse_gemm_node(n) for n in _all_nodes(model.graph))
-
-
-def _is_sparse_gemm_node(node: onnx.NodeProto) -> bool:
-    return node.op_type == contract.OP_TYPE and node.domain == contract.DOMAIN
-
-
 def _is_sparse_gemm_function(func: onnx.FunctionProto) -> bool:
     return func.name == contract.OP_TYPE and func.domain == contract.DOMAIN
 
 
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-            elif attr.type == AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_nodes(g)
-
-
-def _check_formats(model: onnx.ModelProto) -> None:
-    """The body implements csr only: refuse to embed a fallback that would compute garbage."""
-    for node in _all_nodes(model.graph):
-        if not _is_sparse_gemm_node(node):
-            continue
-        for attr in node.attribute:
-            if attr.name == contract.ATTR_FORMAT and attr.s.decode() != contract.FORMAT_CSR:
-                raise OnnxPruneError(f"SparseGemm node '{node.name}': the fallback supports format "
-                                     f"'{contract.FORMAT_CSR}' only, got '{attr.s.decode()}'")
+def model_format(model: onnx.ModelProto) -> str:
+    """The one format all SparseGemm nodes of ``model`` use (the fallback function is built for it)."""
+    used = formats_used(iter_nodes(model.graph))
+    for name, node in used.items():
+        if not formats.is_known(name):
+            known = ", ".join(f"'{known}'" for known in formats.names())
+            raise OnnxPruneError(f"SparseGemm node '{node}': the fallback supports format {known} only, "
+                                 f"got '{name}'")
+    if len(used) > 1:
+        listed = ", ".join(f"'{name}' (node '{node}')" for name, node in used.items())
+        raise OnnxPruneError(f"SparseGemm nodes use several formats ({listed}); the fallback function "
+                             "serves one format per model")
+    return next(iter(used), contract.DEFAULT_FORMAT)

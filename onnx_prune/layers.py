@@ -15,8 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import OnnxPruneError
-
-ONNX_DOMAINS = ("", "ai.onnx")
+from .graph import ONNX_DOMAINS, NameScope, subgraph_reads
 
 
 @dataclass
@@ -101,37 +100,17 @@ class GraphIndex:
         return None
 
 
-def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name read by a node of a subgraph (at any depth) of ``graph``'s nodes."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
-                list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
-            for body in bodies:
-                names |= {name for n in body.node for name in n.input}
-                names |= {o.name for o in body.output}
-                names |= subgraph_reads(body)
-    return names
-
-
 def name_nodes(graph: onnx.GraphProto) -> None:
     """Give unnamed nodes stable unique names, and repeated names a suffix: the report, the
     selection patterns and the rewrite all address nodes by name."""
-    named = [n.name for n in graph.node if n.name]
-    taken = set(named)
+    names = NameScope(n.name for n in graph.node if n.name)
     seen: set[str] = set()
     for index, node in enumerate(graph.node):
         if node.name and node.name not in seen:
             seen.add(node.name)
             continue
-        stem = node.name or f"{node.op_type}_{index}"
-        candidate, n = stem, 1
-        while candidate in taken:
-            candidate, n = f"{stem}_{n}", n + 1
-        node.name = candidate
-        taken.add(candidate)
-        seen.add(candidate)
+        node.name = names.unique(node.name or f"{node.op_type}_{index}")
+        seen.add(node.name)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):

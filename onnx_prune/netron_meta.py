@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 
-from . import contract
+from .sparse_gemm import contract, formats
 
 _DESCRIPTION = (
     "onnx-prune sparse Gemm: Y = act(alpha * A' * W + beta * C), A' = transpose(A) if transA. "
-    "W [K, N] is a pruned weight stored sparse (format csr: the weights of output n are "
-    "values[offsets[n]:offsets[n+1]] at rows indices[offsets[n]:offsets[n+1]]). N-D A is treated "
+    "W [K, N] is a pruned weight stored sparse ({formats}). N-D A is treated "
     "as [M, K] with M the product of its leading dims (MatMul semantics). Runs with the onnx-prune "
     "onnxruntime library; without it onnxruntime runs the standard-op function stored in the "
     "model. Contract: docs/sparse_gemm_op.md."
@@ -24,7 +23,7 @@ _DESCRIPTION = (
 _ATTRIBUTES = [
     (contract.ATTR_K, "int64", True, None, "Rows of W (inner dimension); the last dim of A (first with transA)."),
     (contract.ATTR_N, "int64", True, None, "Columns of W (output features); offsets has N + 1 entries."),
-    (contract.ATTR_FORMAT, "string", False, contract.FORMAT_CSR, "Storage format of W."),
+    (contract.ATTR_FORMAT, "string", False, contract.DEFAULT_FORMAT, "Storage format of W."),
     (contract.ATTR_ALPHA, "float32", False, 1.0, "Scalar multiplier for A' * W."),
     (contract.ATTR_BETA, "float32", False, 1.0, "Scalar multiplier for C; ignored without C."),
     (contract.ATTR_TRANS_A, "int64", False, 0, "Whether A is transposed (requires 2-D A)."),
@@ -35,17 +34,24 @@ _ATTRIBUTES = [
     (contract.ATTR_SPARSITY, "float32", False, None, "1 - nnz / (K * N): the fraction of weights pruned."),
 ]
 
-_INPUTS = [
-    ("A", "T", None, "Activations [..., K] (transA = 0) or [K, M] (transA = 1)."),
-    ("values", "V", None, "The kept weights [nnz], float32 or float16, in storage order."),
-    ("indices", "I", None, "Row k of W of each kept weight [nnz], uint16 or int32."),
-    ("offsets", "O", None, "Row pointer [N + 1]: output n owns values[offsets[n]:offsets[n+1]]."),
-    ("C", "T", "optional", "Bias, unidirectionally broadcastable to [M, N]."),
-]
+_INPUT_A = (contract.INPUT_A, "T", None, "Activations [..., K] (transA = 0) or [K, M] (transA = 1).")
+_INPUT_C = (contract.INPUT_C, "T", "optional", "Bias, unidirectionally broadcastable to [M, N].")
 
 
-def netron_metadata() -> list[dict]:
-    """The schema as a list with one entry (netron's metadata files are lists of entries)."""
+def _schema_parts(fmt: formats.SparseFormat) -> tuple[list[tuple], list[dict]]:
+    """The inputs (A, the format's tensors, C) and type constraints of nodes storing ``fmt``."""
+    inputs = [_INPUT_A, *((name, type_, None, text) for name, type_, text in fmt.input_docs), _INPUT_C]
+    constraints = [{"type_param_str": "T", "allowed_type_strs": ["tensor(float)"], "description": "Activations."}]
+    constraints += [{"type_param_str": param, "allowed_type_strs": list(types), "description": text}
+                    for param, types, text in fmt.type_constraints]
+    return inputs, constraints
+
+
+def netron_metadata(format: str = contract.DEFAULT_FORMAT) -> list[dict]:
+    """The schema of nodes storing ``format`` as a list with one entry (netron's metadata files
+    are lists of entries)."""
+    fmt = formats.get(format)
+    schema_inputs, constraints = _schema_parts(fmt)
     attributes = []
     for name, type_, required, default, description in _ATTRIBUTES:
         entry = {"name": name, "type": type_, "required": required, "description": description}
@@ -53,7 +59,7 @@ def netron_metadata() -> list[dict]:
             entry["default"] = default
         attributes.append(entry)
     inputs = []
-    for name, type_, option, description in _INPUTS:
+    for name, type_, option, description in schema_inputs:
         entry = {"name": name, "type": type_, "description": description}
         if option:
             entry["option"] = option
@@ -63,28 +69,20 @@ def netron_metadata() -> list[dict]:
         "module": contract.DOMAIN,
         "version": contract.OP_VERSION,
         "category": "Layer",
-        "description": _DESCRIPTION,
+        "description": _DESCRIPTION.format(formats=fmt.description),
         "attributes": attributes,
         "inputs": inputs,
-        "min_input": 4,
-        "max_input": 5,
-        "inputs_range": "4 - 5",
+        "min_input": len(inputs) - 1,
+        "max_input": len(inputs),
+        "inputs_range": f"{len(inputs) - 1} - {len(inputs)}",
         "outputs": [{"name": "Y", "type": "T",
                      "description": "A.shape[:-1] + [N] (transA = 0) or [M, N] (transA = 1)."}],
         "min_output": 1,
         "max_output": 1,
-        "type_constraints": [
-            {"type_param_str": "T", "allowed_type_strs": ["tensor(float)"], "description": "Activations."},
-            {"type_param_str": "V", "allowed_type_strs": ["tensor(float)", "tensor(float16)"],
-             "description": "Stored weights."},
-            {"type_param_str": "I", "allowed_type_strs": ["tensor(uint16)", "tensor(int32)"],
-             "description": "Row indices."},
-            {"type_param_str": "O", "allowed_type_strs": ["tensor(int32)", "tensor(int64)"],
-             "description": "Row pointer."},
-        ],
+        "type_constraints": constraints,
     }]
 
 
-def netron_metadata_json() -> str:
+def netron_metadata_json(format: str = contract.DEFAULT_FORMAT) -> str:
     """Compact JSON of :func:`netron_metadata` (it is stored in every pruned file)."""
-    return json.dumps(netron_metadata(), separators=(",", ":"))
+    return json.dumps(netron_metadata(format), separators=(",", ":"))

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import onnx
 
-from .formats import index_dtype_for, offset_dtype_for
+from .auto_dense import DENSE_KEEP_THRESHOLD
 from .layers import Layer, Skipped
 from .modelio import written_size
 
@@ -53,18 +53,13 @@ class PruneReport:
     @staticmethod
     def build(before: onnx.ModelProto, after: onnx.ModelProto, pruned: Sequence, dense_kept: Sequence[Layer],
               unselected: Sequence[Skipped], settings: dict, source: Optional[str] = None) -> "PruneReport":
-        from .api import DENSE_KEEP_THRESHOLD
-
         rows = []
         for p in pruned:
             layer = p.layer
-            per_value = 2 if settings.get("values") == "fp16" else 4
-            index_bytes = index_dtype_for(layer.K).itemsize
-            offset_bytes = offset_dtype_for(p.nnz).itemsize
             rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,
                                     shape=[layer.K, layer.N], params=layer.size, nnz=p.nnz,
                                     sparsity=1.0 - p.nnz / layer.size, bytes_before=4 * layer.size,
-                                    bytes_after=p.nnz * (per_value + index_bytes) + offset_bytes * (layer.N + 1),
+                                    bytes_after=p.packed.nbytes,
                                     status="sparse"))
         for layer in dense_kept:
             rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,

@@ -16,7 +16,7 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from .contract import DOMAIN, OP_TYPE
+from .sparse_gemm import is_sparse_gemm
 from .errors import OnnxPruneError, first_line
 from .library import find_library_path, get_library_path
 from .modelio import PROTOBUF_LIMIT
@@ -95,12 +95,7 @@ def describe(model: ModelOrPath) -> str:
 
 def uses_sparse_gemm(model: onnx.ModelProto) -> bool:
     """Whether any node of the main graph is a SparseGemm."""
-    return any(_is_sparse_gemm(node) for node in model.graph.node)
-
-
-def _is_sparse_gemm(node: onnx.NodeProto) -> bool:
-    # TODO(merge): replace with sparse_gemm.node.is_sparse_gemm, the one check of a SparseGemm node.
-    return node.domain == DOMAIN and node.op_type == OP_TYPE
+    return any(is_sparse_gemm(node) for node in model.graph.node)
 
 
 def _library_for(model: ModelOrPath, library: Optional[bool]) -> Optional[str]:

@@ -13,7 +13,7 @@ from . import runtime
 from .errors import OnnxPruneError
 from .modelio import read_npz
 from .report import Verification
-from .rewrite import drop_unused_constants
+from .graph import remove_dead_tensors as drop_unused_constants
 
 # Max relative error (max |pruned - reference| / max |reference| per output) the run may show. Both
 # sides are fp32; the difference is the summation order of the kernels, far below this.

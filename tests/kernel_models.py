@@ -2,8 +2,9 @@
 library registered (optionally forcing an instruction-set variant), random CSR weights and an
 independent float64 numpy reference.
 
-Nothing here uses onnx_prune.formats: the tests must catch a kernel and a packer that agree on
-the same mistake, so the weights are built and densified here from the contract's definition.
+Nothing here uses the csr packer (onnx_prune.sparse_gemm.formats.csr, whose index-width constant
+only is read): the tests must catch a kernel and a packer that agree on the same mistake, so the
+weights are built and densified here from the contract's definition.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_prune
-from onnx_prune import contract
+from onnx_prune.sparse_gemm import contract
+from onnx_prune.sparse_gemm.formats.csr import UINT16_INDEX_LIMIT
 
 ISA_ENV = "ONNX_PRUNE_ISA"
 NODE_NAME = "sparse_gemm"
@@ -72,7 +74,7 @@ def random_csr(rng: np.random.Generator, K: int, N: int, sparsity: float, *,
     np.cumsum(np.bincount(n_idx, minlength=N), out=offsets[1:])
     values = rng.standard_normal(indices.size).astype(value_dtype)
     if index_dtype is None:
-        index_dtype = np.uint16 if K <= contract.UINT16_INDEX_LIMIT else np.int32
+        index_dtype = np.uint16 if K <= UINT16_INDEX_LIMIT else np.int32
     return Csr(values=values, indices=indices.astype(index_dtype),
                offsets=offsets.astype(offset_dtype), K=K, N=N)
 

@@ -12,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_prune
-from onnx_prune import api, contract
+from onnx_prune import api, auto_dense
+from onnx_prune.sparse_gemm import contract
 from onnx_prune.errors import OnnxPruneError
 
 from helpers_models import (M, a_input, assert_close, f32, gemm, gemm_forward, global_keep_masks, keep_mask,
@@ -299,7 +300,7 @@ def test_include_exclude_layer_ratio_min_params():
 
 
 def test_auto_dense_threshold_and_report_reason():
-    assert api.DENSE_KEEP_THRESHOLD == 0.4
+    assert auto_dense.DENSE_KEEP_THRESHOLD == 0.4
     model = mlp(dims=(20, 16, 12, 5))
     out, report = onnx_prune.prune(model, 0.9, layer_ratios={"/fc1/Gemm": 0.5, "/fc2/Gemm": 0.6})
     status = {l.node: l.status for l in report.layers}

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 import onnx_prune
 from onnx_prune import cli as cli_module
-from onnx_prune import contract
+from onnx_prune.sparse_gemm import contract
 
 from helpers_models import (a_input, assert_close, f32, gemm, gemm_forward, make_model, masked, matmul, mlp,
                             mlp_reference, non_constant_b_gemm, relu_only, x_input)

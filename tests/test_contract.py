@@ -1,4 +1,4 @@
-"""docs/sparse_gemm_op.md, onnx_prune/contract.py, onnx_prune/formats.py and the kernel agree.
+"""docs/sparse_gemm_op.md, the contract and format registry (onnx_prune/sparse_gemm/) and the kernel agree.
 
 The document is parsed (its tables), so a renamed attribute, a new input dtype or a changed
 constant on any one side fails here instead of drifting silently.
@@ -13,11 +13,14 @@ import onnx
 import pytest
 from onnx import helper
 
-from onnx_prune import contract, formats
+from onnx_prune.sparse_gemm import contract, formats
+from onnx_prune.sparse_gemm.formats import csr as csr_format
 from kernel_models import (Csr, assert_matches_reference, dense_of, finish_model, open_session, random_csr,
                            sparse_gemm_model)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "sparse_gemm_op.md"
+
+CSR_INPUT_NAMES = (contract.INPUT_A, *formats.get(csr_format.NAME).tensor_names, contract.INPUT_C)
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "uint16": np.uint16, "int32": np.int32, "int64": np.int64}
 
@@ -66,25 +69,49 @@ def test_identity_constants_appear_in_the_doc() -> None:
     assert f"| since_version | `{contract.OP_VERSION}`" in text
     assert f"imports `{contract.DOMAIN}` version {contract.OP_VERSION}" in text
     assert f"| contract revision | {contract.CONTRACT_REVISION} |" in text
-    assert f"### `{contract.FORMAT_CSR}` (revision {contract.CONTRACT_REVISION})" in text
+    assert f"### `{csr_format.NAME}` (revision {contract.CONTRACT_REVISION})" in text
 
 
 def test_every_format_and_activation_is_documented() -> None:
     text = doc_text()
-    for name in contract.FORMATS:
+    for name in formats.names():
         assert f"### `{name}`" in text, name
     for name in contract.ACTIVATIONS:
         if name:
             assert f'"{name}"' in doc_section("Attributes"), name
 
 
+def doc_formats() -> list[str]:
+    """The formats the doc's "Formats" section has a '### `name`' heading for, in order."""
+    return re.findall(r"^### `([^`]+)`", doc_section("Formats"), re.M)
+
+
+def library_supported_formats() -> list[str]:
+    """The formats the C++ library lists when a node asks for one it does not know."""
+    csr = random_csr(np.random.default_rng(3), 8, 4, 0.5)
+    model = sparse_gemm_model(csr.values, csr.indices, csr.offsets, {"K": 8, "N": 4, "format": "nope"}, a_shape=[2, 8])
+    with pytest.raises(Exception) as caught:
+        open_session(model).run(None, {"A": np.zeros((2, 8), np.float32)})
+    match = re.search(r"unknown format 'nope' \(this library supports: ([^)]*)\)", str(caught.value))
+    assert match, str(caught.value)
+    return [name.strip() for name in match.group(1).split(",")]
+
+
+def test_registry_formats_are_the_documented_formats() -> None:
+    assert list(formats.names()) == doc_formats()
+
+
+def test_library_supports_exactly_the_registry_formats() -> None:
+    assert library_supported_formats() == list(formats.names())
+
+
 def test_uint16_limit_matches_the_doc() -> None:
-    assert contract.UINT16_INDEX_LIMIT == 65536
-    assert f"`uint16` indices when `K ≤ {contract.UINT16_INDEX_LIMIT}`" in doc_text()
+    assert csr_format.UINT16_INDEX_LIMIT == 65536
+    assert f"`uint16` indices when `K ≤ {csr_format.UINT16_INDEX_LIMIT}`" in doc_text()
 
 
 def test_input_and_output_names_match_the_doc() -> None:
-    assert tuple(name for name, _ in doc_inputs()) == contract.INPUT_NAMES
+    assert tuple(name for name, _ in doc_inputs()) == CSR_INPUT_NAMES
     outputs = [code_name(row[1]) for row in table_rows(doc_section("Output"))]
     assert tuple(outputs) == contract.OUTPUT_NAMES
 
@@ -99,7 +126,7 @@ def test_attribute_table_matches_contract_constants() -> None:
 
 def attribute_value(name: str, doc_type: str, csr: Csr):
     """A valid value of the documented type for every attribute of the table."""
-    valid = {contract.ATTR_K: csr.K, contract.ATTR_N: csr.N, contract.ATTR_FORMAT: contract.FORMAT_CSR,
+    valid = {contract.ATTR_K: csr.K, contract.ATTR_N: csr.N, contract.ATTR_FORMAT: csr_format.NAME,
              contract.ATTR_ALPHA: 0.5, contract.ATTR_BETA: 2.0, contract.ATTR_TRANS_A: 0,
              contract.ATTR_ACTIVATION: contract.ACTIVATION_RELU, contract.ATTR_NNZ: csr.nnz,
              contract.ATTR_ORIGINAL_OP: "Gemm", contract.ATTR_DENSE_SHAPE: [csr.N, csr.K],
@@ -161,10 +188,10 @@ def test_model_written_with_the_constants_runs() -> None:
     rng = np.random.default_rng(13)
     csr = random_csr(rng, 16, 5, 0.5)
     inits = [onnx.numpy_helper.from_array(arr, name)
-             for name, arr in zip(contract.INPUT_NAMES[1:4], (csr.values, csr.indices, csr.offsets))]
-    node = helper.make_node(contract.OP_TYPE, list(contract.INPUT_NAMES[:4]), list(contract.OUTPUT_NAMES),
+             for name, arr in zip(CSR_INPUT_NAMES[1:4], (csr.values, csr.indices, csr.offsets))]
+    node = helper.make_node(contract.OP_TYPE, list(CSR_INPUT_NAMES[:4]), list(contract.OUTPUT_NAMES),
                             name="from_constants", domain=contract.DOMAIN,
-                            **{contract.ATTR_K: 16, contract.ATTR_N: 5, contract.ATTR_FORMAT: contract.FORMAT_CSR})
+                            **{contract.ATTR_K: 16, contract.ATTR_N: 5, contract.ATTR_FORMAT: csr_format.NAME})
     graph = helper.make_graph([node], "constants", [helper.make_tensor_value_info("A", onnx.TensorProto.FLOAT, [3, 16])],
                               [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [3, 5])], initializer=inits)
     model = finish_model(graph)
@@ -174,17 +201,17 @@ def test_model_written_with_the_constants_runs() -> None:
     assert_matches_reference(open_session(model).run(None, {"A": a})[0], a, dense_of(csr))
 
 
-# ---------------------------------------------------------------------------- formats.py
+# ---------------------------------------------------------------------------- the csr format
 
 
 @pytest.mark.parametrize("K,N,density", [(1, 1, 1.0), (7, 3, 0.0), (50, 30, 0.3), (129, 65, 0.05), (33, 17, 1.0)])
 def test_dense_to_csr_round_trip(K: int, N: int, density: float) -> None:
     rng = np.random.default_rng(K * 1000 + N)
     dense = (rng.standard_normal((K, N)) * (rng.random((K, N)) < density)).astype(np.float32)
-    csr = formats.dense_to_csr(dense)
-    assert csr.K == K and csr.N == N and csr.format == contract.FORMAT_CSR
+    csr = csr_format.dense_to_csr(dense)
+    assert csr.K == K and csr.N == N and csr.format == csr_format.NAME
     assert csr.nnz == np.count_nonzero(dense)
-    np.testing.assert_array_equal(formats.csr_to_dense(csr), dense)
+    np.testing.assert_array_equal(csr_format.csr_to_dense(csr), dense)
     np.testing.assert_array_equal(csr.to_dense(), dense)
     assert csr.sparsity == pytest.approx(1 - np.count_nonzero(dense) / (K * N))
     # The contract's definition read independently: W[indices[j], n] = values[j].
@@ -200,19 +227,19 @@ def test_dense_to_csr_with_mask_keeps_masked_zeros() -> None:
     dense[3, 4] = 0.0
     mask = rng.random((20, 10)) < 0.4
     mask[3, 4] = True
-    csr = formats.dense_to_csr(dense, mask)
+    csr = csr_format.dense_to_csr(dense, mask)
     assert csr.nnz == int(mask.sum())
-    np.testing.assert_array_equal(formats.csr_to_dense(csr), np.where(mask, dense, 0))
+    np.testing.assert_array_equal(csr_format.csr_to_dense(csr), np.where(mask, dense, 0))
 
 
 @pytest.mark.parametrize("K,index_dtype", [(1, np.uint16), (65535, np.uint16), (65536, np.uint16),
                                            (65537, np.int32), (100000, np.int32)])
 def test_index_dtype_rule(K: int, index_dtype: type) -> None:
-    assert formats.index_dtype_for(K) == np.dtype(index_dtype)
+    assert csr_format.index_dtype_for(K) == np.dtype(index_dtype)
     dense = np.zeros((K, 2), dtype=np.float32)
     dense[K - 1, 1] = 1.5
     dense[0, 0] = -2.0
-    csr = formats.dense_to_csr(dense)
+    csr = csr_format.dense_to_csr(dense)
     assert csr.indices.dtype == np.dtype(index_dtype)
     assert csr.offsets.dtype == np.dtype(np.int32)
     assert csr.values.dtype == np.dtype(np.float32)
@@ -220,23 +247,23 @@ def test_index_dtype_rule(K: int, index_dtype: type) -> None:
 
 
 def test_offset_dtype_rule() -> None:
-    assert formats.offset_dtype_for(0) == np.dtype(np.int32)
-    assert formats.offset_dtype_for(2**31 - 1) == np.dtype(np.int32)
-    assert formats.offset_dtype_for(2**31) == np.dtype(np.int64)
+    assert csr_format.offset_dtype_for(0) == np.dtype(np.int32)
+    assert csr_format.offset_dtype_for(2**31 - 1) == np.dtype(np.int32)
+    assert csr_format.offset_dtype_for(2**31) == np.dtype(np.int64)
 
 
 def test_float16_values_on_request() -> None:
     dense = np.array([[0.5, 0.0], [0.0, -1.25]], dtype=np.float32)
-    csr = formats.dense_to_csr(dense, values_dtype=np.float16)
+    csr = csr_format.dense_to_csr(dense, values_dtype=np.float16)
     assert csr.values.dtype == np.dtype(np.float16)
-    np.testing.assert_array_equal(formats.csr_to_dense(csr), dense)
+    np.testing.assert_array_equal(csr_format.csr_to_dense(csr), dense)
 
 
 def test_csr_from_formats_runs_in_the_kernel() -> None:
-    """formats.py and the kernel agree on the layout: a packed dense weight computes A @ W."""
+    """The csr packer and the kernel agree on the layout: a packed dense weight computes A @ W."""
     rng = np.random.default_rng(21)
     dense = (rng.standard_normal((70, 45)) * (rng.random((70, 45)) < 0.2)).astype(np.float32)
-    csr = formats.dense_to_csr(dense)
+    csr = csr_format.dense_to_csr(dense)
     model = sparse_gemm_model(csr.values, csr.indices, csr.offsets,
                               {contract.ATTR_K: 70, contract.ATTR_N: 45, contract.ATTR_NNZ: csr.nnz}, a_shape=["M", 70])
     session = open_session(model)

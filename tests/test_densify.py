@@ -14,7 +14,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_prune import contract, masking
+from onnx_prune import masking
+from onnx_prune.sparse_gemm import contract
 from onnx_prune.densify import densify_model
 from onnx_prune.errors import OnnxPruneError
 from onnx_prune.fallback import add_fallback_functions

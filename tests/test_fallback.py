@@ -22,10 +22,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_prune import contract
+from onnx_prune.sparse_gemm import contract, formats
 from onnx_prune.errors import OnnxPruneError
 from onnx_prune.fallback import add_fallback_functions, build_sparse_gemm_function, has_fallback_function
-from onnx_prune.formats import dense_to_csr
+from onnx_prune.sparse_gemm.formats.csr import dense_to_csr
 from onnx_prune.library import find_library_path
 
 needs_library = pytest.mark.skipif(find_library_path() is None,
@@ -275,7 +275,7 @@ def test_function_imports_the_models_opset_and_ir_is_raised() -> None:
     assert [(o.domain, o.version) for o in func.opset_import] == [("", 13)]
     assert model.ir_version >= 9
     assert has_fallback_function(model)
-    assert build_sparse_gemm_function(13).input == list(contract.INPUT_NAMES)
+    assert build_sparse_gemm_function(13).input == [contract.INPUT_A, *formats.get("csr").tensor_names, contract.INPUT_C]
 
 
 def test_model_without_sparse_gemm_is_left_alone() -> None:

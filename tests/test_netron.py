@@ -19,7 +19,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from onnx_prune import contract
+from onnx_prune.sparse_gemm import contract, formats
 from onnx_prune.netron_meta import netron_metadata, netron_metadata_json
 
 _TOOL = Path(__file__).resolve().parent.parent / "tools" / "netron_screenshot.py"
@@ -118,7 +118,7 @@ def test_metadata_json_describes_the_contract() -> None:
     assert entry == netron_metadata()[0]
     assert (entry["name"], entry["module"], entry["version"], entry["category"]) == (
         contract.OP_TYPE, contract.DOMAIN, contract.OP_VERSION, "Layer")
-    assert [i["name"] for i in entry["inputs"]] == list(contract.INPUT_NAMES)
+    assert [i["name"] for i in entry["inputs"]] == [contract.INPUT_A, *formats.get("csr").tensor_names, contract.INPUT_C]
     assert [i.get("option") for i in entry["inputs"]] == [None, None, None, None, "optional"]
     assert [o["name"] for o in entry["outputs"]] == list(contract.OUTPUT_NAMES)
     names = {a["name"] for a in entry["attributes"]}

@@ -13,7 +13,8 @@ import pytest
 from onnx import helper, numpy_helper
 
 import onnx_prune
-from onnx_prune import contract, modelio
+from onnx_prune import modelio
+from onnx_prune.sparse_gemm import contract
 from onnx_prune.errors import OnnxPruneError
 from onnx_prune.layers import find_layers
 

@@ -29,7 +29,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_prune
-from onnx_prune import contract, formats, machine, masking, timing
+from onnx_prune import machine, masking, timing
+from onnx_prune.sparse_gemm import contract
+from onnx_prune.sparse_gemm.formats import csr as csr_format
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 BATCHES = (1, 16, 64, 256)
@@ -61,7 +63,7 @@ class Layer:
     """A magnitude-pruned K x N weight: dense (zeros written out) and in the csr format."""
 
     weight: np.ndarray  # [K, N] float32, pruned entries zero
-    csr: formats.CsrWeight
+    csr: csr_format.CsrWeight
     sparsity: float
 
     @property
@@ -78,7 +80,7 @@ def make_layer(K: int, N: int, sparsity: float, seed: int) -> Layer:
     weight = rng.standard_normal((K, N)).astype(np.float32)
     mask = masking.magnitude_mask(weight, sparsity)
     weight = np.where(mask, weight, np.float32(0))
-    return Layer(weight=weight, csr=formats.dense_to_csr(weight, mask), sparsity=sparsity)
+    return Layer(weight=weight, csr=csr_format.dense_to_csr(weight, mask), sparsity=sparsity)
 
 
 def finish_model(nodes: list, inputs: list, initializers: list, domains: Sequence[tuple[str, int]]) -> onnx.ModelProto:

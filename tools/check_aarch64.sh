@@ -12,11 +12,14 @@ fi
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 flags=(-std=c++17 -O2 -Wall -Wextra -Werror -Wno-psabi -fPIC -I"$headers" -Icsrc)
-for f in csrc/kernels/pack.cc csrc/kernels/dispatch.cc csrc/kernels/kernel_portable.cc csrc/op/sparse_gemm_op.cc csrc/op/register.cc; do
+kernel_units=(csrc/kernels/scratch.cc csrc/kernels/dispatch.cc csrc/kernels/kernel_portable.cc csrc/formats/registry.cc
+              csrc/formats/csr.cc)
+for f in "${kernel_units[@]}" csrc/op/sparse_gemm_op.cc csrc/op/register.cc; do
   aarch64-linux-gnu-g++ "${flags[@]}" -c "$f" -o "$out/$(basename "$f").o"
 done
 aarch64-linux-gnu-g++ -shared -o "$out/libonnx_prune_ops.so" "$out"/*.o -Wl,--version-script=csrc/op/exports.map
 echo "aarch64 library built: exports $(aarch64-linux-gnu-nm -D --defined-only "$out/libonnx_prune_ops.so" | awk '{print $3}' | tr '\n' ' ')"
-aarch64-linux-gnu-g++ "${flags[@]}" -static tools/kernel_selftest.cc "$out/pack.cc.o" "$out/dispatch.cc.o" \
-  "$out/kernel_portable.cc.o" -o "$out/kernel_selftest"
+unit_objects=()
+for f in "${kernel_units[@]}"; do unit_objects+=("$out/$(basename "$f").o"); done
+aarch64-linux-gnu-g++ "${flags[@]}" -static tools/kernel_selftest.cc "${unit_objects[@]}" -o "$out/kernel_selftest"
 qemu-aarch64 "$out/kernel_selftest"

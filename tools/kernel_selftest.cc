@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "formats/csr.h"
 #include "kernels/sparse_gemm_kernels.h"
 
 namespace {
@@ -53,7 +54,6 @@ bool run_case(const KernelTable& table, const Case& c, std::mt19937& rng) {
   std::vector<float> a(static_cast<size_t>(c.M * c.K)), y(static_cast<size_t>(c.M * c.N), -7.f);
   for (float& v : a) v = u(rng);
   GemmArgs args;
-  args.w = onnx_prune::arrays_of(packed);
   args.a = a.data();
   args.trans_a = c.trans_a;
   args.M = c.M;
@@ -62,7 +62,7 @@ bool run_case(const KernelTable& table, const Case& c, std::mt19937& rng) {
   inline_runner.run = [](void*, void (*fn)(void*, size_t), size_t total, void* data) {
     for (size_t i = 0; i < total; ++i) fn(data, i);
   };
-  table.gemm(args, inline_runner);
+  table.csr_gemm(onnx_prune::arrays_of(packed), args, inline_runner);
   double worst = 0.0, scale = 1e-12;
   for (int64_t m = 0; m < c.M; ++m) {
     for (int64_t n = 0; n < c.N; ++n) {

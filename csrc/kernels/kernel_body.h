@@ -33,11 +33,16 @@ struct Scratch {
   Scratch& operator=(const Scratch&) = delete;
 };
 
+// The CSR kernels' arguments: the generic ones plus the weight.
+struct CsrJob : GemmArgs {
+  CsrArrays w;
+};
+
 inline float bias_at(const BiasView& c, int64_t m, int64_t n) {
   return c.data[(c.rows == 1 ? 0 : m) * c.cols + (c.cols == 1 ? 0 : n)];
 }
 
-inline float finish(const GemmArgs& g, float acc, int64_t m, int64_t n) {
+inline float finish(const CsrJob& g, float acc, int64_t m, int64_t n) {
   const float y = g.bias.data ? g.alpha * acc + g.beta * bias_at(g.bias, m, n) : g.alpha * acc;
   return g.relu && y < 0.f ? 0.f : y;  // NaN passes through, as in onnxruntime's Relu
 }
@@ -84,7 +89,7 @@ inline float row_dot(const float* values, const Idx* idx, int64_t count, const f
 }
 
 struct NarrowTask {
-  const GemmArgs* g;
+  const CsrJob* g;
   const float* at;  // [K][kNarrowCols]: rows [r0, r0 + rows) of A'
   int64_t r0;
   int64_t rows;
@@ -107,7 +112,7 @@ inline typename V8::reg narrow_dot(const float* values, const Idx* idx, int64_t 
 
 template <typename Idx>
 void narrow_range(const NarrowTask& t, const Idx* idx, int64_t n0, int64_t n1) {
-  const GemmArgs& g = *t.g;
+  const CsrJob& g = *t.g;
   const int64_t N = g.w.N;
   alignas(32) float out[kNarrowCols];
   for (int64_t n = n0; n < n1; ++n) {
@@ -133,7 +138,7 @@ inline void narrow_task(void* data, size_t p) {
 }
 
 // Rows of A' in groups of 8 (one group, or none to copy for M = 1, in the common case).
-inline void run_narrow(const GemmArgs& g, const ParallelRunner& parallel) {
+inline void run_narrow(const CsrJob& g, const ParallelRunner& parallel) {
   const int64_t K = g.w.K, M = g.M;
   Scratch at(g.scratch, M > 1 ? static_cast<size_t>(K * kNarrowCols) : 0);
   for (int64_t r0 = 0; r0 < M; r0 += kNarrowCols) {
@@ -151,14 +156,14 @@ inline void run_narrow(const GemmArgs& g, const ParallelRunner& parallel) {
 // ---------------------------------------------------------------- many rows: tiled SpMM
 
 struct TiledTask {
-  const GemmArgs* g;
+  const CsrJob* g;
   float* tiles;        // n_tiles blocks of [K][kTileCols] floats (a tile of width wp uses [K][wp])
   float* acc;          // n_tiles blocks of [2 * n_pairs][kTileCols] sums (A' W)^T
   int64_t n_tiles;
   int64_t n_kchunks;
 };
 
-inline int64_t tile_width(const GemmArgs& g, int64_t tile) {
+inline int64_t tile_width(const CsrJob& g, int64_t tile) {
   return min64(kTileCols, g.M - tile * kTileCols);
 }
 
@@ -170,7 +175,7 @@ inline int64_t tile_rows(int64_t K) { return ((K + kKBlock - 1) / kKBlock) * kKB
 
 // Copies columns [m0, m0 + w) of A' into the tile rows of W's rows [k0, k1) (k0 a multiple of
 // kKBlock), zero-padding to a multiple of 16 columns and writing the zero row after each block.
-inline void pack_tile_rows(const GemmArgs& g, float* tile, int64_t m0, int64_t w, int64_t k0, int64_t k1) {
+inline void pack_tile_rows(const CsrJob& g, float* tile, int64_t m0, int64_t w, int64_t k0, int64_t k1) {
   const int64_t K = g.w.K, wp = round_up(w, kPanel);
   if (g.trans_a) {
     for (int64_t k = k0; k < k1; ++k) {
@@ -197,7 +202,7 @@ inline void pack_tile_rows(const GemmArgs& g, float* tile, int64_t m0, int64_t w
 
 inline void pack_task(void* data, size_t i) {
   const TiledTask& t = *static_cast<const TiledTask*>(data);
-  const GemmArgs& g = *t.g;
+  const CsrJob& g = *t.g;
   const int64_t tile = static_cast<int64_t>(i) / t.n_kchunks;
   const int64_t chunk = static_cast<int64_t>(i) % t.n_kchunks;
   const int64_t k0 = chunk * kPackKChunk, k1 = min64(g.w.K, k0 + kPackKChunk);
@@ -277,7 +282,7 @@ void spmm_range(const CsrArrays& w, const float* tile, float* acc, int64_t p0, i
 
 // Y[m0 + i][n] = alpha * acc[n][i] + beta * C: transposed 8 x 8 blocks at a time, then the
 // epilogue runs along contiguous Y rows.
-inline void write_outputs(const GemmArgs& g, const float* acc, int64_t m0, int64_t w, int64_t n0, int64_t n1) {
+inline void write_outputs(const CsrJob& g, const float* acc, int64_t m0, int64_t w, int64_t n0, int64_t n1) {
   const int64_t N = g.w.N;
   for (int64_t n = n0; n < n1; n += 8)
     for (int64_t i = 0; i < w; i += 8)
@@ -291,7 +296,7 @@ inline void write_outputs(const GemmArgs& g, const float* acc, int64_t m0, int64
 
 inline void spmm_task(void* data, size_t i) {
   const TiledTask& t = *static_cast<const TiledTask*>(data);
-  const GemmArgs& g = *t.g;
+  const CsrJob& g = *t.g;
   const int64_t parts = g.w.n_parts;
   const int64_t tile = static_cast<int64_t>(i) / parts, p = static_cast<int64_t>(i) % parts;
   const float* tile_data = t.tiles + tile * tile_rows(g.w.K) * kTileCols;
@@ -307,7 +312,7 @@ inline void spmm_task(void* data, size_t i) {
   write_outputs(g, acc, m0, w, n0, n1);
 }
 
-inline void run_tiled(const GemmArgs& g, const ParallelRunner& parallel) {
+inline void run_tiled(const CsrJob& g, const ParallelRunner& parallel) {
   const int64_t n_tiles = (g.M + kTileCols - 1) / kTileCols;
   const int64_t n_kchunks = (g.w.K + kPackKChunk - 1) / kPackKChunk;
   Scratch tiles(g.scratch, static_cast<size_t>(n_tiles * tile_rows(g.w.K) * kTileCols));
@@ -319,12 +324,12 @@ inline void run_tiled(const GemmArgs& g, const ParallelRunner& parallel) {
 
 // ---------------------------------------------------------------- entry point
 
-inline void fill_bias_only(const GemmArgs& g) {
+inline void fill_bias_only(const CsrJob& g) {
   for (int64_t m = 0; m < g.M; ++m)
     for (int64_t n = 0; n < g.w.N; ++n) g.y[m * g.w.N + n] = finish(g, 0.f, m, n);
 }
 
-inline void gemm(const GemmArgs& g, const ParallelRunner& parallel) {
+inline void csr_gemm_job(const CsrJob& g, const ParallelRunner& parallel) {
   if (g.M == 0 || g.w.N == 0) return;
   if (g.w.K == 0 || g.w.row_ptr[g.w.N] == 0) {
     fill_bias_only(g);
@@ -333,4 +338,24 @@ inline void gemm(const GemmArgs& g, const ParallelRunner& parallel) {
   } else {
     run_tiled(g, parallel);
   }
+}
+
+inline void csr_gemm(const CsrArrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
+  CsrJob job;
+  static_cast<GemmArgs&>(job) = args;
+  job.w = w;
+  csr_gemm_job(job, parallel);
+}
+
+// An IEEE float is inf or NaN exactly when its exponent bits are all ones; adding one to that
+// field then carries into bit 31. Integer OR-reduction, so the compiler vectorises it without
+// -ffast-math (a float compare loop would need it) and the scan costs a fraction of the product.
+inline bool has_non_finite(const float* x, int64_t count) {
+  uint32_t carry = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    uint32_t bits;
+    __builtin_memcpy(&bits, x + i, sizeof bits);
+    carry |= (bits & 0x7f800000u) + 0x00800000u;
+  }
+  return (carry >> 31) != 0;
 }

@@ -1,7 +1,8 @@
-// SparseGemm kernel glue: reads attributes, validates inputs against the op contract
-// (docs/sparse_gemm_op.md), packs constant weights once at kernel creation and calls the numeric
-// kernels in csrc/kernels. Every failure becomes an OrtStatus naming the node; no exception leaves
-// this file. A kernel is immutable after creation, so concurrent Run calls are safe.
+// SparseGemm kernel glue: reads attributes, validates A, C and the shapes against the op contract
+// (docs/sparse_gemm_op.md), asks the format table (csrc/formats) for the `format` attribute's
+// format, packs constant weights through it once at kernel creation and runs its kernels. It knows
+// no format by name. Every failure becomes an OrtStatus naming the node; no exception leaves this
+// file. A kernel is immutable after creation, so concurrent Run calls are safe.
 #include "sparse_gemm_op.h"
 
 #include <climits>
@@ -13,29 +14,33 @@
 #include <string>
 #include <vector>
 
-#include "../kernels/sparse_gemm_kernels.h"
+#include "formats/format.h"
+#include "kernels/sparse_gemm_kernels.h"
 
 namespace onnx_prune {
 namespace {
 
-enum InputIndex : size_t { kA = 0, kValues = 1, kIndices = 2, kOffsets = 3, kC = 4 };
-constexpr size_t kNumInputs = 5;
+// Inputs: A, then the format's weight tensors, then the optional bias C. The schema declares room
+// for the largest format (kMaxInputs); a format with fewer tensors moves C forward.
+constexpr size_t kA = 0;
+constexpr size_t kFirstWeight = 1;
+constexpr size_t kMaxInputs = 5;
 
 struct Kernel {
   const OrtApi* api = nullptr;
   std::string node;
-  int64_t K = 0;
-  int64_t N = 0;
+  WeightShape shape;  // K, N and the optional nnz attribute
   float alpha = 1.f;
   float beta = 1.f;
   bool trans_a = false;
   bool relu = false;
-  int64_t nnz_attr = 0;
-  bool has_nnz_attr = false;
-  const KernelTable* table = nullptr;
+  const Format* format = nullptr;
+  const KernelTable* kernels = nullptr;
   OrtMemoryInfo* cpu_memory = nullptr;  // selects onnxruntime's CPU allocator for scratch memory
-  bool prepacked = false;
-  PackedCsr packed;
+  std::unique_ptr<PackedWeight> prepacked;  // null: the weights are packed at every Run
+
+  size_t n_weights() const { return format->inputs.size(); }
+  size_t c_index() const { return kFirstWeight + n_weights(); }
 };
 
 // ------------------------------------------------------------------ small status helpers
@@ -74,28 +79,23 @@ const char* dtype_name(ONNXTensorElementDataType t) {
   }
 }
 
-// Element types each input accepts (docs/sparse_gemm_op.md, "Inputs").
-bool dtype_allowed(size_t input, ONNXTensorElementDataType t) {
-  switch (input) {
-    case kValues: return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
-    case kIndices: return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16 || t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
-    case kOffsets: return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 || t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-    default: return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-  }
+// The spec of input i: A and C are float32 tensors of any rank, the rest the format declares.
+TensorSpec input_spec(const Kernel* k, size_t i) {
+  if (i == kA) return {"A", {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT}, 0};
+  if (i == k->c_index()) return {"C", {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT}, 0};
+  return k->format->inputs[i - kFirstWeight];
 }
 
-const char* allowed_dtypes(size_t input) {
-  switch (input) {
-    case kValues: return "float32 or float16";
-    case kIndices: return "uint16 or int32";
-    case kOffsets: return "int32 or int64";
-    default: return "float32";
-  }
+bool dtype_allowed(const TensorSpec& spec, ONNXTensorElementDataType t) {
+  for (ONNXTensorElementDataType allowed : spec.types)
+    if (t == allowed) return true;
+  return false;
 }
 
-const char* input_name(size_t input) {
-  static const char* const names[kNumInputs] = {"A", "values", "indices", "offsets", "C"};
-  return input < kNumInputs ? names[input] : "?";
+std::string allowed_dtypes(const TensorSpec& spec) {
+  std::string text;
+  for (size_t i = 0; i < spec.types.size(); ++i) text += (i ? " or " : "") + std::string(dtype_name(spec.types[i]));
+  return text;
 }
 
 // Shape and element type of a tensor type/shape info (released by the caller's guard).
@@ -139,13 +139,50 @@ bool released_ok(const OrtApi* api, OrtStatus* st) {
   return false;
 }
 
-bool has_attribute_of_any_type(const OrtApi* api, const OrtKernelInfo* info, const char* name) {
+// The message onnxruntime gives for an attribute the node does not have, learnt from a name no
+// node uses (with that name in it replaced by `name`): this API can read ints, floats, strings,
+// their lists of numbers and tensors, but not lists of strings or graphs, which only differ from
+// "absent" by the message.
+bool reported_absent(const OrtApi* api, const OrtKernelInfo* info, const char* name, OrtStatus* st) {
+  static const std::string kProbe = "onnx_prune_attribute_that_no_node_has";
+  const std::string message = api->GetErrorMessage(st);
+  api->ReleaseStatus(st);
+  int64_t unused = 0;
+  OrtStatus* probe = api->KernelInfoGetAttribute_int64(info, kProbe.c_str(), &unused);
+  if (probe == nullptr) return false;
+  std::string absent = api->GetErrorMessage(probe);
+  api->ReleaseStatus(probe);
+  const size_t at = absent.find(kProbe);
+  if (at != std::string::npos) absent.replace(at, kProbe.size(), name);
+  return message == absent;
+}
+
+// What the node gives for attribute `name`, in words ("a list of floats"), or "" when it has none.
+// The list readers accept a list of any type (an empty list of theirs), so only a non-empty answer counts.
+std::string attribute_kind(const OrtApi* api, const OrtKernelInfo* info, const char* name) {
   int64_t i = 0;
   float f = 0.f;
   size_t size = 0;
-  return released_ok(api, api->KernelInfoGetAttribute_int64(info, name, &i)) ||
-         released_ok(api, api->KernelInfoGetAttribute_float(info, name, &f)) ||
-         released_ok(api, api->KernelInfoGetAttribute_string(info, name, nullptr, &size));
+  if (released_ok(api, api->KernelInfoGetAttribute_int64(info, name, &i))) return "an int";
+  if (released_ok(api, api->KernelInfoGetAttribute_float(info, name, &f))) return "a float";
+  if (released_ok(api, api->KernelInfoGetAttribute_string(info, name, nullptr, &size))) return "a string";
+  size = 0;
+  if (released_ok(api, api->KernelInfoGetAttributeArray_float(info, name, nullptr, &size)) && size > 0)
+    return "a list of floats";
+  size = 0;
+  if (released_ok(api, api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size)) && size > 0)
+    return "a list of ints";
+  OrtAllocator* allocator = nullptr;
+  if (released_ok(api, api->GetAllocatorWithDefaultOptions(&allocator))) {
+    OrtValue* tensor = nullptr;
+    if (released_ok(api, api->KernelInfoGetAttribute_tensor(info, name, allocator, &tensor))) {
+      api->ReleaseValue(tensor);
+      return "a tensor";
+    }
+  }
+  OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, &i);
+  if (st == nullptr || reported_absent(api, info, name, st)) return "";
+  return "a list of strings, an empty list or another type";
 }
 
 Attr read_int(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out) {
@@ -154,7 +191,7 @@ Attr read_int(const OrtApi* api, const OrtKernelInfo* info, const char* name, in
     *out = value;
     return Attr::kRead;
   }
-  return has_attribute_of_any_type(api, info, name) ? Attr::kWrongType : Attr::kAbsent;
+  return attribute_kind(api, info, name).empty() ? Attr::kAbsent : Attr::kWrongType;
 }
 
 Attr read_float(const OrtApi* api, const OrtKernelInfo* info, const char* name, float* out) {
@@ -163,13 +200,13 @@ Attr read_float(const OrtApi* api, const OrtKernelInfo* info, const char* name, 
     *out = value;
     return Attr::kRead;
   }
-  return has_attribute_of_any_type(api, info, name) ? Attr::kWrongType : Attr::kAbsent;
+  return attribute_kind(api, info, name).empty() ? Attr::kAbsent : Attr::kWrongType;
 }
 
 Attr read_string(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::string* out) {
   size_t size = 0;
   if (!released_ok(api, api->KernelInfoGetAttribute_string(info, name, nullptr, &size)))
-    return has_attribute_of_any_type(api, info, name) ? Attr::kWrongType : Attr::kAbsent;
+    return attribute_kind(api, info, name).empty() ? Attr::kAbsent : Attr::kWrongType;
   std::string value(size, '\0');
   if (!released_ok(api, api->KernelInfoGetAttribute_string(info, name, &value[0], &size))) return Attr::kWrongType;
   value.resize(size > 0 ? size - 1 : 0);  // drop the terminating NUL
@@ -195,9 +232,11 @@ std::string node_name_of(const OrtApi* api, const OrtKernelInfo* info) {
 }
 
 // One attribute's outcome as a status: wrong type and (for required ones) absence are errors.
-OrtStatus* attribute_status(const Kernel* k, Attr got, const char* name, const char* type, bool required) {
+OrtStatus* attribute_status(const Kernel* k, const OrtKernelInfo* info, Attr got, const char* name, const char* type,
+                            bool required) {
   if (got == Attr::kWrongType)
-    return node_error(k->api, k->node, std::string("attribute '") + name + "' must be of type " + type);
+    return node_error(k->api, k->node, std::string("attribute '") + name + "' must be of type " + type + ", got " +
+                                           attribute_kind(k->api, info, name));
   if (got == Attr::kAbsent && required)
     return node_error(k->api, k->node, std::string("required attribute '") + name + "' is missing (" + type + ")");
   return nullptr;
@@ -205,35 +244,43 @@ OrtStatus* attribute_status(const Kernel* k, Attr got, const char* name, const c
 
 OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* k) {
   const OrtApi* api = k->api;
-  OP_RETURN_IF_ERROR(attribute_status(k, read_int(api, info, "K", &k->K), "K", "int", true));
-  OP_RETURN_IF_ERROR(attribute_status(k, read_int(api, info, "N", &k->N), "N", "int", true));
-  if (k->K <= 0 || k->K > INT32_MAX)
-    return node_error(api, k->node, "attribute K = " + std::to_string(k->K) + " must be in [1, 2^31)");
-  if (k->N <= 0 || k->N > INT32_MAX)
-    return node_error(api, k->node, "attribute N = " + std::to_string(k->N) + " must be in [1, 2^31)");
+  WeightShape& w = k->shape;
+  OP_RETURN_IF_ERROR(attribute_status(k, info, read_int(api, info, "K", &w.K), "K", "int", true));
+  OP_RETURN_IF_ERROR(attribute_status(k, info, read_int(api, info, "N", &w.N), "N", "int", true));
+  if (w.K <= 0 || w.K > INT32_MAX)
+    return node_error(api, k->node, "attribute K = " + std::to_string(w.K) + " must be in [1, 2^31)");
+  if (w.N <= 0 || w.N > INT32_MAX)
+    return node_error(api, k->node, "attribute N = " + std::to_string(w.N) + " must be in [1, 2^31)");
   int64_t trans_a = 0;
-  OP_RETURN_IF_ERROR(attribute_status(k, read_int(api, info, "transA", &trans_a), "transA", "int", false));
+  OP_RETURN_IF_ERROR(attribute_status(k, info, read_int(api, info, "transA", &trans_a), "transA", "int", false));
   if (trans_a != 0 && trans_a != 1)
     return node_error(api, k->node, "attribute transA = " + std::to_string(trans_a) + " must be 0 or 1");
   k->trans_a = trans_a == 1;
-  OP_RETURN_IF_ERROR(attribute_status(k, read_float(api, info, "alpha", &k->alpha), "alpha", "float", false));
-  OP_RETURN_IF_ERROR(attribute_status(k, read_float(api, info, "beta", &k->beta), "beta", "float", false));
-  const Attr nnz = read_int(api, info, "nnz", &k->nnz_attr);
-  OP_RETURN_IF_ERROR(attribute_status(k, nnz, "nnz", "int", false));
-  k->has_nnz_attr = nnz == Attr::kRead;
-  if (k->has_nnz_attr && k->nnz_attr < 0)
-    return node_error(api, k->node, "attribute nnz = " + std::to_string(k->nnz_attr) + " must be >= 0");
+  OP_RETURN_IF_ERROR(attribute_status(k, info, read_float(api, info, "alpha", &k->alpha), "alpha", "float", false));
+  OP_RETURN_IF_ERROR(attribute_status(k, info, read_float(api, info, "beta", &k->beta), "beta", "float", false));
+  const Attr nnz = read_int(api, info, "nnz", &w.nnz);
+  OP_RETURN_IF_ERROR(attribute_status(k, info, nnz, "nnz", "int", false));
+  w.has_nnz = nnz == Attr::kRead;
+  if (w.has_nnz && w.nnz < 0)
+    return node_error(api, k->node, "attribute nnz = " + std::to_string(w.nnz) + " must be >= 0");
   std::string format = "csr";
-  OP_RETURN_IF_ERROR(attribute_status(k, read_string(api, info, "format", &format), "format", "string", false));
-  if (format != "csr")
-    return node_error(api, k->node, "unknown format '" + format + "' (this library supports: csr)");
+  OP_RETURN_IF_ERROR(attribute_status(k, info, read_string(api, info, "format", &format), "format", "string", false));
+  k->format = find_format(format);
+  if (k->format == nullptr)
+    return node_error(api, k->node, "unknown format '" + format + "' (this library supports: " + format_names() + ")");
   std::string activation;
   OP_RETURN_IF_ERROR(
-      attribute_status(k, read_string(api, info, "activation", &activation), "activation", "string", false));
+      attribute_status(k, info, read_string(api, info, "activation", &activation), "activation", "string", false));
   if (!activation.empty() && activation != "relu")
     return node_error(api, k->node, "unknown activation '" + activation + "' (supported: relu, or none)");
   k->relu = activation == "relu";
   return nullptr;
+}
+
+OrtStatus* dtype_status(const Kernel* k, const TensorSpec& spec, ONNXTensorElementDataType t) {
+  if (dtype_allowed(spec, t)) return nullptr;
+  return node_error(k->api, k->node, std::string("input ") + spec.name + " has type " + dtype_name(t) + ", expected " +
+                                         allowed_dtypes(spec));
 }
 
 // Checks the declared type (and static shape, where known) of input `i` at kernel creation.
@@ -241,9 +288,9 @@ OrtStatus* check_declared_input(const OrtKernelInfo* info, const Kernel* k, size
   const OrtApi* api = k->api;
   OrtTypeInfo* type_info = nullptr;
   if (OrtStatus* st = api->KernelInfo_GetInputTypeInfo(info, i, &type_info)) {
-    if (i != kC) return st;
-    api->ReleaseStatus(st);  // optional C omitted by an empty input name: there is no type to check
-    return nullptr;
+    api->ReleaseStatus(st);  // an input omitted by an empty name: only C may be
+    if (i == k->c_index()) return nullptr;
+    return node_error(api, k->node, std::string("input ") + input_spec(k, i).name + " is missing (an empty input name)");
   }
   const OrtTensorTypeAndShapeInfo* tensor_info = nullptr;
   OrtStatus* st = api->CastTypeInfoToTensorInfo(type_info, &tensor_info);
@@ -251,76 +298,61 @@ OrtStatus* check_declared_input(const OrtKernelInfo* info, const Kernel* k, size
   if (st == nullptr && tensor_info != nullptr) st = read_meta(api, tensor_info, &meta);
   api->ReleaseTypeInfo(type_info);
   if (st != nullptr) return st;
-  if (tensor_info == nullptr) return node_error(api, k->node, std::string("input ") + input_name(i) + " must be a tensor");
-  if (!dtype_allowed(i, meta.type))
-    return node_error(api, k->node, std::string("input ") + input_name(i) + " has type " + dtype_name(meta.type) +
-                                        ", expected " + allowed_dtypes(i));
+  const TensorSpec spec = input_spec(k, i);
+  if (tensor_info == nullptr) return node_error(api, k->node, std::string("input ") + spec.name + " must be a tensor");
+  OP_RETURN_IF_ERROR(dtype_status(k, spec, meta.type));
   if (i == kA && !meta.dims.empty()) {  // a known shape: check A against K now
     const int64_t inner = k->trans_a ? meta.dims.front() : meta.dims.back();
     if (k->trans_a && meta.dims.size() != 2)
       return node_error(api, k->node, "transA = 1 needs a 2-D A, got shape " + dims_to_string(meta.dims));
-    if (inner > 0 && inner != k->K)
+    if (inner > 0 && inner != k->shape.K)
       return node_error(api, k->node, "A has shape " + dims_to_string(meta.dims) + " but attribute K = " +
-                                          std::to_string(k->K));
+                                          std::to_string(k->shape.K));
   }
   return nullptr;
 }
 
-OrtStatus* csr_view_of(const Kernel* k, const OrtValue* values, const OrtValue* indices, const OrtValue* offsets,
-                       CsrView* view) {
+// Checks the weight tensors' types and ranks against the format's declarations and packs them.
+OrtStatus* pack_weights(const Kernel* k, const OrtValue* const* tensors, std::unique_ptr<PackedWeight>* out) {
   const OrtApi* api = k->api;
-  const OrtValue* parts[3] = {values, indices, offsets};
-  TensorMeta meta[3];
-  void* data[3] = {nullptr, nullptr, nullptr};
-  for (int p = 0; p < 3; ++p) {
-    OP_RETURN_IF_ERROR(value_meta(api, parts[p], &meta[p]));
-    const size_t input = kValues + p;
-    if (!dtype_allowed(input, meta[p].type))
-      return node_error(api, k->node, std::string("input ") + input_name(input) + " has type " +
-                                          dtype_name(meta[p].type) + ", expected " + allowed_dtypes(input));
-    if (meta[p].dims.size() != 1)
-      return node_error(api, k->node, std::string("input ") + input_name(input) + " must be 1-D, got shape " +
-                                          dims_to_string(meta[p].dims));
-    OP_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(parts[p]), &data[p]));
+  std::vector<TensorView> views(k->n_weights());
+  for (size_t t = 0; t < views.size(); ++t) {
+    const TensorSpec& spec = k->format->inputs[t];
+    TensorMeta meta;
+    OP_RETURN_IF_ERROR(value_meta(api, tensors[t], &meta));
+    OP_RETURN_IF_ERROR(dtype_status(k, spec, meta.type));
+    if (meta.dims.size() != spec.rank)
+      return node_error(api, k->node, std::string("input ") + spec.name + " must be " + std::to_string(spec.rank) +
+                                          "-D, got shape " + dims_to_string(meta.dims));
+    void* data = nullptr;
+    OP_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(tensors[t]), &data));
+    views[t].type = meta.type;
+    views[t].data = data;
+    views[t].dims = std::move(meta.dims);
   }
-  view->values = data[0];
-  view->values_fp16 = meta[0].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
-  view->indices = data[1];
-  view->indices_u16 = meta[1].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16;
-  view->offsets = data[2];
-  view->offsets_i64 = meta[2].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-  view->n_values = meta[0].dims[0];
-  view->n_indices = meta[1].dims[0];
-  view->n_offsets = meta[2].dims[0];
-  return nullptr;
+  const std::string err = k->format->pack(views, k->shape, out);
+  return err.empty() ? nullptr : node_error(api, k->node, err);
 }
 
-OrtStatus* pack_weights(const Kernel* k, const OrtValue* values, const OrtValue* indices, const OrtValue* offsets,
-                        PackedCsr* out) {
-  CsrView view;
-  OP_RETURN_IF_ERROR(csr_view_of(k, values, indices, offsets, &view));
-  if (k->has_nnz_attr && k->nnz_attr != view.n_values)
-    return node_error(k->api, k->node, "attribute nnz = " + std::to_string(k->nnz_attr) + " but values has " +
-                                           std::to_string(view.n_values) + " entries");
-  const std::string err = pack_csr(view, k->K, k->N, out);
-  return err.empty() ? nullptr : node_error(k->api, k->node, "invalid sparse weight: " + err);
-}
-
-// Packs the weights now when all three weight inputs are constant initializers.
+// Packs the weights now when all of the format's weight inputs are constant initializers.
 OrtStatus* try_prepack(const OrtKernelInfo* info, Kernel* k) {
-  const OrtValue* tensors[3] = {nullptr, nullptr, nullptr};
-  for (size_t p = 0; p < 3; ++p) {
+  std::vector<const OrtValue*> tensors(k->n_weights(), nullptr);
+  for (size_t t = 0; t < tensors.size(); ++t) {
     int is_constant = 0;
-    OrtStatus* st = k->api->KernelInfoGetConstantInput_tensor(info, kValues + p, &is_constant, &tensors[p]);
+    OrtStatus* st = k->api->KernelInfoGetConstantInput_tensor(info, kFirstWeight + t, &is_constant, &tensors[t]);
     if (st != nullptr) {
       k->api->ReleaseStatus(st);
       return nullptr;
     }
-    if (!is_constant || tensors[p] == nullptr) return nullptr;
+    if (!is_constant || tensors[t] == nullptr) return nullptr;
   }
-  OP_RETURN_IF_ERROR(pack_weights(k, tensors[0], tensors[1], tensors[2], &k->packed));
-  k->prepacked = true;
-  return nullptr;
+  return pack_weights(k, tensors.data(), &k->prepacked);
+}
+
+std::string input_list(const Kernel* k) {
+  std::string names = "A";
+  for (const TensorSpec& spec : k->format->inputs) names += std::string(", ") + spec.name;
+  return names + "[, C]";
 }
 
 OrtStatus* create_kernel(const OrtApi* api, const OrtKernelInfo* info, void** out) {
@@ -330,12 +362,13 @@ OrtStatus* create_kernel(const OrtApi* api, const OrtKernelInfo* info, void** ou
   OP_RETURN_IF_ERROR(read_attributes(info, k.get()));
   size_t n_inputs = 0;
   OP_RETURN_IF_ERROR(api->KernelInfo_GetInputCount(info, &n_inputs));
-  if (n_inputs < 4 || n_inputs > kNumInputs)
-    return node_error(api, k->node, "expects 4 or 5 inputs (A, values, indices, offsets[, C]), got " +
-                                        std::to_string(n_inputs));
+  const size_t required = k->c_index();
+  if (n_inputs < required || n_inputs > required + 1)
+    return node_error(api, k->node, "expects " + std::to_string(required) + " or " + std::to_string(required + 1) +
+                                        " inputs (" + input_list(k.get()) + "), got " + std::to_string(n_inputs));
   for (size_t i = 0; i < n_inputs; ++i) OP_RETURN_IF_ERROR(check_declared_input(info, k.get(), i));
   OP_RETURN_IF_ERROR(try_prepack(info, k.get()));
-  k->table = &select_kernel();
+  k->kernels = &select_kernel();
   OP_RETURN_IF_ERROR(api->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &k->cpu_memory));
   *out = k.release();
   return nullptr;
@@ -353,19 +386,19 @@ OrtStatus* check_a(const Kernel* k, const TensorMeta& a, RunShapes* s) {
   if (k->trans_a) {
     if (a.dims.size() != 2)
       return node_error(k->api, k->node, "transA = 1 needs a 2-D A, got shape " + dims_to_string(a.dims));
-    if (a.dims[0] != k->K)
-      return node_error(k->api, k->node, "A has shape " + dims_to_string(a.dims) + " but K = " + std::to_string(k->K) +
-                                             " (transA = 1: A is [K, M])");
+    if (a.dims[0] != k->shape.K)
+      return node_error(k->api, k->node, "A has shape " + dims_to_string(a.dims) + " but K = " +
+                                             std::to_string(k->shape.K) + " (transA = 1: A is [K, M])");
     s->M = a.dims[1];
-    s->y_dims = {s->M, k->N};
+    s->y_dims = {s->M, k->shape.N};
     return nullptr;
   }
-  if (a.dims.back() != k->K)
-    return node_error(k->api, k->node, "A has shape " + dims_to_string(a.dims) + " but K = " + std::to_string(k->K) +
-                                           " (last dimension of A must be K)");
-  s->M = element_count(a.dims) / k->K;
+  if (a.dims.back() != k->shape.K)
+    return node_error(k->api, k->node, "A has shape " + dims_to_string(a.dims) + " but K = " +
+                                           std::to_string(k->shape.K) + " (last dimension of A must be K)");
+  s->M = element_count(a.dims) / k->shape.K;
   s->y_dims.assign(a.dims.begin(), a.dims.end() - 1);
-  s->y_dims.push_back(k->N);
+  s->y_dims.push_back(k->shape.N);
   return nullptr;
 }
 
@@ -375,10 +408,11 @@ OrtStatus* check_bias(const Kernel* k, const TensorMeta& c, int64_t M, BiasView*
   const std::vector<int64_t> d(c.dims.begin() + lead, c.dims.end());
   const int64_t rows = d.size() == 2 ? d[0] : 1;
   const int64_t cols = d.empty() ? 1 : d.back();
-  const bool ok = d.size() <= 2 && (rows == 1 || rows == M) && (cols == 1 || cols == k->N);
+  const int64_t N = k->shape.N;
+  const bool ok = d.size() <= 2 && (rows == 1 || rows == M) && (cols == 1 || cols == N);
   if (!ok)
     return node_error(k->api, k->node, "C has shape " + dims_to_string(c.dims) + ", which does not broadcast to [M, N] = [" +
-                                           std::to_string(M) + ", " + std::to_string(k->N) + "]");
+                                           std::to_string(M) + ", " + std::to_string(N) + "]");
   bias->rows = rows;
   bias->cols = cols;
   return nullptr;
@@ -454,9 +488,10 @@ OrtStatus* compute(Kernel* k, OrtKernelContext* context) {
   const OrtApi* api = k->api;
   size_t n_inputs = 0;
   OP_RETURN_IF_ERROR(api->KernelContext_GetInputCount(context, &n_inputs));
-  const OrtValue* inputs[kNumInputs] = {nullptr, nullptr, nullptr, nullptr, nullptr};
-  for (size_t i = 0; i < n_inputs && i < kNumInputs; ++i)
+  const OrtValue* inputs[kMaxInputs] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+  for (size_t i = 0; i < n_inputs && i < kMaxInputs; ++i)
     OP_RETURN_IF_ERROR(api->KernelContext_GetInput(context, i, &inputs[i]));
+  const OrtValue* c_input = k->c_index() < kMaxInputs ? inputs[k->c_index()] : nullptr;
 
   TensorMeta a_meta;
   OP_RETURN_IF_ERROR(value_meta(api, inputs[kA], &a_meta));
@@ -469,18 +504,17 @@ OrtStatus* compute(Kernel* k, OrtKernelContext* context) {
   args.alpha = k->alpha;
   args.beta = k->beta;
   args.relu = k->relu;
-  if (inputs[kC] != nullptr) {
+  if (c_input != nullptr) {
     TensorMeta c_meta;
-    OP_RETURN_IF_ERROR(value_meta(api, inputs[kC], &c_meta));
+    OP_RETURN_IF_ERROR(value_meta(api, c_input, &c_meta));
     OP_RETURN_IF_ERROR(check_bias(k, c_meta, shapes.M, &args.bias));
     void* c_data = nullptr;
-    OP_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(inputs[kC]), &c_data));
+    OP_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(c_input), &c_data));
     args.bias.data = static_cast<const float*>(c_data);
   }
 
-  PackedCsr per_run;
-  if (!k->prepacked) OP_RETURN_IF_ERROR(pack_weights(k, inputs[kValues], inputs[kIndices], inputs[kOffsets], &per_run));
-  args.w = arrays_of(k->prepacked ? k->packed : per_run);
+  std::unique_ptr<PackedWeight> per_run;
+  if (!k->prepacked) OP_RETURN_IF_ERROR(pack_weights(k, inputs + kFirstWeight, &per_run));
 
   void* a_data = nullptr;
   OP_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(inputs[kA]), &a_data));
@@ -497,7 +531,7 @@ OrtStatus* compute(Kernel* k, OrtKernelContext* context) {
   ParallelRunner parallel;
   parallel.run = &run_on_ort_pool;
   parallel.ctx = &pool;
-  k->table->gemm(args, parallel);
+  k->format->run(k->prepacked ? *k->prepacked : *per_run, *k->kernels, args, parallel);
   return nullptr;
 }
 
@@ -515,21 +549,34 @@ OrtStatus* guarded(const OrtApi* api, const std::string& node, OrtStatus* (*body
   }
 }
 
-OrtCustomOp make_op() {
+OrtStatus* ORT_API_CALL create_sparse_gemm(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info,
+                                           void** kernel) {
+  *kernel = nullptr;
+  struct Args {
+    const OrtApi* api;
+    const OrtKernelInfo* info;
+  } args{api, info};
+  return guarded(api, node_name_of(api, info), [](void* a, void* out) {
+    auto* p = static_cast<Args*>(a);
+    return create_kernel(p->api, p->info, static_cast<void**>(out));
+  }, &args, kernel);
+}
+
+OrtCustomOp make_op(OrtStatus*(ORT_API_CALL* create)(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*, void**)) {
   OrtCustomOp op;
   std::memset(&op, 0, sizeof op);
   op.version = ORT_API_VERSION;
   op.GetName = [](const OrtCustomOp*) { return kOpType; };
   op.GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return nullptr; };
-  op.GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return kNumInputs; };
+  op.GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return kMaxInputs; };
   op.GetInputType = [](const OrtCustomOp*, size_t i) {
-    // values / indices / offsets accept several dtypes; the kernel checks them at creation.
-    return (i == kA || i == kC) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+    // The weight tensors' types depend on the format; the kernel checks them at creation.
+    return i == kA ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   };
   op.GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
   op.GetOutputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
   op.GetInputCharacteristic = [](const OrtCustomOp*, size_t i) {
-    return i == kC ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    return i == kA ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;  // the format fixes how many follow A
   };
   op.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
   op.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
@@ -537,17 +584,7 @@ OrtCustomOp make_op() {
   op.GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
   op.GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
   op.GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
-  op.CreateKernelV2 = [](const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** kernel) {
-    *kernel = nullptr;
-    struct Args {
-      const OrtApi* api;
-      const OrtKernelInfo* info;
-    } args{api, info};
-    return guarded(api, node_name_of(api, info), [](void* a, void* out) {
-      auto* p = static_cast<Args*>(a);
-      return create_kernel(p->api, p->info, static_cast<void**>(out));
-    }, &args, kernel);
-  };
+  op.CreateKernelV2 = create;
   op.KernelComputeV2 = [](void* kernel, OrtKernelContext* context) {
     auto* k = static_cast<Kernel*>(kernel);
     return guarded(k->api, k->node, [](void* a, void* b) {
@@ -556,18 +593,25 @@ OrtCustomOp make_op() {
   };
   op.KernelDestroy = [](void* kernel) {
     auto* k = static_cast<Kernel*>(kernel);
+    if (k == nullptr) return;
     if (k->cpu_memory != nullptr) k->api->ReleaseMemoryInfo(k->cpu_memory);
     delete k;
   };
-  op.GetStartVersion = [](const OrtCustomOp*) { return kSinceVersion; };
-  op.GetEndVersion = [](const OrtCustomOp*) { return INT_MAX; };
   return op;
 }
 
 }  // namespace
 
 const OrtCustomOp* sparse_gemm_op() {
-  static const OrtCustomOp op = make_op();
+  static const OrtCustomOp op = [] {
+    OrtCustomOp o = make_op(&create_sparse_gemm);
+    // onnxruntime (measured with 1.32) matches a kernel to the schema's since_version, not to the
+    // version the model imports, so this end does not stop a model importing version 2 from running
+    // this kernel; the contract says so ("Versioning"). It still states what the library implements.
+    o.GetStartVersion = [](const OrtCustomOp*) { return kSinceVersion; };
+    o.GetEndVersion = [](const OrtCustomOp*) { return kEndVersion; };
+    return o;
+  }();
   return &op;
 }
 

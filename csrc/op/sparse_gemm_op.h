@@ -8,6 +8,8 @@ namespace onnx_prune {
 constexpr const char* kDomain = "ai.onnx_prune";
 constexpr const char* kOpType = "SparseGemm";
 constexpr int kSinceVersion = 1;
+// The newest version of the op's domain this library implements (docs/sparse_gemm_op.md, "Versioning").
+constexpr int kEndVersion = 1;
 
 // The op, shared by every session that registers the library (it holds no per-session state).
 const OrtCustomOp* sparse_gemm_op();

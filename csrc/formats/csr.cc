@@ -1,12 +1,14 @@
-// Validation and packing of the CSR weight tensors, done once per kernel (or per Run when the
-// weights are not constant). Every index and offset is checked here so the hot loops never need to.
+// The `csr` storage format: its weight tensors (values, indices, offsets), their validation and
+// packing, done once per kernel (or per Run when the weights are not constant), and the kernels
+// that run it. Every index and offset is checked here so the hot loops never need to.
+#include "formats/csr.h"
+
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <new>
+#include <limits>
 #include <sstream>
 
-#include "sparse_gemm_kernels.h"
+#include "formats/non_finite.h"
 
 namespace onnx_prune {
 namespace {
@@ -134,13 +136,24 @@ void balance_parts(PackedCsr* out) {
   if (out->parts.back() < N || N == 0) out->parts.push_back(N);
 }
 
+// The blocked layout's per-(block, pair) tables -- block_ptr and the counts built with it, about
+// 3 * nkb * (n_pairs + 1) int64 -- are sized by K and N, not by the stored weights. They are built
+// only while nkb * (n_pairs + 1) stays within half the number of stored weights (plus a fixed
+// allowance that keeps every small layer blocked), so kernel creation takes a small multiple of
+// the weights' own memory for any K and N (a huge K with few entries once took ~25x).
+constexpr int64_t kBlockTableAllowance = int64_t{1} << 16;
+
+bool blocked_layout_fits(int64_t nkb, int64_t n_pairs, int64_t nnz) {
+  return nkb * (n_pairs + 1) <= nnz / 2 + kBlockTableAllowance;
+}
+
 // Fills PackedCsr's blocked, pair-interleaved layout (see sparse_gemm_kernels.h). Entries may
 // come in any order within an output (the contract allows it); duplicates stay separate entries.
 void build_blocked_layout(PackedCsr* out) {
   const int64_t N = out->N, K = out->K;
   const int64_t nkb = (K + kKBlock - 1) / kKBlock;
   const int64_t n_pairs = (N + 1) / 2;
-  if (nkb * (n_pairs + 1) > 8 * out->nnz + (int64_t{1} << 16)) return;  // see PackedCsr::blocked
+  if (!blocked_layout_fits(nkb, n_pairs, out->nnz)) return;  // see PackedCsr::blocked
   out->blocked = true;
   out->n_kblocks = nkb;
   out->n_pairs = n_pairs;
@@ -164,7 +177,8 @@ void build_blocked_layout(PackedCsr* out) {
   }
   out->block_values.assign(static_cast<size_t>(2 * steps), 0.f);
   out->block_rows.assign(static_cast<size_t>(2 * steps), static_cast<uint8_t>(kZeroRow));
-  std::vector<int64_t> fill(static_cast<size_t>(nkb * N), 0);
+  std::vector<int64_t>& fill = counts;  // the counts are spent: reuse them as fill positions
+  std::fill(fill.begin(), fill.end(), 0);
   for (int64_t n = 0; n < N; ++n) {
     const int64_t pair = n / 2, side = n % 2;
     for (int64_t j = out->row_ptr[n]; j < out->row_ptr[n + 1]; ++j) {
@@ -217,20 +231,79 @@ CsrArrays arrays_of(const PackedCsr& w) {
   return a;
 }
 
-float* scratch_alloc(const ScratchAllocator& allocator, size_t n_floats) {
-  const size_t bytes = ((n_floats * sizeof(float) + 63) / 64) * 64;
-  void* p = allocator.alloc ? allocator.alloc(allocator.ctx, bytes == 0 ? 64 : bytes)
-                            : std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
-  if (p == nullptr) throw std::bad_alloc();
-  return static_cast<float*>(p);
-}
+// ---------------------------------------------------------------- the Format entry
 
-void scratch_free(const ScratchAllocator& allocator, float* p) {
-  if (allocator.free) {
-    allocator.free(allocator.ctx, p);
-  } else {
-    std::free(p);
+namespace format_csr {
+namespace {
+
+enum Tensor : size_t { kValues = 0, kIndices = 1, kOffsets = 2 };
+
+std::string pack(const std::vector<TensorView>& t, const WeightShape& shape, std::unique_ptr<PackedWeight>* out) {
+  CsrView view;
+  view.values = t[kValues].data;
+  view.values_fp16 = t[kValues].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+  view.indices = t[kIndices].data;
+  view.indices_u16 = t[kIndices].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16;
+  view.offsets = t[kOffsets].data;
+  view.offsets_i64 = t[kOffsets].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+  view.n_values = t[kValues].dims[0];
+  view.n_indices = t[kIndices].dims[0];
+  view.n_offsets = t[kOffsets].dims[0];
+  if (shape.has_nnz && shape.nnz != view.n_values) {
+    std::ostringstream err;
+    err << "attribute nnz = " << shape.nnz << " but values has " << view.n_values << " entries";
+    return err.str();
   }
+  auto packed = std::make_unique<PackedCsr>();
+  std::string err = pack_csr(view, shape.K, shape.N, packed.get());
+  if (!err.empty()) return "invalid sparse weight: " + err;
+  *out = std::move(packed);
+  return {};
 }
 
+// True when output n's column stores every position in `ks` (sorted). `seen` has ks.size() slots.
+template <typename Idx>
+bool stores_all(const PackedCsr& w, const Idx* idx, int64_t n, const std::vector<int64_t>& ks,
+                std::vector<int64_t>& seen) {
+  const int64_t b = w.row_ptr[n], e = w.row_ptr[n + 1];
+  if (e - b < static_cast<int64_t>(ks.size())) return false;
+  size_t hits = 0;
+  for (int64_t j = b; j < e; ++j) {
+    const auto it = std::lower_bound(ks.begin(), ks.end(), static_cast<int64_t>(idx[j]));
+    if (it == ks.end() || *it != idx[j]) continue;
+    int64_t& last = seen[static_cast<size_t>(it - ks.begin())];
+    if (last != n) {  // duplicates of one position count once
+      last = n;
+      ++hits;
+    }
+  }
+  return hits == ks.size();
+}
+
+void run(const PackedWeight& packed, const KernelTable& kernels, const GemmArgs& args, const ParallelRunner& parallel) {
+  const auto& w = static_cast<const PackedCsr&>(packed);
+  kernels.csr_gemm(arrays_of(w), args, parallel);
+  std::vector<int64_t> seen;
+  for_each_non_finite_row(kernels, args, w.K, [&](int64_t m, const std::vector<int64_t>& ks) {
+    seen.assign(ks.size(), -1);
+    float* y = args.y + m * w.N;
+    for (int64_t n = 0; n < w.N; ++n) {
+      const bool all = w.use16 ? stores_all(w, w.idx16.data(), n, ks, seen) : stores_all(w, w.idx32.data(), n, ks, seen);
+      if (!all) y[n] = std::numeric_limits<float>::quiet_NaN();
+    }
+  });
+}
+
+}  // namespace
+
+const Format kFormat{
+    "csr",
+    {{"values", {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}, 1},
+     {"indices", {ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32}, 1},
+     {"offsets", {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64}, 1}},
+    &pack,
+    &run,
+};
+
+}  // namespace format_csr
 }  // namespace onnx_prune

@@ -1,7 +1,7 @@
 """Names and defaults of the SparseGemm op, as written in docs/sparse_gemm_op.md.
 
-Every module that writes or reads SparseGemm nodes takes its names from here, so the document,
-the Python side and the C++ kernel cannot drift apart silently (tests/test_contract.py).
+Every module that writes or reads SparseGemm nodes takes its names from here (through
+sparse_gemm.node), so the document, the Python side and the C++ kernel cannot drift apart silently (tests/test_contract.py).
 """
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ OP_TYPE = "SparseGemm"
 OP_VERSION = 1
 CONTRACT_REVISION = 1
 
-FORMAT_CSR = "csr"
-FORMATS = (FORMAT_CSR,)
+# The ``format`` attribute's default; the formats themselves are the registry's
+# (onnx_prune/sparse_gemm/formats/).
+DEFAULT_FORMAT = "csr"
 
 ACTIVATION_RELU = "relu"
 ACTIVATIONS = ("", ACTIVATION_RELU)
 
-INPUT_NAMES = ("A", "values", "indices", "offsets", "C")
+# Inputs: A, then the format's tensors (formats.get(format).tensor_names), then the optional C.
+INPUT_A = "A"
+INPUT_C = "C"
 OUTPUT_NAMES = ("Y",)
 
 # Attribute names.
@@ -31,6 +34,3 @@ ATTR_NNZ = "nnz"
 ATTR_ORIGINAL_OP = "original_op"
 ATTR_DENSE_SHAPE = "dense_shape"
 ATTR_SPARSITY = "sparsity"
-
-# Largest K for which 16-bit row indices suffice.
-UINT16_INDEX_LIMIT = 65536

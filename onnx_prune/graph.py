@@ -1,0 +1,130 @@
+"""Graph housekeeping, once: walking nodes into If / Loop / Scan bodies, what those bodies read,
+removing dead tensors, unique names and opset lookup.
+
+Everything edits the protobuf in place: no copy of the weights is made (a 1 GB model stays
+within the memory budget of docs/deployment.md).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The bodies held in ``node``'s attributes (If branches, Loop / Scan bodies)."""
+    bodies: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            bodies.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            bodies.extend(attr.graphs)
+    return bodies
+
+
+def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``graph`` and, depth first after each node, of its subgraphs."""
+    for node in graph.node:
+        yield node
+        for body in subgraphs(node):
+            yield from iter_nodes(body)
+
+
+def body_reads(node: onnx.NodeProto) -> set[str]:
+    """The tensor names read inside ``node``'s subgraphs, at any depth (inputs and body outputs)."""
+    names: set[str] = set()
+    for body in subgraphs(node):
+        names.update(o.name for o in body.output)
+        for inner in body.node:
+            names.update(inner.input)
+            names |= body_reads(inner)
+    names.discard("")
+    return names
+
+
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """A node's inputs followed by the outer tensors its bodies read (empty names dropped)."""
+    return [name for name in node.input if name] + sorted(body_reads(node))
+
+
+def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name read by a subgraph (at any depth) of ``graph``'s nodes."""
+    names: set[str] = set()
+    for node in graph.node:
+        names |= body_reads(node)
+    return names
+
+
+def read_names(graph: onnx.GraphProto) -> set[str]:
+    """Tensors something reads: node inputs, graph outputs and reads inside subgraphs."""
+    return {name for n in graph.node for name in n.input} | {o.name for o in graph.output} | subgraph_reads(graph)
+
+
+def remove_dead_tensors(model: onnx.ModelProto, candidates: Iterable[str]) -> set[str]:
+    """Remove the initializers, Constant nodes and graph inputs (IR < 4 lists initializers there)
+    named in ``candidates`` that nothing reads any more; returns the names removed.
+
+    A tensor still read (also from inside a subgraph) stays; tensors not named are untouched.
+    """
+    graph = model.graph
+    dead = set(candidates) - read_names(graph)
+    if not dead:
+        return dead
+    _keep(graph.node, lambda n: not (n.op_type == "Constant" and n.output and n.output[0] in dead))
+    _keep(graph.initializer, lambda t: t.name not in dead)
+    _keep(graph.input, lambda i: i.name not in dead)
+    return dead
+
+
+def _keep(field, wanted) -> None:
+    """Delete the entries of a repeated protobuf field for which ``wanted`` is false, in place
+    (index by index: the kept entries, weights included, are never copied)."""
+    for i in reversed(range(len(field))):
+        if not wanted(field[i]):
+            del field[i]
+
+
+def add_initializer(model: onnx.ModelProto, name: str, array: np.ndarray) -> None:
+    """A new initializer (also declared as a graph input where IR < 4 requires it)."""
+    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+    if model.ir_version < 4:
+        model.graph.input.append(helper.make_tensor_value_info(
+            name, helper.np_dtype_to_tensor_dtype(array.dtype), list(array.shape)))
+
+
+class NameScope:
+    """Names already taken; :meth:`unique` hands out ``stem``, ``stem_1``, ``stem_2``, … and takes it."""
+
+    def __init__(self, taken: Iterable[str] = ()) -> None:
+        self.taken = set(taken)
+
+    @classmethod
+    def of_graph(cls, graph: onnx.GraphProto) -> "NameScope":
+        """Every tensor and node name of ``graph`` (the top level: bodies have scopes of their own)."""
+        names = {t.name for t in graph.initializer} | {i.name for i in graph.input} | \
+                {o.name for o in graph.output} | {n.name for n in graph.node}
+        for node in graph.node:
+            names.update(node.input)
+            names.update(node.output)
+        names.discard("")
+        return cls(names)
+
+    def unique(self, stem: str) -> str:
+        candidate, n = stem, 1
+        while candidate in self.taken:
+            candidate, n = f"{stem}_{n}", n + 1
+        self.taken.add(candidate)
+        return candidate
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.taken
+
+
+def opset_version(model: onnx.ModelProto, domain: str = "") -> Optional[int]:
+    """The version ``model`` imports of ``domain`` ("" and "ai.onnx" are the same), or None."""
+    domains = ONNX_DOMAINS if domain in ONNX_DOMAINS else (domain,)
+    return next((int(o.version) for o in model.opset_import if o.domain in domains), None)
