@@ -3,8 +3,9 @@
 #  2. Otherwise the official onnxruntime 1.17.0 headers carried by the pinned PyPI wheel
 #     amd-quark==0.13: downloaded with `pip download --no-deps`, sha256-checked, and only the four
 #     session headers extracted into the build tree. The wheel is only unpacked, never installed,
-#     so its Requires-Python (>=3.11,<3.14) is ignored: the build works on every Python we support. API 17 is the oldest version we support, so
-#     building against it keeps the library loadable by every onnxruntime from 1.17 on.
+#     so its Requires-Python (>=3.11,<3.14) is ignored: the build works on every Python we support.
+#     API 17 is the oldest version we support, so building against it keeps the library loadable
+#     by every onnxruntime from 1.17 on.
 set(ORT_HEADERS_WHEEL_NAME "amd_quark-0.13-py3-none-any.whl")
 set(ORT_HEADERS_WHEEL_SPEC "amd-quark==0.13")
 set(ORT_HEADERS_WHEEL_SHA256 "3b3e58a4cbbcff20d27815b641aa4de4d698efde3c782306cb4a6a05bcf55c8c")

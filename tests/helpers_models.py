@@ -74,7 +74,7 @@ def newest_opset() -> int:
                            opset=opset)
         try:
             ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        except Exception:  # onnxruntime refuses opsets newer than it knows  # noqa: BLE001
+        except Exception:  # onnxruntime refuses an opset newer than it knows
             continue
         return opset
     return OPSET
