@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from helpers_models import IR_VERSION
 from onnx_prune.errors import OnnxPruneError
 from onnx_prune.evaluate import ROW_KEYS, evaluate_accuracy, plot_sweep, run_eval_cli, sweep
 
@@ -35,7 +36,7 @@ def make_mlp(seed: int = 0) -> tuple[onnx.ModelProto, list[np.ndarray]]:
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", SIZES[0]])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", SIZES[-1]])],
                               initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), params
+    return helper.make_model(graph, ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", 17)]), params
 
 
 def numpy_logits(params: list[np.ndarray], x: np.ndarray) -> np.ndarray:

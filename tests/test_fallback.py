@@ -22,6 +22,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from helpers_models import newest_opset
 from onnx_prune.sparse_gemm import contract, formats
 from onnx_prune.errors import OnnxPruneError
 from onnx_prune.fallback import add_fallback_functions, build_sparse_gemm_function, has_fallback_function
@@ -150,7 +151,7 @@ CASES = {
     "batch0_3d": Case(a_shape=[0, 3, 6]),
     "opset12": Case(a_shape=[2, 3, 6], opset=12, activation="relu", bias_shape=[1, 5]),
     "opset13_transA": Case(a_shape=[6, 2], opset=13, trans_a=1, bias_shape=[5]),
-    "opset21": Case(a_shape=[2, 6], opset=21, alpha=2.0, bias_shape=[5]),
+    "opset_newest": Case(a_shape=[2, 6], opset=newest_opset(), alpha=2.0, bias_shape=[5]),
     "wide_K": Case(a_shape=[2, 300], K=300, N=40, sparsity=0.9, empty_columns=(0, 39)),
 }
 
