@@ -89,6 +89,8 @@ def _warnings_as_lines(quiet: bool) -> Iterator[None]:
     ends (after any progress bar), without the source line Python would print."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        # unclosed files of libraries, found by the garbage collector: nothing for the user to act on
+        warnings.simplefilter("ignore", ResourceWarning)
         try:
             yield
         finally:

@@ -179,7 +179,7 @@ def test_unreadable_data_file(tmp_path):
     model, _ = make_mlp()
     bad = tmp_path / "bad.npz"
     bad.write_text("not a zip")
-    with pytest.raises(OnnxPruneError, match=f"evaluation data '{bad}' is not a valid .npz: This file contains pickled"):
+    with pytest.raises(OnnxPruneError, match=f"evaluation data '{bad}' is not a valid .npz: it is not an .npz archive"):
         evaluate_accuracy(model, bad)
     missing = tmp_path / "missing.npz"
     with pytest.raises(OnnxPruneError, match=f"evaluation data '{missing}' does not exist"):
