@@ -27,23 +27,30 @@ _DAMP_RETRIES = 4
 BlockDone = Callable[[int, int], None]  # (blocks done, blocks in all)
 
 
-def inverse_hessian_factor(hessian: np.ndarray, percdamp: float = PERCDAMP, layer: str = "?"
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def inverse_hessian_factor(hessian: np.ndarray, percdamp: float = PERCDAMP, layer: str = "?", *,
+                           undamped: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Upper Cholesky factor U of the dampened H⁻¹ (H⁻¹ = UᵀU), and the dead-input flags.
 
-    Dead inputs (never nonzero in calibration: diag(H) = 0) get a unit diagonal so H stays
-    invertible; their weights cost nothing on the calibration data and are removed first.
-    Dampening is ``percdamp * mean(diag H)`` and grows tenfold when H is still not positive
-    definite (a few times, then a clear error)."""
+    Dead inputs (never nonzero in calibration: diag(H) = 0) get the mean live diagonal so H
+    stays invertible; their weights cost nothing on the calibration data and are removed first.
+    Dampening is ``percdamp * mean(diag H)`` of the calibration H itself (before that fill-in:
+    the dampening of the live inputs must not grow with the number of dead ones) and grows
+    tenfold when H is still not positive definite (a few times, then a clear error). The last
+    ``undamped`` entries (the constant input of bias compensation) are neither dampened nor
+    counted in the mean: the bias must come out as the exact least-squares fit, not a
+    ridge-shrunk one."""
     h = np.array(hessian, dtype=np.float64, copy=True)
+    size = len(h) - undamped
     diag = np.diag(h).copy()
     dead = diag <= 0
-    live_mean = float(diag[~dead].mean()) if (~dead).any() else 1.0
+    live = ~dead[:size]
+    live_mean = float(diag[:size][live].mean()) if live.any() else 1.0
+    damp = percdamp * float(diag[:size].mean()) if size else 0.0
     h[dead, dead] = live_mean
-    damp = percdamp * float(np.diag(h).mean())
+    scale = np.r_[np.ones(size), np.zeros(undamped)]
     for _ in range(_DAMP_RETRIES):
         try:
-            dampened = h + damp * np.eye(len(h))
+            dampened = h + damp * np.diag(scale)
             lower = np.linalg.cholesky(dampened)
             eye = np.eye(len(h))
             inv_lower = np.linalg.solve(lower, eye)
@@ -70,28 +77,60 @@ def sparsegpt_prune(weight: np.ndarray, hessian: np.ndarray, drop: int, *, patte
 
     Unstructured: exactly ``drop`` weights go. With ``pattern=(n, m)`` every group of m inputs
     keeps n weights per output and ``drop`` is ignored."""
-    w = np.array(weight, dtype=np.float64, copy=True)
-    k, _ = w.shape
+    k, _ = np.shape(weight)
     if pattern is not None:
         masking.check_pattern_fits(k, pattern[1], layer)
         block_size = max(pattern[1], block_size // pattern[1] * pattern[1])  # blocks of whole groups
     factor, dead = inverse_hessian_factor(hessian, percdamp, layer)
+    w, keep = _walk(weight, factor, dead, drop, k, pattern, block_size, on_block)
+    return w.astype(np.float32), keep
+
+
+def sparsegpt_prune_with_bias(weight: np.ndarray, hessian: np.ndarray, input_sum: np.ndarray, rows: int, drop: int, *,
+                              block_size: int = BLOCK_SIZE, percdamp: float = PERCDAMP, layer: str = "?",
+                              on_block: Optional[BlockDone] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SparseGPT that also moves error into the bias: returns (weight, keep, bias delta [N]).
+
+    The layer computes ``x W + b``; appending a constant input 1 to every x makes the bias one
+    more row of W, with the Hessian ``[[XᵀX, Xᵀ1], [1ᵀX, rows]]`` (``input_sum`` = Xᵀ1, the
+    column sums of the calibration inputs). That row is walked last and never pruned, so every
+    OBS update can shift it, and the walk leaves it at the least-squares optimum for the pruned
+    weights: ``delta = (1/rows) · 1ᵀX (W - W_pruned)``, the mean error of the outputs (exactly:
+    its dampening is zero). The weights themselves are chosen knowing that the bias absorbs any
+    constant shift. Unstructured only; ``drop`` weights of ``weight`` go, as in sparsegpt_prune."""
+    w = np.asarray(weight, dtype=np.float64)
+    k, n = w.shape
+    s = np.asarray(input_sum, dtype=np.float64).reshape(k, 1)
+    augmented = np.block([[np.asarray(hessian, dtype=np.float64), s], [s.T, np.full((1, 1), float(rows))]])
+    factor, dead = inverse_hessian_factor(augmented, percdamp, layer, undamped=1)
+    full, keep = _walk(np.vstack([w, np.zeros((1, n))]), factor, dead, drop, k, None, block_size, on_block)
+    return full[:k].astype(np.float32), keep[:k], full[k]
+
+
+def _walk(weight: np.ndarray, factor: np.ndarray, dead: np.ndarray, drop: int, prunable: int,
+          pattern: Optional[tuple[int, int]], block_size: int, on_block: Optional[BlockDone]
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """The SparseGPT walk over all rows of ``weight`` (float64 result, keep mask); only the first
+    ``prunable`` rows may lose weights (the rest, such as the bias row, only absorb updates)."""
+    w = np.array(weight, dtype=np.float64, copy=True)
+    k, _ = w.shape
     starts = list(range(0, k, block_size))
-    shares = masking.split_count(drop, [min(block_size, k - s) for s in starts]) if pattern is None else []
+    sizes = [max(0, min(block_size, prunable - s)) for s in starts]
+    shares = masking.split_count(drop, sizes) if pattern is None else [0] * len(starts)
     keep = np.ones(w.shape, dtype=bool)
     for b, start in enumerate(starts):
         end = min(start + block_size, k)
-        errors = _prune_block(w, factor, dead, keep, start, end, shares[b] if pattern is None else 0, pattern)
+        errors = _prune_block(w, factor, dead, keep, start, end, shares[b], pattern, prunable)
         # lazy batch update: the rest of W absorbs the whole block's compensation at once
         w[end:] -= factor[start:end, end:].T @ errors
         if on_block is not None:
             on_block(b + 1, len(starts))
     w[~keep] = 0.0
-    return w.astype(np.float32), keep
+    return w, keep
 
 
 def _prune_block(w: np.ndarray, factor: np.ndarray, dead: np.ndarray, keep: np.ndarray, start: int, end: int,
-                 drop: int, pattern: Optional[tuple[int, int]]) -> np.ndarray:
+                 drop: int, pattern: Optional[tuple[int, int]], prunable: int) -> np.ndarray:
     """Walk the rows (inputs) of one block: prune, then spread each row's error over the later
     rows of the block. Returns the scaled errors ``(w - q) / U_kk`` for the lazy update."""
     block = w[start:end]                       # a view: updated in place
@@ -99,6 +138,7 @@ def _prune_block(w: np.ndarray, factor: np.ndarray, dead: np.ndarray, keep: np.n
     d = np.diag(u)
     if pattern is None:
         scores = obs_errors(block, u, dead[start:end])
+        scores[max(0, prunable - start):] = np.inf  # rows that only absorb updates
         keep[start:end] = masking._keep_mask(scores.ravel(), drop).reshape(block.shape)
     errors = np.zeros_like(block)
     for i in range(end - start):
