@@ -13,7 +13,7 @@ lowest errors when the walk reaches the group (the errors then reflect all earli
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -154,3 +154,30 @@ def _prune_block(w: np.ndarray, factor: np.ndarray, dead: np.ndarray, keep: np.n
         errors[i] = err
     return errors
 
+
+
+CURVE_GRID = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.96, 0.98)
+
+
+def reconstruction_curve(weight: np.ndarray, hessian: np.ndarray, input_sum: np.ndarray, rows: int,
+                         grid: Sequence[float] = CURVE_GRID, *, percdamp: float = PERCDAMP, layer: str = "?"
+                         ) -> list[float]:
+    """Relative squared output error ``‖X ΔW + 1 Δb‖² / ‖X W‖²`` of the layer after
+    sparsegpt_prune_with_bias at each sparsity of ``grid``: what allocation.error_driven_drops
+    needs to spread a total over the layers."""
+    w = np.asarray(weight, dtype=np.float64)
+    k, n = w.shape
+    h = np.asarray(hessian, dtype=np.float64)
+    s = np.asarray(input_sum, dtype=np.float64).reshape(k, 1)
+    augmented = np.block([[h, s], [s.T, np.full((1, 1), float(rows))]])
+    energy = float(np.einsum("kn,kj,jn->", w, h, w))
+    curve = []
+    for ratio in grid:
+        if ratio == 0:
+            curve.append(0.0)
+            continue
+        drop = masking.removal_count(ratio, w.size)
+        pruned, _, delta = sparsegpt_prune_with_bias(w, h, input_sum, rows, drop, percdamp=percdamp, layer=layer)
+        diff = np.vstack([w - pruned, -delta[None, :]])
+        curve.append(float(np.einsum("kn,kj,jn->", diff, augmented, diff)) / energy if energy > 0 else 0.0)
+    return curve
