@@ -105,16 +105,12 @@ def exact_counts(sizes: Sequence[int], targets: Sequence[float], total: int) -> 
     counts = [min(s, int(math.floor(v))) for s, v in zip(sizes, ideal)]
     short = total - sum(counts)
     order = sorted(range(len(sizes)), key=lambda i: (-(ideal[i] - counts[i]), i))
-    for i in order * 2:  # at most one extra each round; a second round covers clipped layers
+    for i in order * 2:  # one extra per layer and round; the second round covers full layers
         if short <= 0:
             break
         if counts[i] < sizes[i]:
             counts[i] += 1
             short -= 1
-    while short < 0:  # floor never overshoots; kept for safety with odd float rounding
-        i = max(range(len(sizes)), key=lambda j: counts[j])
-        counts[i] -= 1
-        short += 1
     return counts
 
 

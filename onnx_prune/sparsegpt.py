@@ -10,6 +10,10 @@ Here the layer's removal count ``drop`` is split over the blocks in proportion t
 (masking.split_count) and each block removes exactly its share, lowest errors first (ties: first
 in row-major order). N:M patterns choose, per group of m inputs and per output, the m - n
 lowest errors when the walk reaches the group (the errors then reflect all earlier updates).
+
+``sparsegpt_prune_with_bias`` also moves error into the bias (a constant input appended to X);
+``reconstruction_curve`` measures a layer's output error at several sparsities, for
+allocation.py.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from .errors import OnnxPruneError
 
 BLOCK_SIZE = 128
 PERCDAMP = 0.01
+CURVE_GRID = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.96, 0.98)  # sparsities of reconstruction_curve
 _DAMP_RETRIES = 4
 
 BlockDone = Callable[[int, int], None]  # (blocks done, blocks in all)
@@ -153,10 +158,6 @@ def _prune_block(w: np.ndarray, factor: np.ndarray, dead: np.ndarray, keep: np.n
         block[i + 1:] -= np.outer(u[i, i + 1:], err)
         errors[i] = err
     return errors
-
-
-
-CURVE_GRID = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.96, 0.98)
 
 
 def reconstruction_curve(weight: np.ndarray, hessian: np.ndarray, input_sum: np.ndarray, rows: int,

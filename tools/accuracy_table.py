@@ -30,9 +30,9 @@ import onnx_prune  # noqa: E402
 from onnx_prune import allocation, capture, masking  # noqa: E402
 from onnx_prune.calibration import checked_calibration, normalised_saliency  # noqa: E402
 from onnx_prune.layers import find_layers  # noqa: E402
-from train_mnist import forward  # noqa: E402
 from onnx_prune.sparsegpt import (CURVE_GRID, reconstruction_curve, sparsegpt_prune,  # noqa: E402
                                   sparsegpt_prune_with_bias)
+from train_mnist import forward  # noqa: E402
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
