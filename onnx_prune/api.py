@@ -17,6 +17,7 @@ import onnx
 
 from . import sparsifiers
 from .auto_dense import split_dense
+from .bias import BIAS_CORRECTION
 from .errors import OnnxPruneError, UsageError, first_line
 from .graph import opset_version
 from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
@@ -37,14 +38,16 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
           include: Sequence[str] = (), exclude: Sequence[str] = (),
           layer_ratios: Optional[Mapping[str, float]] = None, min_params: int = 0,
           method: str = "magnitude", calibration: Calibration = None, calibration_samples: Optional[int] = None,
-          pattern: Optional[str] = None, values: str = "fp32", fallback: bool = True,
+          pattern: Optional[str] = None, bias_correction: bool = BIAS_CORRECTION, values: str = "fp32",
+          fallback: bool = True,
           auto_dense: bool = True, verify: bool = False, verify_inputs=None,
           progress: Optional[Progress] = None) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune the Gemm / constant-weight MatMul layers of a model.
 
     Returns the rewritten model and a report; the input (file or ModelProto) is not modified.
     ``calibration`` is an .npz path or a dict of arrays keyed by graph input name (first axis =
-    samples), needed by ``method="wanda"`` and ``"sparsegpt"``. ``verify=True`` runs the result
+    samples), needed by ``method="wanda"`` and ``"sparsegpt"``. ``bias_correction``: SparseGPT
+    also updates the biases (bias.py; exact, or skipped with a warning). ``verify=True`` runs the result
     against the input with the same masks applied densely and raises OnnxPruneError when they
     differ by more than verify.VERIFY_TOLERANCE (``verify_inputs``: .npz path or dict; default
     generated inputs).
@@ -63,13 +66,13 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
 
     say(f"scoring {len(chosen)} layers ({method}{', ' + pattern if pattern else ''})")
     weights = sparsify(model, chosen, ratios, scope=scope, method=method, calibration=calibration,
-                       calibration_samples=calibration_samples, pattern=pattern)
+                       calibration_samples=calibration_samples, pattern=pattern, bias_correction=bias_correction)
     pruned, dense_kept = split_dense(chosen, weights, auto_dense and not pattern)
 
     settings = dict(ratio=ratio, scope=scope, method=method, pattern=pattern, values=values,
                     layer_ratios=dict(layer_ratios or {}), include=list(include), exclude=list(exclude),
                     min_params=min_params, auto_dense=auto_dense, fallback=fallback,
-                    calibration_samples=calibration_samples)
+                    calibration_samples=calibration_samples, bias_correction=bias_correction)
     say(f"rewriting {len(pruned)} layers as SparseGemm")
     out = rewrite(model, pruned, values_dtype=value_types()[values], settings=settings)
     add_optional_parts(out, fallback=fallback)
@@ -113,8 +116,9 @@ def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), excl
 
 def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[str, float], *, scope: str,
              method: str, calibration: Calibration, calibration_samples: Optional[int],
-             pattern: Optional[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """node name -> (new weight [K, N] float32, keep mask [K, N] bool), for every layer.
+             pattern: Optional[str], bias_correction: bool = BIAS_CORRECTION) -> dict[str, sparsifiers.Pruned]:
+    """node name -> Pruned (new weight [K, N] float32, keep mask [K, N] bool, new bias or None),
+    for every layer.
 
     A method that needs no calibration statistics runs here; the others (and N:M patterns) belong
     to onnx_prune.calibration, imported only when asked for.
@@ -128,12 +132,12 @@ def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[st
             raise OnnxPruneError(f"{what} needs onnx_prune.calibration, which this installation lacks") from None
         data = load_calibration(calibration) if calibration is not None else None
         result = calibration_sparsify(model, list(layers), dict(ratios), method=method, calibration=data,
-                                      samples=calibration_samples, pattern=pattern, scope=scope)
+                                      samples=calibration_samples, pattern=pattern, scope=scope,
+                                      bias_correction=bias_correction)
     else:
         if calibration is not None:
             warnings.warn(f"calibration data is not used by --method {method}", stacklevel=3)
-        pruned = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope)
-        result = {node: (p.weight, p.mask) for node, p in pruned.items()}  # the bias is not used yet
+        result = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope)
     return {layer.node: _checked(layer, result) for layer in layers}
 
 
@@ -205,16 +209,16 @@ def _check_ratio(r: float, what: str) -> None:
         raise UsageError(f"{what} must be in [0, 1), got {r}")
 
 
-def _checked(layer: Layer, result: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def _checked(layer: Layer, result: Mapping[str, sparsifiers.Pruned]) -> sparsifiers.Pruned:
     """A sparsifier's answer for one layer, in the shapes and dtypes the rewriter relies on."""
     if layer.node not in result:
         raise OnnxPruneError(f"internal error: the sparsifier returned nothing for layer {layer.node}")
-    weight, mask = result[layer.node]
+    weight, mask, bias = result[layer.node].weight, result[layer.node].mask, result[layer.node].bias
     weight, mask = np.asarray(weight, dtype=np.float32), np.asarray(mask, dtype=bool)
     if weight.shape != layer.weight.shape or mask.shape != layer.weight.shape:
         raise OnnxPruneError(f"internal error: the sparsifier returned shapes {list(weight.shape)} / "
                              f"{list(mask.shape)} for layer {layer.node} of shape {list(layer.weight.shape)}")
-    return np.where(mask, weight, np.float32(0)), mask
+    return sparsifiers.Pruned(np.where(mask, weight, np.float32(0)), mask, bias)
 
 
 def _stepper(progress: Optional[Progress]) -> Callable[[str], None]:

@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from . import runtime
+from .bias import write_dense
 from .errors import OnnxPruneError
 from .modelio import read_npz
 from .report import Verification
@@ -28,7 +29,8 @@ Inputs = Union[None, str, Path, Mapping[str, np.ndarray]]
 
 
 def masked_dense_model(model: onnx.ModelProto, pruned: Sequence, values: str = "fp32") -> onnx.ModelProto:
-    """``model`` with each pruned layer reading its kept weights (zeros elsewhere) as a dense tensor."""
+    """``model`` with each pruned layer reading its kept weights (zeros elsewhere) as a dense tensor,
+    and its compensated bias where the method changed it."""
     ref = onnx.ModelProto()
     ref.CopyFrom(model)
     nodes = {n.name: n for n in ref.graph.node}
@@ -38,6 +40,8 @@ def masked_dense_model(model: onnx.ModelProto, pruned: Sequence, values: str = "
         name = f"{p.layer.weight_name}__masked_{i}"
         ref.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(stored, dtype=np.float32), name))
         nodes[p.layer.fused_nodes[0]].input[1] = name
+    for i, p in enumerate(p for p in pruned if p.bias is not None):
+        write_dense(ref, p.layer, p.bias, f"{p.layer.node}__masked_bias_{i}")
     drop_unused_constants(ref, {p.layer.weight_name for p in pruned})
     return ref
 
