@@ -153,10 +153,14 @@ def _bias_layers(layers: Sequence, wanted: bool) -> set[str]:
     exact (their bias stays as it is)."""
     if not wanted:
         return set()
-    skipped = [(l.node, bias_terms.problem(l)) for l in layers if bias_terms.problem(l)]
-    for node, why in skipped:
-        warnings.warn(f"bias correction skipped for layer {node}: {why}", stacklevel=4)
-    return {l.node for l in layers} - {node for node, _ in skipped}
+    exact = set()
+    for layer in layers:
+        why = bias_terms.problem(layer)
+        if why:
+            warnings.warn(f"bias correction skipped for layer {layer.node}: {why}", stacklevel=4)
+        else:
+            exact.add(layer.node)
+    return exact
 
 
 def _pattern(pattern: Optional[str], layers: Sequence, ratios: Mapping[str, float], scope: str

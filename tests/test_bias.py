@@ -127,8 +127,9 @@ def test_the_cli_option_reaches_the_pipeline(tmp_path):
     biases = {}
     for flag in ("--bias-correction", "--no-bias-correction"):
         out = tmp_path / f"{flag}.onnx"
-        result = CliRunner().invoke(app, with_default_subcommand([str(src), str(out), "--method", "sparsegpt", "--calibration", str(calib),
-                                          "--ratio", "0.7", "--no-auto-dense", "-q", flag]))
+        args = [str(src), str(out), "--method", "sparsegpt", "--calibration", str(calib), "--ratio", "0.7",
+                "--no-auto-dense", "-q", flag]
+        result = CliRunner().invoke(app, with_default_subcommand(args))
         assert result.exit_code == 0, result.output
         pruned = onnx.load(out)
         node = next(n for n in pruned.graph.node if n.name == "gemm")
