@@ -13,8 +13,9 @@ branches that each hold the plain standard ops for one kind of node:
 
 * ``original_op == "Gemm"`` or ``transA == 1`` (``A`` is 2-D): ``Gemm(A, W, C; alpha, beta, transA)``;
   an absent ``C`` is an empty input name, which ``Gemm`` accepts.
-* ``original_op == "MatMul"`` (``transA = 0``, ``C`` absent or broadcastable to ``[1, N]``, any
-  rank of ``A``): ``MatMul(A, alpha * W)``, then ``Add`` of ``beta * C`` as ``[N]`` unless that is
+* ``original_op == "MatMul"`` and ``alpha == 1`` (``transA = 0``, ``C`` absent or broadcastable to
+  ``[1, N]``, any rank of ``A``; onnx-prune writes no other alpha for MatMul layers):
+  ``MatMul(A, W)``, then ``Add`` of ``beta * C`` as ``[N]`` unless that is
   all zeros (an absent ``C`` reads as zeros: ``Gemm`` of zeros with the optional ``C`` builds it,
   since no op may read an absent input otherwise -- not even in a branch that never runs).
 * anything else: the general form, ``A`` reshaped to ``[-1, A.shape[-1]]``, ``Gemm``, the output
