@@ -22,7 +22,7 @@ from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_la
 from .modelio import PROTOBUF_LIMIT, load_model, read_npz
 from .report import PruneReport
 from .rewrite import add_optional_parts, rewrite
-from .sparse_gemm import contract, formats
+from .sparse_gemm import formats
 
 SCOPES = ("layer", "global")
 
@@ -69,7 +69,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
                     min_params=min_params, auto_dense=auto_dense, fallback=fallback,
                     calibration_samples=calibration_samples)
     say(f"rewriting {len(pruned)} layers as SparseGemm")
-    out = rewrite(model, pruned, values_dtype=value_types()[values], settings=settings)
+    fmt, values_dtype = formats.value_choices()[values]
+    out = rewrite(model, pruned, values_dtype=values_dtype, format=fmt.name, settings=settings)
     add_optional_parts(out, fallback=fallback)
     check_output_model(model, out)
 
@@ -157,8 +158,8 @@ def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitud
 
 
 def value_types() -> Mapping[str, np.dtype]:
-    """The --values choices (name -> stored dtype), as the storage format declares them."""
-    return formats.get(contract.DEFAULT_FORMAT).value_types
+    """The --values choices (name -> stored dtype), as the storage formats declare them."""
+    return {choice: dtype for choice, (_, dtype) in formats.value_choices().items()}
 
 
 def check_output_model(model: onnx.ModelProto, out: onnx.ModelProto) -> None:

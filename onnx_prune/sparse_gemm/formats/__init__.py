@@ -61,7 +61,7 @@ class SparseFormat(ABC):
 
     name: str                                   # the ``format`` attribute's value
     tensor_names: tuple[str, ...]               # the node inputs after A, in order
-    value_types: Mapping[str, np.dtype]         # --values choice -> stored dtype ("fp32" first)
+    value_types: Mapping[str, np.dtype]         # --values choices it serves -> stored dtype
     description: str                            # one sentence on the layout, for netron / docs
     input_docs: Sequence[tuple[str, str, str]]  # (input name, type parameter, description)
     type_constraints: Sequence[tuple[str, Sequence[str], str]]  # (type parameter, onnx types, description)
@@ -93,11 +93,21 @@ _REGISTRY: dict[str, SparseFormat] = {}
 
 
 def register(fmt: SparseFormat) -> SparseFormat:
-    """Add ``fmt`` to the registry (one name, one format)."""
+    """Add ``fmt`` to the registry (one name, one format; one --values choice, one format)."""
     if fmt.name in _REGISTRY:
         raise ValueError(f"format '{fmt.name}' is registered twice")
+    for choice in fmt.value_types:
+        if choice in value_choices():
+            raise ValueError(f"--values {choice} is declared by formats '{value_choices()[choice][0].name}' "
+                             f"and '{fmt.name}'")
     _REGISTRY[fmt.name] = fmt
     return fmt
+
+
+def value_choices() -> dict[str, tuple[SparseFormat, np.dtype]]:
+    """Every --values choice -> (the format that declares it, the dtype it stores), in registration
+    order: the CLI's choices and the format a prune writes come from here."""
+    return {choice: (fmt, np.dtype(dtype)) for fmt in _REGISTRY.values() for choice, dtype in fmt.value_types.items()}
 
 
 def names() -> tuple[str, ...]:
