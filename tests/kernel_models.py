@@ -166,14 +166,26 @@ def sparse_gemm_model(values: np.ndarray, indices: np.ndarray, offsets: np.ndarr
     kernel then packs them at every Run). `c` becomes an initializer; `c_shape` instead declares
     C as a graph input of that shape.
     """
+    return weights_model({"values": values, "indices": indices, "offsets": offsets}, attributes, a_shape=a_shape,
+                         c=c, c_shape=c_shape, weights_as_inputs=weights_as_inputs, node_name=node_name,
+                         a_dtype=a_dtype, y_shape=y_shape)
+
+
+def weights_model(tensors: Mapping[str, np.ndarray], attributes: Mapping[str, object], *,
+                  a_shape: Optional[Sequence[Dim]], c: Optional[np.ndarray] = None,
+                  c_shape: Optional[Sequence[Dim]] = None, weights_as_inputs: bool = False,
+                  node_name: str = NODE_NAME, a_dtype: type = np.float32,
+                  y_shape: Optional[Sequence[Dim]] = None) -> onnx.ModelProto:
+    """One SparseGemm node Y = SparseGemm(A, *tensors[, C]) for a format of any number of tensors
+    (in the order given; graph inputs named like the tensors with weights_as_inputs)."""
     inputs = [_value_info("A", np.dtype(a_dtype), None if a_shape is None else list(a_shape))]
     initializers = []
-    for name, array in (("values", values), ("indices", indices), ("offsets", offsets)):
+    for name, array in tensors.items():
         if weights_as_inputs:
             inputs.append(_value_info(name, array, [f"{name}_len"] if array.ndim == 1 else None))
         else:
             initializers.append(numpy_helper.from_array(np.asarray(array), name))
-    node_inputs = ["A", "values", "indices", "offsets"]
+    node_inputs = ["A", *tensors]
     if c is not None:
         initializers.append(numpy_helper.from_array(np.asarray(c, dtype=np.float32), "C"))
         node_inputs.append("C")
