@@ -37,8 +37,10 @@ struct PackedCsrOf : PackedWeight {
   // the row index within a block fits one byte). Outputs go in pairs (2p, 2p + 1): per block, a
   // pair's entries are interleaved step by step, the shorter side padded with zero weights, so
   // one loop with two independent accumulator sets serves both (half the loop exits, no tails);
-  // padding entries read the zero row kZeroRow.
-  std::vector<Val> block_values;        // [step][2]
+  // padding entries read the zero row kZeroRow. The weights are held as fp32 here whatever Val is:
+  // the batched loop is bound by arithmetic, not memory, and widening int8 in that loop measured
+  // 8% slower at batch 64 (csr_int8 on the bundled model, 1 thread).
+  std::vector<float> block_values;      // [step][2]
   std::vector<uint8_t> block_rows;      // [step][2] row of W within its block
   std::vector<int64_t> block_ptr;       // [n_kblocks][n_pairs + 1], in steps
   int64_t n_kblocks = 0;
@@ -119,7 +121,7 @@ void build_blocked_layout(PackedCsrOf<Val>* out) {
     }
     ptr[n_pairs] = steps;
   }
-  out->block_values.assign(static_cast<size_t>(2 * steps), Val(0));
+  out->block_values.assign(static_cast<size_t>(2 * steps), 0.f);
   out->block_rows.assign(static_cast<size_t>(2 * steps), static_cast<uint8_t>(kZeroRow));
   std::vector<int64_t>& fill = counts;  // the counts are spent: reuse them as fill positions
   std::fill(fill.begin(), fill.end(), 0);
@@ -128,7 +130,7 @@ void build_blocked_layout(PackedCsrOf<Val>* out) {
     for (int64_t j = out->row_ptr[n]; j < out->row_ptr[n + 1]; ++j) {
       const int64_t k = out->row_of(j), b = k / kKBlock;
       const int64_t step = out->block_ptr[b * (n_pairs + 1) + pair] + fill[b * N + n]++;
-      out->block_values[2 * step + side] = out->values[j];
+      out->block_values[2 * step + side] = static_cast<float>(out->values[j]);
       out->block_rows[2 * step + side] = static_cast<uint8_t>(k - b * kKBlock);
     }
   }

@@ -223,8 +223,8 @@ void pack_task(void* data, size_t i) {
 // The inner loop of the kernel, for one pair of outputs and one block of W's rows:
 // acc_s[0..NP*16) += sum_t values[2t+s] * block[rows[2t+s]][0..NP*16) for sides s = 0, 1.
 // `block` is one kKBlock-row block of the tile, small enough to stay in L1.
-template <int NP, bool kFirstBlock, typename Val>
-inline void spmm_pair(const Val* values, const uint8_t* rows, int64_t steps, const float* block,
+template <int NP, bool kFirstBlock>
+inline void spmm_pair(const float* values, const uint8_t* rows, int64_t steps, const float* block,
                       float* acc0, float* acc1) {
   constexpr int NV = NP * kPanel / V::W;  // vector registers per tile row and output
   constexpr int U = NV >= 4 ? 1 : 2;      // step sets in flight: at least 8 independent chains

@@ -41,7 +41,7 @@ struct CsrArraysOf {
   const int64_t* row_ptr = nullptr;
   const int64_t* parts = nullptr;
   int64_t n_parts = 0;
-  const Val* block_values = nullptr;
+  const float* block_values = nullptr;  // fp32 whatever Val is (csr_layout.h)
   const uint8_t* block_rows = nullptr;
   const int64_t* block_ptr = nullptr;
   int64_t n_kblocks = 0;

@@ -32,14 +32,14 @@ class PackedWeight(ABC):
         """The format's tensors in the order of ``SparseFormat.tensor_names``."""
 
     @property
-    @abstractmethod
     def nnz(self) -> int:
-        """Number of stored weights."""
+        """Number of stored weights: the length of the first tensor, the values, in every format."""
+        return int(self.tensors[0].shape[0])
 
     @property
-    @abstractmethod
     def values_dtype(self) -> np.dtype:
-        """The dtype the weights themselves are stored in."""
+        """The dtype the weights themselves are stored in (the first tensor's)."""
+        return self.tensors[0].dtype
 
     @property
     def nbytes(self) -> int:
@@ -87,6 +87,16 @@ class SparseFormat(ABC):
     def fallback_dense_weight(self, body: "FunctionBody", opset: int) -> str:
         """Add the standard-op nodes that rebuild ``W [K, N]`` float32 inside the fallback function
         (its inputs are named ``tensor_names``; K and N are attributes); returns W's name."""
+
+
+def keep_mask(weight: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The entries ``pack`` keeps: ``mask``, or the non-zeros of ``weight`` without one (shapes checked)."""
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-D [K, N], got shape {list(weight.shape)}")
+    keep = weight != 0 if mask is None else np.asarray(mask, dtype=bool)
+    if keep.shape != weight.shape:
+        raise ValueError(f"mask shape {list(keep.shape)} != weight shape {list(weight.shape)}")
+    return keep
 
 
 _REGISTRY: dict[str, SparseFormat] = {}
