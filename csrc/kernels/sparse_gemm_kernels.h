@@ -50,6 +50,7 @@ struct CsrArraysOf {
 };
 
 using CsrArrays = CsrArraysOf<float>;
+using CsrInt8Arrays = CsrArraysOf<int8_t>;  // int8 weights, scales set (format csr_int8)
 
 // Per-Run scratch memory. The op glue backs it with onnxruntime's allocator (an arena that reuses
 // memory, where fresh pages would cost a page fault each call); without one, aligned_alloc.
@@ -91,6 +92,9 @@ struct KernelTable {
   // Y = act(alpha * A' W + beta * C) over the stored entries of W only (see formats/non_finite.h
   // for the rows where that differs from the dense product).
   void (*csr_gemm)(const CsrArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
+  // The same for int8 weights: each product widens the weight to fp32 in registers, and output n's
+  // sum is multiplied by scales[n] before alpha.
+  void (*csr_int8_gemm)(const CsrInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel);
   // True when x[0..count) holds an inf or a NaN (a vectorised scan, cheap next to any product).
   bool (*has_non_finite)(const float* x, int64_t count);
 };

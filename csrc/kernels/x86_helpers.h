@@ -61,6 +61,10 @@ inline float hsum8(__m256 v) {
 
 // Eight stored weights as floats.
 inline __m256 load_values8(const float* values) { return _mm256_loadu_ps(values); }
+inline __m256 load_values8(const int8_t* values) {
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(values));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+}
 
 template <typename Val, typename Idx>
 inline float vector_row_dot(const Val* values, const Idx* idx, int64_t count, const float* x) {

@@ -138,3 +138,4 @@ def get(name: str) -> SparseFormat:
 
 
 from . import csr  # noqa: E402,F401  (registers itself)
+from . import csr_int8  # noqa: E402,F401  (registers itself)
