@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -33,7 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_prune
-from onnx_prune import masking
+from onnx_prune import machine, masking, timing
 from onnx_prune.sparse_gemm import contract
 from onnx_prune.sparse_gemm import formats
 from onnx_prune.sparse_gemm.formats import PackedWeight
@@ -53,51 +51,12 @@ IR_VERSION = 9
 # ---------------------------------------------------------------------------- machine
 
 
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def kernel_isa_used(flags: set[str]) -> str:
-    """The variant the library picks (csrc/kernels/dispatch.cc): ONNX_PRUNE_ISA when this CPU
-    supports it, else the best supported one."""
-    supported = ["portable"]
-    if {"avx2", "fma"} <= flags:
-        supported.append("avx2")
-        if {"avx512f", "avx512bw", "avx512vl"} <= flags:
-            supported.append("avx512")
-    forced = os.environ.get("ONNX_PRUNE_ISA", "")
-    if forced in supported:
-        return f"{forced} (forced by ONNX_PRUNE_ISA)"
-    note = f"; ONNX_PRUNE_ISA={forced} not supported here" if forced else ""
-    return f"{supported[-1]} (auto{note})"
-
-
 def machine_info() -> dict:
-    """What a reader needs to judge the numbers."""
-    import onnxruntime as ort
+    """What a reader needs to judge the numbers: onnx_prune.machine's description, plus the
+    versions of the other candidates and the library that ran."""
     import scipy
 
-    flags = cpu_flags()
-    return {"cpu": cpu_model(), "cores": os.cpu_count(),
-            "simd": [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl") if f in flags],
-            "onnxruntime": ort.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-            "python": platform.python_version(), "kernel_isa": kernel_isa_used(flags),
+    return {**machine.machine_info(), "numpy": np.__version__, "scipy": scipy.__version__,
             "library": onnx_prune.get_library_path()}
 
 
@@ -272,31 +231,15 @@ def verify(candidate: Candidate, x: np.ndarray, layer: Layer) -> None:
 # ---------------------------------------------------------------------------- timing
 
 
-def time_calls(run: Callable[[], object], count: int) -> float:
-    """Seconds per call over `count` back-to-back calls."""
-    start = time.perf_counter()
-    for _ in range(count):
-        run()
-    return (time.perf_counter() - start) / count
-
-
-def calls_per_block(run: Callable[[], object], block_s: float) -> int:
-    single = min(time_calls(run, 1) for _ in range(3))
-    return int(min(10_000, max(1, block_s / max(single, 1e-7))))
-
-
 def time_candidates(candidates: Sequence[Candidate], *, rounds: int, warmup: int, block_s: float) -> dict:
-    """name -> {"us": median µs per call, "rounds": per-round seconds} for every runnable candidate."""
+    """name -> {"us": median µs per call, "rounds": per-round median seconds} for every runnable
+    candidate, timed in interleaved rounds by onnx_prune.timing."""
     live = [c for c in candidates if c.run is not None]
-    for c in live:
-        for _ in range(warmup):
-            c.run()
-    counts = {c.name: calls_per_block(c.run, block_s) for c in live}
-    per_round: dict[str, list[float]] = {c.name: [] for c in live}
-    for _ in range(rounds):
-        for c in live:
-            per_round[c.name].append(time_calls(c.run, counts[c.name]))
-    return {name: {"us": statistics.median(ts) * 1e6, "rounds": ts} for name, ts in per_round.items()}
+    if not live:
+        return {}
+    t = timing.time_interleaved([c.run for c in live], rounds=rounds, warmup=warmup, block_seconds=block_s)
+    return {c.name: {"us": t.seconds[i] * 1e6, "rounds": [r[i] for r in t.round_medians]}
+            for i, c in enumerate(live)}
 
 
 def ratio(timings: dict, other: str) -> Optional[float]:
