@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
@@ -15,15 +17,15 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from . import sparsifiers
-from .auto_dense import split_dense
+from . import masking, sparsifiers
+from .auto_dense import DENSE_KEEP_THRESHOLD, split_dense
 from .errors import OnnxPruneError, UsageError, first_line
 from .graph import opset_version
 from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
 from .modelio import PROTOBUF_LIMIT, load_model, read_npz
 from .report import PruneReport
-from .rewrite import add_optional_parts, rewrite
-from .sparse_gemm import contract, formats
+from .rewrite import PrunedLayer, add_optional_parts, rewrite
+from .sparse_gemm import formats
 
 SCOPES = ("layer", "global")
 
@@ -62,20 +64,31 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     ratios.update(resolve_layer_ratios(chosen, dict(layer_ratios or {})))
 
     say(f"scoring {len(chosen)} layers ({method}{', ' + pattern if pattern else ''})")
-    weights = sparsify(model, chosen, ratios, scope=scope, method=method, calibration=calibration,
-                       calibration_samples=calibration_samples, pattern=pattern)
-    pruned, dense_kept = split_dense(chosen, weights, auto_dense and not pattern)
+    if _streams(method, scope, pattern) and calibration is None:
+        pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, method=method, values=values,
+                                                   auto_dense=auto_dense, keep_weights=verify)
+    else:
+        weights = sparsify(model, chosen, ratios, scope=scope, method=method, calibration=calibration,
+                           calibration_samples=calibration_samples, pattern=pattern)
+        pruned, dense_kept = split_dense(chosen, weights, auto_dense and not pattern)
 
     settings = dict(ratio=ratio, scope=scope, method=method, pattern=pattern, values=values,
                     layer_ratios=dict(layer_ratios or {}), include=list(include), exclude=list(exclude),
                     min_params=min_params, auto_dense=auto_dense, fallback=fallback,
                     calibration_samples=calibration_samples)
     say(f"rewriting {len(pruned)} layers as SparseGemm")
-    out = rewrite(model, pruned, values_dtype=value_types()[values], settings=settings)
+    size_before = model.ByteSize() if source is None else None
+    fmt, values_dtype = formats.value_choices()[values]
+    # without verification nothing reads the input model again: a model that is ours (loaded
+    # from a path) is rewritten in place instead of copied
+    out = rewrite(model, pruned, values_dtype=values_dtype, format=fmt.name, settings=settings,
+                  in_place=source is not None and not verify)
     add_optional_parts(out, fallback=fallback)
     check_output_model(model, out)
 
     report = PruneReport.build(model, out, pruned, dense_kept, not_pruned, settings, source=source)
+    if size_before is not None:
+        report.size_before = size_before
     if verify and pruned:
         from .verify import verify_pruned
 
@@ -137,6 +150,42 @@ def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[st
     return {layer.node: _checked(layer, result) for layer in layers}
 
 
+def _streams(method: str, scope: str, pattern: Optional[str]) -> bool:
+    """Whether layers can be pruned one at a time: a method that reads only each layer's own
+    weights, one ratio per layer, no N:M pattern (those go through sparsify)."""
+    return not sparsifiers.get(method).needs_calibration and scope == "layer" and not pattern
+
+
+def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], *, method: str, values: str,
+                          auto_dense: bool, keep_weights: bool) -> tuple[list[PrunedLayer], list[Layer]]:
+    """Choose, check and pack one layer at a time, so that at most one layer's dense weights
+    and scores are in memory besides the model; each layer's weights are dropped once packed
+    (``keep_weights``: kept for a verification that needs them)."""
+    sparsifier = sparsifiers.get(method)
+    fmt, values_dtype = formats.value_choices()[values]
+    pruned, dense_kept = [], []
+    for layer in layers:
+        weight, mask = _checked(layer, {layer.node: sparsify_one(sparsifier, layer, ratios[layer.node])})
+        if auto_dense and np.count_nonzero(mask) / mask.size > DENSE_KEEP_THRESHOLD:
+            dense_kept.append(layer)
+        else:
+            p = PrunedLayer(layer, weight, mask)
+            p.packed = fmt.pack(weight, mask, values_dtype=values_dtype)
+            if not keep_weights:
+                p.weight = p.mask = None
+            pruned.append(p)
+        del weight, mask
+        if not keep_weights:
+            layer.release()
+    return pruned, dense_kept
+
+
+def sparsify_one(sparsifier: sparsifiers.Sparsifier, layer: Layer, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """(new weight, keep mask) of one layer for a method that needs no calibration statistics."""
+    p = sparsifier.update_mask(layer, None, masking.removal_count(ratio, layer.size))
+    return p.weight, p.mask
+
+
 def load_calibration(calibration: Calibration) -> dict[str, np.ndarray]:
     """The calibration arrays, from a dict or an .npz file (one clear error when unreadable)."""
     if isinstance(calibration, Mapping):
@@ -163,8 +212,8 @@ def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitud
 
 
 def value_types() -> Mapping[str, np.dtype]:
-    """The --values choices (name -> stored dtype), as the storage format declares them."""
-    return formats.get(contract.DEFAULT_FORMAT).value_types
+    """The --values choices (name -> stored dtype), as the storage formats declare them."""
+    return {choice: dtype for choice, (_, dtype) in formats.value_choices().items()}
 
 
 MIN_OPSET = 7  # onnxruntime implements the standard ops from opset 7 on
@@ -211,9 +260,12 @@ def _checked(layer: Layer, result: Mapping[str, tuple[np.ndarray, np.ndarray]]) 
         raise OnnxPruneError(f"internal error: the sparsifier returned nothing for layer {layer.node}")
     weight, mask = result[layer.node]
     weight, mask = np.asarray(weight, dtype=np.float32), np.asarray(mask, dtype=bool)
-    if weight.shape != layer.weight.shape or mask.shape != layer.weight.shape:
+    if weight.shape != tuple(layer.shape) or mask.shape != tuple(layer.shape):
         raise OnnxPruneError(f"internal error: the sparsifier returned shapes {list(weight.shape)} / "
-                             f"{list(mask.shape)} for layer {layer.node} of shape {list(layer.weight.shape)}")
+                             f"{list(mask.shape)} for layer {layer.node} of shape {list(layer.shape)}")
+    if weight.flags.writeable and weight.base is None and weight is not layer._weight:
+        np.copyto(weight, np.float32(0), where=~mask)  # the sparsifier's own array: no second copy
+        return weight, mask
     return np.where(mask, weight, np.float32(0)), mask
 
 
@@ -221,11 +273,27 @@ def _stepper(progress: Optional[Progress]) -> Callable[[str], None]:
     done = [0]
 
     def say(message: str) -> None:
+        if _DEBUG_MEMORY:
+            _print_memory(message)
         if progress is not None:
             progress(message, min(done[0], _STEPS), _STEPS)
         done[0] += 1
 
     return say
+
+
+_DEBUG_MEMORY = bool(os.environ.get("ONNX_PRUNE_DEBUG_MEMORY"))
+
+
+def _print_memory(step: str) -> None:
+    """ONNX_PRUNE_DEBUG_MEMORY=1: the process's current and peak RSS at each step, on stderr
+    (tracemalloc does not see numpy's or protobuf's buffers)."""
+    import resource
+
+    with open("/proc/self/statm") as statm:
+        current = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"[memory] {step}: RSS {current / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB", file=sys.stderr)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

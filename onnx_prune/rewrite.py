@@ -31,7 +31,7 @@ class PrunedLayer:
 
     @property
     def nnz(self) -> int:
-        return int(self.mask.sum())
+        return self.packed.nnz if self.packed is not None else int(self.mask.sum())
 
 
 def describe(layer: Layer, packed: PackedWeight) -> str:
@@ -59,12 +59,15 @@ def sparse_gemm_node(layer: Layer, packed: PackedWeight, names: Sequence[str], b
 
 
 def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dtype=np.float32,
-            format: str = contract.DEFAULT_FORMAT, settings: dict | None = None) -> onnx.ModelProto:
-    """A copy of ``model`` with every layer of ``pruned`` replaced by a SparseGemm node storing its
-    weight in ``format``; each PrunedLayer keeps its packed weight (``packed``) for the report."""
+            format: str = contract.DEFAULT_FORMAT, settings: dict | None = None,
+            in_place: bool = False) -> onnx.ModelProto:
+    """A copy of ``model`` (``model`` itself when ``in_place``: no second copy of a large model)
+    with every layer of ``pruned`` replaced by a SparseGemm node storing its weight in ``format``;
+    each PrunedLayer keeps its packed weight (``packed``, packed here unless already set)."""
     fmt = formats.get(format)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = model if in_place else onnx.ModelProto()
+    if not in_place:
+        out.CopyFrom(model)
     graph = out.graph
     name_nodes(graph)  # the replacements are found by node name
     names = NameScope.of_graph(graph)
@@ -73,7 +76,8 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
     replacement_at: dict[str, onnx.NodeProto] = {}  # name of the last fused node -> SparseGemm
     removed: set[str] = set()
     for p in pruned:
-        p.packed = fmt.pack(p.weight, p.mask, values_dtype=values_dtype)
+        if p.packed is None:
+            p.packed = fmt.pack(p.weight, p.mask, values_dtype=values_dtype)
         stem = p.layer.node if p.layer.weight_name in shared else p.layer.weight_name
         tensor_names = [names.unique(n) for n in sparse_tensor_names(stem, fmt)]
         for name, array in zip(tensor_names, p.packed.tensors):
