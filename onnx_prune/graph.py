@@ -6,7 +6,7 @@ within the memory budget of docs/deployment.md).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import onnx
@@ -191,15 +191,15 @@ def _large_constant_value(node: onnx.NodeProto) -> Optional[onnx.TensorProto]:
     return value if value is not None and _elements(value) > SMALL_TENSOR_ELEMENTS else None
 
 
-def keep_known_shapes(original: onnx.ModelProto, out: onnx.ModelProto) -> None:
-    """Give every tensor ``out``'s top-level nodes produce the value_info (shape included) that
-    shape inference finds for it in ``original``, where ``out`` has none with a shape (in place).
+def keep_known_shapes(out: onnx.ModelProto, known: Mapping[str, onnx.ValueInfoProto]) -> None:
+    """Give every tensor ``out``'s top-level nodes produce its value_info from ``known`` (what
+    :func:`inferred_value_info` found on the model ``out`` was rewritten from) where ``out``
+    states none with a shape (in place).
 
     A rewritten node (a SparseGemm) has no shape function, so without this every tensor after it
     has an element type only: netron draws no shapes and shape-dependent tools lose them. A
-    tensor ``original`` knows nothing about gets nothing: no shape is invented."""
+    tensor the original knew nothing about gets nothing: no shape is invented."""
     graph = out.graph
-    known = inferred_value_info(original)
     stated = {v.name: i for i, v in enumerate(graph.value_info)}
     io = {v.name for v in graph.input} | {v.name for v in graph.output}
     for name in dict.fromkeys(o for n in graph.node for o in n.output if o):

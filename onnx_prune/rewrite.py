@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from ._version import __version__
-from .graph import NameScope, add_initializer, keep_known_shapes, remove_dead_tensors
+from .graph import NameScope, add_initializer, inferred_value_info, keep_known_shapes, remove_dead_tensors
 from .layers import Layer, name_nodes
 from .sparse_gemm import PackedWeight, contract, formats, formats_used, make_sparse_gemm, sparse_tensor_names
 
@@ -65,6 +65,7 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
     with every layer of ``pruned`` replaced by a SparseGemm node storing its weight in ``format``;
     each PrunedLayer keeps its packed weight (``packed``, packed here unless already set)."""
     fmt = formats.get(format)
+    known_shapes = inferred_value_info(model)  # before an in-place rewrite changes ``model``
     out = model if in_place else onnx.ModelProto()
     if not in_place:
         out.CopyFrom(model)
@@ -97,7 +98,7 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
     remove_dead_tensors(out, {p.layer.weight_name for p in pruned} |
                         {p.layer.bias_name for p in pruned if p.layer.bias_name})
     _drop_stale_value_info(out)
-    keep_known_shapes(model, out)
+    keep_known_shapes(out, known_shapes)
     if pruned:
         _import_domain(out)
     _record_settings(out, settings or {})

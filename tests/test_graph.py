@@ -127,6 +127,6 @@ def test_keep_known_shapes_fills_missing_shapes_only_and_invents_none() -> None:
     out.graph.node.append(helper.make_node("Neg", ["h"], ["new_tensor"]))  # unknown to the original
     out.graph.value_info.extend([helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["b", 1200]),
                                  helper.make_tensor_value_info("h", TensorProto.FLOAT, None)])
-    keep_known_shapes(original, out)
+    keep_known_shapes(out, inferred_value_info(original))
     stated = {v.name: dims(v) for v in out.graph.value_info}
     assert stated == {"flat": ["b", 1200], "h": ["batch", 1000], "V": [1000, 3]}  # stated shapes win; Y is an output

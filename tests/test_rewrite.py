@@ -311,14 +311,19 @@ SHAPE_MODELS = {
 }
 
 
+@pytest.mark.parametrize("from_path", [False, True], ids=["proto", "path_in_place"])
 @pytest.mark.parametrize("name", sorted(SHAPE_MODELS))
-def test_pruned_file_keeps_the_intermediate_shapes_the_original_knew(name: str):
+def test_pruned_file_keeps_the_intermediate_shapes_the_original_knew(name: str, from_path: bool, tmp_path: Path):
     """Issue #13: a SparseGemm node has no shape function, so the file itself must state the
     shapes after it. Shape inference on the pruned file knows exactly what it knew on the
     original for every surviving tensor -- none lost, none invented -- and each edge between
     SparseGemm nodes has value_info in the file (what netron draws) when the original knew it."""
     model = SHAPE_MODELS[name]()
-    out, _ = onnx_prune.prune(model, 0.8)
+    if from_path:  # a model loaded from a path is rewritten in place: shapes are taken before that
+        onnx.save(model, str(tmp_path / "in.onnx"))
+        out, _ = onnx_prune.prune(str(tmp_path / "in.onnx"), 0.8)
+    else:
+        out, _ = onnx_prune.prune(model, 0.8)
     onnx.checker.check_model(out, full_check=True)
     before, after = inferred_shapes(model), inferred_shapes(out)
     surviving = {o for n in out.graph.node for o in n.output} - {o.name for o in out.graph.output}
