@@ -123,7 +123,7 @@ def dense_weight_nodes(b: "FunctionBody", opset: int) -> str:
     values = b.node("Cast", ["values"], to=TensorProto.FLOAT)
     rows_k = b.node("Cast", ["indices"], to=TensorProto.INT64)
     offsets = b.node("Cast", ["offsets"], to=TensorProto.INT64)
-    cols_n = _column_ids_nodes(b, offsets, values)
+    cols_n = row_ids_nodes(b, offsets, values)
     column = b.const(np.array([-1, 1], dtype=np.int64))
     kn = b.node("Concat", [b.node("Reshape", [rows_k, column]), b.node("Reshape", [cols_n, column])],
                 axis=1)
@@ -137,8 +137,9 @@ def dense_weight_nodes(b: "FunctionBody", opset: int) -> str:
     return b.node("ScatterND", [zeros, kn, values], **reduction)
 
 
-def _column_ids_nodes(b: "FunctionBody", offsets: str, values: str) -> str:
-    """n(j) for every stored value j: the row of Wᵀ (column of W) it belongs to.
+def row_ids_nodes(b: "FunctionBody", offsets: str, entries: str) -> str:
+    """n(j) for every entry j of the 1-D ``entries``: the row of the row pointer ``offsets`` it
+    belongs to (for csr the row of Wᵀ, i.e. the column of W; bcsr reuses it for block rows).
 
     n(j) is the number of rows that end at or before j (``searchsorted(offsets[1:], j, "right")``).
     It is computed with fixed-shape ops only, so that onnxruntime's constant folding can turn the
@@ -149,7 +150,7 @@ def _column_ids_nodes(b: "FunctionBody", offsets: str, values: str) -> str:
     two = b.const(np.array(2, np.int64))
     ends = b.node("Slice", [offsets, b.const(np.array([1], np.int64)),
                             b.const(np.array([_INT64_MAX], np.int64))])
-    positions = b.node("Range", [b.const(np.array(0, np.int64)), b.node("Size", [values]),
+    positions = b.node("Range", [b.const(np.array(0, np.int64)), b.node("Size", [entries]),
                                  b.const(np.array(1, np.int64))])
     keys = b.node("Concat", [b.node("Mul", [ends, two]),
                              b.node("Add", [b.node("Mul", [positions, two]), b.const(np.array(1, np.int64))])],
