@@ -6,7 +6,10 @@
 namespace onnx_prune {
 namespace {
 
-const Format* const kFormats[] = {&format_csr::kFormat};
+const Format* const kFormats[] = {
+    &format_csr::kFormat,
+    &format_bcsr::kFormat,
+};
 
 }  // namespace
 
