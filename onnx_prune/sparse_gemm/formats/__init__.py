@@ -118,3 +118,4 @@ def get(name: str) -> SparseFormat:
 
 
 from . import csr  # noqa: E402,F401  (registers itself)
+from . import bcsr  # noqa: E402,F401  (registers itself)
