@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import warnings
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
@@ -24,6 +25,7 @@ from .modelio import PROTOBUF_LIMIT, load_model, read_npz
 from .report import PruneReport
 from .rewrite import add_optional_parts, rewrite
 from .sparse_gemm import contract, formats
+from .sparse_gemm.formats import bcsr
 
 SCOPES = ("layer", "global")
 
@@ -39,7 +41,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
           method: str = "magnitude", calibration: Calibration = None, calibration_samples: Optional[int] = None,
           pattern: Optional[str] = None, values: str = "fp32", fallback: bool = True,
           auto_dense: bool = True, verify: bool = False, verify_inputs=None,
-          progress: Optional[Progress] = None) -> tuple[onnx.ModelProto, PruneReport]:
+          progress: Optional[Progress] = None, format: Optional[str] = None) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune the Gemm / constant-weight MatMul layers of a model.
 
     Returns the rewritten model and a report; the input (file or ModelProto) is not modified.
@@ -47,7 +49,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     samples), needed by ``method="wanda"`` and ``"sparsegpt"``. ``verify=True`` runs the result
     against the input with the same masks applied densely and raises OnnxPruneError when they
     differ by more than verify.VERIFY_TOLERANCE (``verify_inputs``: .npz path or dict; default
-    generated inputs).
+    generated inputs). ``format`` names the storage format (default: ``format_for_pattern``).
     """
     check_options(ratio, scope=scope, method=method, values=values, layer_ratios=layer_ratios,
                   min_params=min_params, calibration_samples=calibration_samples)
@@ -71,7 +73,9 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
                     min_params=min_params, auto_dense=auto_dense, fallback=fallback,
                     calibration_samples=calibration_samples)
     say(f"rewriting {len(pruned)} layers as SparseGemm")
-    out = rewrite(model, pruned, values_dtype=value_types()[values], settings=settings)
+    storage = format or format_for_pattern(pattern)
+    settings["format"] = formats.get(storage).name
+    out = rewrite(model, pruned, values_dtype=value_types()[values], format=storage, settings=settings)
     add_optional_parts(out, fallback=fallback)
     check_output_model(model, out)
 
@@ -160,6 +164,12 @@ def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitud
         raise UsageError(f"--min-params must be a non-negative integer, got {min_params}")
     if calibration_samples is not None and calibration_samples < 1:
         raise UsageError(f"--calibration-samples must be at least 1, got {calibration_samples}")
+
+
+def format_for_pattern(pattern: Optional[str]) -> str:
+    """bcsr for an R x 1 block pattern its kernels have (one activation load feeds R outputs), else the default."""
+    blocks = re.fullmatch(r"(\d+)x1", pattern or "")
+    return bcsr.NAME if blocks and int(blocks.group(1)) in bcsr.BLOCK_SIZES else contract.DEFAULT_FORMAT
 
 
 def value_types() -> Mapping[str, np.dtype]:
