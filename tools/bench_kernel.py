@@ -3,7 +3,9 @@
 
 * onnxruntime's dense ``Gemm`` on the same (masked) weights,
 * onnxruntime's ``com.microsoft.SparseToDenseMatMul`` on the same weights as a CSR sparse tensor,
-* ``scipy.sparse`` CSR times dense, in-process.
+* ``scipy.sparse`` CSR times dense, in-process;
+* with ``--block R``: the weight gets a random R x 1 block mask and the ``bcsr`` format (R x 1
+  blocks) is timed too, against dense and csr on the same weights.
 
 Every candidate's result is checked against a float64 reference before it is timed. Timings are
 interleaved in rounds (each candidate runs a block of calls per round), so drift in the machine's
@@ -31,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_prune
 from onnx_prune import machine, masking, timing
 from onnx_prune.sparse_gemm import contract
-from onnx_prune.sparse_gemm.formats import csr as csr_format
+from onnx_prune.sparse_gemm.formats import PackedWeight, bcsr as bcsr_format, csr as csr_format
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 BATCHES = (1, 16, 64, 256)
@@ -39,6 +41,8 @@ QUICK_SPARSITIES = (0.5, 0.9)
 QUICK_BATCHES = (1, 64)
 OURS, DENSE, S2D, SCIPY = "SparseGemm", "dense Gemm", "SparseToDenseMatMul", "scipy CSR"
 CANDIDATES = (OURS, DENSE, S2D, SCIPY)
+BCSR = "SparseGemm bcsr"  # the block format, timed with --block
+BLOCK_RATIOS = ("dense/bcsr", "csr/bcsr")
 OPSET = 17
 IR_VERSION = 9
 
@@ -65,6 +69,7 @@ class Layer:
     weight: np.ndarray  # [K, N] float32, pruned entries zero
     csr: csr_format.CsrWeight
     sparsity: float
+    bcsr: Optional[bcsr_format.BcsrWeight] = None  # with --block: the same weight in R x 1 blocks
 
     @property
     def K(self) -> int:
@@ -75,12 +80,23 @@ class Layer:
         return self.csr.N
 
 
-def make_layer(K: int, N: int, sparsity: float, seed: int) -> Layer:
+def make_layer(K: int, N: int, sparsity: float, seed: int, block: int = 0) -> Layer:
+    """Magnitude-pruned, or with ``block`` R > 0 pruned by a random R x 1 block mask (speed does not
+    depend on which blocks are kept)."""
     rng = np.random.default_rng(seed)
     weight = rng.standard_normal((K, N)).astype(np.float32)
-    mask = masking.magnitude_mask(weight, sparsity)
+    mask = random_block_mask(K, N, sparsity, block, rng) if block else masking.magnitude_mask(weight, sparsity)
     weight = np.where(mask, weight, np.float32(0))
-    return Layer(weight=weight, csr=csr_format.dense_to_csr(weight, mask), sparsity=sparsity)
+    bcsr = bcsr_format.dense_to_bcsr(weight, mask, block) if block else None
+    return Layer(weight=weight, csr=csr_format.dense_to_csr(weight, mask), sparsity=sparsity, bcsr=bcsr)
+
+
+def random_block_mask(K: int, N: int, sparsity: float, R: int, rng: np.random.Generator) -> np.ndarray:
+    """Keeps round((1 - sparsity) * blocks) random R x 1 blocks (R outputs x one input)."""
+    rows = -(-N // R)
+    kept = np.zeros(K * rows, dtype=bool)
+    kept[rng.permutation(K * rows)[:round((1 - sparsity) * K * rows)]] = True
+    return np.repeat(kept.reshape(K, rows), R, axis=1)[:, :N]
 
 
 def finish_model(nodes: list, inputs: list, initializers: list, domains: Sequence[tuple[str, int]]) -> onnx.ModelProto:
@@ -94,14 +110,13 @@ def x_input(K: int):
     return helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", K])
 
 
-def sparse_gemm_model(layer: Layer) -> onnx.ModelProto:
-    csr = layer.csr
-    inits = [numpy_helper.from_array(a, n) for n, a in (("values", csr.values), ("indices", csr.indices),
-                                                         ("offsets", csr.offsets))]
+def sparse_gemm_model(packed: PackedWeight) -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(a, n) for n, a in zip(("values", "indices", "offsets"), packed.tensors)]
     node = helper.make_node(contract.OP_TYPE, ["X", "values", "indices", "offsets"], ["Y"], name="layer",
-                            domain=contract.DOMAIN, **{contract.ATTR_K: csr.K, contract.ATTR_N: csr.N,
-                                                       contract.ATTR_NNZ: csr.nnz})
-    return finish_model([node], [x_input(csr.K)], inits, [(contract.DOMAIN, contract.OP_VERSION)])
+                            domain=contract.DOMAIN, **{contract.ATTR_K: packed.K, contract.ATTR_N: packed.N,
+                                                       contract.ATTR_NNZ: packed.nnz,
+                                                       contract.ATTR_FORMAT: packed.format})
+    return finish_model([node], [x_input(packed.K)], inits, [(contract.DOMAIN, contract.OP_VERSION)])
 
 
 def dense_gemm_model(layer: Layer) -> onnx.ModelProto:
@@ -159,7 +174,7 @@ def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict) -
 
     def ours():
         if OURS not in sessions:
-            sessions[OURS] = session(sparse_gemm_model(layer), threads)
+            sessions[OURS] = session(sparse_gemm_model(layer.csr), threads)
         return sessions[OURS], {"X": x}
 
     def dense():
@@ -186,8 +201,14 @@ def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict) -
     def scipy_run() -> np.ndarray:
         return np.ascontiguousarray((wt_csr @ x.T).T)  # Y [M, N] row-major, like the others
 
+    def bcsr():
+        if BCSR not in sessions:
+            sessions[BCSR] = session(sparse_gemm_model(layer.bcsr), threads)
+        return sessions[BCSR], {"X": x}
+
+    blocked = [ort_candidate(BCSR, bcsr)] if layer.bcsr is not None else []
     return [ort_candidate(OURS, ours), ort_candidate(DENSE, dense), ort_candidate(S2D, s2d),
-            Candidate(SCIPY, run=scipy_run)]
+            Candidate(SCIPY, run=scipy_run)] + blocked
 
 
 def one_line(exc: BaseException) -> str:
@@ -227,11 +248,11 @@ def time_candidates(candidates: Sequence[Candidate], *, rounds: int, warmup: int
             for i, c in enumerate(live)}
 
 
-def ratio(timings: dict, other: str) -> Optional[float]:
+def ratio(timings: dict, other: str, ours: str = OURS) -> Optional[float]:
     """Median over rounds of other / ours (> 1: ours is faster)."""
-    if other not in timings or OURS not in timings:
+    if other not in timings or ours not in timings:
         return None
-    return statistics.median(o / s for o, s in zip(timings[other]["rounds"], timings[OURS]["rounds"]))
+    return statistics.median(o / s for o, s in zip(timings[other]["rounds"], timings[ours]["rounds"]))
 
 
 def call_floor_us(threads: int, rounds: int, block_s: float) -> float:
@@ -258,10 +279,11 @@ class Row:
 
 
 def bench(K: int, N: int, sparsities: Sequence[float], batches: Sequence[int], threads: Sequence[int], *,
-          rounds: int, warmup: int, block_s: float, seed: int, progress: Callable[[str], None]) -> list[Row]:
+          rounds: int, warmup: int, block_s: float, seed: int, progress: Callable[[str], None],
+          block: int = 0) -> list[Row]:
     rows = []
     for sparsity in sparsities:
-        layer = make_layer(K, N, sparsity, seed)
+        layer = make_layer(K, N, sparsity, seed, block)
         for n_threads in threads:
             sessions: dict = {}
             for batch in batches:
@@ -274,7 +296,8 @@ def bench(K: int, N: int, sparsities: Sequence[float], batches: Sequence[int], t
                 rows.append(Row(sparsity=sparsity, batch=batch, threads=n_threads, nnz=layer.csr.nnz,
                                 us={name: t["us"] for name, t in timings.items()},
                                 ratios={"dense/ours": ratio(timings, DENSE), "s2d/ours": ratio(timings, S2D),
-                                        "scipy/ours": ratio(timings, SCIPY)},
+                                        "scipy/ours": ratio(timings, SCIPY),
+                                        "dense/bcsr": ratio(timings, DENSE, BCSR), "csr/bcsr": ratio(timings, OURS, BCSR)},
                                 problems={c.name: c.problem for c in candidates if c.problem}))
     return rows
 
@@ -297,8 +320,9 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
     console = Console(width=max(Console().width, 132))
     table = Table(title=f"SparseGemm kernel, K x N = {settings['K']} x {settings['N']}: median µs per call "
                         f"(ratio > 1: SparseGemm faster)")
+    blocked = any(BCSR in r.us for r in rows)
     for column in ("threads", "sparsity", "batch", "ours µs", "dense µs", "s2d µs", "scipy µs", "dense/ours",
-                   "s2d/ours", "scipy/ours"):
+                   "s2d/ours", "scipy/ours") + (("bcsr µs",) + BLOCK_RATIOS if blocked else ()):
         table.add_column(column, justify="right")
     previous_threads = None
     for r in rows:
@@ -307,6 +331,8 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
         previous_threads = r.threads
         cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in CANDIDATES]
         ratios = [format_ratio(r.ratios[k]) for k in ("dense/ours", "s2d/ours", "scipy/ours")]
+        if blocked:
+            ratios += [f"{r.us[BCSR]:.1f}" if BCSR in r.us else "n/a"] + [format_ratio(r.ratios[k]) for k in BLOCK_RATIOS]
         table.add_row(str(r.threads), f"{r.sparsity:g}", str(r.batch), *cells, *ratios)
     console.print(table)
     problems = sorted({(name, why) for r in rows for name, why in r.problems.items()})
@@ -317,7 +343,8 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
                   f"kernel ISA {machine['kernel_isa']}")
     console.print(f"ours = {OURS} (this library) · dense = onnxruntime {DENSE} · s2d = onnxruntime com.microsoft."
                   f"{S2D} (Wᵀ as a CSR sparse-tensor input, plus a Transpose to [M, N]) · scipy = {SCIPY} @ dense, "
-                  f"in-process, single-threaded")
+                  f"in-process, single-threaded"
+                  + (f" · bcsr = {BCSR} ({settings['block']} x 1 blocks, random block mask)" if blocked else ""))
     console.print(f"onnxruntime per-call floor (Identity model, 1 thread): {settings['call_floor_us']:.1f} µs · "
                   f"{settings['rounds']} rounds of ~{settings['block_ms']:g} ms per candidate · command: "
                   f"{settings['command']}")
@@ -325,12 +352,14 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
 
 def markdown_table(rows: Sequence[Row]) -> str:
     """The result as a markdown table (for docs/bench_kernel.md)."""
-    lines = ["| threads | sparsity | batch | ours µs | dense µs | s2d µs | scipy µs | dense/ours | s2d/ours | scipy/ours |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    blocked = any(BCSR in r.us for r in rows)
+    extra = " bcsr µs | dense/bcsr | csr/bcsr |" if blocked else ""
+    lines = ["| threads | sparsity | batch | ours µs | dense µs | s2d µs | scipy µs | dense/ours | s2d/ours | scipy/ours |"
+             + extra, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * (3 if blocked else 0)]
     for r in rows:
-        cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in CANDIDATES]
-        ratios = [f"{v:.2f}x" if v is not None else "n/a" for v in
-                  (r.ratios["dense/ours"], r.ratios["s2d/ours"], r.ratios["scipy/ours"])]
+        cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in CANDIDATES + ((BCSR,) if blocked else ())]
+        keys = ("dense/ours", "s2d/ours", "scipy/ours") + (BLOCK_RATIOS if blocked else ())
+        ratios = [f"{r.ratios[k]:.2f}x" if r.ratios[k] is not None else "n/a" for k in keys]
         lines.append(f"| {r.threads} | {r.sparsity:g} | {r.batch} | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines)
 
@@ -352,6 +381,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="timing rounds per candidate (default 9, quick 5)")
     p.add_argument("--block-ms", type=float, help="milliseconds of calls per round and candidate (default 20, quick 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--block", type=int, default=0, choices=(0,) + bcsr_format.BLOCK_SIZES,
+                   help="R > 0: a random R x 1 block mask, and the bcsr format timed too (default 0: magnitude mask)")
     p.add_argument("--quick", action="store_true", help="a short run: fewer sparsities, batches, rounds")
     p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     p.add_argument("--markdown", metavar="PATH", help="also save the table as markdown")
@@ -377,9 +408,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     err = Console(stderr=True)
     rows = bench(args.k, args.n, args.sparsity, args.batch, threads, rounds=args.rounds, warmup=5,
-                 block_s=args.block_ms / 1000, seed=args.seed, progress=lambda m: err.print(f"[dim]timing {m}…[/dim]"))
+                 block_s=args.block_ms / 1000, seed=args.seed, progress=lambda m: err.print(f"[dim]timing {m}…[/dim]"),
+                 block=args.block)
     settings = {"K": args.k, "N": args.n, "sparsities": args.sparsity, "batches": args.batch, "threads": threads,
-                "rounds": args.rounds, "block_ms": args.block_ms, "seed": args.seed,
+                "rounds": args.rounds, "block_ms": args.block_ms, "seed": args.seed, "block": args.block,
                 "command": " ".join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])),
                 "call_floor_us": call_floor_us(1, args.rounds, args.block_ms / 1000)}
     print_report(rows, machine, settings)
