@@ -44,6 +44,12 @@ def random_case(seed: int, K: int, N: int, R: int, structured: bool, density: fl
     return weight, mask
 
 
+def packed_case(seed: int, K: int, N: int, R: int, density: float, structured: bool = False):
+    """A random masked weight packed with R x 1 blocks, and its masked dense float64 reference."""
+    weight, mask = random_case(seed, K, N, R, structured, density)
+    return bcsr.dense_to_bcsr(weight, mask, R), np.where(mask, weight, 0).astype(np.float64)
+
+
 def bcsr_model(packed: bcsr.BcsrWeight, **kwargs) -> onnx.ModelProto:
     attrs = {contract.ATTR_K: packed.K, contract.ATTR_N: packed.N, contract.ATTR_FORMAT: bcsr.NAME,
              contract.ATTR_NNZ: packed.nnz, **kwargs.pop("attrs", {})}
@@ -117,9 +123,7 @@ def test_validate_errors(change, message: str) -> None:
 @pytest.mark.parametrize("R,N", [(4, 37), (8, 45), (4, 64)])
 def test_kernel_matches_masked_dense_for_every_batch(isa: str, R: int, N: int) -> None:
     K = 300
-    weight, mask = random_case(R + N, K, N, R, structured=False, density=0.15)
-    packed = bcsr.dense_to_bcsr(weight, mask, R)
-    dense = np.where(mask, weight, 0).astype(np.float64)
+    packed, dense = packed_case(R + N, K, N, R, 0.15)
     session = open_session(bcsr_model(packed, a_shape=["M", K]), isa=isa)
     rng = np.random.default_rng(N)
     for m in range(1, 71):
@@ -131,29 +135,27 @@ def test_kernel_matches_masked_dense_for_every_batch(isa: str, R: int, N: int) -
 @pytest.mark.parametrize("m", [1, 5, 40])
 def test_kernel_nd_a_bias_alpha_beta_relu(isa: str, m: int) -> None:
     K, N = 50, 22
-    weight, mask = random_case(m, K, N, 4, structured=True, density=0.4)
-    packed = bcsr.dense_to_bcsr(weight, mask, 4)
+    packed, dense = packed_case(m, K, N, 4, 0.4, structured=True)
     rng = np.random.default_rng(m)
     c = rng.standard_normal(N).astype(np.float32)
     model = bcsr_model(packed, a_shape=[m, 1, K], c=c,
                        attrs={contract.ATTR_ALPHA: 0.5, contract.ATTR_BETA: -2.0, contract.ATTR_ACTIVATION: "relu"})
     a = rng.standard_normal((m, 1, K)).astype(np.float32)
     y = open_session(model, isa=isa).run(None, {"A": a})[0]
-    assert_matches_reference(y, a, np.where(mask, weight, 0).astype(np.float64), c, alpha=0.5, beta=-2.0, relu=True)
+    assert_matches_reference(y, a, dense, c, alpha=0.5, beta=-2.0, relu=True)
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("m", [1, 3, 33])
 def test_kernel_trans_a_with_row_bias(isa: str, m: int) -> None:
     K, N = 70, 19
-    weight, mask = random_case(m + 7, K, N, 8, structured=False, density=0.2)
-    packed = bcsr.dense_to_bcsr(weight, mask, 8)
+    packed, dense = packed_case(m + 7, K, N, 8, 0.2, structured=False)
     rng = np.random.default_rng(m)
     c = rng.standard_normal((m, 1)).astype(np.float32)
     model = bcsr_model(packed, a_shape=[K, m], c=c, attrs={contract.ATTR_TRANS_A: 1})
     a = rng.standard_normal((K, m)).astype(np.float32)
     y = open_session(model, isa=isa).run(None, {"A": a})[0]
-    assert_matches_reference(y, a, np.where(mask, weight, 0).astype(np.float64), c, trans_a=True)
+    assert_matches_reference(y, a, dense, c, trans_a=True)
 
 
 def masked_dense_ieee(a: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -166,15 +168,14 @@ def masked_dense_ieee(a: np.ndarray, w: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("m", [1, 6, 40])
 def test_kernel_non_finite_a_is_the_masked_dense_result(isa: str, m: int) -> None:
     K, N = 40, 13
-    weight, mask = random_case(m + 11, K, N, 4, structured=False, density=0.3)
-    packed = bcsr.dense_to_bcsr(weight, mask, 4)
+    packed, dense = packed_case(m + 11, K, N, 4, 0.3, structured=False)
     rng = np.random.default_rng(m)
     a = rng.standard_normal((m, K)).astype(np.float32)
     a[0, 3] = np.inf
     if m > 1:
         a[-1, 17], a[m // 2, 5] = np.nan, -np.inf
     y = open_session(bcsr_model(packed, a_shape=["M", K]), isa=isa).run(None, {"A": a})[0]
-    expected = masked_dense_ieee(a, np.where(mask, weight, 0))
+    expected = masked_dense_ieee(a, dense)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
     np.testing.assert_array_equal(np.isposinf(y), np.isposinf(expected))
     finite = np.isfinite(expected)
