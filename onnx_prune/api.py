@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ from .modelio import PROTOBUF_LIMIT, load_model, read_npz
 from .report import PruneReport
 from .rewrite import PrunedLayer, add_optional_parts, rewrite
 from .sparse_gemm import formats
+from .sparse_gemm.formats import SparseFormat, bcsr
 
 SCOPES = ("layer", "global")
 
@@ -41,7 +43,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
           method: str = "magnitude", calibration: Calibration = None, calibration_samples: Optional[int] = None,
           pattern: Optional[str] = None, values: str = "fp32", fallback: bool = True,
           auto_dense: bool = True, verify: bool = False, verify_inputs=None,
-          progress: Optional[Progress] = None) -> tuple[onnx.ModelProto, PruneReport]:
+          progress: Optional[Progress] = None, format: Optional[str] = None) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune the Gemm / constant-weight MatMul layers of a model.
 
     Returns the rewritten model and a report; the input (file or ModelProto) is not modified.
@@ -49,10 +51,11 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     samples), needed by ``method="wanda"`` and ``"sparsegpt"``. ``verify=True`` runs the result
     against the input with the same masks applied densely and raises OnnxPruneError when they
     differ by more than verify.VERIFY_TOLERANCE (``verify_inputs``: .npz path or dict; default
-    generated inputs).
+    generated inputs). ``format`` names the storage format (default: see ``storage_format``).
     """
     check_options(ratio, scope=scope, method=method, values=values, layer_ratios=layer_ratios,
                   min_params=min_params, calibration_samples=calibration_samples)
+    fmt, values_dtype = storage_format(values, format, pattern)
     source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else None
     model = load_model(model_or_path) if source is not None else _copy(model_or_path)
     say = _stepper(progress)
@@ -65,7 +68,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
 
     say(f"scoring {len(chosen)} layers ({method}{', ' + pattern if pattern else ''})")
     if _streams(method, scope, pattern) and calibration is None:
-        pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, method=method, values=values,
+        pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, method=method, fmt=fmt, values_dtype=values_dtype,
                                                    auto_dense=auto_dense, keep_weights=verify)
     else:
         weights = sparsify(model, chosen, ratios, scope=scope, method=method, calibration=calibration,
@@ -78,7 +81,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
                     calibration_samples=calibration_samples)
     say(f"rewriting {len(pruned)} layers as SparseGemm")
     size_before = model.ByteSize() if source is None else None
-    fmt, values_dtype = formats.value_choices()[values]
+    settings["format"] = fmt.name
     # without verification nothing reads the input model again: a model that is ours (loaded
     # from a path) is rewritten in place instead of copied
     out = rewrite(model, pruned, values_dtype=values_dtype, format=fmt.name, settings=settings,
@@ -156,13 +159,13 @@ def _streams(method: str, scope: str, pattern: Optional[str]) -> bool:
     return not sparsifiers.get(method).needs_calibration and scope == "layer" and not pattern
 
 
-def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], *, method: str, values: str,
-                          auto_dense: bool, keep_weights: bool) -> tuple[list[PrunedLayer], list[Layer]]:
+def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], *, method: str, fmt: SparseFormat,
+                          values_dtype: np.dtype, auto_dense: bool, keep_weights: bool
+                          ) -> tuple[list[PrunedLayer], list[Layer]]:
     """Choose, check and pack one layer at a time, so that at most one layer's dense weights
     and scores are in memory besides the model; each layer's weights are dropped once packed
     (``keep_weights``: kept for a verification that needs them)."""
     sparsifier = sparsifiers.get(method)
-    fmt, values_dtype = formats.value_choices()[values]
     pruned, dense_kept = [], []
     for layer in layers:
         weight, mask = _checked(layer, {layer.node: sparsify_one(sparsifier, layer, ratios[layer.node])})
@@ -209,6 +212,26 @@ def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitud
         raise UsageError(f"--min-params must be a non-negative integer, got {min_params}")
     if calibration_samples is not None and calibration_samples < 1:
         raise UsageError(f"--calibration-samples must be at least 1, got {calibration_samples}")
+
+
+def format_for_pattern(pattern: Optional[str]) -> Optional[str]:
+    """bcsr for an R x 1 block pattern its kernels have (one activation load feeds R outputs), else none."""
+    blocks = re.fullmatch(r"(\d+)x1", pattern or "")
+    return bcsr.NAME if blocks and int(blocks.group(1)) in bcsr.BLOCK_SIZES else None
+
+
+def storage_format(values: str, format: Optional[str] = None, pattern: Optional[str] = None
+                   ) -> tuple[SparseFormat, np.dtype]:
+    """The format that stores the pruned weights and its values dtype: ``format`` (--format), else
+    the one an Rx1 block pattern runs fastest in, else the first format that stores ``values``."""
+    name = format or format_for_pattern(pattern)
+    if name is None:
+        return formats.value_choices()[values]
+    fmt = formats.get(name)
+    if values not in fmt.value_types:
+        raise UsageError(f"--values {values} cannot be stored in format {name} (it stores: "
+                         f"{', '.join(fmt.value_types)})")
+    return fmt, np.dtype(fmt.value_types[values])
 
 
 def value_types() -> Mapping[str, np.dtype]:
