@@ -39,7 +39,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
           method: str = "magnitude", calibration: Calibration = None, calibration_samples: Optional[int] = None,
           pattern: Optional[str] = None, values: str = "fp32", fallback: bool = True,
           auto_dense: bool = True, verify: bool = False, verify_inputs=None,
-          progress: Optional[Progress] = None) -> tuple[onnx.ModelProto, PruneReport]:
+          progress: Optional[Progress] = None, quantize: Optional[str] = None) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune the Gemm / constant-weight MatMul layers of a model.
 
     Returns the rewritten model and a report; the input (file or ModelProto) is not modified.
@@ -51,6 +51,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     """
     check_options(ratio, scope=scope, method=method, values=values, layer_ratios=layer_ratios,
                   min_params=min_params, calibration_samples=calibration_samples)
+    _quantized_format(quantize, *formats.value_choices()[values])  # checks --quantize before any work
     source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else None
     model = load_model(model_or_path) if source is not None else _copy(model_or_path)
     say = _stepper(progress)
@@ -69,9 +70,10 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     settings = dict(ratio=ratio, scope=scope, method=method, pattern=pattern, values=values,
                     layer_ratios=dict(layer_ratios or {}), include=list(include), exclude=list(exclude),
                     min_params=min_params, auto_dense=auto_dense, fallback=fallback,
-                    calibration_samples=calibration_samples)
+                    calibration_samples=calibration_samples, quantize=quantize)
     say(f"rewriting {len(pruned)} layers as SparseGemm")
     fmt, values_dtype = formats.value_choices()[values]
+    fmt, values_dtype = _quantized_format(quantize, fmt, values_dtype)  # --quantize dynamic
     out = rewrite(model, pruned, values_dtype=values_dtype, format=fmt.name, settings=settings)
     add_optional_parts(out, fallback=fallback)
     check_output_model(model, out)
@@ -81,7 +83,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
         from .verify import verify_pruned
 
         say("verifying against the masked dense model")
-        report.verification = verify_pruned(model, out, pruned, values=values, inputs=verify_inputs)
+        report.verification = verify_pruned(model, out, pruned, values=values, inputs=verify_inputs,
+                                            tolerance=fmt.verify_tolerance)
         if not report.verification.passed:
             v = report.verification
             raise OnnxPruneError(f"verification failed: max relative error {v.max_rel_error:.2e} exceeds "
@@ -161,6 +164,18 @@ def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitud
         raise UsageError(f"--min-params must be a non-negative integer, got {min_params}")
     if calibration_samples is not None and calibration_samples < 1:
         raise UsageError(f"--calibration-samples must be at least 1, got {calibration_samples}")
+
+
+QUANTIZE_FORMATS = {"dynamic": "csr_int8_dynamic"}  # --quantize choice -> format (int8 values implied)
+
+
+def _quantized_format(quantize: Optional[str], fmt: formats.SparseFormat, values_dtype: np.dtype):
+    """The format --quantize selects (with int8 values), or the --values one without it."""
+    if quantize is None or quantize == "none":
+        return fmt, values_dtype
+    if quantize not in QUANTIZE_FORMATS:
+        raise UsageError(f"--quantize must be {_alternatives(['none', *QUANTIZE_FORMATS])}, got '{quantize}'")
+    return formats.get(QUANTIZE_FORMATS[quantize]), np.dtype(np.int8)
 
 
 def value_types() -> Mapping[str, np.dtype]:
