@@ -43,7 +43,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
           method: str = "magnitude", calibration: Calibration = None, calibration_samples: Optional[int] = None,
           pattern: Optional[str] = None, values: str = "fp32", fallback: bool = True,
           auto_dense: bool = True, verify: bool = False, verify_inputs=None,
-          progress: Optional[Progress] = None, format: Optional[str] = None) -> tuple[onnx.ModelProto, PruneReport]:
+          progress: Optional[Progress] = None, format: Optional[str] = None, quantize: Optional[str] = None
+          ) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune the Gemm / constant-weight MatMul layers of a model.
 
     Returns the rewritten model and a report; the input (file or ModelProto) is not modified.
@@ -55,7 +56,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     """
     check_options(ratio, scope=scope, method=method, values=values, layer_ratios=layer_ratios,
                   min_params=min_params, calibration_samples=calibration_samples)
-    fmt, values_dtype = storage_format(values, format, pattern)
+    fmt, values_dtype = storage_format(values, format, pattern, quantize)
     source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else None
     model = load_model(model_or_path) if source is not None else _copy(model_or_path)
     say = _stepper(progress)
@@ -78,7 +79,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     settings = dict(ratio=ratio, scope=scope, method=method, pattern=pattern, values=values,
                     layer_ratios=dict(layer_ratios or {}), include=list(include), exclude=list(exclude),
                     min_params=min_params, auto_dense=auto_dense, fallback=fallback,
-                    calibration_samples=calibration_samples)
+                    calibration_samples=calibration_samples, quantize=quantize)
     say(f"rewriting {len(pruned)} layers as SparseGemm")
     size_before = model.ByteSize() if source is None else None
     settings["format"] = fmt.name
@@ -96,7 +97,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
         from .verify import verify_pruned
 
         say("verifying against the masked dense model")
-        report.verification = verify_pruned(model, out, pruned, values=values, inputs=verify_inputs)
+        report.verification = verify_pruned(model, out, pruned, values=values, inputs=verify_inputs,
+                                            tolerance=fmt.verify_tolerance)
         if not report.verification.passed:
             v = report.verification
             raise OnnxPruneError(f"verification failed: max relative error {v.max_rel_error:.2e} exceeds "
@@ -214,16 +216,27 @@ def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitud
         raise UsageError(f"--calibration-samples must be at least 1, got {calibration_samples}")
 
 
+QUANTIZE_FORMATS = {"dynamic": "csr_int8_dynamic"}  # --quantize choice -> format (int8 values implied)
+
+
 def format_for_pattern(pattern: Optional[str]) -> Optional[str]:
     """bcsr for an R x 1 block pattern its kernels have (one activation load feeds R outputs), else none."""
     blocks = re.fullmatch(r"(\d+)x1", pattern or "")
     return bcsr.NAME if blocks and int(blocks.group(1)) in bcsr.BLOCK_SIZES else None
 
 
-def storage_format(values: str, format: Optional[str] = None, pattern: Optional[str] = None
-                   ) -> tuple[SparseFormat, np.dtype]:
-    """The format that stores the pruned weights and its values dtype: ``format`` (--format), else
-    the one an Rx1 block pattern runs fastest in, else the first format that stores ``values``."""
+def storage_format(values: str, format: Optional[str] = None, pattern: Optional[str] = None,
+                   quantize: Optional[str] = None) -> tuple[SparseFormat, np.dtype]:
+    """The format that stores the pruned weights and its values dtype: the one ``quantize``
+    (--quantize) selects, with int8 values; else ``format`` (--format); else the one an Rx1 block
+    pattern runs fastest in; else the first format that stores ``values``."""
+    if quantize not in (None, "none"):
+        if quantize not in QUANTIZE_FORMATS:
+            raise UsageError(f"--quantize must be {_alternatives(['none', *QUANTIZE_FORMATS])}, got '{quantize}'")
+        if format not in (None, QUANTIZE_FORMATS[quantize]):
+            raise UsageError(f"--quantize {quantize} stores in format {QUANTIZE_FORMATS[quantize]}; "
+                             f"it cannot be combined with --format {format}")
+        return formats.get(QUANTIZE_FORMATS[quantize]), np.dtype(np.int8)
     name = format or format_for_pattern(pattern)
     if name is None:
         return formats.value_choices()[values]

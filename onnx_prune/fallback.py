@@ -106,19 +106,11 @@ def build_sparse_gemm_function(opset: int, format: str = contract.DEFAULT_FORMAT
     ``opset`` (>= 12)."""
     fmt = formats.get(format)
     b = FunctionBody()
-    w = fmt.fallback_dense_weight(b, opset)
-    is_relu = _attr_equals(b, contract.ATTR_ACTIVATION, contract.ACTIVATION_RELU)
-    trans_a = b.node("Equal", [b.attr_scalar(contract.ATTR_TRANS_A, AttributeProto.INT), b.const(np.array(1, np.int64))])
-    is_gemm = b.node("Or", [_attr_equals(b, contract.ATTR_ORIGINAL_OP, "Gemm"), trans_a])
-    alpha_is_1 = b.node("Equal", [b.attr_scalar(contract.ATTR_ALPHA, AttributeProto.FLOAT),
-                                  b.const(np.array(1.0, np.float32))])
-    is_matmul = b.node("And", [_attr_equals(b, contract.ATTR_ORIGINAL_OP, "MatMul"), alpha_is_1])
-    b.if_(is_gemm,
-          lambda then: _activated(then, is_relu, lambda x: _gemm_form(x, _rank_hidden_a(x, is_gemm), w)),
-          lambda other: other.if_(is_matmul,
-                                  lambda then: _matmul_form(then, w, is_relu, is_matmul),
-                                  lambda general: _general_form(general, w, is_relu)),
-          out=contract.OUTPUT_NAMES[0])
+    custom = fmt.fallback_output(b, opset)  # a format whose arithmetic is not Gemm with a dense W
+    if custom is not None:
+        b.node("Identity", [custom], out=contract.OUTPUT_NAMES[0])
+    else:
+        _dense_weight_body(b, fmt, opset)
     defaults = [helper.make_attribute(contract.ATTR_ALPHA, 1.0),
                 helper.make_attribute(contract.ATTR_BETA, 1.0),
                 helper.make_attribute(contract.ATTR_TRANS_A, 0),
@@ -133,6 +125,23 @@ def build_sparse_gemm_function(opset: int, format: str = contract.DEFAULT_FORMAT
         contract.DOMAIN, contract.OP_TYPE, inputs, list(contract.OUTPUT_NAMES),
         b.nodes, [helper.make_opsetid("", opset)], attributes=without_default,
         attribute_protos=defaults, doc_string=doc)
+
+
+def _dense_weight_body(b: "FunctionBody", fmt: formats.SparseFormat, opset: int) -> None:
+    """The Gemm / MatMul forms on the dense W the format rebuilds."""
+    w = fmt.fallback_dense_weight(b, opset)
+    is_relu = _attr_equals(b, contract.ATTR_ACTIVATION, contract.ACTIVATION_RELU)
+    trans_a = b.node("Equal", [b.attr_scalar(contract.ATTR_TRANS_A, AttributeProto.INT), b.const(np.array(1, np.int64))])
+    is_gemm = b.node("Or", [_attr_equals(b, contract.ATTR_ORIGINAL_OP, "Gemm"), trans_a])
+    alpha_is_1 = b.node("Equal", [b.attr_scalar(contract.ATTR_ALPHA, AttributeProto.FLOAT),
+                                  b.const(np.array(1.0, np.float32))])
+    is_matmul = b.node("And", [_attr_equals(b, contract.ATTR_ORIGINAL_OP, "MatMul"), alpha_is_1])
+    b.if_(is_gemm,
+          lambda then: _activated(then, is_relu, lambda x: _gemm_form(x, _rank_hidden_a(x, is_gemm), w)),
+          lambda other: other.if_(is_matmul,
+                                  lambda then: _matmul_form(then, w, is_relu, is_matmul),
+                                  lambda general: _general_form(general, w, is_relu)),
+          out=contract.OUTPUT_NAMES[0])
 
 
 # ----------------------------------------------------------------------------- body pieces
@@ -301,6 +310,13 @@ def _output_shape_nodes(b: FunctionBody, shape_a: str) -> str:
     end = b.node("Add", [rank_minus_1, trans])
     leading = b.node("Slice", [shape_a, start, end])
     return b.node("Concat", [leading, _n1(b)], axis=0)
+
+
+# Shared with formats whose fallback computes the output itself (SparseFormat.fallback_output).
+flatten_a_nodes = _flatten_a_nodes
+output_shape_nodes = _output_shape_nodes
+ref_attr = _ref
+attr_equals = _attr_equals
 
 
 # ----------------------------------------------------------------------------- checks

@@ -295,6 +295,8 @@ def available_isas() -> list[str]:
         isas.append("avx2")
         if {"avx512f", "avx512bw", "avx512vl"} <= flags:
             isas.append("avx512")
+            if "avx512_vnni" in flags:
+                isas.append("avx512vnni")
     return isas
 
 

@@ -66,5 +66,6 @@ std::string format_names();
 namespace format_csr { extern const Format kFormat; }
 namespace format_csr_int8 { extern const Format kFormat; }
 namespace format_bcsr { extern const Format kFormat; }
+namespace format_csr_int8_dynamic { extern const Format kFormat; }
 
 }  // namespace onnx_prune

@@ -67,6 +67,23 @@ struct BcsrArrays {
   int64_t n_parts = 0;
 };
 
+// W (K x N) for the integer product of format csr_int8_dynamic: W's rows taken in pairs
+// (2p, 2p + 1). Output n owns entries [ptr[n], ptr[n + 1]); entry e holds the int8 weights of rows
+// 2 pairs[e] (low 16 bits of words[e]) and 2 pairs[e] + 1 (high 16 bits), each as int16 (zero when
+// not stored), so one pmaddwd / vpdpwssd lane multiplies a pair of weights by a pair of int16
+// activations into int32 with no saturation possible (|w|, |q| <= 127). scales[n] dequantizes
+// output n; parts are nnz-balanced output ranges for threading.
+struct Int8PairArrays {
+  int64_t K = 0;
+  int64_t N = 0;
+  const int32_t* words = nullptr;
+  const int32_t* pairs = nullptr;
+  const int64_t* ptr = nullptr;   // [N + 1]
+  const float* scales = nullptr;  // [N]
+  const int64_t* parts = nullptr;
+  int64_t n_parts = 0;
+};
+
 // Per-Run scratch memory. The op glue backs it with onnxruntime's allocator (an arena that reuses
 // memory, where fresh pages would cost a page fault each call); without one, aligned_alloc.
 struct ScratchAllocator {
@@ -114,9 +131,12 @@ struct KernelTable {
   bool (*has_non_finite)(const float* x, int64_t count);
   // The same over the stored R x 1 blocks of the bcsr format (block_kernel_body.h).
   void (*bcsr_gemm)(const BcsrArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
+  // Format csr_int8_dynamic (docs/sparse_gemm_op.md): each row of A' quantized to int8 at Run,
+  // the integer product in int32, then dequantized with the row's and the output's scales.
+  void (*int8_dynamic_gemm)(const Int8PairArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
 };
 
-// The best variant this CPU supports (called once per kernel creation). ONNX_PRUNE_ISA=portable|avx2|avx512
+// The best variant this CPU supports (called once per kernel creation). ONNX_PRUNE_ISA=portable|avx2|avx512|avx512vnni
 // in the environment forces a (supported) lower variant, for testing every path on one machine.
 const KernelTable& select_kernel();
 
@@ -127,6 +147,10 @@ namespace isa_portable { extern const KernelTable kTable; }
 #if defined(__x86_64__) || defined(_M_X64)
 namespace isa_avx2 { extern const KernelTable kTable; }
 namespace isa_avx512 { extern const KernelTable kTable; }
+// AVX-512 VNNI: the AVX-512 table with the integer product on vpdpwssd (dispatch.cc builds it).
+namespace isa_avx512vnni {
+void int8_dynamic_gemm(const Int8PairArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
+}
 #endif
 
 }  // namespace onnx_prune

@@ -9,7 +9,7 @@ this folder, the C++ format table and the doc only (docs/adding_a_format.md).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -88,6 +88,15 @@ class SparseFormat(ABC):
         """Add the standard-op nodes that rebuild ``W [K, N]`` float32 inside the fallback function
         (its inputs are named ``tensor_names``; K and N are attributes); returns W's name."""
 
+    # Max relative error --verify accepts against the masked dense fp32 model (None: verify's default).
+    verify_tolerance: Optional[float] = None
+
+    def fallback_output(self, body: "FunctionBody", opset: int) -> Optional[str]:
+        """For a format whose arithmetic is not the float Gemm with the dense W: add the nodes that
+        compute the whole output ``Y`` and return its name. None (the default): the fallback runs
+        Gemm / MatMul on ``fallback_dense_weight``."""
+        return None
+
 
 def keep_mask(weight: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """The entries ``pack`` keeps: ``mask``, or the non-zeros of ``weight`` without one (shapes checked)."""
@@ -141,3 +150,4 @@ def get(name: str) -> SparseFormat:
 from . import csr  # noqa: E402,F401  (registers itself)
 from . import csr_int8  # noqa: E402,F401  (registers itself)
 from . import bcsr  # noqa: E402,F401  (registers itself)
+from . import csr_int8_dynamic  # noqa: E402,F401  (registers itself)

@@ -148,16 +148,22 @@ class CsrInt8Format(SparseFormat):
     def fallback_dense_weight(self, b: "FunctionBody", opset: int) -> str:
         """W [K, N] float32: zeros with ``W[256 (r mod B) + indices[j], r div B] += values[j] * scales[r div B]``,
         r being the (output, block) row that entry j belongs to (csr's column-id nodes on the blocked offsets)."""
-        values = b.node("Cast", ["values"], to=TensorProto.FLOAT)
-        rows = row_ids_nodes(b, b.node("Cast", ["offsets"], to=TensorProto.INT64), values)
-        block_rows = b.const(np.array(BLOCK_ROWS, np.int64))
-        k_plus = b.node("Add", [attr_vector(b, contract.ATTR_K), b.const(np.array(BLOCK_ROWS - 1, np.int64))])
-        blocks = b.node("Div", [k_plus, block_rows])
-        cols_n = b.node("Div", [rows, blocks])
-        rows_k = b.node("Add", [b.node("Mul", [b.node("Mod", [rows, blocks]), block_rows]),
-                                b.node("Cast", ["indices"], to=TensorProto.INT64)])
-        weights = b.node("Mul", [values, b.node("Gather", ["scales", cols_n], axis=0)])
-        return scatter_dense_nodes(b, opset, rows_k, cols_n, weights)
+        return fallback_scatter_nodes(b, opset, scaled=True)
+
+
+def fallback_scatter_nodes(b: "FunctionBody", opset: int, *, scaled: bool) -> str:
+    """The stored weights scattered into a dense float32 ``[K, N]``: ``values * scales[n]`` when
+    ``scaled``, the integers ``values`` themselves otherwise."""
+    values = b.node("Cast", ["values"], to=TensorProto.FLOAT)
+    rows = row_ids_nodes(b, b.node("Cast", ["offsets"], to=TensorProto.INT64), values)
+    block_rows = b.const(np.array(BLOCK_ROWS, np.int64))
+    k_plus = b.node("Add", [attr_vector(b, contract.ATTR_K), b.const(np.array(BLOCK_ROWS - 1, np.int64))])
+    blocks = b.node("Div", [k_plus, block_rows])
+    cols_n = b.node("Div", [rows, blocks])
+    rows_k = b.node("Add", [b.node("Mul", [b.node("Mod", [rows, blocks]), block_rows]),
+                            b.node("Cast", ["indices"], to=TensorProto.INT64)])
+    weights = b.node("Mul", [values, b.node("Gather", ["scales", cols_n], axis=0)]) if scaled else values
+    return scatter_dense_nodes(b, opset, rows_k, cols_n, weights)
 
 
 CSR_INT8 = register(CsrInt8Format())
