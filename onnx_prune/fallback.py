@@ -13,8 +13,9 @@ branches that each hold the plain standard ops for one kind of node:
 
 * ``original_op == "Gemm"`` or ``transA == 1`` (``A`` is 2-D): ``Gemm(A, W, C; alpha, beta, transA)``;
   an absent ``C`` is an empty input name, which ``Gemm`` accepts.
-* ``original_op == "MatMul"`` (``transA = 0``, ``C`` absent or broadcastable to ``[1, N]``, any
-  rank of ``A``): ``MatMul(A, alpha * W)``, then ``Add`` of ``beta * C`` as ``[N]`` unless that is
+* ``original_op == "MatMul"`` and ``alpha == 1`` (``transA = 0``, ``C`` absent or broadcastable to
+  ``[1, N]``, any rank of ``A``; onnx-prune writes no other alpha for MatMul layers):
+  ``MatMul(A, W)``, then ``Add`` of ``beta * C`` as ``[N]`` unless that is
   all zeros (an absent ``C`` reads as zeros: ``Gemm`` of zeros with the optional ``C`` builds it,
   since no op may read an absent input otherwise -- not even in a branch that never runs).
 * anything else: the general form, ``A`` reshaped to ``[-1, A.shape[-1]]``, ``Gemm``, the output
@@ -105,19 +106,11 @@ def build_sparse_gemm_function(opset: int, format: str = contract.DEFAULT_FORMAT
     ``opset`` (>= 12)."""
     fmt = formats.get(format)
     b = FunctionBody()
-    w = fmt.fallback_dense_weight(b, opset)
-    is_relu = _attr_equals(b, contract.ATTR_ACTIVATION, contract.ACTIVATION_RELU)
-    trans_a = b.node("Equal", [b.attr_scalar(contract.ATTR_TRANS_A, AttributeProto.INT), b.const(np.array(1, np.int64))])
-    is_gemm = b.node("Or", [_attr_equals(b, contract.ATTR_ORIGINAL_OP, "Gemm"), trans_a])
-    alpha_is_1 = b.node("Equal", [b.attr_scalar(contract.ATTR_ALPHA, AttributeProto.FLOAT),
-                                  b.const(np.array(1.0, np.float32))])
-    is_matmul = b.node("And", [_attr_equals(b, contract.ATTR_ORIGINAL_OP, "MatMul"), alpha_is_1])
-    b.if_(is_gemm,
-          lambda then: _activated(then, is_relu, lambda x: _gemm_form(x, _rank_hidden_a(x, is_gemm), w)),
-          lambda other: other.if_(is_matmul,
-                                  lambda then: _matmul_form(then, w, is_relu, is_matmul),
-                                  lambda general: _general_form(general, w, is_relu)),
-          out=contract.OUTPUT_NAMES[0])
+    custom = fmt.fallback_output(b, opset)  # a format whose arithmetic is not Gemm with a dense W
+    if custom is not None:
+        b.node("Identity", [custom], out=contract.OUTPUT_NAMES[0])
+    else:
+        _dense_weight_body(b, fmt, opset)
     defaults = [helper.make_attribute(contract.ATTR_ALPHA, 1.0),
                 helper.make_attribute(contract.ATTR_BETA, 1.0),
                 helper.make_attribute(contract.ATTR_TRANS_A, 0),
@@ -132,6 +125,23 @@ def build_sparse_gemm_function(opset: int, format: str = contract.DEFAULT_FORMAT
         contract.DOMAIN, contract.OP_TYPE, inputs, list(contract.OUTPUT_NAMES),
         b.nodes, [helper.make_opsetid("", opset)], attributes=without_default,
         attribute_protos=defaults, doc_string=doc)
+
+
+def _dense_weight_body(b: "FunctionBody", fmt: formats.SparseFormat, opset: int) -> None:
+    """The Gemm / MatMul forms on the dense W the format rebuilds."""
+    w = fmt.fallback_dense_weight(b, opset)
+    is_relu = _attr_equals(b, contract.ATTR_ACTIVATION, contract.ACTIVATION_RELU)
+    trans_a = b.node("Equal", [b.attr_scalar(contract.ATTR_TRANS_A, AttributeProto.INT), b.const(np.array(1, np.int64))])
+    is_gemm = b.node("Or", [_attr_equals(b, contract.ATTR_ORIGINAL_OP, "Gemm"), trans_a])
+    alpha_is_1 = b.node("Equal", [b.attr_scalar(contract.ATTR_ALPHA, AttributeProto.FLOAT),
+                                  b.const(np.array(1.0, np.float32))])
+    is_matmul = b.node("And", [_attr_equals(b, contract.ATTR_ORIGINAL_OP, "MatMul"), alpha_is_1])
+    b.if_(is_gemm,
+          lambda then: _activated(then, is_relu, lambda x: _gemm_form(x, _rank_hidden_a(x, is_gemm), w)),
+          lambda other: other.if_(is_matmul,
+                                  lambda then: _matmul_form(then, w, is_relu, is_matmul),
+                                  lambda general: _general_form(general, w, is_relu)),
+          out=contract.OUTPUT_NAMES[0])
 
 
 # ----------------------------------------------------------------------------- body pieces
@@ -251,15 +261,17 @@ def _bias_row(b: FunctionBody, zero_a: str) -> str:
 
 
 def _bias_factor(b: FunctionBody, is_matmul: str) -> str:
-    """``If(is_matmul, 0 [1, 1], A as [-1, 1])``: the first factor of the bias row's Gemm.
+    """``If(is_matmul, 0 [1, 1], ReduceSum(Flatten(A, 0)) [1, 1])``: the first factor of the bias row's Gemm.
 
     onnxruntime constant-folds inside every branch before it drops the untaken ones, and
     onnxruntime 1.17 fails the session when such a fold fails -- as the bias row's Gemm would for
     a Gemm node with an ``[M, N]`` C. This factor is a constant for MatMul nodes only, so for the
-    others that Gemm is never folded (nor run)."""
+    others that Gemm is never folded (nor run; its value there is never used). Both branches are
+    ``[1, 1]`` so that shape inference knows the Gemm's output shape: onnxruntime 1.32 folds no
+    node whose output size it cannot estimate, and would run the bias test at every call."""
     return b.if_(is_matmul, lambda then: then.node("ConstantOfShape", [then.const(np.array([1, 1], np.int64))],
                                                    value=_ZERO),
-                 lambda other: other.node("Transpose", [other.node("Flatten", [contract.INPUT_A], axis=0)]))
+                 lambda other: other.node("ReduceSum", [other.node("Flatten", [contract.INPUT_A], axis=0)]))
 
 
 def _n1(b: FunctionBody) -> str:
@@ -298,6 +310,13 @@ def _output_shape_nodes(b: FunctionBody, shape_a: str) -> str:
     end = b.node("Add", [rank_minus_1, trans])
     leading = b.node("Slice", [shape_a, start, end])
     return b.node("Concat", [leading, _n1(b)], axis=0)
+
+
+# Shared with formats whose fallback computes the output itself (SparseFormat.fallback_output).
+flatten_a_nodes = _flatten_a_nodes
+output_shape_nodes = _output_shape_nodes
+ref_attr = _ref
+attr_equals = _attr_equals
 
 
 # ----------------------------------------------------------------------------- checks

@@ -20,7 +20,8 @@ ISA_ENV = "ONNX_PRUNE_ISA"
 SIMD_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c")
 # Kernel variants from least to most demanding, each with the CPU flags it needs.
 KERNEL_VARIANTS = (("portable", ()), ("avx2", ("avx2", "fma")),
-                   ("avx512", ("avx2", "fma", "avx512f", "avx512bw", "avx512vl")))
+                   ("avx512", ("avx2", "fma", "avx512f", "avx512bw", "avx512vl")),
+                   ("avx512vnni", ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")))
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def masked_dense_model(model: onnx.ModelProto, pruned: Sequence, values: str = "
     ref.CopyFrom(model)
     nodes = {n.name: n for n in ref.graph.node}
     for i, p in enumerate(pruned):
-        weight = p.weight.astype(np.float16).astype(np.float32) if values == "fp16" else p.weight
+        weight = reference_weight(p, values)
         stored = weight.T if p.layer.trans_b else weight
         name = f"{p.layer.weight_name}__masked_{i}"
         ref.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(stored, dtype=np.float32), name))
@@ -44,6 +44,14 @@ def masked_dense_model(model: onnx.ModelProto, pruned: Sequence, values: str = "
         write_dense(ref, p.layer, p.bias, f"{p.layer.node}__masked_bias_{i}")
     drop_unused_constants(ref, {p.layer.weight_name for p in pruned})
     return ref
+
+
+def reference_weight(p, values: str = "fp32") -> np.ndarray:
+    """The dense weight the pruned layer really stores: its packed tensors unpacked (fp16-rounded
+    or int8-dequantized values), so the reference differs from the kernel by summation order only."""
+    if getattr(p, "packed", None) is not None:
+        return p.packed.to_dense()
+    return p.weight.astype(np.float16).astype(np.float32) if values == "fp16" else p.weight
 
 
 def generated_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = BATCH_FOR_GENERATED) -> dict[str, np.ndarray]:

@@ -379,7 +379,7 @@ def test_methods_other_than_magnitude_need_the_calibration_module(monkeypatch):
 @pytest.mark.parametrize("kwargs,message", [
     (dict(ratio=1.0), "--ratio must be in"), (dict(ratio=-0.1), "--ratio must be in"),
     (dict(ratio=float("nan")), "--ratio must be in"), (dict(scope="all"), "--scope must be"),
-    (dict(method="random"), "--method must be one of"), (dict(values="int8"), "--values must be fp32 or fp16"),
+    (dict(method="random"), "--method must be one of"), (dict(values="int4"), "--values must be fp32.*, got 'int4'"),
     (dict(min_params=-1), "--min-params must be"), (dict(layer_ratios={"x": 2.0}), "--layer-ratio x must be in"),
 ])
 def test_bad_options(kwargs, message):

@@ -161,7 +161,7 @@ def test_bad_input_one_line_error_exit_1_no_output(tmp_path: Path, make_input, a
     (["--layer-ratio", "/fc0/Gemm=1.5"], "--layer-ratio /fc0/Gemm must be in"),
     (["--scope", "everything"], "--scope must be 'layer' or 'global'"),
     (["--method", "magic"], "--method must be one of magnitude, wanda, sparsegpt, got 'magic'"),
-    (["--values", "int4"], "--values must be fp32 or fp16"),
+    (["--values", "int4"], "--values must be fp32"),  # then every registered choice
     (["--min-params", "-3"], "--min-params must be a non-negative integer"),
     (["--calibration-samples", "0"], "--calibration-samples must be at least 1"),
 ])

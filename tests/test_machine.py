@@ -33,7 +33,7 @@ def test_cpu_simd_list_in_fixed_order():
     assert machine.read_cpu(ZEN3).simd == ["avx2", "fma", "f16c"]
 
 
-@pytest.mark.parametrize("text,variant", [(SKYLAKE_X, "avx512"), (ZEN3, "avx2"), (AVX512_NO_VL, "avx2"),
+@pytest.mark.parametrize("text,variant", [(SKYLAKE_X, "avx512vnni"), (ZEN3, "avx2"), (AVX512_NO_VL, "avx2"),
                                           (AVX2_NO_FMA, "portable")])
 def test_variant_rule_on_x86(text, variant):
     flags = machine.parse_cpuinfo(text)[1]
@@ -44,6 +44,7 @@ def test_isa_env_forces_a_supported_variant_only():
     flags = machine.parse_cpuinfo(SKYLAKE_X)[1]
     assert machine.kernel_variant(flags, env={"ONNX_PRUNE_ISA": "avx2"}, machine="x86_64") == "avx2"
     assert machine.kernel_variant(flags, env={"ONNX_PRUNE_ISA": "portable"}, machine="x86_64") == "portable"
+    assert machine.kernel_variant(flags, env={"ONNX_PRUNE_ISA": "avx512"}, machine="x86_64") == "avx512"
     zen3 = machine.parse_cpuinfo(ZEN3)[1]
     assert machine.kernel_variant(zen3, env={"ONNX_PRUNE_ISA": "avx512"}, machine="x86_64") == "avx2"
     assert machine.kernel_variant(zen3, env={"ONNX_PRUNE_ISA": "fast"}, machine="x86_64") == "avx2"
@@ -61,6 +62,6 @@ def test_other_architectures_and_unreadable_flags():
 def test_machine_info_names_this_machine():
     info = machine.machine_info()
     assert set(info) == {"cpu", "cores", "simd", "onnxruntime", "python", "kernel_isa"}
-    assert info["kernel_isa"] in ("portable", "avx2", "avx512", "unknown")
+    assert info["kernel_isa"] in ("portable", "avx2", "avx512", "avx512vnni", "unknown")
     line = machine.describe(info)
     assert info["cpu"] in line and f"kernel {info['kernel_isa']}" in line and "\n" not in line

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Micro-benchmark of the SparseGemm kernel on one layer, side by side in one process with:
+"""Micro-benchmark of the SparseGemm kernel on one layer (format csr, fp32 values; and csr_int8, the
+same kept weights quantized to int8), side by side in one process with:
 
 * onnxruntime's dense ``Gemm`` on the same (masked) weights,
 * onnxruntime's ``com.microsoft.SparseToDenseMatMul`` on the same weights as a CSR sparse tensor,
 * ``scipy.sparse`` CSR times dense, in-process.
 
-Every candidate's result is checked against a float64 reference before it is timed. Timings are
+Every candidate's result is checked against a float64 reference of the weights it stores (the
+dequantized ones for int8) before it is timed. Timings are
 interleaved in rounds (each candidate runs a block of calls per round), so drift in the machine's
 speed hits all candidates alike; latencies are medians over rounds, ratios medians of per-round
 ratios. This is a benchmark, not a test: it asserts nothing about speed.
@@ -31,14 +33,17 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_prune
 from onnx_prune import machine, masking, timing
 from onnx_prune.sparse_gemm import contract
+from onnx_prune.sparse_gemm import formats
+from onnx_prune.sparse_gemm.formats import PackedWeight
 from onnx_prune.sparse_gemm.formats import csr as csr_format
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 BATCHES = (1, 16, 64, 256)
 QUICK_SPARSITIES = (0.5, 0.9)
 QUICK_BATCHES = (1, 64)
-OURS, DENSE, S2D, SCIPY = "SparseGemm", "dense Gemm", "SparseToDenseMatMul", "scipy CSR"
-CANDIDATES = (OURS, DENSE, S2D, SCIPY)
+OURS, INT8, DENSE, S2D, SCIPY = "SparseGemm", "SparseGemm int8", "dense Gemm", "SparseToDenseMatMul", "scipy CSR"
+CANDIDATES = (OURS, INT8, DENSE, S2D, SCIPY)
+RATIOS = {"int8/ours": INT8, "dense/ours": DENSE, "s2d/ours": S2D, "scipy/ours": SCIPY}
 OPSET = 17
 IR_VERSION = 9
 
@@ -65,6 +70,7 @@ class Layer:
     weight: np.ndarray  # [K, N] float32, pruned entries zero
     csr: csr_format.CsrWeight
     sparsity: float
+    int8: PackedWeight  # the same kept weights in format csr_int8
 
     @property
     def K(self) -> int:
@@ -80,7 +86,8 @@ def make_layer(K: int, N: int, sparsity: float, seed: int) -> Layer:
     weight = rng.standard_normal((K, N)).astype(np.float32)
     mask = masking.magnitude_mask(weight, sparsity)
     weight = np.where(mask, weight, np.float32(0))
-    return Layer(weight=weight, csr=csr_format.dense_to_csr(weight, mask), sparsity=sparsity)
+    return Layer(weight=weight, csr=csr_format.dense_to_csr(weight, mask), sparsity=sparsity,
+                 int8=formats.value_choices()["int8"][0].pack(weight, mask, np.int8))
 
 
 def finish_model(nodes: list, inputs: list, initializers: list, domains: Sequence[tuple[str, int]]) -> onnx.ModelProto:
@@ -94,14 +101,13 @@ def x_input(K: int):
     return helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", K])
 
 
-def sparse_gemm_model(layer: Layer) -> onnx.ModelProto:
-    csr = layer.csr
-    inits = [numpy_helper.from_array(a, n) for n, a in (("values", csr.values), ("indices", csr.indices),
-                                                         ("offsets", csr.offsets))]
-    node = helper.make_node(contract.OP_TYPE, ["X", "values", "indices", "offsets"], ["Y"], name="layer",
-                            domain=contract.DOMAIN, **{contract.ATTR_K: csr.K, contract.ATTR_N: csr.N,
-                                                       contract.ATTR_NNZ: csr.nnz})
-    return finish_model([node], [x_input(csr.K)], inits, [(contract.DOMAIN, contract.OP_VERSION)])
+def sparse_gemm_model(packed: PackedWeight) -> onnx.ModelProto:
+    names = list(formats.get(packed.format).tensor_names)
+    inits = [numpy_helper.from_array(a, n) for n, a in zip(names, packed.tensors)]
+    node = helper.make_node(contract.OP_TYPE, ["X", *names], ["Y"], name="layer", domain=contract.DOMAIN,
+                            **{contract.ATTR_K: packed.K, contract.ATTR_N: packed.N, contract.ATTR_NNZ: packed.nnz,
+                               contract.ATTR_FORMAT: packed.format})
+    return finish_model([node], [x_input(packed.K)], inits, [(contract.DOMAIN, contract.OP_VERSION)])
 
 
 def dense_gemm_model(layer: Layer) -> onnx.ModelProto:
@@ -128,6 +134,7 @@ class Candidate:
     name: str
     run: Optional[Callable[[], np.ndarray]] = None  # one call, returns Y [M, N]
     problem: Optional[str] = None  # why it cannot be timed
+    weight: Optional[np.ndarray] = None  # the W it computes with, when not the layer's (int8: dequantized)
 
 
 def session(model: onnx.ModelProto, threads: int):
@@ -138,7 +145,8 @@ def session(model: onnx.ModelProto, threads: int):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def ort_candidate(name: str, build: Callable[[], tuple[object, dict]]) -> Candidate:
+def ort_candidate(name: str, build: Callable[[], tuple[object, dict]], weight: Optional[np.ndarray] = None
+                  ) -> Candidate:
     """A candidate run the way applications call onnxruntime from Python: InferenceSession.run with
     numpy inputs (its per-call cost is measured separately, see call_floor_us)."""
     try:
@@ -149,18 +157,23 @@ def ort_candidate(name: str, build: Callable[[], tuple[object, dict]]) -> Candid
     def run() -> np.ndarray:
         return sess.run(["Y"], feeds)[0]
 
-    return Candidate(name, run=run)
+    return Candidate(name, run=run, weight=weight)
 
 
 def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict) -> list[Candidate]:
-    """The four candidates for input x; `sessions` caches the sessions of this layer and thread count."""
+    """The five candidates for input x; `sessions` caches the sessions of this layer and thread count."""
     import onnxruntime as ort
     import scipy.sparse
 
     def ours():
         if OURS not in sessions:
-            sessions[OURS] = session(sparse_gemm_model(layer), threads)
+            sessions[OURS] = session(sparse_gemm_model(layer.csr), threads)
         return sessions[OURS], {"X": x}
+
+    def ours_int8():
+        if INT8 not in sessions:
+            sessions[INT8] = session(sparse_gemm_model(layer.int8), threads)
+        return sessions[INT8], {"X": x}
 
     def dense():
         if DENSE not in sessions:
@@ -186,7 +199,8 @@ def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict) -
     def scipy_run() -> np.ndarray:
         return np.ascontiguousarray((wt_csr @ x.T).T)  # Y [M, N] row-major, like the others
 
-    return [ort_candidate(OURS, ours), ort_candidate(DENSE, dense), ort_candidate(S2D, s2d),
+    return [ort_candidate(OURS, ours), ort_candidate(INT8, ours_int8, layer.int8.to_dense()),
+            ort_candidate(DENSE, dense), ort_candidate(S2D, s2d),
             Candidate(SCIPY, run=scipy_run)]
 
 
@@ -198,13 +212,14 @@ def verify(candidate: Candidate, x: np.ndarray, layer: Layer) -> None:
     """Marks the candidate unusable when its result differs from the float64 reference."""
     if candidate.run is None:
         return
-    expected = x.astype(np.float64) @ layer.weight.astype(np.float64)
+    weight = layer.weight if candidate.weight is None else candidate.weight
+    expected = x.astype(np.float64) @ weight.astype(np.float64)
     try:
         y = candidate.run()
     except Exception as exc:
         candidate.run, candidate.problem = None, f"run failed: {one_line(exc)}"
         return
-    scale = float((np.abs(x).astype(np.float64) @ np.abs(layer.weight).astype(np.float64)).max(initial=0.0))
+    scale = float((np.abs(x).astype(np.float64) @ np.abs(weight).astype(np.float64)).max(initial=0.0))
     tol = 1e-5 * float(np.abs(expected).max(initial=0.0)) + 4 * np.finfo(np.float32).eps * np.sqrt(layer.K) * scale
     if y.shape != expected.shape:
         candidate.run, candidate.problem = None, f"wrong shape {list(y.shape)}, expected {list(expected.shape)}"
@@ -253,7 +268,7 @@ class Row:
     threads: int
     nnz: int
     us: dict  # candidate -> µs per call (absent: not timed)
-    ratios: dict  # "dense/ours", "s2d/ours", "scipy/ours" -> value or None
+    ratios: dict  # each key of RATIOS ("int8/ours", "dense/ours", ...) -> value or None
     problems: dict = field(default_factory=dict)  # candidate -> why it was not timed
 
 
@@ -273,8 +288,7 @@ def bench(K: int, N: int, sparsities: Sequence[float], batches: Sequence[int], t
                 timings = time_candidates(candidates, rounds=rounds, warmup=warmup, block_s=block_s)
                 rows.append(Row(sparsity=sparsity, batch=batch, threads=n_threads, nnz=layer.csr.nnz,
                                 us={name: t["us"] for name, t in timings.items()},
-                                ratios={"dense/ours": ratio(timings, DENSE), "s2d/ours": ratio(timings, S2D),
-                                        "scipy/ours": ratio(timings, SCIPY)},
+                                ratios={key: ratio(timings, name) for key, name in RATIOS.items()},
                                 problems={c.name: c.problem for c in candidates if c.problem}))
     return rows
 
@@ -297,8 +311,7 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
     console = Console(width=max(Console().width, 132))
     table = Table(title=f"SparseGemm kernel, K x N = {settings['K']} x {settings['N']}: median µs per call "
                         f"(ratio > 1: SparseGemm faster)")
-    for column in ("threads", "sparsity", "batch", "ours µs", "dense µs", "s2d µs", "scipy µs", "dense/ours",
-                   "s2d/ours", "scipy/ours"):
+    for column in ("threads", "sparsity", "batch", "ours µs", "int8 µs", "dense µs", "s2d µs", "scipy µs", *RATIOS):
         table.add_column(column, justify="right")
     previous_threads = None
     for r in rows:
@@ -306,7 +319,7 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
             table.add_section()
         previous_threads = r.threads
         cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in CANDIDATES]
-        ratios = [format_ratio(r.ratios[k]) for k in ("dense/ours", "s2d/ours", "scipy/ours")]
+        ratios = [format_ratio(r.ratios[k]) for k in RATIOS]
         table.add_row(str(r.threads), f"{r.sparsity:g}", str(r.batch), *cells, *ratios)
     console.print(table)
     problems = sorted({(name, why) for r in rows for name, why in r.problems.items()})
@@ -315,7 +328,7 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
     console.print(f"machine: {machine['cpu']} · {machine['cores']} cores · SIMD {', '.join(machine['simd']) or 'none'}")
     console.print(f"onnxruntime {machine['onnxruntime']} · numpy {machine['numpy']} · scipy {machine['scipy']} · "
                   f"kernel ISA {machine['kernel_isa']}")
-    console.print(f"ours = {OURS} (this library) · dense = onnxruntime {DENSE} · s2d = onnxruntime com.microsoft."
+    console.print(f"ours = {OURS} (this library, csr fp32) · int8 = the same weights in csr_int8 · dense = onnxruntime {DENSE} · s2d = onnxruntime com.microsoft."
                   f"{S2D} (Wᵀ as a CSR sparse-tensor input, plus a Transpose to [M, N]) · scipy = {SCIPY} @ dense, "
                   f"in-process, single-threaded")
     console.print(f"onnxruntime per-call floor (Identity model, 1 thread): {settings['call_floor_us']:.1f} µs · "
@@ -325,12 +338,11 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
 
 def markdown_table(rows: Sequence[Row]) -> str:
     """The result as a markdown table (for docs/bench_kernel.md)."""
-    lines = ["| threads | sparsity | batch | ours µs | dense µs | s2d µs | scipy µs | dense/ours | s2d/ours | scipy/ours |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| threads | sparsity | batch | ours µs | int8 µs | dense µs | s2d µs | scipy µs | " + " | ".join(RATIOS) + " |",
+             "|" + "---:|" * 12]
     for r in rows:
         cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in CANDIDATES]
-        ratios = [f"{v:.2f}x" if v is not None else "n/a" for v in
-                  (r.ratios["dense/ours"], r.ratios["s2d/ours"], r.ratios["scipy/ours"])]
+        ratios = [f"{r.ratios[k]:.2f}x" if r.ratios[k] is not None else "n/a" for k in RATIOS]
         lines.append(f"| {r.threads} | {r.sparsity:g} | {r.batch} | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines)
 

@@ -6,7 +6,8 @@
 namespace onnx_prune {
 namespace {
 
-const Format* const kFormats[] = {&format_csr::kFormat};
+const Format* const kFormats[] = {&format_csr::kFormat, &format_csr_int8::kFormat, &format_bcsr::kFormat,
+                                  &format_csr_int8_dynamic::kFormat};
 
 }  // namespace
 

@@ -19,6 +19,22 @@ bool cpu_has_avx512() {
   return cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") &&
          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
 }
+
+bool cpu_has_avx512vnni() {
+  __builtin_cpu_init();
+  return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
+}
+
+// The AVX-512 table whose integer product uses vpdpwssd (every other entry is AVX-512's).
+const KernelTable* avx512vnni_table() {
+  static const KernelTable table = [] {
+    KernelTable t = isa_avx512::kTable;
+    t.isa = "avx512vnni";
+    t.int8_dynamic_gemm = &isa_avx512vnni::int8_dynamic_gemm;
+    return t;
+  }();
+  return &table;
+}
 #endif
 
 const KernelTable* choose() {
@@ -39,6 +55,7 @@ std::vector<const KernelTable*> supported_kernels() {
 #if defined(__x86_64__) || defined(_M_X64)
   if (cpu_has_avx2_fma()) tables.push_back(&isa_avx2::kTable);
   if (cpu_has_avx512()) tables.push_back(&isa_avx512::kTable);
+  if (cpu_has_avx512vnni()) tables.push_back(avx512vnni_table());
 #endif
   return tables;
 }

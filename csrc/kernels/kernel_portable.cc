@@ -38,11 +38,36 @@ struct V8 {
   static reg add(reg a, reg b) { return a + b; }
 };
 
+using V4 = V;  // the bcsr GEMV's 4-output blocks
+
+// 8 int32 lanes for the integer product; madd is pmaddwd spelled out on the two int16 halves.
+struct IV {
+  typedef int32_t reg __attribute__((vector_size(32)));
+  typedef int16_t halves __attribute__((vector_size(16)));
+  static constexpr int W = 8;
+  static reg zero() { return reg{0, 0, 0, 0, 0, 0, 0, 0}; }
+  static reg load(const int32_t* p) {
+    reg v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static void store(int32_t* p, reg v) { std::memcpy(p, &v, sizeof v); }
+  static reg add(reg a, reg b) { return a + b; }
+  static reg madd(reg acc, int32_t word, reg x) {
+    const reg lo = __builtin_convertvector(__builtin_convertvector(x, halves), reg);  // sign-extended low half
+    const reg hi = x >> 16;                                                           // arithmetic shift
+    return acc + lo * static_cast<int32_t>(static_cast<int16_t>(word & 0xffff)) + hi * (word >> 16);
+  }
+};
+
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 #include "kernel_body.h"
+#include "block_kernel_body.h"
+#include "kernel_int8_dynamic_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 
-const KernelTable kTable{"portable", &csr_gemm, &has_non_finite};
+const KernelTable kTable{"portable", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite,
+                          &bcsr_gemm, &int8_dynamic_gemm_of};
 
 }  // namespace isa_portable
 }  // namespace onnx_prune

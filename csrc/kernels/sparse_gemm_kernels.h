@@ -25,24 +25,63 @@ struct BiasView {
   int64_t cols = 0;
 };
 
-// W (K x N) as CSR of W^T, in plain pointers (formats/csr.h owns the storage, PackedCsr, and
-// documents the layout). The ISA translation units see only this (no std:: templates there, so no
-// inline function compiled with AVX-512 flags can be merged into code run on older CPUs).
-struct CsrArrays {
+// W (K x N) as CSR of W^T, in plain pointers (formats/csr_layout.h owns the storage, PackedCsrOf,
+// and documents the layout). The ISA translation units see only this (no std:: templates there, so
+// no inline function compiled with AVX-512 flags can be merged into code run on older CPUs). `Val`
+// is the type the weights are held in; with `scales`, output n's sums are multiplied by scales[n]
+// (weights stored as integers times a per-output scale).
+template <typename Val>
+struct CsrArraysOf {
   int64_t K = 0;
   int64_t N = 0;
-  const float* values = nullptr;
+  const Val* values = nullptr;
+  const float* scales = nullptr;    // [N], or nullptr: none
   const uint16_t* idx16 = nullptr;  // exactly one of idx16 / idx32 is set
   const int32_t* idx32 = nullptr;
   const int64_t* row_ptr = nullptr;
   const int64_t* parts = nullptr;
   int64_t n_parts = 0;
-  const float* block_values = nullptr;
+  const float* block_values = nullptr;  // fp32 whatever Val is (csr_layout.h)
   const uint8_t* block_rows = nullptr;
   const int64_t* block_ptr = nullptr;
   int64_t n_kblocks = 0;
   int64_t n_pairs = 0;
   bool blocked = false;
+};
+
+using CsrArrays = CsrArraysOf<float>;
+using CsrInt8Arrays = CsrArraysOf<int8_t>;  // int8 weights, scales set (format csr_int8)
+// W (K x N) as block CSR of W^T with R x 1 blocks (formats/bcsr.h owns the storage, PackedBcsr):
+// block row b holds outputs [b * R, b * R + R); its blocks are values[j * R .. j * R + R) at row
+// idx[j] of W, for j in [block_ptr[b], block_ptr[b + 1]), rows increasing. Outputs >= N of a
+// partial last block row are stored zeros that are never written out.
+struct BcsrArrays {
+  int64_t K = 0;
+  int64_t N = 0;
+  int64_t R = 0;                     // 4 or 8
+  int64_t n_block_rows = 0;          // ceil(N / R)
+  const float* values = nullptr;     // [n_blocks][R]
+  const int32_t* idx = nullptr;      // [n_blocks]
+  const int64_t* block_ptr = nullptr;  // [n_block_rows + 1]
+  const int64_t* parts = nullptr;    // block-row boundaries of ranges with about equal blocks
+  int64_t n_parts = 0;
+};
+
+// W (K x N) for the integer product of format csr_int8_dynamic: W's rows taken in pairs
+// (2p, 2p + 1). Output n owns entries [ptr[n], ptr[n + 1]); entry e holds the int8 weights of rows
+// 2 pairs[e] (low 16 bits of words[e]) and 2 pairs[e] + 1 (high 16 bits), each as int16 (zero when
+// not stored), so one pmaddwd / vpdpwssd lane multiplies a pair of weights by a pair of int16
+// activations into int32 with no saturation possible (|w|, |q| <= 127). scales[n] dequantizes
+// output n; parts are nnz-balanced output ranges for threading.
+struct Int8PairArrays {
+  int64_t K = 0;
+  int64_t N = 0;
+  const int32_t* words = nullptr;
+  const int32_t* pairs = nullptr;
+  const int64_t* ptr = nullptr;   // [N + 1]
+  const float* scales = nullptr;  // [N]
+  const int64_t* parts = nullptr;
+  int64_t n_parts = 0;
 };
 
 // Per-Run scratch memory. The op glue backs it with onnxruntime's allocator (an arena that reuses
@@ -85,11 +124,19 @@ struct KernelTable {
   // Y = act(alpha * A' W + beta * C) over the stored entries of W only (see formats/non_finite.h
   // for the rows where that differs from the dense product).
   void (*csr_gemm)(const CsrArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
+  // The same for int8 weights: each product widens the weight to fp32 in registers, and output n's
+  // sum is multiplied by scales[n] before alpha.
+  void (*csr_int8_gemm)(const CsrInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel);
   // True when x[0..count) holds an inf or a NaN (a vectorised scan, cheap next to any product).
   bool (*has_non_finite)(const float* x, int64_t count);
+  // The same over the stored R x 1 blocks of the bcsr format (block_kernel_body.h).
+  void (*bcsr_gemm)(const BcsrArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
+  // Format csr_int8_dynamic (docs/sparse_gemm_op.md): each row of A' quantized to int8 at Run,
+  // the integer product in int32, then dequantized with the row's and the output's scales.
+  void (*int8_dynamic_gemm)(const Int8PairArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
 };
 
-// The best variant this CPU supports (called once per kernel creation). ONNX_PRUNE_ISA=portable|avx2|avx512
+// The best variant this CPU supports (called once per kernel creation). ONNX_PRUNE_ISA=portable|avx2|avx512|avx512vnni
 // in the environment forces a (supported) lower variant, for testing every path on one machine.
 const KernelTable& select_kernel();
 
@@ -100,6 +147,10 @@ namespace isa_portable { extern const KernelTable kTable; }
 #if defined(__x86_64__) || defined(_M_X64)
 namespace isa_avx2 { extern const KernelTable kTable; }
 namespace isa_avx512 { extern const KernelTable kTable; }
+// AVX-512 VNNI: the AVX-512 table with the integer product on vpdpwssd (dispatch.cc builds it).
+namespace isa_avx512vnni {
+void int8_dynamic_gemm(const Int8PairArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
+}
 #endif
 
 }  // namespace onnx_prune

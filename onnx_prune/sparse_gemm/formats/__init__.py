@@ -9,7 +9,7 @@ this folder, the C++ format table and the doc only (docs/adding_a_format.md).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -32,14 +32,14 @@ class PackedWeight(ABC):
         """The format's tensors in the order of ``SparseFormat.tensor_names``."""
 
     @property
-    @abstractmethod
     def nnz(self) -> int:
-        """Number of stored weights."""
+        """Number of stored weights: the length of the first tensor, the values, in every format."""
+        return int(self.tensors[0].shape[0])
 
     @property
-    @abstractmethod
     def values_dtype(self) -> np.dtype:
-        """The dtype the weights themselves are stored in."""
+        """The dtype the weights themselves are stored in (the first tensor's)."""
+        return self.tensors[0].dtype
 
     @property
     def nbytes(self) -> int:
@@ -61,7 +61,7 @@ class SparseFormat(ABC):
 
     name: str                                   # the ``format`` attribute's value
     tensor_names: tuple[str, ...]               # the node inputs after A, in order
-    value_types: Mapping[str, np.dtype]         # --values choice -> stored dtype ("fp32" first)
+    value_types: Mapping[str, np.dtype]         # --values choices it serves -> stored dtype
     description: str                            # one sentence on the layout, for netron / docs
     input_docs: Sequence[tuple[str, str, str]]  # (input name, type parameter, description)
     type_constraints: Sequence[tuple[str, Sequence[str], str]]  # (type parameter, onnx types, description)
@@ -88,16 +88,46 @@ class SparseFormat(ABC):
         """Add the standard-op nodes that rebuild ``W [K, N]`` float32 inside the fallback function
         (its inputs are named ``tensor_names``; K and N are attributes); returns W's name."""
 
+    # Max relative error --verify accepts against the masked dense fp32 model (None: verify's default).
+    verify_tolerance: Optional[float] = None
+
+    def fallback_output(self, body: "FunctionBody", opset: int) -> Optional[str]:
+        """For a format whose arithmetic is not the float Gemm with the dense W: add the nodes that
+        compute the whole output ``Y`` and return its name. None (the default): the fallback runs
+        Gemm / MatMul on ``fallback_dense_weight``."""
+        return None
+
+
+def keep_mask(weight: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The entries ``pack`` keeps: ``mask``, or the non-zeros of ``weight`` without one (shapes checked)."""
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-D [K, N], got shape {list(weight.shape)}")
+    keep = weight != 0 if mask is None else np.asarray(mask, dtype=bool)
+    if keep.shape != weight.shape:
+        raise ValueError(f"mask shape {list(keep.shape)} != weight shape {list(weight.shape)}")
+    return keep
+
 
 _REGISTRY: dict[str, SparseFormat] = {}
 
 
 def register(fmt: SparseFormat) -> SparseFormat:
-    """Add ``fmt`` to the registry (one name, one format)."""
+    """Add ``fmt`` to the registry (one name, one format). Registration order matters: a --values
+    choice is written in the first registered format that stores it (see value_choices)."""
     if fmt.name in _REGISTRY:
         raise ValueError(f"format '{fmt.name}' is registered twice")
     _REGISTRY[fmt.name] = fmt
     return fmt
+
+
+def value_choices() -> dict[str, tuple[SparseFormat, np.dtype]]:
+    """Every --values choice -> (the first registered format that stores it, the dtype it stores):
+    the CLI's choices and the format a prune writes unless --format names another."""
+    choices: dict[str, tuple[SparseFormat, np.dtype]] = {}
+    for fmt in _REGISTRY.values():
+        for choice, dtype in fmt.value_types.items():
+            choices.setdefault(choice, (fmt, np.dtype(dtype)))
+    return choices
 
 
 def names() -> tuple[str, ...]:
@@ -118,3 +148,6 @@ def get(name: str) -> SparseFormat:
 
 
 from . import csr  # noqa: E402,F401  (registers itself)
+from . import csr_int8  # noqa: E402,F401  (registers itself)
+from . import bcsr  # noqa: E402,F401  (registers itself)
+from . import csr_int8_dynamic  # noqa: E402,F401  (registers itself)
