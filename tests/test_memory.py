@@ -1,0 +1,48 @@
+"""Peak memory of pruning WITH verification, as a structure (no timing): a prune of a model with
+external data must not grow the process by more than twice the model's size beyond the fixed
+overhead of the imports, the onnxruntime sessions and the SparseGemm library.
+
+The model and the measurement come from tools/bench_memory.py (the benchmark of the 3 GiB run);
+the fixed overhead is measured in the same test, by the same command on a tiny model of the same
+shape, so it follows whatever this machine's onnxruntime and numpy cost.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_memory.py"
+
+
+def _bench_memory():
+    spec = importlib.util.spec_from_file_location("bench_memory", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _peak_of_prune(bench, folder: Path, size: int, layers: int) -> tuple[int, int, dict]:
+    """(peak RSS bytes of the CLI prune with verification, model bytes, its JSON report)."""
+    folder.mkdir()
+    model, model_bytes = bench.write_model(folder, size, layers)
+    report = folder / "report.json"
+    code, _, peak, output = bench.run_measured(bench.prune_command(model, folder / "pruned.onnx", 0.9, verify=True,
+                                                                   extra=("--report-json", str(report))))
+    assert code == 0, output
+    return peak, model_bytes, json.loads(report.read_text())
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="peak RSS as Linux reports it")
+def test_prune_with_verification_grows_by_less_than_twice_the_model(tmp_path: Path):
+    bench = _bench_memory()
+    fixed, _, _ = _peak_of_prune(bench, tmp_path / "tiny", 64, 2)
+    peak, model_bytes, report = _peak_of_prune(bench, tmp_path / "large", 4096, 2)  # 2 x 64 MiB, external data
+    assert report["verification"]["passed"] is True  # the verification really ran, on both layers
+    assert report["verification"]["max_rel_error"] <= report["verification"]["tolerance"]
+    assert len(report["layers"]) == 2
+    growth = peak - fixed
+    assert growth < 2 * model_bytes, (f"peak RSS {peak / 2**20:.0f} MiB = fixed overhead {fixed / 2**20:.0f} MiB + "
+                                      f"{growth / model_bytes:.2f}x the model ({model_bytes / 2**20:.0f} MiB)")
