@@ -75,7 +75,8 @@ def read_external_array(tensor: onnx.TensorProto, folder: PathLike, *, transpose
     ``transpose`` (2-D only) gives the transposed array, C-contiguous, without a second copy."""
     import numpy as np
 
-    path, offset, dtype = *external_span(tensor, folder)[:2], _numpy_dtype(tensor)
+    path, offset, _ = external_span(tensor, folder)
+    dtype = _numpy_dtype(tensor)
     dims = tuple(int(d) for d in tensor.dims)
     with open(path, "rb") as handle:
         handle.seek(offset)

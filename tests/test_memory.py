@@ -46,3 +46,34 @@ def test_prune_with_verification_grows_by_less_than_twice_the_model(tmp_path: Pa
     growth = peak - fixed
     assert growth < 2 * model_bytes, (f"peak RSS {peak / 2**20:.0f} MiB = fixed overhead {fixed / 2**20:.0f} MiB + "
                                       f"{growth / model_bytes:.2f}x the model ({model_bytes / 2**20:.0f} MiB)")
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_model_pruned_from_its_external_files_equals_the_same_model_in_memory(tmp_path: Path, monkeypatch,
+                                                                               shared: bool):
+    """Weights read straight from the data file, the reference written beside them (with a layer kept
+    dense and every bias still external, so both are copied into the reference's folder): the same
+    pruned model, verified, as from the loaded ModelProto; the reference's folder is gone afterwards."""
+    import tempfile
+
+    import onnx
+    from helpers_models import mlp
+
+    import onnx_prune
+
+    model = mlp((16, 16, 16, 16), shared=True) if shared else mlp((20, 16, 16, 12, 5))
+    path = tmp_path / "m.onnx"
+    onnx.save_model(onnx.ModelProto.FromString(model.SerializeToString()), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.data", size_threshold=0)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    options = dict(ratio=0.8, verify=True, layer_ratios={"/fc1/Gemm": 0.1})
+    from_file, file_report = onnx_prune.prune(path, **options)
+    in_memory, memory_report = onnx_prune.prune(model, **options)
+    assert file_report.verification.passed and memory_report.verification.passed
+    assert [n for n in from_file.graph.node] == [n for n in in_memory.graph.node]
+    assert {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in from_file.graph.initializer} == \
+           {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in in_memory.graph.initializer}
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in from_file.graph.initializer)
+    assert list(scratch.iterdir()) == []
