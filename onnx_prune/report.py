@@ -11,6 +11,7 @@ import onnx
 from .auto_dense import DENSE_KEEP_THRESHOLD
 from .layers import Layer, Skipped
 from .modelio import written_size
+from .sparsifiers import REGISTRY
 
 
 @dataclass
@@ -121,6 +122,7 @@ class PruneReport:
                 console.print(f"[yellow]{escape(l.node)}[/yellow] {escape(l.status)}")
         for line in _skipped_lines(self.skipped):
             console.print(f"[dim]{escape(line)}[/dim]")
+        console.print(escape(settings_line(self.settings)))
         console.print(f"file size: {self.size_before:,} → {self.size_after:,} bytes "
                       f"({self.size_after / max(self.size_before, 1):.1%})")
         if self.verification:
@@ -131,6 +133,34 @@ class PruneReport:
 
 
 SKIPPED_SHOWN = 5
+
+
+def settings_line(settings: dict) -> str:
+    """The settings a rerun needs, in one line: always method, scope, ratio, values and the storage
+    format they selected; pattern, calibration samples, quantization and layer choices only when used."""
+    parts = [f"method {settings.get('method')}", f"scope {settings.get('scope')}", f"ratio {settings.get('ratio')}",
+             f"values {settings.get('values')}", f"format {settings.get('format')}"]
+    if settings.get("quantize"):
+        parts.append(f"quantize {settings['quantize']}")
+    if settings.get("pattern"):
+        parts.append(f"pattern {settings['pattern']}")
+    sparsifier = REGISTRY.get(settings.get("method"))
+    if sparsifier is not None and sparsifier.needs_calibration:
+        samples = settings.get("calibration_samples")
+        parts.append(f"calibration samples {samples if samples else 'all'}")
+    for name, value in settings.get("layer_ratios", {}).items():
+        parts.append(f"layer ratio {name}={value}")
+    if settings.get("include"):
+        parts.append(f"include {','.join(settings['include'])}")
+    if settings.get("exclude"):
+        parts.append(f"exclude {','.join(settings['exclude'])}")
+    if settings.get("min_params"):
+        parts.append(f"min params {settings['min_params']}")
+    if settings.get("auto_dense") is False:
+        parts.append("no auto dense")
+    if settings.get("fallback") is False:
+        parts.append("no fallback")
+    return "settings: " + ", ".join(parts)
 
 
 def _skipped_lines(skipped: Sequence[dict]) -> list[str]:
