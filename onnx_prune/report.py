@@ -146,14 +146,14 @@ def human_size(nbytes: int) -> str:
 
 
 def settings_line(settings: dict) -> str:
-    """The settings a rerun needs, in one line: always method, scope, ratio, values and the storage
-    format they selected; pattern, calibration samples, quantization and layer choices only when used."""
-    parts = [f"method {settings.get('method')}", f"scope {settings.get('scope')}", f"ratio {settings.get('ratio')}",
+    """The settings a rerun needs, in one line: always method, scope, ratio (or the N:M pattern, which
+    replaces it), values and the storage format they selected; calibration samples, quantization and
+    layer choices only when used."""
+    amount = f"pattern {settings['pattern']}" if settings.get("pattern") else f"ratio {settings.get('ratio')}"
+    parts = [f"method {settings.get('method')}", f"scope {settings.get('scope')}", amount,
              f"values {settings.get('values')}", f"format {settings.get('format')}"]
     if settings.get("quantize"):
         parts.append(f"quantize {settings['quantize']}")
-    if settings.get("pattern"):
-        parts.append(f"pattern {settings['pattern']}")
     sparsifier = REGISTRY.get(settings.get("method"))
     if sparsifier is not None and sparsifier.needs_calibration:
         samples = settings.get("calibration_samples")

@@ -381,7 +381,7 @@ def test_settings_line_names_calibration_and_pattern():
     line = settings_line(dict(method="sparsegpt", scope="layer", ratio=0.5, values="fp16", format="csr",
                               pattern="2:4", calibration_samples=256, layer_ratios={"fc0.weight": 0.7},
                               auto_dense=True, fallback=False))
-    assert line == ("settings: method sparsegpt, scope layer, ratio 0.5, values fp16, format csr, pattern 2:4, "
+    assert line == ("settings: method sparsegpt, scope layer, pattern 2:4, values fp16, format csr, "
                     "calibration samples 256, layer ratio fc0.weight=0.7, no fallback")
     assert "calibration samples all" in settings_line(dict(method="wanda", ratio=0.5))
 
