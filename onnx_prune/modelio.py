@@ -167,8 +167,10 @@ def written_size(path: PathLike) -> int:
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Write a small text file (the JSON report) via a temporary file and a rename."""
     out = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.absolute().parent))
+    tmp_name = ""
     try:
+        with _interrupts_deferred():  # an interrupt right after mkstemp must still find the file named
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.absolute().parent))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         _set_default_permissions(Path(tmp_name))
@@ -176,7 +178,7 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     except OSError as exc:
         raise OnnxPruneError(f"cannot write '{out}': {exc.strerror or exc}") from exc
     finally:
-        if os.path.exists(tmp_name):
+        if tmp_name and os.path.exists(tmp_name):
             os.unlink(tmp_name)
 
 
@@ -254,10 +256,12 @@ def save_model_atomic(model: onnx.ModelProto, output_path: PathLike, *, external
     """
     out = Path(output_path).absolute()
     external_data = external_data or model.ByteSize() > PROTOBUF_LIMIT
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent)))
+    stage: Optional[Path] = None
     placed: list[Path] = []
     committed = False
     try:
+        with _interrupts_deferred():  # an interrupt right after mkdtemp must still find the folder named
+            stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent)))
         data_name = _free_data_name(out) if external_data else None
         _write_staged(model, stage / out.name, data_name)
         staged = [stage / name for name in ([data_name] if data_name else [])] + [stage / out.name]
@@ -279,7 +283,8 @@ def save_model_atomic(model: onnx.ModelProto, output_path: PathLike, *, external
             if not committed:
                 for path in placed:
                     path.unlink(missing_ok=True)
-            shutil.rmtree(stage, ignore_errors=True)
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
 
 
 def output_data_names(output_path: PathLike) -> list[str]:

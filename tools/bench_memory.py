@@ -53,7 +53,7 @@ def write_model(folder: Path, size: int, layers: int, seed: int = 0) -> tuple[Pa
                                           name=f"gemm{i}", transB=1))
     graph = helper.make_graph(nodes, "bench_memory", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", size])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", size])], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)  # onnxruntime 1.17 reads IR <= 9
     path = folder / "model.onnx"
     with open(path, "wb") as handle:
         handle.write(model.SerializeToString())
