@@ -4,6 +4,8 @@
 #include "formats/csr.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -190,12 +192,88 @@ void build_blocked_layout(PackedCsr* out) {
   }
 }
 
+// Outputs per range of the input-stationary layout: a range's sums for a 32-column tile
+// (128 x 32 floats = 16 KiB) stay in L1 while the tile's nonzero rows stream past them.
+constexpr int64_t kColPartOutputs = 128;
+constexpr int64_t kMaxColParts = 64;
+
+// Output ranges of about equal nnz, about kColPartOutputs outputs each; fewer while the per-range
+// row pointers, (K + 1) int64 per range, would outgrow half the stored weights (plus the same
+// allowance as the blocked layout), so kernel creation stays a small multiple of the weights.
+void balance_col_parts(PackedCsr* out) {
+  const int64_t N = out->N, K = out->K;
+  int64_t n_parts = std::max<int64_t>(1, std::min(kMaxColParts, (N + kColPartOutputs - 1) / kColPartOutputs));
+  while (n_parts > 1 && n_parts * (K + 1) > out->nnz / 2 + kBlockTableAllowance) n_parts /= 2;
+  const auto& rp = out->row_ptr;
+  out->col_parts.assign(1, 0);
+  for (int64_t p = 1; p < n_parts; ++p) {
+    const int64_t boundary = out->nnz > 0
+        ? std::lower_bound(rp.begin(), rp.end(), out->nnz * p / n_parts) - rp.begin()
+        : N * p / n_parts;
+    if (boundary > out->col_parts.back() && boundary < N) out->col_parts.push_back(boundary);
+  }
+  out->col_parts.push_back(N);
+}
+
+// Fills the input-stationary layout (PackedCsr::col_*): per output range, W's entries by row k,
+// within a row by increasing output (duplicates stay separate entries).
+void build_column_layout(PackedCsr* out) {
+  const int64_t K = out->K;
+  balance_col_parts(out);
+  const int64_t n_parts = static_cast<int64_t>(out->col_parts.size()) - 1;
+  auto row_of = [&](int64_t j) -> int64_t { return out->use16 ? out->idx16[j] : out->idx32[j]; };
+  std::vector<int64_t>& ptr = out->col_ptr;
+  ptr.assign(static_cast<size_t>(n_parts * (K + 1)), 0);
+  for (int64_t p = 0; p < n_parts; ++p)  // counts, shifted by one row
+    for (int64_t j = out->row_ptr[out->col_parts[p]]; j < out->row_ptr[out->col_parts[p + 1]]; ++j)
+      ++ptr[p * (K + 1) + row_of(j) + 1];
+  int64_t total = 0;
+  for (int64_t p = 0; p < n_parts; ++p) {
+    int64_t* row = &ptr[p * (K + 1)];
+    row[0] = total;
+    for (int64_t k = 1; k <= K; ++k) row[k] = (total += row[k]);
+  }
+  const bool out16 = out->N <= 65536;
+  out->col_values.resize(static_cast<size_t>(out->nnz));
+  if (out16) {
+    out->col_out16.resize(static_cast<size_t>(out->nnz));
+  } else {
+    out->col_out32.resize(static_cast<size_t>(out->nnz));
+  }
+  std::vector<int64_t> fill(static_cast<size_t>(K));
+  for (int64_t p = 0; p < n_parts; ++p) {
+    std::copy(&ptr[p * (K + 1)], &ptr[p * (K + 1)] + K, fill.begin());
+    for (int64_t n = out->col_parts[p]; n < out->col_parts[p + 1]; ++n) {
+      for (int64_t j = out->row_ptr[n]; j < out->row_ptr[n + 1]; ++j) {
+        const int64_t at = fill[static_cast<size_t>(row_of(j))]++;
+        out->col_values[at] = out->values[j];
+        if (out16) out->col_out16[at] = static_cast<uint16_t>(n);
+        else out->col_out32[at] = static_cast<int32_t>(n);
+      }
+    }
+  }
+  out->skip_zeros = std::all_of(out->values.begin(), out->values.end(), [](float v) { return std::isfinite(v); });
+}
+
+// The ONNX_PRUNE_PATH test hook (docs/bench_kernel.md): empty or unset means the cost model.
+std::string read_forced_path(KernelPath* path) {
+  const char* env = std::getenv("ONNX_PRUNE_PATH");
+  const std::string name = env ? env : "";
+  if (name.empty() || name == "auto") *path = KernelPath::kAuto;
+  else if (name == "gemv") *path = KernelPath::kGemv;
+  else if (name == "input_stationary") *path = KernelPath::kInputStationary;
+  else if (name == "tiled") *path = KernelPath::kTiled;
+  else return "ONNX_PRUNE_PATH=" + name + " is not one of auto, gemv, input_stationary, tiled";
+  return {};
+}
+
 }  // namespace
 
 std::string pack_csr(const CsrView& view, int64_t K, int64_t N, PackedCsr* out) {
   if (view.n_values < 0 || view.n_indices < 0) return "negative tensor size";
   std::string err = check_offsets(view, N);
   if (err.empty()) err = check_indices(view, K);
+  if (err.empty()) err = read_forced_path(&out->forced_path);
   if (!err.empty()) return err;
   out->K = K;
   out->N = N;
@@ -206,6 +284,7 @@ std::string pack_csr(const CsrView& view, int64_t K, int64_t N, PackedCsr* out) 
   copy_indices(view, out);
   balance_parts(out);
   build_blocked_layout(out);
+  build_column_layout(out);
   return {};
 }
 
@@ -228,6 +307,17 @@ CsrArrays arrays_of(const PackedCsr& w) {
   a.n_kblocks = w.n_kblocks;
   a.n_pairs = w.n_pairs;
   a.blocked = w.blocked;
+  a.col_values = w.col_values.data();
+  if (w.N <= 65536) {
+    a.col_out16 = w.col_out16.data();
+  } else {
+    a.col_out32 = w.col_out32.data();
+  }
+  a.col_ptr = w.col_ptr.data();
+  a.col_parts = w.col_parts.data();
+  a.n_col_parts = static_cast<int64_t>(w.col_parts.size()) - 1;
+  a.skip_zeros = w.skip_zeros;
+  a.forced_path = w.forced_path;
   return a;
 }
 

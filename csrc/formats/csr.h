@@ -39,6 +39,18 @@ struct PackedCsr : PackedWeight {
   // with few entries; csr.cc's blocked_layout_fits): the batched path then runs the few-rows
   // strategy on groups of 8 rows instead.
   bool blocked = false;
+  // The same weights once more, input-stationary (CSC of W, cut into output ranges), for the paths
+  // that visit only the rows of W whose input is nonzero (docs/bench_kernel.md, "Zero inputs").
+  // Range r holds outputs [col_parts[r], col_parts[r + 1]); its entries for W's row k are
+  // [col_ptr[r * (K + 1) + k], col_ptr[r * (K + 1) + k + 1]), by increasing output.
+  std::vector<float> col_values;
+  std::vector<uint16_t> col_out16;  // output of each entry, when N <= 65536
+  std::vector<int32_t> col_out32;   // otherwise
+  std::vector<int64_t> col_ptr;     // [n_col_parts][K + 1]
+  std::vector<int64_t> col_parts;   // n_col_parts + 1 boundaries
+  // False when a stored weight is inf or NaN: 0 * inf is NaN, so no zero input may be skipped.
+  bool skip_zeros = true;
+  KernelPath forced_path = KernelPath::kAuto;  // the ONNX_PRUNE_PATH test hook
 };
 
 // Raw, unvalidated CSR tensors as they arrive from the graph.
@@ -53,10 +65,6 @@ struct CsrView {
   int64_t n_indices = 0;
   int64_t n_offsets = 0;
 };
-
-// Validates `view` against K and N and fills `out`. Returns an empty string on success, else
-// a description of the first inconsistency (the caller prefixes the node name).
-std::string pack_csr(const CsrView& view, int64_t K, int64_t N, PackedCsr* out);
 
 // Validates `view` against K and N and fills `out`. Returns an empty string on success, else
 // a description of the first inconsistency (the caller prefixes the node name).

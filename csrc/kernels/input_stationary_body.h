@@ -1,0 +1,175 @@
+// The input-stationary paths of SparseGemm, included by kernel_body.h inside its ISA namespace (same
+// rules: no std:: templates, no includes). In a ReLU network most inputs of a layer are exactly
+// zero, and a zero input row k of A' contributes nothing through W's row k, so these paths walk W by
+// its rows (the CSC layout, CsrArrays::col_*) and visit only the rows whose input is nonzero:
+//  * few rows (M <= 8): per output range, sums[n][0..8) += w_kn * At[k] for the group's nonzero k
+//    (M = 1: a scalar scatter into Y itself);
+//  * tiled: per 32-column tile of A' and output range, sums[n][0..32) += w_kn * tile[k] over the rows
+//    that are nonzero anywhere in the tile (the range's sums, 16 KiB, stay in L1).
+// Which path runs is decided per group of rows / per tile from the count of nonzero rows by the cost
+// model below (docs/bench_kernel.md, "Zero inputs"). Exactness: a row is skipped only when all its
+// inputs are +0 or -0 (a bit test: inf and NaN are never skipped) and only when no stored weight is
+// non-finite (CsrArrays::skip_zeros; 0 * inf must stay NaN); the non-finite fix-up of
+// formats/non_finite.h then marks unstored weights' NaN exactly as after the other paths.
+
+#ifndef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
+#error "include input_stationary_body.h only from kernel_body.h"
+#endif
+
+// ---------------------------------------------------------------- the cost model
+// Measured on the Zen 3 dev machine, 1000 x 1000 at 90% sparsity, 1 thread (docs/bench_kernel.md):
+// the input-stationary path costs about kIs*Cost per visited weight, the output-stationary one
+// about kOs*Cost per stored weight, so the former wins while (nonzero rows / K) < kOs / kIs.
+// Expressed as the largest fraction of nonzero rows at which input-stationary still runs.
+constexpr double kIsMaxFractionGemv = 0.5;    // M = 1
+constexpr double kIsMaxFractionNarrow = 0.5;  // 2 <= M <= 8, per group of 8 rows
+constexpr double kIsMaxFractionTiled = 0.5;   // per 32-column tile
+
+inline bool choose_input_stationary(const CsrArrays& w, double max_fraction, int64_t nonzero_rows) {
+  if (w.forced_path != KernelPath::kAuto) return w.forced_path == KernelPath::kInputStationary;
+  return static_cast<double>(nonzero_rows) < max_fraction * static_cast<double>(w.K);
+}
+
+// ---------------------------------------------------------------- nonzero rows
+
+// The magnitude bits of x: zero exactly for +0 and -0.
+inline uint32_t magnitude_bits(float x) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &x, sizeof bits);
+  return bits & 0x7fffffffu;
+}
+
+// Writes the k < K whose `width` floats at x + k * stride are not all +-0 (all k when !skip_zeros)
+// to rows, in increasing order; returns their count. Branch-free, one pass.
+inline int64_t nonzero_rows(const float* x, int64_t K, int64_t stride, int64_t width, bool skip_zeros,
+                            int64_t* rows) {
+  int64_t count = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    uint32_t any = skip_zeros ? 0u : 1u;
+    for (int64_t i = 0; i < width; ++i) any |= magnitude_bits(x[k * stride + i]);
+    rows[count] = k;
+    count += any != 0u;
+  }
+  return count;
+}
+
+// ---------------------------------------------------------------- few rows
+
+struct IsNarrowTask {
+  const CsrJob* g;
+  const float* at;      // [K][kNarrowCols] copy of A' rows [r0, r0 + rows) (unused when M = 1)
+  const int64_t* nz;    // the nonzero rows of W to visit
+  int64_t n_nz;
+  float* acc;           // [N][kNarrowCols] sums (unused when M = 1)
+  int64_t r0;
+  int64_t rows;
+};
+
+// M = 1: Y[n] = sum over the nonzero k of a[k] * W[k][n], scattered into Y, then the epilogue.
+template <typename Out>
+void is_gemv_range(const IsNarrowTask& t, const Out* out, int64_t part) {
+  const CsrJob& g = *t.g;
+  const CsrArrays& w = g.w;
+  const int64_t n0 = w.col_parts[part], n1 = w.col_parts[part + 1];
+  const int64_t* ptr = w.col_ptr + part * (w.K + 1);
+  float* y = g.y;
+  for (int64_t n = n0; n < n1; ++n) y[n] = 0.f;
+  for (int64_t i = 0; i < t.n_nz; ++i) {
+    const int64_t k = t.nz[i];
+    const float x = g.a[k];  // one row of A' is contiguous whether transposed or not
+    const int64_t e = ptr[k + 1];
+    int64_t j = ptr[k];
+    for (; j + 4 <= e; j += 4) {
+      y[out[j]] += x * w.col_values[j];
+      y[out[j + 1]] += x * w.col_values[j + 1];
+      y[out[j + 2]] += x * w.col_values[j + 2];
+      y[out[j + 3]] += x * w.col_values[j + 3];
+    }
+    for (; j < e; ++j) y[out[j]] += x * w.col_values[j];
+  }
+  for (int64_t n = n0; n < n1; ++n) y[n] = finish(g, y[n], 0, n);
+}
+
+// 2 <= rows <= 8: sums[n] (8 floats) += W[k][n] * At[k] over the group's nonzero k.
+template <typename Out>
+void is_narrow_range(const IsNarrowTask& t, const Out* out, int64_t part) {
+  const CsrJob& g = *t.g;
+  const CsrArrays& w = g.w;
+  const int64_t n0 = w.col_parts[part], n1 = w.col_parts[part + 1];
+  const int64_t* ptr = w.col_ptr + part * (w.K + 1);
+  for (int64_t n = n0; n < n1; ++n) V8::store(t.acc + n * kNarrowCols, V8::zero());
+  for (int64_t i = 0; i < t.n_nz; ++i) {
+    const int64_t k = t.nz[i];
+    const typename V8::reg x = V8::load(t.at + k * kNarrowCols);
+    for (int64_t j = ptr[k]; j < ptr[k + 1]; ++j) {
+      float* sum = t.acc + static_cast<int64_t>(out[j]) * kNarrowCols;
+      V8::store(sum, V8::fmadd(V8::set1(w.col_values[j]), x, V8::load(sum)));
+    }
+  }
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t r = 0; r < t.rows; ++r)
+      g.y[(t.r0 + r) * w.N + n] = finish(g, t.acc[n * kNarrowCols + r], t.r0 + r, n);
+}
+
+inline void is_narrow_task(void* data, size_t part) {
+  const IsNarrowTask& t = *static_cast<const IsNarrowTask*>(data);
+  const CsrArrays& w = t.g->w;
+  const int64_t p = static_cast<int64_t>(part);
+  if (t.g->M == 1) {
+    if (w.col_out16) is_gemv_range(t, w.col_out16, p); else is_gemv_range(t, w.col_out32, p);
+  } else {
+    if (w.col_out16) is_narrow_range(t, w.col_out16, p); else is_narrow_range(t, w.col_out32, p);
+  }
+}
+
+// Runs the group [r0, r0 + rows) input-stationary when the cost model (or ONNX_PRUNE_PATH) says
+// so; false leaves it to the output-stationary loop. `at` is the group's copy of A' (M > 1), `nz`
+// and `acc` scratch of K ints and N x 8 floats.
+inline bool try_input_stationary_group(const CsrJob& g, const float* at, int64_t r0, int64_t rows, int64_t* nz,
+                                       float* acc, const ParallelRunner& parallel) {
+  if (g.w.forced_path == KernelPath::kGemv) return false;
+  const int64_t n_nz = g.M == 1 ? nonzero_rows(g.a, g.w.K, 1, 1, g.w.skip_zeros, nz)
+                                : nonzero_rows(at, g.w.K, kNarrowCols, kNarrowCols, g.w.skip_zeros, nz);
+  const double max_fraction = g.M == 1 ? kIsMaxFractionGemv : kIsMaxFractionNarrow;
+  if (!choose_input_stationary(g.w, max_fraction, n_nz)) return false;
+  IsNarrowTask task{&g, at, nz, n_nz, acc, r0, rows};
+  parallel(is_narrow_task, static_cast<size_t>(g.w.n_col_parts), &task);
+  return true;
+}
+
+// ---------------------------------------------------------------- tiled
+
+// Output range `part` of one tile: sums[n][0..NP*16) = sum of W[k][n] * tile[k] over the tile's
+// nonzero rows k. `acc` is the tile's [N][kTileCols] sums; the caller writes them to Y.
+template <int NP, typename Out>
+void is_tile_range(const CsrJob& g, const Out* out, const float* tile, const int64_t* nz, int64_t n_nz,
+                   float* acc, int64_t part) {
+  constexpr int NV = NP * kPanel / V::W;
+  constexpr int64_t stride = NP * kPanel;
+  const CsrArrays& w = g.w;
+  const int64_t n0 = w.col_parts[part], n1 = w.col_parts[part + 1];
+  const int64_t* ptr = w.col_ptr + part * (w.K + 1);
+  for (int64_t n = n0; n < n1; ++n)
+    for (int v = 0; v < NV; ++v) V::store(acc + n * kTileCols + v * V::W, V::zero());
+  for (int64_t i = 0; i < n_nz; ++i) {
+    const int64_t k = nz[i];
+    const float* row = tile + tile_row(k) * stride;
+    typename V::reg x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = V::load(row + v * V::W);
+    for (int64_t j = ptr[k]; j < ptr[k + 1]; ++j) {
+      float* sum = acc + static_cast<int64_t>(out[j]) * kTileCols;
+      const typename V::reg wv = V::set1(w.col_values[j]);
+      for (int v = 0; v < NV; ++v) V::store(sum + v * V::W, V::fmadd(wv, x[v], V::load(sum + v * V::W)));
+    }
+  }
+}
+
+template <typename Out>
+void is_tile_range_of_width(const CsrJob& g, const Out* out, const float* tile, const int64_t* nz, int64_t n_nz,
+                            float* acc, int64_t part, int64_t width) {
+  if (round_up(width, kPanel) == kPanel) {
+    is_tile_range<1>(g, out, tile, nz, n_nz, acc, part);
+  } else {
+    is_tile_range<2>(g, out, tile, nz, n_nz, acc, part);
+  }
+}
