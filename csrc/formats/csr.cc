@@ -192,17 +192,22 @@ void build_blocked_layout(PackedCsr* out) {
   }
 }
 
-// Outputs per range of the input-stationary layout: a range's sums for a 32-column tile
-// (128 x 32 floats = 16 KiB) stay in L1 while the tile's nonzero rows stream past them.
+// Ranges of the input-stationary layout: at least kColPartOutputs outputs each (a range's sums for
+// a 32-column tile, 128 x 32 floats = 16 KiB, then stay in L1), and few enough that a row's run of
+// entries within a range averages kMinColRun or more (each run ends in a mispredicted branch: with
+// 128-output ranges, 12 entries a run at 90% sparsity, the batch-1 path measured twice as slow).
 constexpr int64_t kColPartOutputs = 128;
+constexpr int64_t kMinColRun = 32;
 constexpr int64_t kMaxColParts = 64;
 
-// Output ranges of about equal nnz, about kColPartOutputs outputs each; fewer while the per-range
-// row pointers, (K + 1) int64 per range, would outgrow half the stored weights (plus the same
-// allowance as the blocked layout), so kernel creation stays a small multiple of the weights.
+// Output ranges of about equal nnz (see kColPartOutputs); fewer while the per-range row pointers,
+// (K + 1) int64 per range, would outgrow half the stored weights (plus the same allowance as the
+// blocked layout), so kernel creation stays a small multiple of the weights.
 void balance_col_parts(PackedCsr* out) {
   const int64_t N = out->N, K = out->K;
-  int64_t n_parts = std::max<int64_t>(1, std::min(kMaxColParts, (N + kColPartOutputs - 1) / kColPartOutputs));
+  int64_t n_parts = std::min({kMaxColParts, (N + kColPartOutputs - 1) / kColPartOutputs,
+                              out->nnz / std::max<int64_t>(1, K * kMinColRun)});
+  n_parts = std::max<int64_t>(1, n_parts);
   while (n_parts > 1 && n_parts * (K + 1) > out->nnz / 2 + kBlockTableAllowance) n_parts /= 2;
   const auto& rp = out->row_ptr;
   out->col_parts.assign(1, 0);
@@ -273,7 +278,6 @@ std::string pack_csr(const CsrView& view, int64_t K, int64_t N, PackedCsr* out) 
   if (view.n_values < 0 || view.n_indices < 0) return "negative tensor size";
   std::string err = check_offsets(view, N);
   if (err.empty()) err = check_indices(view, K);
-  if (err.empty()) err = read_forced_path(&out->forced_path);
   if (!err.empty()) return err;
   out->K = K;
   out->N = N;
@@ -345,7 +349,9 @@ std::string pack(const std::vector<TensorView>& t, const WeightShape& shape, std
     return err.str();
   }
   auto packed = std::make_unique<PackedCsr>();
-  std::string err = pack_csr(view, shape.K, shape.N, packed.get());
+  std::string err = read_forced_path(&packed->forced_path);
+  if (!err.empty()) return err;
+  err = pack_csr(view, shape.K, shape.N, packed.get());
   if (!err.empty()) return "invalid sparse weight: " + err;
   *out = std::move(packed);
   return {};

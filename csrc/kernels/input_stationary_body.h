@@ -17,13 +17,13 @@
 #endif
 
 // ---------------------------------------------------------------- the cost model
-// Measured on the Zen 3 dev machine, 1000 x 1000 at 90% sparsity, 1 thread (docs/bench_kernel.md):
-// the input-stationary path costs about kIs*Cost per visited weight, the output-stationary one
-// about kOs*Cost per stored weight, so the former wins while (nonzero rows / K) < kOs / kIs.
-// Expressed as the largest fraction of nonzero rows at which input-stationary still runs.
-constexpr double kIsMaxFractionGemv = 0.5;    // M = 1
-constexpr double kIsMaxFractionNarrow = 0.5;  // 2 <= M <= 8, per group of 8 rows
-constexpr double kIsMaxFractionTiled = 0.5;   // per 32-column tile
+// Measured on the 2-core dev VM (Intel Xeon, AVX-512 variant), 1000 x 1000 at 90% sparsity, 1 thread, with a fraction f of
+// W's rows given nonzero inputs (docs/bench_kernel.md, "Zero inputs"): the input-stationary path's
+// time grows with f, the output-stationary one's does not, and they cross at these f. Each is the
+// largest fraction of nonzero rows (of K) at which the input-stationary path still runs.
+constexpr double kIsMaxFractionGemv = 0.45;    // M = 1 (scalar scatter vs the vector sparse dot)
+constexpr double kIsMaxFractionNarrow = 0.33;  // 2 <= M <= 8, per group of 8 rows
+constexpr double kIsMaxFractionTiled = 0.65;   // per 32-column tile (vs the blocked pair layout)
 
 inline bool choose_input_stationary(const CsrArrays& w, double max_fraction, int64_t nonzero_rows) {
   if (w.forced_path != KernelPath::kAuto) return w.forced_path == KernelPath::kInputStationary;
