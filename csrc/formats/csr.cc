@@ -209,6 +209,8 @@ void balance_col_parts(PackedCsr* out) {
                               out->nnz / std::max<int64_t>(1, K * kMinColRun)});
   n_parts = std::max<int64_t>(1, n_parts);
   while (n_parts > 1 && n_parts * (K + 1) > out->nnz / 2 + kBlockTableAllowance) n_parts /= 2;
+  out->col_parts.clear();
+  if (K + 1 > out->nnz / 2 + kBlockTableAllowance) return;  // a huge K with few entries: no layout
   const auto& rp = out->row_ptr;
   out->col_parts.assign(1, 0);
   for (int64_t p = 1; p < n_parts; ++p) {
@@ -224,7 +226,9 @@ void balance_col_parts(PackedCsr* out) {
 // within a row by increasing output (duplicates stay separate entries).
 void build_column_layout(PackedCsr* out) {
   const int64_t K = out->K;
+  out->skip_zeros = std::all_of(out->values.begin(), out->values.end(), [](float v) { return std::isfinite(v); });
   balance_col_parts(out);
+  if (out->col_parts.empty()) return;  // the input-stationary paths are then never taken
   const int64_t n_parts = static_cast<int64_t>(out->col_parts.size()) - 1;
   auto row_of = [&](int64_t j) -> int64_t { return out->use16 ? out->idx16[j] : out->idx32[j]; };
   std::vector<int64_t>& ptr = out->col_ptr;
@@ -257,7 +261,6 @@ void build_column_layout(PackedCsr* out) {
       }
     }
   }
-  out->skip_zeros = std::all_of(out->values.begin(), out->values.end(), [](float v) { return std::isfinite(v); });
 }
 
 // The ONNX_PRUNE_PATH test hook (docs/bench_kernel.md): empty or unset means the cost model.
@@ -319,7 +322,7 @@ CsrArrays arrays_of(const PackedCsr& w) {
   }
   a.col_ptr = w.col_ptr.data();
   a.col_parts = w.col_parts.data();
-  a.n_col_parts = static_cast<int64_t>(w.col_parts.size()) - 1;
+  a.n_col_parts = w.col_parts.empty() ? 0 : static_cast<int64_t>(w.col_parts.size()) - 1;
   a.skip_zeros = w.skip_zeros;
   a.forced_path = w.forced_path;
   return a;

@@ -42,7 +42,8 @@ struct PackedCsr : PackedWeight {
   // The same weights once more, input-stationary (CSC of W, cut into output ranges), for the paths
   // that visit only the rows of W whose input is nonzero (docs/bench_kernel.md, "Zero inputs").
   // Range r holds outputs [col_parts[r], col_parts[r + 1]); its entries for W's row k are
-  // [col_ptr[r * (K + 1) + k], col_ptr[r * (K + 1) + k + 1]), by increasing output.
+  // [col_ptr[r * (K + 1) + k], col_ptr[r * (K + 1) + k + 1]), by increasing output. Left empty
+  // (col_parts too) when K + 1 row pointers would outgrow the stored weights, as for `blocked`.
   std::vector<float> col_values;
   std::vector<uint16_t> col_out16;  // output of each entry, when N <= 65536
   std::vector<int32_t> col_out32;   // otherwise

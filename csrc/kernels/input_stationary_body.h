@@ -26,6 +26,7 @@ constexpr double kIsMaxFractionNarrow = 0.33;  // 2 <= M <= 8, per group of 8 ro
 constexpr double kIsMaxFractionTiled = 0.65;   // per 32-column tile (vs the blocked pair layout)
 
 inline bool choose_input_stationary(const CsrArrays& w, double max_fraction, int64_t nonzero_rows) {
+  if (w.n_col_parts == 0) return false;
   if (w.forced_path != KernelPath::kAuto) return w.forced_path == KernelPath::kInputStationary;
   return static_cast<double>(nonzero_rows) < max_fraction * static_cast<double>(w.K);
 }
@@ -127,7 +128,7 @@ inline void is_narrow_task(void* data, size_t part) {
 // and `acc` scratch of K ints and N x 8 floats.
 inline bool try_input_stationary_group(const CsrJob& g, const float* at, int64_t r0, int64_t rows, int64_t* nz,
                                        float* acc, const ParallelRunner& parallel) {
-  if (g.w.forced_path == KernelPath::kGemv) return false;
+  if (g.w.forced_path == KernelPath::kGemv || g.w.n_col_parts == 0) return false;
   const int64_t n_nz = g.M == 1 ? nonzero_rows(g.a, g.w.K, 1, 1, g.w.skip_zeros, nz)
                                 : nonzero_rows(at, g.w.K, kNarrowCols, kNarrowCols, g.w.skip_zeros, nz);
   const double max_fraction = g.M == 1 ? kIsMaxFractionGemv : kIsMaxFractionNarrow;

@@ -170,8 +170,9 @@ inline int64_t tile_rows(int64_t K) { return ((K + kKBlock - 1) / kKBlock) * kKB
 inline void run_narrow(const CsrJob& g, const ParallelRunner& parallel) {
   const int64_t K = g.w.K, M = g.M;
   Scratch at(g.scratch, M > 1 ? static_cast<size_t>(K * kNarrowCols) : 0);
-  Scratch nz(g.scratch, static_cast<size_t>(K * 2));  // K int64
-  Scratch acc(g.scratch, M > 1 ? static_cast<size_t>(g.w.N * kNarrowCols) : 0);
+  const bool columns = g.w.n_col_parts > 0;  // the input-stationary path is possible
+  Scratch nz(g.scratch, columns ? static_cast<size_t>(K * 2) : 0);  // K int64
+  Scratch acc(g.scratch, columns && M > 1 ? static_cast<size_t>(g.w.N * kNarrowCols) : 0);
   for (int64_t r0 = 0; r0 < M; r0 += kNarrowCols) {
     const int64_t rows = min64(kNarrowCols, M - r0);
     for (int64_t k = 0; k < K && M > 1; ++k) {
@@ -365,7 +366,7 @@ inline void choose_tile_paths(TiledTask& t) {
       count += flag;
     }
     t.n_nz[tile] = count;
-    const bool is = !w.blocked || choose_input_stationary(w, kIsMaxFractionTiled, count);
+    const bool is = w.n_col_parts > 0 && (!w.blocked || choose_input_stationary(w, kIsMaxFractionTiled, count));
     if (!is) t.order[n_os++] = tile;
     else t.order[t.n_tiles - 1 - n_is++] = tile;
   }
@@ -403,7 +404,7 @@ inline void csr_gemm_job(const CsrJob& g, const ParallelRunner& parallel) {
   }
   const KernelPath path = g.w.forced_path;
   const bool tiled = path == KernelPath::kTiled ? g.w.blocked
-                     : path == KernelPath::kInputStationary ? g.M > kNarrowCols
+                     : path == KernelPath::kInputStationary ? g.M > kNarrowCols && g.w.n_col_parts > 0
                      : path == KernelPath::kGemv ? false
                      : g.M > kNarrowCols && g.w.blocked;
   if (tiled) {

@@ -54,7 +54,7 @@ struct CsrArrays {
   const int32_t* col_out32 = nullptr;
   const int64_t* col_ptr = nullptr;
   const int64_t* col_parts = nullptr;
-  int64_t n_col_parts = 0;
+  int64_t n_col_parts = 0;  // 0: no such layout (a huge K with few weights), no input-stationary path
   bool skip_zeros = true;  // false: a stored weight is non-finite, so every row must be visited
   KernelPath forced_path = KernelPath::kAuto;
 };
