@@ -1,7 +1,7 @@
 """Every kernel path (output-stationary GEMV / few rows, input-stationary, tiled) on inputs with
 many exact zeros, which the input-stationary paths skip, against an independent float64 reference.
 
-ONNX_PRUNE_PATH=gemv|input_stationary|tiled (a test hook, read when a kernel packs its weight)
+ONNX_PRUNE_PATH=gemv|input_stationary|tiled|input_stationary_rows (a test hook, read when a kernel packs its weight)
 forces one path for every batch size; unset, the kernel picks per call from the inputs' zeros.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from kernel_models import (ISA_ENV, Csr, assert_matches_reference, available_isa
 from test_kernel import assert_same_values, csr_of_dense, masked_dense_reference, non_finite_layer
 
 PATH_ENV = "ONNX_PRUNE_PATH"
-PATHS = ("gemv", "input_stationary", "tiled", "auto")
+PATHS = ("gemv", "input_stationary", "tiled", "input_stationary_rows", "auto")
 ZERO_FRACTIONS = (0.0, 0.5, 0.94, 1.0)
 # K and N off every multiple of the kernels' blocks (128 rows, 8 / 32 columns, output pairs and
 # 128-output ranges); the second shape has several output ranges in the input-stationary layout.
@@ -165,5 +165,5 @@ def test_unknown_path_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PATH_ENV, "fastest")
     csr = random_csr(np.random.default_rng(0), 20, 10, 0.5)
     with pytest.raises(Exception, match="SparseGemm node 'sparse_gemm': ONNX_PRUNE_PATH=fastest is not one of "
-                                        "auto, gemv, input_stationary, tiled"):
+                                        "auto, gemv, input_stationary, tiled, input_stationary_rows"):
         open_session(csr_model(csr, a_shape=["M", 20])).run(None, {"A": np.ones((1, 20), np.float32)})

@@ -271,7 +271,8 @@ std::string read_forced_path(KernelPath* path) {
   else if (name == "gemv") *path = KernelPath::kGemv;
   else if (name == "input_stationary") *path = KernelPath::kInputStationary;
   else if (name == "tiled") *path = KernelPath::kTiled;
-  else return "ONNX_PRUNE_PATH=" + name + " is not one of auto, gemv, input_stationary, tiled";
+  else if (name == "input_stationary_rows") *path = KernelPath::kInputStationaryRows;
+  else return "ONNX_PRUNE_PATH=" + name + " is not one of auto, gemv, input_stationary, tiled, input_stationary_rows";
   return {};
 }
 

@@ -5,7 +5,9 @@
 //  * few rows (M <= 8): per output range, sums[n][0..8) += w_kn * At[k] for the group's nonzero k
 //    (M = 1: a scalar scatter into Y itself);
 //  * tiled: per 32-column tile of A' and output range, sums[n][0..32) += w_kn * tile[k] over the rows
-//    that are nonzero anywhere in the tile (the range's sums, 16 KiB, stay in L1).
+//    that are nonzero anywhere in the tile;
+//  * row by row (A' rows contiguous, very sparse A: zeros scattered, so few rows are zero across a
+//    group or tile): each row of A' scatters its own nonzero inputs' weights into its row of Y.
 // Which path runs is decided per group of rows / per tile from the count of nonzero rows by the cost
 // model below (docs/bench_kernel.md, "Zero inputs"). Exactness: a row is skipped only when all its
 // inputs are +0 or -0 (a bit test: inf and NaN are never skipped) and only when no stored weight is
@@ -24,10 +26,19 @@
 constexpr double kIsMaxFractionGemv = 0.45;    // M = 1 (scalar scatter vs the vector sparse dot)
 constexpr double kIsMaxFractionNarrow = 0.33;  // 2 <= M <= 8, per group of 8 rows
 constexpr double kIsMaxFractionTiled = 0.65;   // per 32-column tile (vs the blocked pair layout)
+// M >= 2, A not transposed: row by row while fewer than this fraction of the single inputs (of the
+// first 8 rows) are nonzero, whatever the zero rows per group or tile (vs the best batched path).
+constexpr double kIsMaxFractionRowsNarrow = 0.12;  // 2 <= M <= 8
+constexpr double kIsMaxFractionRowsTiled = 0.04;   // M > 8
+
+// input_stationary_rows falls back to input_stationary where rows of A' are not contiguous.
+inline bool forces_input_stationary(KernelPath path) {
+  return path == KernelPath::kInputStationary || path == KernelPath::kInputStationaryRows;
+}
 
 inline bool choose_input_stationary(const CsrArrays& w, double max_fraction, int64_t nonzero_rows) {
   if (w.n_col_parts == 0) return false;
-  if (w.forced_path != KernelPath::kAuto) return w.forced_path == KernelPath::kInputStationary;
+  if (w.forced_path != KernelPath::kAuto) return forces_input_stationary(w.forced_path);
   return static_cast<double>(nonzero_rows) < max_fraction * static_cast<double>(w.K);
 }
 
@@ -66,18 +77,19 @@ struct IsNarrowTask {
   int64_t rows;
 };
 
-// M = 1: Y[n] = sum over the nonzero k of a[k] * W[k][n], scattered into Y, then the epilogue.
+// One row m of A' (contiguous: M = 1, or A not transposed): Y[m][n] = sum over its nonzero inputs k
+// of A'[m][k] * W[k][n] for the outputs of range `part`, scattered into Y itself, then the epilogue.
 template <typename Out>
-void is_gemv_range(const IsNarrowTask& t, const Out* out, int64_t part) {
-  const CsrJob& g = *t.g;
+void is_row_range(const CsrJob& g, const Out* out, int64_t part, int64_t m, const int64_t* nz, int64_t n_nz) {
   const CsrArrays& w = g.w;
   const int64_t n0 = w.col_parts[part], n1 = w.col_parts[part + 1];
   const int64_t* ptr = w.col_ptr + part * (w.K + 1);
-  float* y = g.y;
+  const float* a = g.a + m * w.K;
+  float* y = g.y + m * w.N;
   for (int64_t n = n0; n < n1; ++n) y[n] = 0.f;
-  for (int64_t i = 0; i < t.n_nz; ++i) {
-    const int64_t k = t.nz[i];
-    const float x = g.a[k];  // one row of A' is contiguous whether transposed or not
+  for (int64_t i = 0; i < n_nz; ++i) {
+    const int64_t k = nz[i];
+    const float x = a[k];
     const int64_t e = ptr[k + 1];
     int64_t j = ptr[k];
     for (; j + 4 <= e; j += 4) {
@@ -88,7 +100,7 @@ void is_gemv_range(const IsNarrowTask& t, const Out* out, int64_t part) {
     }
     for (; j < e; ++j) y[out[j]] += x * w.col_values[j];
   }
-  for (int64_t n = n0; n < n1; ++n) y[n] = finish(g, y[n], 0, n);
+  for (int64_t n = n0; n < n1; ++n) y[n] = finish(g, y[n], m, n);
 }
 
 // 2 <= rows <= 8: sums[n] (8 floats) += W[k][n] * At[k] over the group's nonzero k.
@@ -117,7 +129,8 @@ inline void is_narrow_task(void* data, size_t part) {
   const CsrArrays& w = t.g->w;
   const int64_t p = static_cast<int64_t>(part);
   if (t.g->M == 1) {
-    if (w.col_out16) is_gemv_range(t, w.col_out16, p); else is_gemv_range(t, w.col_out32, p);
+    if (w.col_out16) is_row_range(*t.g, w.col_out16, p, 0, t.nz, t.n_nz);
+    else is_row_range(*t.g, w.col_out32, p, 0, t.nz, t.n_nz);
   } else {
     if (w.col_out16) is_narrow_range(t, w.col_out16, p); else is_narrow_range(t, w.col_out32, p);
   }
@@ -136,6 +149,64 @@ inline bool try_input_stationary_group(const CsrJob& g, const float* at, int64_t
   IsNarrowTask task{&g, at, nz, n_nz, acc, r0, rows};
   parallel(is_narrow_task, static_cast<size_t>(g.w.n_col_parts), &task);
   return true;
+}
+
+// ---------------------------------------------------------------- row by row (very sparse A)
+// When most single inputs are zero but few rows of W are zero across a group or tile (zeros
+// scattered), each row of A' runs the scalar input-stationary scatter on its own nonzero inputs:
+// the cost is that of its nonzero inputs' weights only, where the batched paths pay for every weight.
+
+struct IsRowsTask {
+  const CsrJob* g;
+  int64_t* nz;    // [M][K]: row m's nonzero inputs
+  int64_t* n_nz;  // [M]
+};
+
+inline void is_rows_scan_task(void* data, size_t m) {
+  const IsRowsTask& t = *static_cast<const IsRowsTask*>(data);
+  const CsrJob& g = *t.g;
+  const int64_t K = g.w.K, row = static_cast<int64_t>(m);
+  t.n_nz[row] = nonzero_rows(g.a + row * K, K, 1, 1, g.w.skip_zeros, t.nz + row * K);
+}
+
+inline void is_rows_task(void* data, size_t part) {
+  const IsRowsTask& t = *static_cast<const IsRowsTask*>(data);
+  const CsrJob& g = *t.g;
+  for (int64_t m = 0; m < g.M; ++m) {
+    const int64_t* nz = t.nz + m * g.w.K;
+    if (g.w.col_out16) {
+      is_row_range(g, g.w.col_out16, static_cast<int64_t>(part), m, nz, t.n_nz[m]);
+    } else {
+      is_row_range(g, g.w.col_out32, static_cast<int64_t>(part), m, nz, t.n_nz[m]);
+    }
+  }
+}
+
+// Nonzero (not +-0) entries among x[0..count): a vectorisable count.
+inline int64_t count_nonzero(const float* x, int64_t count) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < count; ++i) n += magnitude_bits(x[i]) != 0u;
+  return n;
+}
+
+// True when the row-by-row path should run: forced, or (auto) when the first rows of A' (up to 8,
+// the sample the cost model reads) hold few enough nonzero inputs (kIsMaxFractionRows*).
+inline bool choose_rows_path(const CsrJob& g) {
+  const CsrArrays& w = g.w;
+  if (w.n_col_parts == 0 || (g.trans_a && g.M > 1) || g.M < 2) return false;
+  if (w.forced_path != KernelPath::kAuto) return w.forced_path == KernelPath::kInputStationaryRows;
+  if (!w.skip_zeros) return false;
+  const int64_t rows = min64(g.M, kNarrowCols);
+  const double max_fraction = g.M <= kNarrowCols ? kIsMaxFractionRowsNarrow : kIsMaxFractionRowsTiled;
+  return static_cast<double>(count_nonzero(g.a, rows * w.K)) < max_fraction * static_cast<double>(rows * w.K);
+}
+
+inline void run_rows(const CsrJob& g, const ParallelRunner& parallel) {
+  Scratch ints(g.scratch, static_cast<size_t>(2 * (g.M * g.w.K + g.M)));  // int64
+  int64_t* nz = reinterpret_cast<int64_t*>(ints.p);
+  IsRowsTask task{&g, nz, nz + g.M * g.w.K};
+  parallel(is_rows_scan_task, static_cast<size_t>(g.M), &task);
+  parallel(is_rows_task, static_cast<size_t>(g.w.n_col_parts), &task);
 }
 
 // ---------------------------------------------------------------- tiled

@@ -402,9 +402,13 @@ inline void csr_gemm_job(const CsrJob& g, const ParallelRunner& parallel) {
     fill_bias_only(g);
     return;
   }
+  if (choose_rows_path(g)) {
+    run_rows(g, parallel);
+    return;
+  }
   const KernelPath path = g.w.forced_path;
   const bool tiled = path == KernelPath::kTiled ? g.w.blocked
-                     : path == KernelPath::kInputStationary ? g.M > kNarrowCols && g.w.n_col_parts > 0
+                     : forces_input_stationary(path) ? g.M > kNarrowCols && g.w.n_col_parts > 0
                      : path == KernelPath::kGemv ? false
                      : g.M > kNarrowCols && g.w.blocked;
   if (tiled) {

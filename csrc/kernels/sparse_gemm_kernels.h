@@ -20,8 +20,9 @@ constexpr int64_t kZeroRow = kKBlock;
 
 // Which strategy computes a call. kAuto picks per call from the inputs' zeros (the cost model in
 // docs/bench_kernel.md); the others are forced by the ONNX_PRUNE_PATH test hook
-// (gemv | input_stationary | tiled) so that tests reach every path at every batch size.
-enum class KernelPath : int32_t { kAuto = 0, kGemv = 1, kInputStationary = 2, kTiled = 3 };
+// (gemv | input_stationary | tiled | input_stationary_rows) so that tests reach every path at every
+// batch size.
+enum class KernelPath : int32_t { kAuto = 0, kGemv = 1, kInputStationary = 2, kTiled = 3, kInputStationaryRows = 4 };
 
 // Bias C viewed as a [c_rows, c_cols] matrix broadcast to [M, N]; c_rows in {1, M}, c_cols in {1, N}.
 struct BiasView {
