@@ -48,7 +48,7 @@ QUICK_BATCHES = (1, 64)
 OURS, DENSE, INT8, S2D, SCIPY = "SparseGemm", "dense Gemm", "int8 dynamic", "SparseToDenseMatMul", "scipy CSR"
 CANDIDATES = (OURS, DENSE, INT8, S2D, SCIPY)
 SHORT = {OURS: "ours", DENSE: "dense", INT8: "int8", S2D: "s2d", SCIPY: "scipy"}
-PATHS = ("gemv", "input_stationary", "tiled")  # the kernel paths --paths times, forced one by one
+PATHS = ("gemv", "input_stationary", "tiled", "input_stationary_rows")  # --paths times each, forced
 PATH_ENV = "ONNX_PRUNE_PATH"
 # The int8 candidate is not exact: its result must be within this fraction of the largest |Y|.
 INT8_TOLERANCE = 0.05

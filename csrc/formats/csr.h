@@ -40,7 +40,7 @@ struct PackedCsr : PackedWeight {
   // strategy on groups of 8 rows instead.
   bool blocked = false;
   // The same weights once more, input-stationary (CSC of W, cut into output ranges), for the paths
-  // that visit only the rows of W whose input is nonzero (docs/bench_kernel.md, "Zero inputs").
+  // that visit only the rows of W whose input is nonzero (docs/bench_kernel.md, "Kernel paths").
   // Range r holds outputs [col_parts[r], col_parts[r + 1]); its entries for W's row k are
   // [col_ptr[r * (K + 1) + k], col_ptr[r * (K + 1) + k + 1]), by increasing output. Left empty
   // (col_parts too) when K + 1 row pointers would outgrow the stored weights, as for `blocked`.

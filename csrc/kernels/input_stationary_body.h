@@ -9,7 +9,7 @@
 //  * row by row (A' rows contiguous, very sparse A: zeros scattered, so few rows are zero across a
 //    group or tile): each row of A' scatters its own nonzero inputs' weights into its row of Y.
 // Which path runs is decided per group of rows / per tile from the count of nonzero rows by the cost
-// model below (docs/bench_kernel.md, "Zero inputs"). Exactness: a row is skipped only when all its
+// model below (docs/bench_kernel.md, "Kernel paths and the cost model"). Exactness: a row is skipped only when all its
 // inputs are +0 or -0 (a bit test: inf and NaN are never skipped) and only when no stored weight is
 // non-finite (CsrArrays::skip_zeros; 0 * inf must stay NaN); the non-finite fix-up of
 // formats/non_finite.h then marks unstored weights' NaN exactly as after the other paths.
@@ -19,10 +19,11 @@
 #endif
 
 // ---------------------------------------------------------------- the cost model
-// Measured on the 2-core dev VM (Intel Xeon, AVX-512 variant), 1000 x 1000 at 90% sparsity, 1 thread, with a fraction f of
-// W's rows given nonzero inputs (docs/bench_kernel.md, "Zero inputs"): the input-stationary path's
-// time grows with f, the output-stationary one's does not, and they cross at these f. Each is the
-// largest fraction of nonzero rows (of K) at which the input-stationary path still runs.
+// Measured on the 2-core dev VM (Intel Xeon, AVX-512 variant), 1000 x 1000 at 90% sparsity,
+// 1 thread, with a fraction f of W's rows given nonzero inputs (docs/bench_kernel.md, "Kernel paths
+// and the cost model"): the input-stationary path's time grows with f, the output-stationary one's
+// does not, and they cross at these f. Each is the largest fraction of nonzero rows (of K) at which
+// the input-stationary path still runs.
 constexpr double kIsMaxFractionGemv = 0.45;    // M = 1 (scalar scatter vs the vector sparse dot)
 constexpr double kIsMaxFractionNarrow = 0.33;  // 2 <= M <= 8, per group of 8 rows
 constexpr double kIsMaxFractionTiled = 0.65;   // per 32-column tile (vs the blocked pair layout)
