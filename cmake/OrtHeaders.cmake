@@ -2,8 +2,10 @@
 #  1. ORT_INCLUDE_DIR (CMake variable or environment): a folder holding onnxruntime_c_api.h.
 #  2. Otherwise the official onnxruntime 1.17.0 headers carried by the pinned PyPI wheel
 #     amd-quark==0.13: downloaded with `pip download --no-deps`, sha256-checked, and only the four
-#     session headers extracted into the build tree. API 17 is the oldest version we support, so
-#     building against it keeps the library loadable by every onnxruntime from 1.17 on.
+#     session headers extracted into the build tree. The wheel is only unpacked, never installed,
+#     so its Requires-Python (>=3.11,<3.14) is ignored: the build works on every Python we support.
+#     API 17 is the oldest version we support, so building against it keeps the library loadable
+#     by every onnxruntime from 1.17 on.
 set(ORT_HEADERS_WHEEL_NAME "amd_quark-0.13-py3-none-any.whl")
 set(ORT_HEADERS_WHEEL_SPEC "amd-quark==0.13")
 set(ORT_HEADERS_WHEEL_SHA256 "3b3e58a4cbbcff20d27815b641aa4de4d698efde3c782306cb4a6a05bcf55c8c")
@@ -35,7 +37,7 @@ function(onnx_prune_find_ort_headers out_var)
     find_package(Python3 COMPONENTS Interpreter REQUIRED)
     message(STATUS "Downloading ${ORT_HEADERS_WHEEL_SPEC} for the onnxruntime 1.17.0 headers")
     execute_process(
-      COMMAND "${Python3_EXECUTABLE}" -m pip download --no-deps --only-binary=:all:
+      COMMAND "${Python3_EXECUTABLE}" -m pip download --no-deps --only-binary=:all: --ignore-requires-python
               "${ORT_HEADERS_WHEEL_SPEC}" -d "${wheel_dir}"
       RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
     if(NOT rc EQUAL 0 OR NOT EXISTS "${wheel}")

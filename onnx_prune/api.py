@@ -18,11 +18,12 @@ import onnx
 from . import sparsifiers
 from .auto_dense import split_dense
 from .errors import OnnxPruneError, UsageError, first_line
+from .graph import opset_version
 from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
 from .modelio import PROTOBUF_LIMIT, load_model, read_npz
 from .report import PruneReport
 from .rewrite import add_optional_parts, rewrite
-from .sparse_gemm import contract, formats
+from .sparse_gemm import formats
 
 SCOPES = ("layer", "global")
 
@@ -54,6 +55,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     model = load_model(model_or_path) if source is not None else _copy(model_or_path)
     say = _stepper(progress)
 
+    check_supported_opset(model)
     say("finding prunable layers")
     chosen, not_pruned = eligible_layers(model, include=include, exclude=exclude, min_params=min_params)
     ratios = {layer.node: float(ratio) for layer in chosen}
@@ -69,7 +71,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
                     min_params=min_params, auto_dense=auto_dense, fallback=fallback,
                     calibration_samples=calibration_samples)
     say(f"rewriting {len(pruned)} layers as SparseGemm")
-    out = rewrite(model, pruned, values_dtype=value_types()[values], settings=settings)
+    fmt, values_dtype = formats.value_choices()[values]
+    out = rewrite(model, pruned, values_dtype=values_dtype, format=fmt.name, settings=settings)
     add_optional_parts(out, fallback=fallback)
     check_output_model(model, out)
 
@@ -96,6 +99,10 @@ def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), excl
         if "only float32" in s.reason:
             warnings.warn(f"layer {s.node} skipped: {s.reason}", stacklevel=3)
     if not found:
+        already = _sparse_gemm_count(model)
+        if already:
+            raise OnnxPruneError(f"no prunable layer found: the model is already pruned: it has {already} SparseGemm "
+                                 "nodes; prune the original model, or densify it first (onnx-prune densify)")
         raise OnnxPruneError("no prunable layer found: the model has no Gemm or MatMul with a constant "
                              "float32 2-D weight" + _skip_summary(ineligible))
     chosen, unselected = select_layers(found, include=include, exclude=exclude, min_params=min_params)
@@ -157,8 +164,27 @@ def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitud
 
 
 def value_types() -> Mapping[str, np.dtype]:
-    """The --values choices (name -> stored dtype), as the storage format declares them."""
-    return formats.get(contract.DEFAULT_FORMAT).value_types
+    """The --values choices (name -> stored dtype), as the storage formats declare them."""
+    return {choice: dtype for choice, (_, dtype) in formats.value_choices().items()}
+
+
+MIN_OPSET = 7  # onnxruntime implements the standard ops from opset 7 on
+
+
+def check_supported_opset(model: onnx.ModelProto) -> None:
+    """Models importing ai.onnx opset 1-6 cannot be run by onnxruntime (verification, the pruned
+    file's other ops): say so before any session fails on the first node."""
+    version = opset_version(model)
+    if version is not None and version < MIN_OPSET:
+        raise OnnxPruneError(f"the model imports ai.onnx opset {version}; onnx-prune and onnxruntime support "
+                             f"opset {MIN_OPSET} and later: convert it first "
+                             "(onnx.version_converter.convert_version(model, 13))")
+
+
+def _sparse_gemm_count(model: onnx.ModelProto) -> int:
+    from .sparse_gemm import is_sparse_gemm
+
+    return sum(1 for node in model.graph.node if is_sparse_gemm(node))
 
 
 def check_output_model(model: onnx.ModelProto, out: onnx.ModelProto) -> None:

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 import typer
 
 from ._version import __version__
-from . import sparsifiers
+from . import baselines, sparsifiers
 from .api import SCOPES, value_types
 from .auto_dense import DENSE_KEEP_THRESHOLD
 from .errors import OnnxPruneError, UsageError
@@ -35,8 +35,14 @@ EXIT_INTERRUPTED = 130
 
 
 @contextmanager
-def _errors_as_one_line(debug: bool) -> Iterator[None]:
-    """OnnxPruneError → ``error: message``; anything unexpected → one line naming its type."""
+def _errors_as_one_line(debug: bool, outputs: Sequence[Optional[Path]] = ()) -> Iterator[None]:
+    """OnnxPruneError → ``error: message``; anything unexpected → one line naming its type.
+    An interrupt says which of ``outputs`` were already written. ``debug`` also lets onnxruntime
+    log its own warnings."""
+    from . import runtime
+
+    runtime.set_verbose(debug)
+    before = {path: _file_identity(path) for path in outputs if path is not None}
     try:
         yield
     except typer.Exit:
@@ -49,7 +55,7 @@ def _errors_as_one_line(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         if debug:
             raise
-        _print_error("interrupted; nothing was written")
+        _print_error(_interrupted(before))
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:  # a bug or an environment problem: still one line, details with --debug
         if debug:
@@ -57,6 +63,40 @@ def _errors_as_one_line(debug: bool) -> Iterator[None]:
         text = (str(exc).strip() or "").splitlines()
         _print_error(f"unexpected {type(exc).__name__}: {text[0] if text else ''} (run with --debug for details)")
         raise typer.Exit(EXIT_ERROR) from None
+
+
+def _file_identity(path: Path) -> Optional[tuple[int, int, int]]:
+    """What changes when a file is (atomically) written: its inode, size and modification time."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _interrupted(before: dict[Path, Optional[tuple[int, int, int]]]) -> str:
+    """The interrupt message: what was written before Ctrl-C landed, and what was not."""
+    written = [str(p) for p, identity in before.items() if _file_identity(p) not in (None, identity)]
+    if not written:
+        return "interrupted; nothing was written"
+    missing = [str(p) for p in before if str(p) not in written]
+    return f"interrupted after writing {', '.join(written)}" + (f"; {', '.join(missing)} not written" if missing else "")
+
+
+@contextmanager
+def _warnings_as_lines(quiet: bool) -> Iterator[None]:
+    """Python warnings raised inside become ``warning: message`` lines on stderr when the block
+    ends (after any progress bar), without the source line Python would print."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # unclosed files of libraries, found by the garbage collector: nothing for the user to act on
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            yield
+        finally:
+            if not quiet:
+                for message in dict.fromkeys(str(w.message) for w in caught):
+                    typer.echo(f"warning: {message}", err=True)
 
 
 def _print_error(message: str) -> None:
@@ -88,8 +128,9 @@ def parse_layer_ratios(items: List[str]) -> dict[str, float]:
 
 @contextmanager
 def _progress_bar(quiet: bool) -> Iterator[Optional[Callable[[str, int, int], None]]]:
-    """A rich progress bar on stderr fed by api.prune's progress callback (nothing when quiet or
-    when stderr is not a terminal, so logs and pipes get no bar drawings)."""
+    """A rich progress bar on stderr fed by a (message, done, total) progress callback (api.prune's,
+    evaluate's; nothing when quiet or when stderr is not a terminal, so logs and pipes get no bar
+    drawings)."""
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -135,15 +176,14 @@ def prune_command(
     """Prune IN.onnx into OUT.onnx and print a per-layer report."""
     from . import api, modelio
 
-    with _errors_as_one_line(debug):
+    with _errors_as_one_line(debug, outputs=[output_path, report_json]):
         modelio.check_output_path(input_path, output_path)
         if report_json is not None:
             modelio.check_output_path(input_path, report_json)
             if report_json.resolve() == output_path.resolve():
                 raise OnnxPruneError(f"--report-json '{report_json}' is the output model path; choose another")
         layer_ratios = parse_layer_ratios(layer_ratio)
-        with warnings.catch_warnings(record=True) as caught, _progress_bar(quiet) as progress:
-            warnings.simplefilter("always")
+        with _warnings_as_lines(quiet), _progress_bar(quiet) as progress:
             model, report = api.prune(
                 input_path, ratio, scope=scope, include=include, exclude=exclude, layer_ratios=layer_ratios,
                 min_params=min_params, method=method, calibration=calibration,
@@ -154,8 +194,6 @@ def prune_command(
         if report_json is not None:
             modelio.write_text_atomic(report_json, report.to_json())
         if not quiet:
-            for w in caught:
-                typer.echo(f"warning: {w.message}", err=True)
             report.print()
             typer.echo(f"wrote {output_path}")
 
@@ -168,15 +206,18 @@ def bench_command(
     batch: List[int] = typer.Option([1, 16, 64, 256], "--batch", "-b", help="Batch sizes (repeatable)."),
     threads: List[str] = typer.Option(["1"], "--threads", "-t", help="intra_op_num_threads values, or 'all' (repeatable)."),
     rounds: int = typer.Option(5, "--rounds", help="Interleaved timing rounds per configuration."),
+    baseline: List[str] = typer.Option([], "--baseline", metavar=choices(baselines.names()), help="Also time onnxruntime's quantize_dynamic of IN (int8: per-tensor weights, onnxruntime's default; int8-per-channel). Repeatable or comma-separated."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
-    """Time the dense model against the pruned one in one onnxruntime process."""
-    with _errors_as_one_line(debug):
+    """Time the dense model against the pruned one (and baselines) in one onnxruntime process."""
+    with _errors_as_one_line(debug, outputs=[json_path]):
         run_bench_cli = _optional("bench", "run_bench_cli")
-        run_bench_cli(str(input_path), str(pruned_path) if pruned_path else None, ratio=ratio, batches=batch,
-                      threads=threads, rounds=rounds, json_path=str(json_path) if json_path else None, quiet=quiet)
+        with _warnings_as_lines(quiet):
+            run_bench_cli(str(input_path), str(pruned_path) if pruned_path else None, ratio=ratio, batches=batch,
+                          threads=threads, rounds=rounds,
+                          json_path=str(json_path) if json_path else None, quiet=quiet, baselines=baseline)
 
 
 @app.command("eval")
@@ -188,16 +229,20 @@ def eval_command(
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration .npz for wanda / sparsegpt."),
     batch: int = typer.Option(64, "--batch", help="Batch size for the latency column."),
     threads: int = typer.Option(1, "--threads", help="intra_op_num_threads."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Save the plot here."),
+    baseline: List[str] = typer.Option(["int8"], "--baseline", metavar=choices([*baselines.names(), "none"]), help="onnxruntime quantize_dynamic points to compare with (int8: per-tensor weights, onnxruntime's default). Repeatable or comma-separated."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Save the plots here (needs matplotlib)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Save the table as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no warnings (the table still prints)."),
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
-    """Accuracy and latency of the pruned model across ratios (and methods)."""
-    with _errors_as_one_line(debug):
+    """Accuracy and latency of the pruned model across ratios (and methods), next to onnxruntime int8."""
+    with _errors_as_one_line(debug, outputs=[png, json_path]):
         run_eval_cli = _optional("evaluate", "run_eval_cli")
-        run_eval_cli(str(model), str(data), ratios=ratio, methods=method, batch=batch, threads=threads,
-                     png=str(png) if png else None, json_path=str(json_path) if json_path else None,
-                     calibration=str(calibration) if calibration else None)
+        with _warnings_as_lines(quiet), _progress_bar(quiet) as progress:
+            run_eval_cli(str(model), str(data), ratios=ratio, methods=method, batch=batch, threads=threads,
+                         png=str(png) if png else None, json_path=str(json_path) if json_path else None,
+                         calibration=str(calibration) if calibration else None, baselines=baseline,
+                         progress=progress)
 
 
 @app.command("densify")

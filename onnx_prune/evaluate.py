@@ -1,17 +1,21 @@
-"""Accuracy and latency of pruned models across ratios: the numbers a user needs to pick a ratio.
+"""Accuracy and latency of pruned models across ratios: the numbers a user needs to pick a ratio,
+next to onnxruntime's own int8 quantization of the same model (what a user who wants speed would
+otherwise use).
 
-Dense and pruned sessions run in the same onnxruntime process with the same thread count, timed
-in interleaved rounds so that machine noise hits both alike; the median is reported.
+Dense and pruned (or int8) sessions run in the same onnxruntime process with the same thread count,
+timed in interleaved rounds so that machine noise hits both alike; the median is reported.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 
+from . import baselines as baseline_models
 from . import runtime, timing
+from .baselines import Baseline
 from .errors import OnnxPruneError
 from .machine import describe, machine_info
 
@@ -22,22 +26,21 @@ EVAL_CHUNK = 1000  # rows per onnxruntime call while scoring accuracy: bounds me
 ROUNDS = 15  # interleaved dense/pruned timing rounds per sweep row
 ROW_KEYS = ("method", "ratio", "dense_accuracy", "pruned_accuracy", "accuracy_drop", "dense_ms", "pruned_ms",
             "speedup", "sparse_layers", "sparsity", "size_before", "size_after", "batch", "threads")
+BASELINE_KEYS = ("baseline", "what", "accuracy", "accuracy_drop", "dense_ms", "ms", "speedup", "max_rel_error",
+                 "size", "batch", "threads")
+Progress = Callable[[str, int, int], None]  # (what is being done, steps done, steps in all)
 
 
 # ----------------------------------------------------------------------------- data and sessions
 
 def load_eval_data(data: Data) -> dict[str, np.ndarray]:
     """The .npz (or dict) as arrays; one clear error when it cannot be read or lacks labels."""
+    from .modelio import read_npz
+
     if isinstance(data, Mapping):
         arrays = {k: np.asarray(v) for k, v in data.items()}
     else:
-        try:
-            with np.load(str(data), allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except FileNotFoundError:
-            raise OnnxPruneError(f"evaluation data not found: {data}") from None
-        except Exception as exc:  # zip/pickle/format errors all mean "not a usable .npz"
-            raise OnnxPruneError(f"cannot read evaluation data {data}: {str(exc).splitlines()[0]}") from None
+        arrays = read_npz(data, "evaluation data")
     if LABELS not in arrays:
         raise OnnxPruneError(f"evaluation data has no 'labels' array (found: {', '.join(sorted(arrays)) or 'none'})")
     if arrays[LABELS].ndim != 1 or not np.issubdtype(arrays[LABELS].dtype, np.integer):
@@ -133,33 +136,81 @@ def paired_latency_ms(dense, pruned, feeds: Mapping[str, np.ndarray], *, rounds:
 def sweep(model_path: Union[str, Path], data_npz: Data, ratios: Sequence[float],
           methods: Sequence[str] = ("magnitude",), batch: int = 64, threads: int = 1,
           calibration: Optional[Union[str, Path, Mapping[str, np.ndarray]]] = None, *,
-          rounds: int = ROUNDS, runs: int = timing.MIN_RUNS) -> list[dict]:
+          rounds: int = ROUNDS, runs: int = timing.MIN_RUNS, progress: Optional[Progress] = None) -> list[dict]:
     """One row per method x ratio with the keys in ROW_KEYS.
 
     Accuracy on the whole data set; latency (ms per call of ``batch`` samples) of dense vs pruned
     sessions in this process with ``threads`` intra-op threads. Calibration (for wanda/sparsegpt)
-    is passed through to ``api.prune``.
+    is passed through to ``api.prune``. ``progress`` hears of each setting before it runs.
     """
     from .api import prune
 
     if not ratios or not methods:
         raise OnnxPruneError("sweep needs at least one ratio and one method")
     timing.check_rounds(rounds)
-    arrays = load_eval_data(data_npz)
-    dense = runtime.open_session(model_path, library=True, threads=threads)
-    feeds = model_feeds(dense, arrays)
-    timing_feeds = batch_feeds(feeds, batch)
-    dense_accuracy = _accuracy(dense, feeds, arrays[LABELS])
+    dense = _Dense.open(model_path, data_npz, batch, threads)
+    settings = [(method, float(ratio)) for method in methods for ratio in ratios]
     rows = []
-    for method in methods:
-        for ratio in ratios:
-            pruned_model, report = prune(model_path, ratio=float(ratio), method=method, calibration=calibration)
-            pruned = runtime.open_session(pruned_model, library=True, threads=threads)
-            pruned_accuracy = _accuracy(pruned, feeds, arrays[LABELS])
-            dense_ms, pruned_ms = paired_latency_ms(dense, pruned, timing_feeds, rounds=rounds, runs=runs)
-            rows.append(_row(method, float(ratio), dense_accuracy, pruned_accuracy, dense_ms, pruned_ms, report,
-                             batch, threads))
+    for done, (method, ratio) in enumerate(settings):
+        if progress:
+            progress(f"{method} {ratio:g}: pruning, scoring, timing", done, len(settings))
+        pruned_model, report = prune(model_path, ratio=ratio, method=method, calibration=calibration)
+        pruned = runtime.open_session(pruned_model, library=True, threads=threads)
+        pruned_accuracy = _accuracy(pruned, dense.feeds, dense.labels)
+        dense_ms, pruned_ms = paired_latency_ms(dense.session, pruned, dense.timing_feeds, rounds=rounds, runs=runs)
+        rows.append(_row(method, ratio, dense.accuracy, pruned_accuracy, dense_ms, pruned_ms, report, batch, threads))
+    if progress:
+        progress("done", len(settings), len(settings))
     return rows
+
+
+class _Dense:
+    """The dense model's session, its accuracy and the feeds every comparison uses."""
+
+    def __init__(self, session, feeds: dict, labels: np.ndarray, batch: int) -> None:
+        self.session, self.feeds, self.labels = session, feeds, labels
+        self.timing_feeds = batch_feeds(feeds, batch)
+        self.accuracy = _accuracy(session, feeds, labels)
+
+    @classmethod
+    def open(cls, model_path: Union[str, Path], data_npz: Data, batch: int, threads: int) -> "_Dense":
+        arrays = load_eval_data(data_npz)
+        session = runtime.open_session(model_path, library=True, threads=threads)
+        return cls(session, model_feeds(session, arrays), arrays[LABELS], batch)
+
+
+def baseline_points(model_path: Union[str, Path], data_npz: Data, baselines: Sequence[Baseline], *,
+                    batch: int = 64, threads: int = 1, rounds: int = ROUNDS, runs: int = timing.MIN_RUNS,
+                    progress: Optional[Progress] = None) -> list[dict]:
+    """One dict (keys BASELINE_KEYS) per baseline: its accuracy on the same data and its latency
+    against dense, timed like a sweep row. ``max_rel_error`` compares its outputs with dense's on
+    the timing batch (reported, not enforced: the accuracy shows what quantization costs)."""
+    from .modelio import load_model
+    from .verify import max_relative_error
+
+    if not baselines:
+        return []
+    dense = _Dense.open(model_path, data_npz, batch, threads)
+    dense_model = load_model(model_path)
+    points = []
+    for done, baseline in enumerate(baselines):
+        if progress:
+            progress(f"{baseline.name}: quantizing with onnxruntime, scoring, timing", done, len(baselines))
+        try:
+            model = baseline.build(dense_model)
+        except OnnxPruneError as exc:
+            raise OnnxPruneError(f"{exc} (--baseline none skips it)") from exc
+        session = runtime.open_session(model, library=False, threads=threads)
+        names = [o.name for o in dense.session.get_outputs()]
+        errors = {n: max_relative_error(d, c) for n, d, c in
+                  zip(names, runtime.run(dense.session, dense.timing_feeds), runtime.run(session, dense.timing_feeds))}
+        accuracy = _accuracy(session, dense.feeds, dense.labels)
+        dense_ms, ms = paired_latency_ms(dense.session, session, dense.timing_feeds, rounds=rounds, runs=runs)
+        points.append(dict(baseline=baseline.name, what=baseline.label, accuracy=accuracy,
+                           accuracy_drop=dense.accuracy - accuracy, dense_ms=dense_ms, ms=ms,
+                           speedup=dense_ms / ms if ms > 0 else float("inf"), max_rel_error=errors,
+                           size=model.ByteSize(), batch=int(batch), threads=int(threads)))
+    return points
 
 
 def _row(method: str, ratio: float, dense_accuracy: float, pruned_accuracy: float, dense_ms: float,
@@ -176,30 +227,47 @@ def _row(method: str, ratio: float, dense_accuracy: float, pruned_accuracy: floa
 
 # ----------------------------------------------------------------------------- output
 
-def plot_sweep(rows: Sequence[Mapping], png_path: Union[str, Path]) -> None:
-    """Two panels: top-1 accuracy vs ratio per method (dense as a dashed line), speedup vs ratio."""
+def check_plotting() -> None:
+    """Plotting needs matplotlib, an optional dependency: say so before a sweep, not after it."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError:
-        raise OnnxPruneError("plotting needs matplotlib: pip install 'onnx-prune[plot]'") from None
+        raise OnnxPruneError("--png needs matplotlib: pip install matplotlib") from None
+
+
+def plot_sweep(rows: Sequence[Mapping], png_path: Union[str, Path], baselines: Sequence[Mapping] = ()) -> None:
+    """Three panels: top-1 accuracy vs ratio per method (dense as a dashed line), speedup vs ratio,
+    and accuracy against latency (one point per method and ratio, dense and each baseline marked)."""
+    check_plotting()
+    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if not rows:
         raise OnnxPruneError("nothing to plot: the sweep has no rows")
-    fig, (acc_ax, speed_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (acc_ax, speed_ax, trade_ax) = plt.subplots(1, 3, figsize=(15, 4))
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["ratio"])
         ratios = [r["ratio"] for r in mine]
         acc_ax.plot(ratios, [100 * r["pruned_accuracy"] for r in mine], "o-", label=method)
         speed_ax.plot(ratios, [r["speedup"] for r in mine], "o-", label=method)
+        trade_ax.plot([r["pruned_ms"] for r in mine], [100 * r["pruned_accuracy"] for r in mine], "o-", label=method)
+        for r in mine:
+            trade_ax.annotate(f"{r['ratio']:g}", (r["pruned_ms"], 100 * r["pruned_accuracy"]), fontsize=7,
+                              textcoords="offset points", xytext=(3, 3))
     acc_ax.axhline(100 * rows[0]["dense_accuracy"], color="gray", ls="--", label="dense")
     speed_ax.axhline(1.0, color="gray", ls="--", label="dense")
+    dense_ms = float(np.median([r["dense_ms"] for r in [*rows, *baselines]]))
+    trade_ax.plot([dense_ms], [100 * rows[0]["dense_accuracy"]], "k*", markersize=12, label="dense")
+    for b in baselines:
+        trade_ax.plot([b["ms"]], [100 * b["accuracy"]], "D", markersize=9, label=f"onnxruntime {b['baseline']}")
     acc_ax.set(xlabel="pruning ratio", ylabel="top-1 accuracy (%)", title="Accuracy")
     speed_ax.set(xlabel="pruning ratio", ylabel="speedup (dense ms / pruned ms)",
                  title=f"Latency, batch {rows[0]['batch']}, {rows[0]['threads']} thread(s)")
-    for ax in (acc_ax, speed_ax):
+    trade_ax.set(xlabel=f"latency (ms per batch of {rows[0]['batch']})", ylabel="top-1 accuracy (%)",
+                 title="Accuracy against latency (labels: ratio)")
+    for ax in (acc_ax, speed_ax, trade_ax):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -217,7 +285,7 @@ def _load_average() -> Optional[list[float]]:
         return None
 
 
-def sweep_table(rows: Sequence[Mapping], title: str = ""):
+def sweep_table(rows: Sequence[Mapping], title: str = "", baselines: Sequence[Mapping] = ()):
     from rich.table import Table
 
     table = Table(title=title or None)
@@ -229,26 +297,42 @@ def sweep_table(rows: Sequence[Mapping], title: str = ""):
                       f"{100 * r['pruned_accuracy']:.2f}%", f"{100 * (r['pruned_accuracy'] - r['dense_accuracy']):+.2f}",
                       f"{r['dense_ms']:.3f}", f"{r['pruned_ms']:.3f}", f"{r['speedup']:.2f}x",
                       str(r["sparse_layers"]), f"{r['size_after'] / 1e6:.2f} MB")
+    for b in baselines:
+        table.add_row(f"onnxruntime {b['baseline']}", "-", "-", f"{100 * b['accuracy']:.2f}%",
+                      f"{-100 * b['accuracy_drop'] + 0.0:+.2f}", f"{b['dense_ms']:.3f}", f"{b['ms']:.3f}",
+                      f"{b['speedup']:.2f}x", "-", f"{b['size'] / 1e6:.2f} MB")
     return table
 
 
 def run_eval_cli(model: str, data: str, ratios: Sequence[float], methods: Sequence[str] = ("magnitude",),
                  batch: int = 64, threads: int = 1, png: Optional[str] = None, json_path: Optional[str] = None,
-                 calibration: Optional[str] = None) -> list[dict]:
-    """What ``onnx-prune eval`` does: sweep, print the table, optionally save PNG and JSON."""
+                 calibration: Optional[str] = None, baselines: Sequence[str] = ("int8",),
+                 progress: Optional[Progress] = None) -> list[dict]:
+    """What ``onnx-prune eval`` does: sweep (and time the baselines), print the table, optionally
+    save PNG and JSON."""
     import json
 
     from rich.console import Console
 
-    rows = sweep(model, data, ratios, methods=methods, batch=batch, threads=threads, calibration=calibration)
+    from .modelio import write_text_atomic
+
+    if png:
+        check_plotting()
+    chosen = baseline_models.parse(baselines)
+    rows = sweep(model, data, ratios, methods=methods, batch=batch, threads=threads, calibration=calibration,
+                 progress=progress)
+    points = baseline_points(model, data, chosen, batch=batch, threads=threads, progress=progress)
     machine = describe(machine_info())
     title = (f"{Path(model).name}: dense accuracy {100 * rows[0]['dense_accuracy']:.2f}%, batch {batch}, "
              f"{threads} thread(s), {machine}")
-    Console(width=max(120, Console().width)).print(sweep_table(rows, title))
+    console = Console(width=max(120, Console().width))
+    console.print(sweep_table(rows, title, points))
+    for point in points:
+        console.print(f"{point['baseline']}: {point['what']}")
     if png:
-        plot_sweep(rows, png)
+        plot_sweep(rows, png, points)
     if json_path:
         doc = dict(model=Path(model).name, data=Path(data).name, machine=machine, load_average=_load_average(),
-                   batch=batch, threads=threads, rows=rows)
-        Path(json_path).write_text(json.dumps(doc, indent=2) + "\n")
+                   batch=batch, threads=threads, rows=rows, baselines=points)
+        write_text_atomic(json_path, json.dumps(doc, indent=2) + "\n")
     return rows

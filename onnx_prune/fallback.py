@@ -4,45 +4,56 @@ onnxruntime runs a model-local function (``ModelProto.functions``) for a custom-
 no kernel is registered for it, and the registered kernel when the SparseGemm library is loaded.
 So a pruned file carries one ``SparseGemm`` FunctionProto (domain ``ai.onnx_prune``) whose body
 rebuilds the dense ``W [K, N]`` from the format's tensors with standard ONNX ops (the piece the
-format supplies: ``SparseFormat.fallback_dense_weight``) and applies ``Gemm``: the file then runs
-anywhere, just without the sparse speed-up. There is one function per op name, so all SparseGemm
-nodes of a model must use one format for it to be embedded.
+format supplies: ``SparseFormat.fallback_dense_weight``) and multiplies with it: the file then
+runs anywhere, just without the sparse speed-up. There is one function per op name, so all
+SparseGemm nodes of a model must use one format for it to be embedded.
 
-One body serves every node of the model, whatever its attributes and inputs:
+One body serves every node of the model. It picks, by the node's attributes only, between ``If``
+branches that each hold the plain standard ops for one kind of node:
 
-* ``C`` absent: the body's ``Gemm`` gets an empty input name, which ``Gemm`` accepts (opset >= 11).
-* N-D ``A`` is reshaped to ``[-1, A.shape[-1]]`` (a no-op for 2-D ``A``, so ``transA`` still
-  works) and the output is reshaped to ``A.shape[start:end] + [N]`` with ``start = transA *
-  (rank - 1)``, ``end = rank - 1 + transA``: ``A.shape[:-1]`` without transA, ``[M]`` with it.
-* ``activation`` is a string attribute; ``Equal`` on strings needs opset 19, so the body compares
-  it with ``"relu"`` through ``Unique`` (one unique element means equal), valid from opset 11.
-* the format's piece uses fixed-shape ops only (no Compress / NonZero, whose data-dependent
-  shapes onnxruntime does not constant-fold): onnxruntime folds the whole rebuild of ``W`` into
-  one dense initializer when the session is created.
+* ``original_op == "Gemm"`` or ``transA == 1`` (``A`` is 2-D): ``Gemm(A, W, C; alpha, beta, transA)``;
+  an absent ``C`` is an empty input name, which ``Gemm`` accepts.
+* ``original_op == "MatMul"`` (``transA = 0``, ``C`` absent or broadcastable to ``[1, N]``, any
+  rank of ``A``): ``MatMul(A, alpha * W)``, then ``Add`` of ``beta * C`` as ``[N]`` unless that is
+  all zeros (an absent ``C`` reads as zeros: ``Gemm`` of zeros with the optional ``C`` builds it,
+  since no op may read an absent input otherwise -- not even in a branch that never runs).
+* anything else: the general form, ``A`` reshaped to ``[-1, A.shape[-1]]``, ``Gemm``, the output
+  reshaped to ``A.shape[:-1] + [N]`` (``[M, N]`` with transA).
+* then ``Relu`` when ``activation == "relu"`` (onnxruntime's Relu lets NaN through, like the kernel).
 
-onnxruntime inlines the body with the *model's* ``ai.onnx`` opset (checked with onnxruntime
-1.32; the tests pass on 1.20.1 too), so the function imports exactly that version and only uses ops whose meaning is the same
-from opset 12 on (attributes reach the body through ``Constant`` value_int / value_string,
-which opset 12 introduced). For csr, duplicate ``(k, n)`` entries (never written by onnx-prune) are
-summed like the kernel does from opset 16 on (``ScatterND`` reduction ``add``); below that the last
-one wins.
+Every condition is a constant once the node's attributes are known, and so is ``W``: onnxruntime
+inlines the function, turns the attribute references into constants, folds the conditions and the
+rebuild of ``W`` and inlines each ``If`` whose condition is constant (measured with onnxruntime
+1.17.3 and 1.32). After its default optimisations a pruned file without the library therefore
+runs exactly the Gemm / MatMul (+ Add / Relu) the dense model runs, on a dense ``W``. With
+optimisations disabled nothing is folded: every call rebuilds ``W`` and evaluates the conditions
+(docs/deployment.md has the measured cost). String attributes are compared through ``Unique``
+(one unique element means equal), valid from opset 11; ``Equal`` on strings needs opset 19.
+
+onnxruntime inlines the body with the *model's* ``ai.onnx`` opset, so the function imports exactly
+that version and only uses ops whose meaning is the same from opset 12 on (attributes reach the
+body through ``Constant`` value_int / value_float / value_string, which opset 12 introduced). For
+csr, duplicate ``(k, n)`` entries (never written by onnx-prune) are summed like the kernel does from
+opset 16 on (``ScatterND`` reduction ``add``); below that the last one wins.
 """
 from __future__ import annotations
 
+import itertools
 import warnings
-from typing import Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, helper, numpy_helper
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from .errors import OnnxPruneError
 from .graph import iter_nodes, opset_version
 from .sparse_gemm import contract, formats, formats_used, is_sparse_gemm
 
-MIN_OPSET = 12  # Constant value_int / value_string (12); optional Gemm C, ScatterND, CumSum (11)
+MIN_OPSET = 12  # Constant value_int / value_float / value_string (12); optional Gemm C, ScatterND, Unique (11)
 MIN_IR_VERSION = 9  # FunctionProto.attribute_proto (default attribute values)
 _INT64_MAX = np.iinfo(np.int64).max
+_ZERO = numpy_helper.from_array(np.zeros(1, dtype=np.float32))
 
 _FUNCTION_DOC = (
     "Standard-op fallback of the onnx-prune SparseGemm op: rebuilds the dense weight W [K, N] "
@@ -94,21 +105,27 @@ def build_sparse_gemm_function(opset: int, format: str = contract.DEFAULT_FORMAT
     ``opset`` (>= 12)."""
     fmt = formats.get(format)
     b = FunctionBody()
-    dense_w = fmt.fallback_dense_weight(b, opset)
-    a2d, shape_a = _flatten_a_nodes(b)
-    gemm = b.node("Gemm", [a2d, dense_w, "C"],
-                  attrs=[_ref("alpha", AttributeProto.FLOAT), _ref("beta", AttributeProto.FLOAT),
-                         _ref("transA", AttributeProto.INT)])
-    activated = _activation_nodes(b, gemm)
-    out_shape = _output_shape_nodes(b, shape_a)
-    b.node("Reshape", [activated, out_shape], out="Y")
+    w = fmt.fallback_dense_weight(b, opset)
+    is_relu = _attr_equals(b, contract.ATTR_ACTIVATION, contract.ACTIVATION_RELU)
+    trans_a = b.node("Equal", [b.attr_scalar(contract.ATTR_TRANS_A, AttributeProto.INT), b.const(np.array(1, np.int64))])
+    is_gemm = b.node("Or", [_attr_equals(b, contract.ATTR_ORIGINAL_OP, "Gemm"), trans_a])
+    alpha_is_1 = b.node("Equal", [b.attr_scalar(contract.ATTR_ALPHA, AttributeProto.FLOAT),
+                                  b.const(np.array(1.0, np.float32))])
+    is_matmul = b.node("And", [_attr_equals(b, contract.ATTR_ORIGINAL_OP, "MatMul"), alpha_is_1])
+    b.if_(is_gemm,
+          lambda then: _activated(then, is_relu, lambda x: _gemm_form(x, _rank_hidden_a(x, is_gemm), w)),
+          lambda other: other.if_(is_matmul,
+                                  lambda then: _matmul_form(then, w, is_relu, is_matmul),
+                                  lambda general: _general_form(general, w, is_relu)),
+          out=contract.OUTPUT_NAMES[0])
     defaults = [helper.make_attribute(contract.ATTR_ALPHA, 1.0),
                 helper.make_attribute(contract.ATTR_BETA, 1.0),
                 helper.make_attribute(contract.ATTR_TRANS_A, 0),
                 helper.make_attribute(contract.ATTR_ACTIVATION, ""),
-                helper.make_attribute(contract.ATTR_FORMAT, contract.DEFAULT_FORMAT)]
-    without_default = [contract.ATTR_K, contract.ATTR_N, contract.ATTR_NNZ, contract.ATTR_ORIGINAL_OP,
-                contract.ATTR_DENSE_SHAPE, contract.ATTR_SPARSITY]
+                helper.make_attribute(contract.ATTR_FORMAT, contract.DEFAULT_FORMAT),
+                helper.make_attribute(contract.ATTR_ORIGINAL_OP, "")]
+    without_default = [contract.ATTR_K, contract.ATTR_N, contract.ATTR_NNZ, contract.ATTR_DENSE_SHAPE,
+                       contract.ATTR_SPARSITY]
     inputs = [contract.INPUT_A, *fmt.tensor_names, contract.INPUT_C]
     doc = _FUNCTION_DOC.format(format=fmt.name, tensors=" / ".join(fmt.tensor_names))
     return helper.make_function(
@@ -122,17 +139,20 @@ def build_sparse_gemm_function(opset: int, format: str = contract.DEFAULT_FORMAT
 
 class FunctionBody:
     """Collects body nodes with short unique intermediate names (t1, t2, ...: the body is stored
-    in every pruned file)."""
+    in every pruned file); :meth:`if_` builds ``If`` branches with bodies of their own that share
+    the numbering."""
 
-    def __init__(self) -> None:
+    def __init__(self, counter: Optional[Iterator[int]] = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
-        self._count = 0
+        self._counter = counter if counter is not None else itertools.count(1)
         self._consts: dict[tuple, str] = {}
+
+    def _name(self) -> str:
+        return f"t{next(self._counter)}"
 
     def node(self, op: str, inputs: Sequence[str], out: str | None = None,
              attrs: Sequence[AttributeProto] = (), **kwargs: object) -> str:
-        self._count += 1
-        name = out or f"t{self._count}"
+        name = out or self._name()
         node = helper.make_node(op, list(inputs), [name], **kwargs)
         node.attribute.extend(attrs)
         self.nodes.append(node)
@@ -140,10 +160,22 @@ class FunctionBody:
 
     def node2(self, op: str, inputs: Sequence[str], **kwargs: object) -> str:
         """A two-output node (TopK) of which only the second output is used."""
-        self._count += 1
-        first, second = f"t{self._count}", f"t{self._count}_1"
+        first = self._name()
+        second = f"{first}_1"
         self.nodes.append(helper.make_node(op, list(inputs), [first, second], **kwargs))
         return second
+
+    def if_(self, condition: str, then: Callable[["FunctionBody"], str], otherwise: Callable[["FunctionBody"], str],
+            out: str | None = None) -> str:
+        """``If(condition)`` whose branches are built by ``then`` / ``otherwise`` (each returns its
+        branch's float output); branch bodies read this body's tensors from the outer scope."""
+        branches = {}
+        for attr, build in (("then_branch", then), ("else_branch", otherwise)):
+            body = FunctionBody(self._counter)
+            result = build(body)
+            branches[attr] = helper.make_graph(body.nodes, f"{attr}_{result}", [],
+                                               [helper.make_tensor_value_info(result, TensorProto.FLOAT, None)])
+        return self.node("If", [condition], out=out, **branches)
 
     def const(self, array: np.ndarray) -> str:
         """One Constant node per distinct value (keeps the stored function small)."""
@@ -155,7 +187,8 @@ class FunctionBody:
 
     def attr_scalar(self, attr: str, attr_type: int) -> str:
         """A Constant holding the caller's attribute ``attr`` as a scalar tensor."""
-        field = {AttributeProto.INT: "value_int", AttributeProto.STRING: "value_string"}[attr_type]
+        field = {AttributeProto.INT: "value_int", AttributeProto.FLOAT: "value_float",
+                 AttributeProto.STRING: "value_string"}[attr_type]
         ref = AttributeProto(name=field, ref_attr_name=attr, type=attr_type)
         return self.node("Constant", [], attrs=[ref])
 
@@ -164,25 +197,96 @@ def _ref(attr: str, attr_type: int) -> AttributeProto:
     return AttributeProto(name=attr, ref_attr_name=attr, type=attr_type)
 
 
+def _attr_equals(b: FunctionBody, attr: str, value: str) -> str:
+    """Whether string attribute ``attr`` equals ``value``: ``Unique`` of the two has one element."""
+    one = b.const(np.array([1], np.int64))
+    got = b.node("Reshape", [b.attr_scalar(attr, AttributeProto.STRING), one])
+    unique = b.node("Unique", [b.node("Concat", [got, b.const(np.array([value], dtype=object))], axis=0)])
+    return b.node("Equal", [b.node("Size", [unique]), b.const(np.array(1, np.int64))])
+
+
+def _activated(b: FunctionBody, is_relu: str, compute: Callable[[FunctionBody], str]) -> str:
+    """``Relu(compute())`` when ``is_relu``, else ``compute()``: each branch holds its own copy of
+    the ops, so that once the condition is folded no Identity or Where remains."""
+    return b.if_(is_relu, lambda then: then.node("Relu", [compute(then)]), compute)
+
+
+def _gemm_form(b: FunctionBody, a: str, w: str) -> str:
+    """The node as the Gemm it stands for (2-D A; the optional C stays optional)."""
+    return b.node("Gemm", [a, w, contract.INPUT_C],
+                  attrs=[_ref(contract.ATTR_ALPHA, AttributeProto.FLOAT), _ref(contract.ATTR_BETA, AttributeProto.FLOAT),
+                         _ref(contract.ATTR_TRANS_A, AttributeProto.INT)])
+
+
+def _rank_hidden_a(b: FunctionBody, is_gemm: str) -> str:
+    """A, with a rank that shape inference cannot know: ``If(is_gemm, A, Flatten(A))``.
+
+    Shape inference checks every branch, the ones a node never takes included, so a plain Gemm
+    branch would fail Gemm's rank-2 check for an N-D A that goes to another branch. The If's two
+    branches differ in rank, so its output has no known rank; onnxruntime folds it (the condition
+    is constant) to ``Identity(A)`` and removes that, so nothing of it runs."""
+    return b.if_(is_gemm, lambda then: then.node("Identity", [contract.INPUT_A]),
+                 lambda other: other.node("Flatten", [contract.INPUT_A], axis=1))
+
+
+def _matmul_form(b: FunctionBody, w: str, is_relu: str, is_matmul: str) -> str:
+    """``MatMul(A, W)``, plus ``beta * C`` as ``[N]`` unless that is all zeros: any rank of A."""
+    bias = _bias_row(b, _bias_factor(b, is_matmul))
+    no_bias = b.node("Equal", [b.node("ReduceL1", [bias], keepdims=0), b.const(np.array(0.0, np.float32))])
+    return b.if_(no_bias,
+                 lambda then: _activated(then, is_relu, lambda x: x.node("MatMul", [contract.INPUT_A, w])),
+                 lambda other: _activated(other, is_relu, lambda x: x.node(
+                     "Add", [x.node("MatMul", [contract.INPUT_A, w]), bias])))
+
+
+def _bias_row(b: FunctionBody, zero_a: str) -> str:
+    """``beta * C`` as ``[N]``, zeros when C is absent: ``Gemm(zero_a, 0 [1, N], C)`` with
+    ``zero_a`` = 0 [1, 1] (:func:`_bias_factor`), since no op may read an optional input that may
+    be absent but one whose input is optional. Only MatMul nodes run it: they promise a C
+    broadcastable to ``[1, N]``."""
+    zero_b = b.node("ConstantOfShape", [b.node("Concat", [b.const(np.array([1], np.int64)), _n1(b)], axis=0)],
+                    value=_ZERO)
+    row = b.node("Gemm", [zero_a, zero_b, contract.INPUT_C], attrs=[_ref(contract.ATTR_BETA, AttributeProto.FLOAT)])
+    return b.node("Reshape", [row, b.const(np.array([-1], np.int64))])
+
+
+def _bias_factor(b: FunctionBody, is_matmul: str) -> str:
+    """``If(is_matmul, 0 [1, 1], A as [-1, 1])``: the first factor of the bias row's Gemm.
+
+    onnxruntime constant-folds inside every branch before it drops the untaken ones, and
+    onnxruntime 1.17 fails the session when such a fold fails -- as the bias row's Gemm would for
+    a Gemm node with an ``[M, N]`` C. This factor is a constant for MatMul nodes only, so for the
+    others that Gemm is never folded (nor run)."""
+    return b.if_(is_matmul, lambda then: then.node("ConstantOfShape", [then.const(np.array([1, 1], np.int64))],
+                                                   value=_ZERO),
+                 lambda other: other.node("Transpose", [other.node("Flatten", [contract.INPUT_A], axis=0)]))
+
+
+def _n1(b: FunctionBody) -> str:
+    """The attribute N as a 1-element shape."""
+    return b.node("Reshape", [b.attr_scalar(contract.ATTR_N, AttributeProto.INT), b.const(np.array([1], np.int64))])
+
+
+def _general_form(b: FunctionBody, w: str, is_relu: str) -> str:
+    """Any node the contract allows, whatever its attributes say: ``A`` flattened to 2-D for Gemm
+    and the output shaped back; ``Where(is_relu and y < 0, 0, y)`` for the activation."""
+    a2d, shape_a = _flatten_a_nodes(b)
+    gemm = b.node("Gemm", [a2d, w, contract.INPUT_C],
+                  attrs=[_ref(contract.ATTR_ALPHA, AttributeProto.FLOAT), _ref(contract.ATTR_BETA, AttributeProto.FLOAT),
+                         _ref(contract.ATTR_TRANS_A, AttributeProto.INT)])
+    negative = b.node("Less", [gemm, b.const(np.array(0.0, np.float32))])
+    clamp = b.node("And", [negative, is_relu])
+    activated = b.node("Where", [clamp, b.const(np.array(0.0, np.float32)), gemm])
+    return b.node("Reshape", [activated, _output_shape_nodes(b, shape_a)])
+
+
 def _flatten_a_nodes(b: FunctionBody) -> tuple[str, str]:
     """A as [-1, A.shape[-1]] (unchanged for 2-D A) and A's shape."""
-    shape_a = b.node("Shape", ["A"])
+    shape_a = b.node("Shape", [contract.INPUT_A])
     last = b.node("Slice", [shape_a, b.const(np.array([-1], np.int64)),
                             b.const(np.array([_INT64_MAX], np.int64))])
     target = b.node("Concat", [b.const(np.array([-1], np.int64)), last], axis=0)
-    return b.node("Reshape", ["A", target]), shape_a
-
-
-def _activation_nodes(b: FunctionBody, y: str) -> str:
-    """``Where(is_relu and y < 0, 0, y)``: Relu that lets NaN through, identity otherwise."""
-    one = b.const(np.array([1], np.int64))
-    activation = b.node("Reshape", [b.attr_scalar(contract.ATTR_ACTIVATION, AttributeProto.STRING), one])
-    relu = b.const(np.array([contract.ACTIVATION_RELU], dtype=object))
-    unique = b.node("Unique", [b.node("Concat", [activation, relu], axis=0)])
-    is_relu = b.node("Equal", [b.node("Size", [unique]), b.const(np.array(1, np.int64))])
-    negative = b.node("Less", [y, b.const(np.array(0.0, np.float32))])
-    clamp = b.node("And", [negative, is_relu])
-    return b.node("Where", [clamp, b.const(np.array(0.0, np.float32)), y])
+    return b.node("Reshape", [contract.INPUT_A, target]), shape_a
 
 
 def _output_shape_nodes(b: FunctionBody, shape_a: str) -> str:
@@ -193,8 +297,7 @@ def _output_shape_nodes(b: FunctionBody, shape_a: str) -> str:
     start = b.node("Mul", [trans, rank_minus_1])
     end = b.node("Add", [rank_minus_1, trans])
     leading = b.node("Slice", [shape_a, start, end])
-    n1 = b.node("Reshape", [b.attr_scalar(contract.ATTR_N, AttributeProto.INT), one])
-    return b.node("Concat", [leading, n1], axis=0)
+    return b.node("Concat", [leading, _n1(b)], axis=0)
 
 
 # ----------------------------------------------------------------------------- checks

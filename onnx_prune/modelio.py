@@ -7,6 +7,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Union
@@ -41,7 +42,7 @@ def load_model(path: PathLike) -> onnx.ModelProto:
     if uses_external_data(model):
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # OSError, or onnx's ValidationError for a location outside the folder
             raise OnnxPruneError(f"'{p}': cannot read its external data: {_first_line(exc)}") from exc
     return model
 
@@ -90,19 +91,26 @@ def write_text_atomic(path: PathLike, text: str) -> None:
 
 
 def read_npz(path: PathLike, what: str) -> dict[str, "np.ndarray"]:
-    """All arrays of an .npz archive; ``what`` names the file in the one-line errors."""
+    """All arrays of an .npz archive; ``what`` names the file in the one-line errors (worded by us,
+    not by numpy, whose messages differ between versions)."""
     import numpy as np
 
     p = Path(path)
     if not p.is_file():
         raise OnnxPruneError(f"{what} '{p}' does not exist")
     try:
-        data = np.load(p, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("it holds a single array, not named arrays")
-        with data:
+        with open(p, "rb") as handle:
+            magic = handle.read(6)
+        if magic.startswith(b"\x93NUMPY"):
+            raise ValueError("it holds a single array, not named arrays (an .npy file)")
+        if not magic.startswith(b"PK"):
+            raise ValueError("it is not an .npz archive (a zip of named arrays)")
+        with np.load(p, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except ValueError as exc:
+        reason = "it holds Python objects, which are never unpickled" if "pickle" in str(exc) else _first_line(exc)
+        raise OnnxPruneError(f"{what} '{p}' is not a valid .npz: {reason}") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise OnnxPruneError(f"{what} '{p}' is not a valid .npz: {_first_line(exc)}") from exc
 
 

@@ -23,6 +23,16 @@ from .modelio import PROTOBUF_LIMIT
 
 ModelOrPath = Union[onnx.ModelProto, str, Path]
 PROVIDERS = ["CPUExecutionProvider"]
+# onnxruntime's own log lines (coloured warnings about the graph) come before our one-line error
+# and repeat what it says; sessions log errors only (3) unless the CLI runs with --debug.
+QUIET, VERBOSE = 3, 2
+_log_severity = QUIET
+
+
+def set_verbose(verbose: bool) -> None:
+    """Let the sessions opened from now on log onnxruntime's warnings (the CLI's --debug)."""
+    global _log_severity
+    _log_severity = VERBOSE if verbose else QUIET
 
 
 def session_options(threads: int = 0, *, library: Optional[str] = None, **settings: object):
@@ -32,6 +42,7 @@ def session_options(threads: int = 0, *, library: Optional[str] = None, **settin
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.log_severity_level = _log_severity
     if library is not None:
         options.register_custom_ops_library(library)
     options.intra_op_num_threads = int(threads)

@@ -33,13 +33,21 @@ def masked_dense_model(model: onnx.ModelProto, pruned: Sequence, values: str = "
     ref.CopyFrom(model)
     nodes = {n.name: n for n in ref.graph.node}
     for i, p in enumerate(pruned):
-        weight = p.weight.astype(np.float16).astype(np.float32) if values == "fp16" else p.weight
+        weight = reference_weight(p, values)
         stored = weight.T if p.layer.trans_b else weight
         name = f"{p.layer.weight_name}__masked_{i}"
         ref.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(stored, dtype=np.float32), name))
         nodes[p.layer.fused_nodes[0]].input[1] = name
     drop_unused_constants(ref, {p.layer.weight_name for p in pruned})
     return ref
+
+
+def reference_weight(p, values: str = "fp32") -> np.ndarray:
+    """The dense weight the pruned layer really stores: its packed tensors unpacked (fp16-rounded
+    or int8-dequantized values), so the reference differs from the kernel by summation order only."""
+    if getattr(p, "packed", None) is not None:
+        return p.packed.to_dense()
+    return p.weight.astype(np.float16).astype(np.float32) if values == "fp16" else p.weight
 
 
 def generated_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = BATCH_FOR_GENERATED) -> dict[str, np.ndarray]:
@@ -118,15 +126,35 @@ def verify_pruned(model: onnx.ModelProto, pruned_model: onnx.ModelProto, pruned:
     else:
         feeds = generated_inputs(model)
         described = "generated inputs (" + ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items()) + ")"
+    _check_compares_something(feeds, described)
     reference = masked_dense_model(model, pruned, values)
     expected = _run(reference, feeds, "the input model (with the masks applied densely)", library=False)
     actual = _run(pruned_model, feeds, "the pruned model", library=True)
     names = [o.name for o in model.graph.output]
+    _check_has_finite_values(names, expected, described)
     per_output = {n: max_relative_error(e, a) for n, e, a in zip(names, expected, actual)
                   if np.issubdtype(np.asarray(e).dtype, np.floating)}
     worst = max(per_output.values(), default=0.0)
     return Verification(max_rel_error=worst, tolerance=tolerance, per_output=per_output,
                         passed=bool(worst <= tolerance), inputs=described)
+
+
+def _check_compares_something(feeds: Mapping[str, np.ndarray], described: str) -> None:
+    """Empty inputs give empty outputs: a verification that passes with nothing compared."""
+    empty = [f"'{n}' {list(np.shape(v))}" for n, v in feeds.items() if np.size(v) == 0]
+    if empty:
+        raise OnnxPruneError(f"verification inputs ({described}) are empty: {', '.join(empty)}; "
+                             "give inputs with at least one sample")
+
+
+def _check_has_finite_values(names: Sequence[str], expected: Sequence[np.ndarray], described: str) -> None:
+    """An output whose reference holds no finite value (all NaN from NaN inputs, or empty) would
+    compare nothing; NaN and inf among finite values are still compared position by position."""
+    for name, value in zip(names, expected):
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).any():
+            raise OnnxPruneError(f"verification with {described} compares nothing: output '{name}' has no finite "
+                                 f"value (shape {list(value.shape)}); give inputs with finite values")
 
 
 def _run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], what: str, *, library: bool) -> list[np.ndarray]:

@@ -6,6 +6,7 @@ floor(ratio * size) weights of smallest |w|, ties to the first in row-major orde
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -14,6 +15,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
+# The newest IR onnxruntime 1.17 (the oldest we support) loads; onnx.helper would write its own
+# newest, which older onnxruntime releases refuse ("Unsupported model IR version").
+IR_VERSION = 9
 M = 7  # rows of A wherever a test needs a fixed batch (Gemm C of shape [M, 1] / [M, N])
 
 
@@ -59,9 +63,27 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-5) -
 
 # ----------------------------------------------------------------------------- builders
 
+@functools.lru_cache(maxsize=None)
+def newest_opset() -> int:
+    """The newest ai.onnx opset that both the installed onnx and onnxruntime support (onnx often
+    knows newer ones: onnxruntime 1.17 stops at 20), probed by loading a one-node model."""
+    import onnxruntime as ort
+
+    for opset in range(onnx.defs.onnx_opset_version(), OPSET, -1):
+        model = make_model([helper.make_node("Relu", ["x"], ["y"])], [f32("x", [1])], [f32("y", [1])], [],
+                           opset=opset)
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception:  # onnxruntime refuses an opset newer than it knows
+            continue
+        return opset
+    return OPSET
+
+
 def make_model(nodes, inputs, outputs, inits, *, opset: int = OPSET, extra_opsets=(), value_info=()) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", inputs, outputs, inits, value_info=list(value_info))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), *extra_opsets])
+    model = helper.make_model(graph, ir_version=IR_VERSION,
+                              opset_imports=[helper.make_opsetid("", opset), *extra_opsets])
     if opset < 9:  # IR 3: every initializer is also a graph input
         model.ir_version = 3
         model.graph.input.extend([helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))

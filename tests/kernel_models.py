@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
@@ -85,6 +85,60 @@ def dense_of(csr: Csr) -> np.ndarray:
     outputs = np.repeat(np.arange(csr.N), np.diff(np.asarray(csr.offsets, dtype=np.int64)))
     np.add.at(w, (np.asarray(csr.indices, dtype=np.int64), outputs), np.asarray(csr.values, dtype=np.float64))
     return w
+
+
+INT8_BLOCK_ROWS = 256  # docs/sparse_gemm_op.md, format csr_int8
+
+
+@dataclass
+class Int8Csr(Csr):
+    """The four weight tensors of a csr_int8 node (csr's three plus the per-output scales)."""
+
+    scales: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    @property
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"values": self.values, "scales": self.scales, "indices": self.indices, "offsets": self.offsets}
+
+
+def int8_csr(q: np.ndarray, keep: np.ndarray, scales: np.ndarray, *, offset_dtype: type = np.int32,
+             shuffle: Optional[np.random.Generator] = None) -> Int8Csr:
+    """The csr_int8 tensors of int8 weights q [K, N] kept where `keep`, built block by block from the
+    contract's definition (not by the packer); `shuffle` (a generator) shuffles entries within each (output, block)."""
+    K, N = q.shape
+    blocks = -(-K // INT8_BLOCK_ROWS)
+    values, indices, offsets = [], [], [0]
+    for n in range(N):
+        for b in range(blocks):
+            rows = np.flatnonzero(keep[b * INT8_BLOCK_ROWS:(b + 1) * INT8_BLOCK_ROWS, n])
+            if shuffle is not None:
+                rows = shuffle.permutation(rows)
+            values.extend(q[b * INT8_BLOCK_ROWS + rows, n])
+            indices.extend(rows)
+            offsets.append(len(values))
+    return Int8Csr(values=np.array(values, dtype=np.int8), scales=np.asarray(scales, dtype=np.float32),
+                   indices=np.array(indices, dtype=np.uint8), offsets=np.array(offsets, dtype=offset_dtype), K=K, N=N)
+
+
+def random_int8_csr(rng: np.random.Generator, K: int, N: int, sparsity: float, **kwargs: object) -> Int8Csr:
+    """Random int8 weights (a few kept zeros among them) with random positive scales."""
+    keep = rng.random((K, N)) >= sparsity
+    q = rng.integers(-127, 128, size=(K, N)).astype(np.int8)
+    scales = rng.uniform(1e-3, 1e-1, size=N).astype(np.float32)
+    return int8_csr(q, keep, scales, **kwargs)
+
+
+def dense_of_int8(w: Int8Csr) -> np.ndarray:
+    """The dequantized W [K, N] in float64 per the contract: W[256 b + indices[j], n] +=
+    float32(values[j] * scales[n]) (the product rounded to float32, as the dense weight holds it)."""
+    dense = np.zeros((w.K, w.N), dtype=np.float64)
+    blocks = -(-w.K // INT8_BLOCK_ROWS)
+    offsets = np.asarray(w.offsets, dtype=np.int64)
+    for r in range(w.N * blocks):
+        n, b = divmod(r, blocks)
+        for j in range(offsets[r], offsets[r + 1]):
+            dense[b * INT8_BLOCK_ROWS + int(w.indices[j]), n] += float(np.float32(w.values[j]) * w.scales[n])
+    return dense
 
 
 # ---------------------------------------------------------------------------- reference
@@ -166,14 +220,26 @@ def sparse_gemm_model(values: np.ndarray, indices: np.ndarray, offsets: np.ndarr
     kernel then packs them at every Run). `c` becomes an initializer; `c_shape` instead declares
     C as a graph input of that shape.
     """
+    return weights_model({"values": values, "indices": indices, "offsets": offsets}, attributes, a_shape=a_shape,
+                         c=c, c_shape=c_shape, weights_as_inputs=weights_as_inputs, node_name=node_name,
+                         a_dtype=a_dtype, y_shape=y_shape)
+
+
+def weights_model(tensors: Mapping[str, np.ndarray], attributes: Mapping[str, object], *,
+                  a_shape: Optional[Sequence[Dim]], c: Optional[np.ndarray] = None,
+                  c_shape: Optional[Sequence[Dim]] = None, weights_as_inputs: bool = False,
+                  node_name: str = NODE_NAME, a_dtype: type = np.float32,
+                  y_shape: Optional[Sequence[Dim]] = None) -> onnx.ModelProto:
+    """One SparseGemm node Y = SparseGemm(A, *tensors[, C]) for a format of any number of tensors
+    (in the order given; graph inputs named like the tensors with weights_as_inputs)."""
     inputs = [_value_info("A", np.dtype(a_dtype), None if a_shape is None else list(a_shape))]
     initializers = []
-    for name, array in (("values", values), ("indices", indices), ("offsets", offsets)):
+    for name, array in tensors.items():
         if weights_as_inputs:
             inputs.append(_value_info(name, array, [f"{name}_len"] if array.ndim == 1 else None))
         else:
             initializers.append(numpy_helper.from_array(np.asarray(array), name))
-    node_inputs = ["A", "values", "indices", "offsets"]
+    node_inputs = ["A", *tensors]
     if c is not None:
         initializers.append(numpy_helper.from_array(np.asarray(c, dtype=np.float32), "C"))
         node_inputs.append("C")

@@ -60,3 +60,68 @@ def test_bench_kernel_tool_smoke(tmp_path: Path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(out.read_text())
+
+
+def _ort_outputs(model: onnx.ModelProto, feeds: dict) -> list:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def test_bench_cli_int8_baseline_columns_and_checked_outputs(tmp_path: Path):
+    import numpy as np
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dense = mlp_model()
+    model, out = tmp_path / "mlp.onnx", tmp_path / "bench.json"
+    onnx.save(dense, str(model))
+    done = subprocess.run([sys.executable, "-m", "onnx_prune.cli", "bench", str(model), "--batch", "2", "--batch", "3",
+                           "--rounds", "1", "--baseline", "int8", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "int8 µs" in done.stdout and "pruned vs int8" in done.stdout and "per_channel=False" in done.stdout
+    doc = json.loads(out.read_text())
+    for row in doc["rows"]:
+        assert row["int8_us"] > 0 and row["int8_speedup"] > 0 and row["pruned_vs_int8"] > 0
+    (setting,) = doc["settings"]["baselines"]
+    assert setting["name"] == "int8" and setting["per_channel"] is False
+    # the outputs bench checked before timing: the test's own int8 model on the same inputs
+    quantize_dynamic(str(model), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8)
+    int8 = onnx.load(str(tmp_path / "q.onnx"))
+    errors = []
+    for batch in (2, 3):
+        feeds = make_inputs(dense, batch)
+        (want,), (got,) = _ort_outputs(dense, feeds), _ort_outputs(int8, feeds)
+        errors.append(float(np.abs(got.astype(np.float64) - want).max() / np.abs(want).max()))
+    assert 0 < setting["max_rel_error"]["logits"] == pytest.approx(max(errors), rel=1e-6)
+    assert setting["max_rel_error"]["logits"] <= setting["tolerance"]
+
+
+def test_bench_refuses_a_baseline_that_computes_something_else(monkeypatch):
+    from onnx import numpy_helper
+
+    import onnx_prune.baselines as baselines
+
+    def wrong_int8(model, per_channel=False):
+        broken = onnx.ModelProto()
+        broken.CopyFrom(model)
+        bias = broken.graph.initializer[-1]
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 100, bias.name))
+        return broken
+
+    monkeypatch.setattr(baselines, "quantize_int8", wrong_int8)
+    dense = mlp_model()
+    pruned, _ = prune(dense, 0.5)
+    with pytest.raises(OnnxPruneError, match=r"int8 baseline \(onnxruntime int8\) differs from the dense model "
+                                             r"on output 'logits'.*not timing it"):
+        bench_pair(dense, pruned, batches=(2,), rounds=1, min_runs=1, warmup=0,
+                   baselines=baselines.parse(["int8"]))
+
+
+def test_baseline_values_are_checked():
+    from onnx_prune import baselines
+
+    assert [b.name for b in baselines.parse(["int8,int8-per-channel", "int8"])] == ["int8", "int8-per-channel"]
+    assert baselines.parse(["none"]) == []
+    with pytest.raises(OnnxPruneError, match="--baseline takes int8, int8-per-channel, none, got 'int4'"):
+        baselines.parse(["int4"])

@@ -43,8 +43,9 @@ def reference_sparsegpt(w, h, drop=0, pattern=None, block=128, percdamp=0.01):
     h = np.array(h, np.float64)
     k = len(h)
     dead = np.diag(h) == 0
+    damp = percdamp * np.diag(h).mean()  # of the calibration H, before dead inputs are filled in
     h[dead, dead] = np.diag(h)[~dead].mean()
-    h += percdamp * np.diag(h).mean() * np.eye(k)
+    h += damp * np.eye(k)
     keep = np.ones(w.shape, bool)
 
     def costs(rows):

@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from helpers_models import IR_VERSION
 from onnx_prune.errors import OnnxPruneError
 from onnx_prune.evaluate import ROW_KEYS, evaluate_accuracy, plot_sweep, run_eval_cli, sweep
 
@@ -35,7 +36,7 @@ def make_mlp(seed: int = 0) -> tuple[onnx.ModelProto, list[np.ndarray]]:
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", SIZES[0]])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", SIZES[-1]])],
                               initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), params
+    return helper.make_model(graph, ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", 17)]), params
 
 
 def numpy_logits(params: list[np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -127,6 +128,34 @@ def test_run_eval_cli_writes_json_and_png(mlp_and_data, library_path, tmp_path, 
     assert "magnitude" in printed and "0.50" in printed
 
 
+def test_eval_int8_point_is_onnxruntimes_accuracy_of_the_quantized_model(mlp_and_data, library_path, tmp_path):
+    from onnxruntime import InferenceSession
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _, _, model_path, data_path, x, labels = mlp_and_data
+    png, js = tmp_path / "s.png", tmp_path / "s.json"
+    run_eval_cli(str(model_path), str(data_path), [0.5, 0.8], batch=8, threads=1, png=str(png), json_path=str(js),
+                 baselines=["int8"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads(js.read_text())
+    (point,) = doc["baselines"]
+    quantize_dynamic(str(model_path), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8)
+    scores = InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    expected = float((scores.argmax(axis=1) == labels).mean())
+    assert point["baseline"] == "int8" and "per_channel=False" in point["what"]
+    assert point["accuracy"] == pytest.approx(expected, abs=1e-12)
+    assert point["accuracy_drop"] == pytest.approx(doc["rows"][0]["dense_accuracy"] - expected)
+    assert point["ms"] > 0 and point["speedup"] == pytest.approx(point["dense_ms"] / point["ms"])
+    assert 0 < point["max_rel_error"]["logits"] < 0.1
+
+
+def test_eval_without_baseline(mlp_and_data, library_path, tmp_path):
+    _, _, model_path, data_path, _, _ = mlp_and_data
+    js = tmp_path / "s.json"
+    run_eval_cli(str(model_path), str(data_path), [0.5], batch=8, json_path=str(js), baselines=["none"])
+    assert json.loads(js.read_text())["baselines"] == []
+
+
 def test_plot_needs_rows(tmp_path):
     with pytest.raises(OnnxPruneError, match="no rows"):
         plot_sweep([], tmp_path / "x.png")
@@ -150,7 +179,8 @@ def test_unreadable_data_file(tmp_path):
     model, _ = make_mlp()
     bad = tmp_path / "bad.npz"
     bad.write_text("not a zip")
-    with pytest.raises(OnnxPruneError, match="cannot read evaluation data"):
+    with pytest.raises(OnnxPruneError, match=f"evaluation data '{bad}' is not a valid .npz: it is not an .npz archive"):
         evaluate_accuracy(model, bad)
-    with pytest.raises(OnnxPruneError, match="evaluation data not found"):
-        evaluate_accuracy(model, tmp_path / "missing.npz")
+    missing = tmp_path / "missing.npz"
+    with pytest.raises(OnnxPruneError, match=f"evaluation data '{missing}' does not exist"):
+        evaluate_accuracy(model, missing)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from kernel_models import (ISA_ENV, Csr, assert_matches_reference, available_isas, csr_model, dense_of,
-                           open_session, random_csr)
+                           dense_of_int8, open_session, random_csr, random_int8_csr)
 from test_kernel import assert_same_values, csr_of_dense, masked_dense_reference, non_finite_layer
+from test_kernel_int8 import int8_model
 
 PATH_ENV = "ONNX_PRUNE_PATH"
 PATHS = ("gemv", "input_stationary", "tiled", "input_stationary_rows", "auto")
@@ -68,6 +69,18 @@ def test_every_path_every_batch_with_zero_inputs(isa: str, path: str, zero_fract
         for m in batches:
             a = sparse_input(rng, m, K, zero_fraction)
             assert_matches_reference(session.run(None, {"A": a})[0], a, w, w_abs=w_abs)
+
+
+@pytest.mark.parametrize("zero_fraction", [0.5, 0.94])
+def test_every_path_with_int8_weights(isa: str, path: str, zero_fraction: float) -> None:
+    """The csr_int8 format runs the same paths on int8 values times per-output scales."""
+    rng = rng_for("int8", isa, path, zero_fraction)
+    w = random_int8_csr(rng, 300, 290, 0.8)
+    dense = dense_of_int8(w)
+    session = open_session(int8_model(w, a_shape=["M", 300]), threads=2)
+    for m in (1, 2, 8, 9, 33, 64, 70):
+        a = sparse_input(rng, m, 300, zero_fraction)
+        assert_matches_reference(session.run(None, {"A": a})[0], a, dense)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

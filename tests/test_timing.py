@@ -67,3 +67,19 @@ def test_rounds_must_be_a_positive_integer(rounds):
     with pytest.raises(UsageError, match=f"--rounds must be a positive integer, got {rounds}"):
         timing.time_pair(m.runner("a"), m.runner("b"), rounds=rounds, clock=m.clock)
     assert m.log == []
+
+
+def test_three_candidates_interleaved_with_pairwise_ratios():
+    # sizing runs 1 s each (blocks of min_runs = 2), then 2 rounds: a a b b c c
+    a = [1.0, 4.0, 4.0, 6.0, 6.0]
+    b = [1.0, 2.0, 2.0, 2.0, 2.0]
+    c = [1.0, 1.0, 1.0, 4.0, 4.0]
+    m = FakeMachine({"a": a, "b": b, "c": c})
+    t = timing.time_interleaved([m.runner("a"), m.runner("b"), m.runner("c")], rounds=2, warmup=0, min_runs=2,
+                                block_seconds=0.0, clock=m.clock)
+    assert "".join(m.log) == "abc" + "aabbcc" * 2
+    assert t.runs_per_round == 2
+    assert t.round_medians == ((4.0, 2.0, 1.0), (6.0, 2.0, 4.0))
+    assert t.ratio(0, 1) == pytest.approx(statistics.median([2.0, 3.0]))
+    assert t.ratio(2, 1) == pytest.approx(statistics.median([0.5, 2.0]))
+    assert t.seconds == pytest.approx((5.0, 2.0, 2.5))

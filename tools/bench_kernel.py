@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Micro-benchmark of the SparseGemm kernel on one layer, side by side in one process with:
+"""Micro-benchmark of the SparseGemm kernel on one layer (format csr, fp32 values; and csr_int8, the
+same kept weights quantized to int8), side by side in one process with:
 
 * onnxruntime's dense ``Gemm`` on the same (masked) weights,
 * onnxruntime's int8 dynamic quantization (``quantize_dynamic``) of that dense layer,
@@ -10,7 +11,8 @@
 Inputs are standard normal, optionally with entries zeroed with probability ``--zero-prob``, or real
 post-ReLU activations of the bundled MNIST MLP (``--inputs relu1|relu2``).
 
-Every candidate's result is checked against a float64 reference before it is timed. Timings are
+Every candidate's result is checked against a float64 reference of the weights it stores (the
+dequantized ones for int8) before it is timed. Timings are
 interleaved in rounds (each candidate runs a block of calls per round), so drift in the machine's
 speed hits all candidates alike; latencies are medians over rounds, ratios medians of per-round
 ratios. This is a benchmark, not a test: it asserts nothing about speed.
@@ -23,10 +25,8 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -37,21 +37,25 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_prune
-from onnx_prune import masking
+from onnx_prune import machine, masking, timing
 from onnx_prune.sparse_gemm import contract
+from onnx_prune.sparse_gemm import formats
+from onnx_prune.sparse_gemm.formats import PackedWeight
 from onnx_prune.sparse_gemm.formats import csr as csr_format
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 BATCHES = (1, 16, 64, 256)
 QUICK_SPARSITIES = (0.5, 0.9)
 QUICK_BATCHES = (1, 64)
-OURS, DENSE, INT8, S2D, SCIPY = "SparseGemm", "dense Gemm", "int8 dynamic", "SparseToDenseMatMul", "scipy CSR"
-CANDIDATES = (OURS, DENSE, INT8, S2D, SCIPY)
-SHORT = {OURS: "ours", DENSE: "dense", INT8: "int8", S2D: "s2d", SCIPY: "scipy"}
+OURS, INT8, DENSE, ORT_INT8, S2D, SCIPY = ("SparseGemm", "SparseGemm int8", "dense Gemm", "onnxruntime int8 dynamic",
+                                           "SparseToDenseMatMul", "scipy CSR")
+CANDIDATES = (OURS, INT8, DENSE, ORT_INT8, S2D, SCIPY)
+SHORT = {OURS: "ours", INT8: "int8", DENSE: "dense", ORT_INT8: "ort-int8", S2D: "s2d", SCIPY: "scipy"}
 PATHS = ("gemv", "input_stationary", "tiled", "input_stationary_rows")  # --paths times each, forced
 PATH_ENV = "ONNX_PRUNE_PATH"
-# The int8 candidate is not exact: its result must be within this fraction of the largest |Y|.
-INT8_TOLERANCE = 0.05
+# onnxruntime's int8 dynamic quantization is not exact: its result must be within this fraction of
+# the largest |Y|.
+ORT_INT8_TOLERANCE = 0.05
 # Real activations: the bundled MLP and test images; relu1 / relu2 are its two hidden layers' outputs.
 MODEL_PATH = Path(__file__).resolve().parents[1] / "models" / "mnist-mlp.onnx"
 IMAGES_PATH = Path(__file__).resolve().parents[1] / "models" / "mnist-test.npz"
@@ -67,51 +71,12 @@ IR_VERSION = 9
 # ---------------------------------------------------------------------------- machine
 
 
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def kernel_isa_used(flags: set[str]) -> str:
-    """The variant the library picks (csrc/kernels/dispatch.cc): ONNX_PRUNE_ISA when this CPU
-    supports it, else the best supported one."""
-    supported = ["portable"]
-    if {"avx2", "fma"} <= flags:
-        supported.append("avx2")
-        if {"avx512f", "avx512bw", "avx512vl"} <= flags:
-            supported.append("avx512")
-    forced = os.environ.get("ONNX_PRUNE_ISA", "")
-    if forced in supported:
-        return f"{forced} (forced by ONNX_PRUNE_ISA)"
-    note = f"; ONNX_PRUNE_ISA={forced} not supported here" if forced else ""
-    return f"{supported[-1]} (auto{note})"
-
-
 def machine_info() -> dict:
-    """What a reader needs to judge the numbers."""
-    import onnxruntime as ort
+    """What a reader needs to judge the numbers: onnx_prune.machine's description, plus the
+    versions of the other candidates and the library that ran."""
     import scipy
 
-    flags = cpu_flags()
-    return {"cpu": cpu_model(), "cores": os.cpu_count(),
-            "simd": [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl") if f in flags],
-            "onnxruntime": ort.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-            "python": platform.python_version(), "kernel_isa": kernel_isa_used(flags),
+    return {**machine.machine_info(), "numpy": np.__version__, "scipy": scipy.__version__,
             "library": onnx_prune.get_library_path()}
 
 
@@ -125,6 +90,7 @@ class Layer:
     weight: np.ndarray  # [K, N] float32, pruned entries zero
     csr: csr_format.CsrWeight
     sparsity: float
+    int8: PackedWeight  # the same kept weights in format csr_int8
 
     @property
     def K(self) -> int:
@@ -140,7 +106,8 @@ def make_layer(K: int, N: int, sparsity: float, seed: int) -> Layer:
     weight = rng.standard_normal((K, N)).astype(np.float32)
     mask = masking.magnitude_mask(weight, sparsity)
     weight = np.where(mask, weight, np.float32(0))
-    return Layer(weight=weight, csr=csr_format.dense_to_csr(weight, mask), sparsity=sparsity)
+    return Layer(weight=weight, csr=csr_format.dense_to_csr(weight, mask), sparsity=sparsity,
+                 int8=formats.value_choices()["int8"][0].pack(weight, mask, np.int8))
 
 
 def finish_model(nodes: list, inputs: list, initializers: list, domains: Sequence[tuple[str, int]]) -> onnx.ModelProto:
@@ -154,14 +121,13 @@ def x_input(K: int):
     return helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", K])
 
 
-def sparse_gemm_model(layer: Layer) -> onnx.ModelProto:
-    csr = layer.csr
-    inits = [numpy_helper.from_array(a, n) for n, a in (("values", csr.values), ("indices", csr.indices),
-                                                         ("offsets", csr.offsets))]
-    node = helper.make_node(contract.OP_TYPE, ["X", "values", "indices", "offsets"], ["Y"], name="layer",
-                            domain=contract.DOMAIN, **{contract.ATTR_K: csr.K, contract.ATTR_N: csr.N,
-                                                       contract.ATTR_NNZ: csr.nnz})
-    return finish_model([node], [x_input(csr.K)], inits, [(contract.DOMAIN, contract.OP_VERSION)])
+def sparse_gemm_model(packed: PackedWeight) -> onnx.ModelProto:
+    names = list(formats.get(packed.format).tensor_names)
+    inits = [numpy_helper.from_array(a, n) for n, a in zip(names, packed.tensors)]
+    node = helper.make_node(contract.OP_TYPE, ["X", *names], ["Y"], name="layer", domain=contract.DOMAIN,
+                            **{contract.ATTR_K: packed.K, contract.ATTR_N: packed.N, contract.ATTR_NNZ: packed.nnz,
+                               contract.ATTR_FORMAT: packed.format})
+    return finish_model([node], [x_input(packed.K)], inits, [(contract.DOMAIN, contract.OP_VERSION)])
 
 
 def dense_gemm_model(layer: Layer) -> onnx.ModelProto:
@@ -239,6 +205,7 @@ class Candidate:
     name: str
     run: Optional[Callable[[], np.ndarray]] = None  # one call, returns Y [M, N]
     problem: Optional[str] = None  # why it cannot be timed
+    weight: Optional[np.ndarray] = None  # the W it computes with, when not the layer's (int8: dequantized)
 
 
 def session(model: onnx.ModelProto, threads: int, forced_path: Optional[str] = None):
@@ -260,7 +227,8 @@ def session(model: onnx.ModelProto, threads: int, forced_path: Optional[str] = N
                 os.environ[PATH_ENV] = old
 
 
-def ort_candidate(name: str, build: Callable[[], tuple[object, dict]]) -> Candidate:
+def ort_candidate(name: str, build: Callable[[], tuple[object, dict]], weight: Optional[np.ndarray] = None
+                  ) -> Candidate:
     """A candidate run the way applications call onnxruntime from Python: InferenceSession.run with
     numpy inputs (its per-call cost is measured separately, see call_floor_us)."""
     try:
@@ -271,7 +239,7 @@ def ort_candidate(name: str, build: Callable[[], tuple[object, dict]]) -> Candid
     def run() -> np.ndarray:
         return sess.run(["Y"], feeds)[0]
 
-    return Candidate(name, run=run)
+    return Candidate(name, run=run, weight=weight)
 
 
 def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict, paths: Sequence[str] = ()) -> list[Candidate]:
@@ -282,23 +250,28 @@ def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict, p
 
     def ours():
         if OURS not in sessions:
-            sessions[OURS] = session(sparse_gemm_model(layer), threads)
+            sessions[OURS] = session(sparse_gemm_model(layer.csr), threads)
         return sessions[OURS], {"X": x}
+
+    def ours_int8():
+        if INT8 not in sessions:
+            sessions[INT8] = session(sparse_gemm_model(layer.int8), threads)
+        return sessions[INT8], {"X": x}
 
     def dense():
         if DENSE not in sessions:
             sessions[DENSE] = session(dense_gemm_model(layer), threads)
         return sessions[DENSE], {"X": x}
 
-    def int8():
-        if INT8 not in sessions:
-            sessions[INT8] = session(int8_dynamic_model(layer), threads)
-        return sessions[INT8], {"X": x}
+    def ort_int8():
+        if ORT_INT8 not in sessions:
+            sessions[ORT_INT8] = session(int8_dynamic_model(layer), threads)
+        return sessions[ORT_INT8], {"X": x}
 
     def forced(path: str):
         def build():
             if forced_name(path) not in sessions:
-                sessions[forced_name(path)] = session(sparse_gemm_model(layer), threads, forced_path=path)
+                sessions[forced_name(path)] = session(sparse_gemm_model(layer.csr), threads, forced_path=path)
             return sessions[forced_name(path)], {"X": x}
         return build
 
@@ -321,8 +294,9 @@ def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict, p
     def scipy_run() -> np.ndarray:
         return np.ascontiguousarray((wt_csr @ x.T).T)  # Y [M, N] row-major, like the others
 
-    return ([ort_candidate(OURS, ours), ort_candidate(DENSE, dense), ort_candidate(INT8, int8),
-             ort_candidate(S2D, s2d), Candidate(SCIPY, run=scipy_run)]
+    return ([ort_candidate(OURS, ours), ort_candidate(INT8, ours_int8, layer.int8.to_dense()),
+             ort_candidate(DENSE, dense), ort_candidate(ORT_INT8, ort_int8), ort_candidate(S2D, s2d),
+             Candidate(SCIPY, run=scipy_run)]
             + [ort_candidate(forced_name(p), forced(p)) for p in paths])
 
 
@@ -334,16 +308,17 @@ def verify(candidate: Candidate, x: np.ndarray, layer: Layer) -> None:
     """Marks the candidate unusable when its result differs from the float64 reference."""
     if candidate.run is None:
         return
-    expected = x.astype(np.float64) @ layer.weight.astype(np.float64)
+    weight = layer.weight if candidate.weight is None else candidate.weight
+    expected = x.astype(np.float64) @ weight.astype(np.float64)
     try:
         y = candidate.run()
     except Exception as exc:
         candidate.run, candidate.problem = None, f"run failed: {one_line(exc)}"
         return
-    scale = float((np.abs(x).astype(np.float64) @ np.abs(layer.weight).astype(np.float64)).max(initial=0.0))
+    scale = float((np.abs(x).astype(np.float64) @ np.abs(weight).astype(np.float64)).max(initial=0.0))
     tol = 1e-5 * float(np.abs(expected).max(initial=0.0)) + 4 * np.finfo(np.float32).eps * np.sqrt(layer.K) * scale
-    if candidate.name == INT8:  # quantized: close, not exact
-        tol = INT8_TOLERANCE * float(np.abs(expected).max(initial=0.0))
+    if candidate.name == ORT_INT8:  # quantized per call: close, not exact
+        tol = ORT_INT8_TOLERANCE * float(np.abs(expected).max(initial=0.0))
     if y.shape != expected.shape:
         candidate.run, candidate.problem = None, f"wrong shape {list(y.shape)}, expected {list(expected.shape)}"
     elif not np.all(np.abs(y - expected) <= tol):
@@ -354,31 +329,15 @@ def verify(candidate: Candidate, x: np.ndarray, layer: Layer) -> None:
 # ---------------------------------------------------------------------------- timing
 
 
-def time_calls(run: Callable[[], object], count: int) -> float:
-    """Seconds per call over `count` back-to-back calls."""
-    start = time.perf_counter()
-    for _ in range(count):
-        run()
-    return (time.perf_counter() - start) / count
-
-
-def calls_per_block(run: Callable[[], object], block_s: float) -> int:
-    single = min(time_calls(run, 1) for _ in range(3))
-    return int(min(10_000, max(1, block_s / max(single, 1e-7))))
-
-
 def time_candidates(candidates: Sequence[Candidate], *, rounds: int, warmup: int, block_s: float) -> dict:
-    """name -> {"us": median µs per call, "rounds": per-round seconds} for every runnable candidate."""
+    """name -> {"us": median µs per call, "rounds": per-round median seconds} for every runnable
+    candidate, timed in interleaved rounds by onnx_prune.timing."""
     live = [c for c in candidates if c.run is not None]
-    for c in live:
-        for _ in range(warmup):
-            c.run()
-    counts = {c.name: calls_per_block(c.run, block_s) for c in live}
-    per_round: dict[str, list[float]] = {c.name: [] for c in live}
-    for _ in range(rounds):
-        for c in live:
-            per_round[c.name].append(time_calls(c.run, counts[c.name]))
-    return {name: {"us": statistics.median(ts) * 1e6, "rounds": ts} for name, ts in per_round.items()}
+    if not live:
+        return {}
+    t = timing.time_interleaved([c.run for c in live], rounds=rounds, warmup=warmup, block_seconds=block_s)
+    return {c.name: {"us": t.seconds[i] * 1e6, "rounds": [r[i] for r in t.round_medians]}
+            for i, c in enumerate(live)}
 
 
 def ratio(timings: dict, other: str) -> Optional[float]:
@@ -490,9 +449,9 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
     console.print(f"machine: {machine['cpu']} · {machine['cores']} cores · SIMD {', '.join(machine['simd']) or 'none'}")
     console.print(f"onnxruntime {machine['onnxruntime']} · numpy {machine['numpy']} · scipy {machine['scipy']} · "
                   f"kernel ISA {machine['kernel_isa']}")
-    console.print(f"ours = {OURS} (this library, path chosen per call) · dense = onnxruntime {DENSE} · int8 = "
-                  f"onnxruntime quantize_dynamic of the dense layer (int8 weights; checked to "
-                  f"{INT8_TOLERANCE:.0%} of max |Y|) · s2d = onnxruntime com.microsoft.{S2D} (Wᵀ as a CSR "
+    console.print(f"ours = {OURS} (this library, csr fp32, path chosen per call) · int8 = the same weights in "
+                  f"csr_int8 · dense = onnxruntime {DENSE} · ort-int8 = onnxruntime quantize_dynamic of the dense layer (int8 weights; checked to "
+                  f"{ORT_INT8_TOLERANCE:.0%} of max |Y|) · s2d = onnxruntime com.microsoft.{S2D} (Wᵀ as a CSR "
                   f"sparse-tensor input, plus a Transpose to [M, N]) · scipy = {SCIPY} @ dense, in-process, "
                   f"single-threaded · ours\\[p] = {OURS} with {PATH_ENV}=p (is: input_stationary)")
     console.print(f"onnxruntime per-call floor (Identity model, 1 thread): {settings['call_floor_us']:.1f} µs · "

@@ -12,8 +12,7 @@ fi
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 flags=(-std=c++17 -O2 -Wall -Wextra -Werror -Wno-psabi -fPIC -I"$headers" -Icsrc)
-kernel_units=(csrc/kernels/scratch.cc csrc/kernels/dispatch.cc csrc/kernels/kernel_portable.cc csrc/formats/registry.cc
-              csrc/formats/csr.cc)
+kernel_units=(csrc/kernels/scratch.cc csrc/kernels/dispatch.cc csrc/kernels/kernel_portable.cc csrc/formats/*.cc)
 for f in "${kernel_units[@]}" csrc/op/sparse_gemm_op.cc csrc/op/register.cc; do
   aarch64-linux-gnu-g++ "${flags[@]}" -c "$f" -o "$out/$(basename "$f").o"
 done

@@ -37,7 +37,8 @@ inline bool forces_input_stationary(KernelPath path) {
   return path == KernelPath::kInputStationary || path == KernelPath::kInputStationaryRows;
 }
 
-inline bool choose_input_stationary(const CsrArrays& w, double max_fraction, int64_t nonzero_rows) {
+template <typename Val>
+bool choose_input_stationary(const CsrArraysOf<Val>& w, double max_fraction, int64_t nonzero_rows) {
   if (w.n_col_parts == 0) return false;
   if (w.forced_path != KernelPath::kAuto) return forces_input_stationary(w.forced_path);
   return static_cast<double>(nonzero_rows) < max_fraction * static_cast<double>(w.K);
@@ -68,8 +69,9 @@ inline int64_t nonzero_rows(const float* x, int64_t K, int64_t stride, int64_t w
 
 // ---------------------------------------------------------------- few rows
 
+template <typename Val>
 struct IsNarrowTask {
-  const CsrJob* g;
+  const CsrJob<Val>* g;
   const float* at;      // [K][kNarrowCols] copy of A' rows [r0, r0 + rows) (unused when M = 1)
   const int64_t* nz;    // the nonzero rows of W to visit
   int64_t n_nz;
@@ -80,9 +82,9 @@ struct IsNarrowTask {
 
 // One row m of A' (contiguous: M = 1, or A not transposed): Y[m][n] = sum over its nonzero inputs k
 // of A'[m][k] * W[k][n] for the outputs of range `part`, scattered into Y itself, then the epilogue.
-template <typename Out>
-void is_row_range(const CsrJob& g, const Out* out, int64_t part, int64_t m, const int64_t* nz, int64_t n_nz) {
-  const CsrArrays& w = g.w;
+template <typename Val, typename Out>
+void is_row_range(const CsrJob<Val>& g, const Out* out, int64_t part, int64_t m, const int64_t* nz, int64_t n_nz) {
+  const CsrArraysOf<Val>& w = g.w;
   const int64_t n0 = w.col_parts[part], n1 = w.col_parts[part + 1];
   const int64_t* ptr = w.col_ptr + part * (w.K + 1);
   const float* a = g.a + m * w.K;
@@ -94,21 +96,21 @@ void is_row_range(const CsrJob& g, const Out* out, int64_t part, int64_t m, cons
     const int64_t e = ptr[k + 1];
     int64_t j = ptr[k];
     for (; j + 4 <= e; j += 4) {
-      y[out[j]] += x * w.col_values[j];
-      y[out[j + 1]] += x * w.col_values[j + 1];
-      y[out[j + 2]] += x * w.col_values[j + 2];
-      y[out[j + 3]] += x * w.col_values[j + 3];
+      y[out[j]] += x * static_cast<float>(w.col_values[j]);
+      y[out[j + 1]] += x * static_cast<float>(w.col_values[j + 1]);
+      y[out[j + 2]] += x * static_cast<float>(w.col_values[j + 2]);
+      y[out[j + 3]] += x * static_cast<float>(w.col_values[j + 3]);
     }
-    for (; j < e; ++j) y[out[j]] += x * w.col_values[j];
+    for (; j < e; ++j) y[out[j]] += x * static_cast<float>(w.col_values[j]);
   }
   for (int64_t n = n0; n < n1; ++n) y[n] = finish(g, y[n], m, n);
 }
 
 // 2 <= rows <= 8: sums[n] (8 floats) += W[k][n] * At[k] over the group's nonzero k.
-template <typename Out>
-void is_narrow_range(const IsNarrowTask& t, const Out* out, int64_t part) {
-  const CsrJob& g = *t.g;
-  const CsrArrays& w = g.w;
+template <typename Val, typename Out>
+void is_narrow_range(const IsNarrowTask<Val>& t, const Out* out, int64_t part) {
+  const CsrJob<Val>& g = *t.g;
+  const CsrArraysOf<Val>& w = g.w;
   const int64_t n0 = w.col_parts[part], n1 = w.col_parts[part + 1];
   const int64_t* ptr = w.col_ptr + part * (w.K + 1);
   for (int64_t n = n0; n < n1; ++n) V8::store(t.acc + n * kNarrowCols, V8::zero());
@@ -117,7 +119,7 @@ void is_narrow_range(const IsNarrowTask& t, const Out* out, int64_t part) {
     const typename V8::reg x = V8::load(t.at + k * kNarrowCols);
     for (int64_t j = ptr[k]; j < ptr[k + 1]; ++j) {
       float* sum = t.acc + static_cast<int64_t>(out[j]) * kNarrowCols;
-      V8::store(sum, V8::fmadd(V8::set1(w.col_values[j]), x, V8::load(sum)));
+      V8::store(sum, V8::fmadd(V8::set1(static_cast<float>(w.col_values[j])), x, V8::load(sum)));
     }
   }
   for (int64_t n = n0; n < n1; ++n)
@@ -125,9 +127,10 @@ void is_narrow_range(const IsNarrowTask& t, const Out* out, int64_t part) {
       g.y[(t.r0 + r) * w.N + n] = finish(g, t.acc[n * kNarrowCols + r], t.r0 + r, n);
 }
 
-inline void is_narrow_task(void* data, size_t part) {
-  const IsNarrowTask& t = *static_cast<const IsNarrowTask*>(data);
-  const CsrArrays& w = t.g->w;
+template <typename Val>
+void is_narrow_task(void* data, size_t part) {
+  const IsNarrowTask<Val>& t = *static_cast<const IsNarrowTask<Val>*>(data);
+  const CsrArraysOf<Val>& w = t.g->w;
   const int64_t p = static_cast<int64_t>(part);
   if (t.g->M == 1) {
     if (w.col_out16) is_row_range(*t.g, w.col_out16, p, 0, t.nz, t.n_nz);
@@ -140,15 +143,16 @@ inline void is_narrow_task(void* data, size_t part) {
 // Runs the group [r0, r0 + rows) input-stationary when the cost model (or ONNX_PRUNE_PATH) says
 // so; false leaves it to the output-stationary loop. `at` is the group's copy of A' (M > 1), `nz`
 // and `acc` scratch of K ints and N x 8 floats.
-inline bool try_input_stationary_group(const CsrJob& g, const float* at, int64_t r0, int64_t rows, int64_t* nz,
+template <typename Val>
+bool try_input_stationary_group(const CsrJob<Val>& g, const float* at, int64_t r0, int64_t rows, int64_t* nz,
                                        float* acc, const ParallelRunner& parallel) {
   if (g.w.forced_path == KernelPath::kGemv || g.w.n_col_parts == 0) return false;
   const int64_t n_nz = g.M == 1 ? nonzero_rows(g.a, g.w.K, 1, 1, g.w.skip_zeros, nz)
                                 : nonzero_rows(at, g.w.K, kNarrowCols, kNarrowCols, g.w.skip_zeros, nz);
   const double max_fraction = g.M == 1 ? kIsMaxFractionGemv : kIsMaxFractionNarrow;
   if (!choose_input_stationary(g.w, max_fraction, n_nz)) return false;
-  IsNarrowTask task{&g, at, nz, n_nz, acc, r0, rows};
-  parallel(is_narrow_task, static_cast<size_t>(g.w.n_col_parts), &task);
+  IsNarrowTask<Val> task{&g, at, nz, n_nz, acc, r0, rows};
+  parallel(is_narrow_task<Val>, static_cast<size_t>(g.w.n_col_parts), &task);
   return true;
 }
 
@@ -157,22 +161,25 @@ inline bool try_input_stationary_group(const CsrJob& g, const float* at, int64_t
 // scattered), each row of A' runs the scalar input-stationary scatter on its own nonzero inputs:
 // the cost is that of its nonzero inputs' weights only, where the batched paths pay for every weight.
 
+template <typename Val>
 struct IsRowsTask {
-  const CsrJob* g;
+  const CsrJob<Val>* g;
   int64_t* nz;    // [M][K]: row m's nonzero inputs
   int64_t* n_nz;  // [M]
 };
 
-inline void is_rows_scan_task(void* data, size_t m) {
-  const IsRowsTask& t = *static_cast<const IsRowsTask*>(data);
-  const CsrJob& g = *t.g;
+template <typename Val>
+void is_rows_scan_task(void* data, size_t m) {
+  const IsRowsTask<Val>& t = *static_cast<const IsRowsTask<Val>*>(data);
+  const CsrJob<Val>& g = *t.g;
   const int64_t K = g.w.K, row = static_cast<int64_t>(m);
   t.n_nz[row] = nonzero_rows(g.a + row * K, K, 1, 1, g.w.skip_zeros, t.nz + row * K);
 }
 
-inline void is_rows_task(void* data, size_t part) {
-  const IsRowsTask& t = *static_cast<const IsRowsTask*>(data);
-  const CsrJob& g = *t.g;
+template <typename Val>
+void is_rows_task(void* data, size_t part) {
+  const IsRowsTask<Val>& t = *static_cast<const IsRowsTask<Val>*>(data);
+  const CsrJob<Val>& g = *t.g;
   for (int64_t m = 0; m < g.M; ++m) {
     const int64_t* nz = t.nz + m * g.w.K;
     if (g.w.col_out16) {
@@ -192,8 +199,9 @@ inline int64_t count_nonzero(const float* x, int64_t count) {
 
 // True when the row-by-row path should run: forced, or (auto) when the first rows of A' (up to 8,
 // the sample the cost model reads) hold few enough nonzero inputs (kIsMaxFractionRows*).
-inline bool choose_rows_path(const CsrJob& g) {
-  const CsrArrays& w = g.w;
+template <typename Val>
+bool choose_rows_path(const CsrJob<Val>& g) {
+  const CsrArraysOf<Val>& w = g.w;
   if (w.n_col_parts == 0 || (g.trans_a && g.M > 1) || g.M < 2) return false;
   if (w.forced_path != KernelPath::kAuto) return w.forced_path == KernelPath::kInputStationaryRows;
   if (!w.skip_zeros) return false;
@@ -202,24 +210,25 @@ inline bool choose_rows_path(const CsrJob& g) {
   return static_cast<double>(count_nonzero(g.a, rows * w.K)) < max_fraction * static_cast<double>(rows * w.K);
 }
 
-inline void run_rows(const CsrJob& g, const ParallelRunner& parallel) {
+template <typename Val>
+void run_rows(const CsrJob<Val>& g, const ParallelRunner& parallel) {
   Scratch ints(g.scratch, static_cast<size_t>(2 * (g.M * g.w.K + g.M)));  // int64
   int64_t* nz = reinterpret_cast<int64_t*>(ints.p);
-  IsRowsTask task{&g, nz, nz + g.M * g.w.K};
-  parallel(is_rows_scan_task, static_cast<size_t>(g.M), &task);
-  parallel(is_rows_task, static_cast<size_t>(g.w.n_col_parts), &task);
+  IsRowsTask<Val> task{&g, nz, nz + g.M * g.w.K};
+  parallel(is_rows_scan_task<Val>, static_cast<size_t>(g.M), &task);
+  parallel(is_rows_task<Val>, static_cast<size_t>(g.w.n_col_parts), &task);
 }
 
 // ---------------------------------------------------------------- tiled
 
 // Output range `part` of one tile: sums[n][0..NP*16) = sum of W[k][n] * tile[k] over the tile's
 // nonzero rows k. `acc` is the tile's [N][kTileCols] sums; the caller writes them to Y.
-template <int NP, typename Out>
-void is_tile_range(const CsrJob& g, const Out* out, const float* tile, const int64_t* nz, int64_t n_nz,
+template <int NP, typename Val, typename Out>
+void is_tile_range(const CsrJob<Val>& g, const Out* out, const float* tile, const int64_t* nz, int64_t n_nz,
                    float* acc, int64_t part) {
   constexpr int NV = NP * kPanel / V::W;
   constexpr int64_t stride = NP * kPanel;
-  const CsrArrays& w = g.w;
+  const CsrArraysOf<Val>& w = g.w;
   const int64_t n0 = w.col_parts[part], n1 = w.col_parts[part + 1];
   const int64_t* ptr = w.col_ptr + part * (w.K + 1);
   for (int64_t n = n0; n < n1; ++n)
@@ -231,14 +240,14 @@ void is_tile_range(const CsrJob& g, const Out* out, const float* tile, const int
     for (int v = 0; v < NV; ++v) x[v] = V::load(row + v * V::W);
     for (int64_t j = ptr[k]; j < ptr[k + 1]; ++j) {
       float* sum = acc + static_cast<int64_t>(out[j]) * kTileCols;
-      const typename V::reg wv = V::set1(w.col_values[j]);
+      const typename V::reg wv = V::set1(static_cast<float>(w.col_values[j]));
       for (int v = 0; v < NV; ++v) V::store(sum + v * V::W, V::fmadd(wv, x[v], V::load(sum + v * V::W)));
     }
   }
 }
 
-template <typename Out>
-void is_tile_range_of_width(const CsrJob& g, const Out* out, const float* tile, const int64_t* nz, int64_t n_nz,
+template <typename Val, typename Out>
+void is_tile_range_of_width(const CsrJob<Val>& g, const Out* out, const float* tile, const int64_t* nz, int64_t n_nz,
                             float* acc, int64_t part, int64_t width) {
   if (round_up(width, kPanel) == kPanel) {
     is_tile_range<1>(g, out, tile, nz, n_nz, acc, part);

@@ -15,7 +15,7 @@ using V8 = Avx2Vec;  // the few-rows strategy works on 8 floats too
 #include "kernel_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 
-const KernelTable kTable{"avx2", &csr_gemm, &has_non_finite};
+const KernelTable kTable{"avx2", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite};
 
 }  // namespace isa_avx2
 }  // namespace onnx_prune

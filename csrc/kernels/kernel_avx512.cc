@@ -26,7 +26,7 @@ using V8 = Avx2Vec;
 #include "kernel_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 
-const KernelTable kTable{"avx512", &csr_gemm, &has_non_finite};
+const KernelTable kTable{"avx512", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite};
 
 }  // namespace isa_avx512
 }  // namespace onnx_prune

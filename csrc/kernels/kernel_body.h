@@ -33,16 +33,20 @@ struct Scratch {
   Scratch& operator=(const Scratch&) = delete;
 };
 
-// The CSR kernels' arguments: the generic ones plus the weight.
+// The CSR kernels' arguments: the generic ones plus the weight (values held as `Val`).
+template <typename Val>
 struct CsrJob : GemmArgs {
-  CsrArrays w;
+  CsrArraysOf<Val> w;
 };
 
 inline float bias_at(const BiasView& c, int64_t m, int64_t n) {
   return c.data[(c.rows == 1 ? 0 : m) * c.cols + (c.cols == 1 ? 0 : n)];
 }
 
-inline float finish(const CsrJob& g, float acc, int64_t m, int64_t n) {
+// alpha * scale_n * acc + beta * C, then the activation: the epilogue of output (m, n).
+template <typename Val>
+inline float finish(const CsrJob<Val>& g, float acc, int64_t m, int64_t n) {
+  if (g.w.scales) acc *= g.w.scales[n];
   const float y = g.bias.data ? g.alpha * acc + g.beta * bias_at(g.bias, m, n) : g.alpha * acc;
   return g.relu && y < 0.f ? 0.f : y;  // NaN passes through, as in onnxruntime's Relu
 }
@@ -69,18 +73,18 @@ inline void transpose_block(const float* src, int64_t src_stride, float* dst, in
 
 // sum_j values[j] * x[idx[j]] in eight independent scalar chains (hardware gathers measured slower:
 // each product needs three loads either way).
-template <typename Idx>
-inline float sparse_dot(const float* values, const Idx* idx, int64_t count, const float* x) {
+template <typename Val, typename Idx>
+inline float sparse_dot(const Val* values, const Idx* idx, int64_t count, const float* x) {
   float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   int64_t j = 0;
   for (; j + 8 <= count; j += 8)
-    for (int u = 0; u < 8; ++u) s[u] += values[j + u] * x[idx[j + u]];
-  for (; j < count; ++j) s[0] += values[j] * x[idx[j]];
+    for (int u = 0; u < 8; ++u) s[u] += static_cast<float>(values[j + u]) * x[idx[j + u]];
+  for (; j < count; ++j) s[0] += static_cast<float>(values[j]) * x[idx[j]];
   return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
-template <typename Idx>
-inline float row_dot(const float* values, const Idx* idx, int64_t count, const float* x) {
+template <typename Val, typename Idx>
+inline float row_dot(const Val* values, const Idx* idx, int64_t count, const float* x) {
 #ifdef ONNX_PRUNE_HAVE_X86_HELPERS
   return vector_row_dot(values, idx, count, x);
 #else
@@ -88,15 +92,16 @@ inline float row_dot(const float* values, const Idx* idx, int64_t count, const f
 #endif
 }
 
+template <typename Val>
 struct NarrowTask {
-  const CsrJob* g;
+  const CsrJob<Val>* g;
   const float* at;  // [K][kNarrowCols]: rows [r0, r0 + rows) of A'
   int64_t r0;
   int64_t rows;
 };
 
-template <typename Idx>
-inline typename V8::reg narrow_dot(const float* values, const Idx* idx, int64_t count, const float* at) {
+template <typename Val, typename Idx>
+inline typename V8::reg narrow_dot(const Val* values, const Idx* idx, int64_t count, const float* at) {
   typename V8::reg s0 = V8::zero(), s1 = V8::zero(), s2 = V8::zero(), s3 = V8::zero();
   int64_t j = 0;
   for (; j + 4 <= count; j += 4) {
@@ -110,9 +115,9 @@ inline typename V8::reg narrow_dot(const float* values, const Idx* idx, int64_t 
   return V8::add(V8::add(s0, s1), V8::add(s2, s3));
 }
 
-template <typename Idx>
-void narrow_range(const NarrowTask& t, const Idx* idx, int64_t n0, int64_t n1) {
-  const CsrJob& g = *t.g;
+template <typename Val, typename Idx>
+void narrow_range(const NarrowTask<Val>& t, const Idx* idx, int64_t n0, int64_t n1) {
+  const CsrJob<Val>& g = *t.g;
   const int64_t N = g.w.N;
   alignas(32) float out[kNarrowCols];
   for (int64_t n = n0; n < n1; ++n) {
@@ -126,9 +131,10 @@ void narrow_range(const NarrowTask& t, const Idx* idx, int64_t n0, int64_t n1) {
   }
 }
 
-inline void narrow_task(void* data, size_t p) {
-  const NarrowTask& t = *static_cast<const NarrowTask*>(data);
-  const CsrArrays& w = t.g->w;
+template <typename Val>
+void narrow_task(void* data, size_t p) {
+  const NarrowTask<Val>& t = *static_cast<const NarrowTask<Val>*>(data);
+  const CsrArraysOf<Val>& w = t.g->w;
   const int64_t n0 = w.parts[p], n1 = w.parts[p + 1];
   if (w.idx16) {
     narrow_range(t, w.idx16, n0, n1);
@@ -139,8 +145,9 @@ inline void narrow_task(void* data, size_t p) {
 
 // ---------------------------------------------------------------- many rows: tiled SpMM
 
+template <typename Val>
 struct TiledTask {
-  const CsrJob* g;
+  const CsrJob<Val>* g;
   float* tiles;        // n_tiles blocks of [K][kTileCols] floats (a tile of width wp uses [K][wp])
   float* acc;          // n_tiles blocks of [acc_rows][kTileCols] sums (A' W)^T
   int64_t acc_rows;    // >= N (2 * n_pairs for the pair layout)
@@ -153,7 +160,8 @@ struct TiledTask {
   int64_t n_os;
 };
 
-inline int64_t tile_width(const CsrJob& g, int64_t tile) {
+template <typename Val>
+inline int64_t tile_width(const CsrJob<Val>& g, int64_t tile) {
   return min64(kTileCols, g.M - tile * kTileCols);
 }
 
@@ -167,10 +175,11 @@ inline int64_t tile_rows(int64_t K) { return ((K + kKBlock - 1) / kKBlock) * kKB
 
 // Rows of A' in groups of 8 (one group, or none to copy for M = 1, in the common case); each group
 // runs input-stationary when its inputs are zero enough (input_stationary_body.h), else per output.
-inline void run_narrow(const CsrJob& g, const ParallelRunner& parallel) {
+template <typename Val>
+void run_narrow(const CsrJob<Val>& g, const ParallelRunner& parallel) {
   const int64_t K = g.w.K, M = g.M;
-  Scratch at(g.scratch, M > 1 ? static_cast<size_t>(K * kNarrowCols) : 0);
   const bool columns = g.w.n_col_parts > 0;  // the input-stationary path is possible
+  Scratch at(g.scratch, M > 1 ? static_cast<size_t>(K * kNarrowCols) : 0);
   Scratch nz(g.scratch, columns ? static_cast<size_t>(K * 2) : 0);  // K int64
   Scratch acc(g.scratch, columns && M > 1 ? static_cast<size_t>(g.w.N * kNarrowCols) : 0);
   for (int64_t r0 = 0; r0 < M; r0 += kNarrowCols) {
@@ -181,14 +190,15 @@ inline void run_narrow(const CsrJob& g, const ParallelRunner& parallel) {
         row[r] = r < rows ? (g.trans_a ? g.a[k * M + r0 + r] : g.a[(r0 + r) * K + k]) : 0.f;
     }
     if (try_input_stationary_group(g, at.p, r0, rows, reinterpret_cast<int64_t*>(nz.p), acc.p, parallel)) continue;
-    NarrowTask task{&g, at.p, r0, rows};
-    parallel(narrow_task, static_cast<size_t>(g.w.n_parts), &task);
+    NarrowTask<Val> task{&g, at.p, r0, rows};
+    parallel(narrow_task<Val>, static_cast<size_t>(g.w.n_parts), &task);
   }
 }
 
 // Copies columns [m0, m0 + w) of A' into the tile rows of W's rows [k0, k1) (k0 a multiple of
 // kKBlock), zero-padding to a multiple of 16 columns and writing the zero row after each block.
-inline void pack_tile_rows(const CsrJob& g, float* tile, int64_t m0, int64_t w, int64_t k0, int64_t k1) {
+template <typename Val>
+void pack_tile_rows(const CsrJob<Val>& g, float* tile, int64_t m0, int64_t w, int64_t k0, int64_t k1) {
   const int64_t K = g.w.K, wp = round_up(w, kPanel);
   if (g.trans_a) {
     for (int64_t k = k0; k < k1; ++k) {
@@ -213,9 +223,10 @@ inline void pack_tile_rows(const CsrJob& g, float* tile, int64_t m0, int64_t w, 
   }
 }
 
-inline void pack_task(void* data, size_t i) {
-  const TiledTask& t = *static_cast<const TiledTask*>(data);
-  const CsrJob& g = *t.g;
+template <typename Val>
+void pack_task(void* data, size_t i) {
+  const TiledTask<Val>& t = *static_cast<const TiledTask<Val>*>(data);
+  const CsrJob<Val>& g = *t.g;
   const int64_t tile = static_cast<int64_t>(i) / t.n_kchunks;
   const int64_t chunk = static_cast<int64_t>(i) % t.n_kchunks;
   const int64_t k0 = chunk * kPackKChunk, k1 = min64(g.w.K, k0 + kPackKChunk);
@@ -283,8 +294,8 @@ inline void spmm_pair(const float* values, const uint8_t* rows, int64_t steps, c
 }
 
 // Output pairs [p0, p1) of one tile: block by block of W's rows, every pair takes its share.
-template <int NP>
-void spmm_range(const CsrArrays& w, const float* tile, float* acc, int64_t p0, int64_t p1) {
+template <int NP, typename Val>
+void spmm_range(const CsrArraysOf<Val>& w, const float* tile, float* acc, int64_t p0, int64_t p1) {
   constexpr int64_t stride = NP * kPanel;
   for (int64_t b = 0; b < w.n_kblocks; ++b) {
     const float* block = tile + b * kKBlockRows * stride;
@@ -304,21 +315,23 @@ void spmm_range(const CsrArrays& w, const float* tile, float* acc, int64_t p0, i
 
 // Y[m0 + i][n] = alpha * acc[n][i] + beta * C: transposed 8 x 8 blocks at a time, then the
 // epilogue runs along contiguous Y rows.
-inline void write_outputs(const CsrJob& g, const float* acc, int64_t m0, int64_t w, int64_t n0, int64_t n1) {
+template <typename Val>
+void write_outputs(const CsrJob<Val>& g, const float* acc, int64_t m0, int64_t w, int64_t n0, int64_t n1) {
   const int64_t N = g.w.N;
   for (int64_t n = n0; n < n1; n += 8)
     for (int64_t i = 0; i < w; i += 8)
       transpose_block(acc + n * kTileCols + i, kTileCols, g.y + (m0 + i) * N + n, N, min64(8, n1 - n), min64(8, w - i));
-  if (g.bias.data == nullptr && g.alpha == 1.f && !g.relu) return;
+  if (g.bias.data == nullptr && g.alpha == 1.f && !g.relu && g.w.scales == nullptr) return;
   for (int64_t i = 0; i < w; ++i) {
     float* yrow = g.y + (m0 + i) * N;
     for (int64_t n = n0; n < n1; ++n) yrow[n] = finish(g, yrow[n], m0 + i, n);
   }
 }
 
-inline void spmm_task(void* data, size_t i) {
-  const TiledTask& t = *static_cast<const TiledTask*>(data);
-  const CsrJob& g = *t.g;
+template <typename Val>
+void spmm_task(void* data, size_t i) {
+  const TiledTask<Val>& t = *static_cast<const TiledTask<Val>*>(data);
+  const CsrJob<Val>& g = *t.g;
   const int64_t parts = g.w.n_parts;
   const int64_t tile = t.order[static_cast<int64_t>(i) / parts], p = static_cast<int64_t>(i) % parts;
   const float* tile_data = t.tiles + tile * tile_rows(g.w.K) * kTileCols;
@@ -335,9 +348,10 @@ inline void spmm_task(void* data, size_t i) {
 }
 
 // One (input-stationary tile, output range) task.
-inline void is_tile_task(void* data, size_t i) {
-  const TiledTask& t = *static_cast<const TiledTask*>(data);
-  const CsrJob& g = *t.g;
+template <typename Val>
+void is_tile_task(void* data, size_t i) {
+  const TiledTask<Val>& t = *static_cast<const TiledTask<Val>*>(data);
+  const CsrJob<Val>& g = *t.g;
   const int64_t parts = g.w.n_col_parts;
   const int64_t tile = t.order[t.n_os + static_cast<int64_t>(i) / parts], p = static_cast<int64_t>(i) % parts;
   const float* tile_data = t.tiles + tile * tile_rows(g.w.K) * kTileCols;
@@ -354,8 +368,9 @@ inline void is_tile_task(void* data, size_t i) {
 
 // Compacts each tile's row flags to its list of nonzero rows and orders the tiles by the path the
 // cost model (or ONNX_PRUNE_PATH) picks for them.
-inline void choose_tile_paths(TiledTask& t) {
-  const CsrArrays& w = t.g->w;
+template <typename Val>
+void choose_tile_paths(TiledTask<Val>& t) {
+  const CsrArraysOf<Val>& w = t.g->w;
   int64_t n_os = 0, n_is = 0;
   for (int64_t tile = 0; tile < t.n_tiles; ++tile) {
     int64_t* rows = t.nz + tile * w.K;
@@ -373,7 +388,8 @@ inline void choose_tile_paths(TiledTask& t) {
   t.n_os = n_os;
 }
 
-inline void run_tiled(const CsrJob& g, const ParallelRunner& parallel) {
+template <typename Val>
+void run_tiled(const CsrJob<Val>& g, const ParallelRunner& parallel) {
   const int64_t n_tiles = (g.M + kTileCols - 1) / kTileCols;
   const int64_t n_kchunks = (g.w.K + kPackKChunk - 1) / kPackKChunk;
   const int64_t acc_rows = 2 * g.w.n_pairs > g.w.N ? 2 * g.w.n_pairs : g.w.N;
@@ -381,22 +397,24 @@ inline void run_tiled(const CsrJob& g, const ParallelRunner& parallel) {
   Scratch acc(g.scratch, static_cast<size_t>(n_tiles * acc_rows * kTileCols));
   Scratch ints(g.scratch, static_cast<size_t>(2 * (n_tiles * g.w.K + 2 * n_tiles)));  // int64
   int64_t* nz = reinterpret_cast<int64_t*>(ints.p);
-  TiledTask task{&g, tiles.p, acc.p, acc_rows, n_tiles, n_kchunks, nz, nz + n_tiles * g.w.K,
-                 nz + n_tiles * g.w.K + n_tiles, 0};
-  parallel(pack_task, static_cast<size_t>(n_tiles * n_kchunks), &task);
+  TiledTask<Val> task{&g, tiles.p, acc.p, acc_rows, n_tiles, n_kchunks, nz, nz + n_tiles * g.w.K,
+                      nz + n_tiles * g.w.K + n_tiles, 0};
+  parallel(pack_task<Val>, static_cast<size_t>(n_tiles * n_kchunks), &task);
   choose_tile_paths(task);
-  parallel(spmm_task, static_cast<size_t>(task.n_os * g.w.n_parts), &task);
-  parallel(is_tile_task, static_cast<size_t>((n_tiles - task.n_os) * g.w.n_col_parts), &task);
+  parallel(spmm_task<Val>, static_cast<size_t>(task.n_os * g.w.n_parts), &task);
+  parallel(is_tile_task<Val>, static_cast<size_t>((n_tiles - task.n_os) * g.w.n_col_parts), &task);
 }
 
 // ---------------------------------------------------------------- entry point
 
-inline void fill_bias_only(const CsrJob& g) {
+template <typename Val>
+void fill_bias_only(const CsrJob<Val>& g) {
   for (int64_t m = 0; m < g.M; ++m)
     for (int64_t n = 0; n < g.w.N; ++n) g.y[m * g.w.N + n] = finish(g, 0.f, m, n);
 }
 
-inline void csr_gemm_job(const CsrJob& g, const ParallelRunner& parallel) {
+template <typename Val>
+void csr_gemm_job(const CsrJob<Val>& g, const ParallelRunner& parallel) {
   if (g.M == 0 || g.w.N == 0) return;
   if (g.w.K == 0 || g.w.row_ptr[g.w.N] == 0) {
     fill_bias_only(g);
@@ -418,8 +436,9 @@ inline void csr_gemm_job(const CsrJob& g, const ParallelRunner& parallel) {
   }
 }
 
-inline void csr_gemm(const CsrArrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
-  CsrJob job;
+template <typename Val>
+void csr_gemm_of(const CsrArraysOf<Val>& w, const GemmArgs& args, const ParallelRunner& parallel) {
+  CsrJob<Val> job;
   static_cast<GemmArgs&>(job) = args;
   job.w = w;
   csr_gemm_job(job, parallel);

@@ -42,7 +42,7 @@ struct V8 {
 #include "kernel_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 
-const KernelTable kTable{"portable", &csr_gemm, &has_non_finite};
+const KernelTable kTable{"portable", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite};
 
 }  // namespace isa_portable
 }  // namespace onnx_prune

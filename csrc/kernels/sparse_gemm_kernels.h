@@ -31,26 +31,30 @@ struct BiasView {
   int64_t cols = 0;
 };
 
-// W (K x N) as CSR of W^T, in plain pointers (formats/csr.h owns the storage, PackedCsr, and
-// documents the layout). The ISA translation units see only this (no std:: templates there, so no
-// inline function compiled with AVX-512 flags can be merged into code run on older CPUs).
-struct CsrArrays {
+// W (K x N) as CSR of W^T, in plain pointers (formats/csr_layout.h owns the storage, PackedCsrOf,
+// and documents the layout). The ISA translation units see only this (no std:: templates there, so
+// no inline function compiled with AVX-512 flags can be merged into code run on older CPUs). `Val`
+// is the type the weights are held in; with `scales`, output n's sums are multiplied by scales[n]
+// (weights stored as integers times a per-output scale).
+template <typename Val>
+struct CsrArraysOf {
   int64_t K = 0;
   int64_t N = 0;
-  const float* values = nullptr;
+  const Val* values = nullptr;
+  const float* scales = nullptr;    // [N], or nullptr: none
   const uint16_t* idx16 = nullptr;  // exactly one of idx16 / idx32 is set
   const int32_t* idx32 = nullptr;
   const int64_t* row_ptr = nullptr;
   const int64_t* parts = nullptr;
   int64_t n_parts = 0;
-  const float* block_values = nullptr;
+  const float* block_values = nullptr;  // fp32 whatever Val is (csr_layout.h)
   const uint8_t* block_rows = nullptr;
   const int64_t* block_ptr = nullptr;
   int64_t n_kblocks = 0;
   int64_t n_pairs = 0;
   bool blocked = false;
-  // Input-stationary layout (PackedCsr::col_*): CSC of W cut into output ranges.
-  const float* col_values = nullptr;
+  // Input-stationary layout (PackedCsrOf::col_*): CSC of W cut into output ranges.
+  const Val* col_values = nullptr;
   const uint16_t* col_out16 = nullptr;  // exactly one of col_out16 / col_out32 is set
   const int32_t* col_out32 = nullptr;
   const int64_t* col_ptr = nullptr;
@@ -59,6 +63,9 @@ struct CsrArrays {
   bool skip_zeros = true;  // false: a stored weight is non-finite, so every row must be visited
   KernelPath forced_path = KernelPath::kAuto;
 };
+
+using CsrArrays = CsrArraysOf<float>;
+using CsrInt8Arrays = CsrArraysOf<int8_t>;  // int8 weights, scales set (format csr_int8)
 
 // Per-Run scratch memory. The op glue backs it with onnxruntime's allocator (an arena that reuses
 // memory, where fresh pages would cost a page fault each call); without one, aligned_alloc.
@@ -100,6 +107,9 @@ struct KernelTable {
   // Y = act(alpha * A' W + beta * C) over the stored entries of W only (see formats/non_finite.h
   // for the rows where that differs from the dense product).
   void (*csr_gemm)(const CsrArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
+  // The same for int8 weights: each product widens the weight to fp32 in registers, and output n's
+  // sum is multiplied by scales[n] before alpha.
+  void (*csr_int8_gemm)(const CsrInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel);
   // True when x[0..count) holds an inf or a NaN (a vectorised scan, cheap next to any product).
   bool (*has_non_finite)(const float* x, int64_t count);
 };

@@ -59,19 +59,26 @@ inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
 }
 
-template <typename Idx>
-inline float vector_row_dot(const float* values, const Idx* idx, int64_t count, const float* x) {
+// Eight stored weights as floats.
+inline __m256 load_values8(const float* values) { return _mm256_loadu_ps(values); }
+inline __m256 load_values8(const int8_t* values) {
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(values));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+}
+
+template <typename Val, typename Idx>
+inline float vector_row_dot(const Val* values, const Idx* idx, int64_t count, const float* x) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 16 <= count; j += 16) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j), gather8(x, idx + j), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j + 8), gather8(x, idx + j + 8), a1);
+    a0 = _mm256_fmadd_ps(load_values8(values + j), gather8(x, idx + j), a0);
+    a1 = _mm256_fmadd_ps(load_values8(values + j + 8), gather8(x, idx + j + 8), a1);
   }
   if (j + 8 <= count) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j), gather8(x, idx + j), a0);
+    a0 = _mm256_fmadd_ps(load_values8(values + j), gather8(x, idx + j), a0);
     j += 8;
   }
   float tail = 0.f;
-  for (; j < count; ++j) tail += values[j] * x[idx[j]];
+  for (; j < count; ++j) tail += static_cast<float>(values[j]) * x[idx[j]];
   return hsum8(_mm256_add_ps(a0, a1)) + tail;
 }

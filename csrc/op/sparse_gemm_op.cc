@@ -21,10 +21,10 @@ namespace onnx_prune {
 namespace {
 
 // Inputs: A, then the format's weight tensors, then the optional bias C. The schema declares room
-// for the largest format (kMaxInputs); a format with fewer tensors moves C forward.
+// for formats of up to four tensors (kMaxInputs); a format with fewer tensors moves C forward.
 constexpr size_t kA = 0;
 constexpr size_t kFirstWeight = 1;
-constexpr size_t kMaxInputs = 5;
+constexpr size_t kMaxInputs = 6;
 
 struct Kernel {
   const OrtApi* api = nullptr;
@@ -488,7 +488,7 @@ OrtStatus* compute(Kernel* k, OrtKernelContext* context) {
   const OrtApi* api = k->api;
   size_t n_inputs = 0;
   OP_RETURN_IF_ERROR(api->KernelContext_GetInputCount(context, &n_inputs));
-  const OrtValue* inputs[kMaxInputs] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+  const OrtValue* inputs[kMaxInputs] = {};
   for (size_t i = 0; i < n_inputs && i < kMaxInputs; ++i)
     OP_RETURN_IF_ERROR(api->KernelContext_GetInput(context, i, &inputs[i]));
   const OrtValue* c_input = k->c_index() < kMaxInputs ? inputs[k->c_index()] : nullptr;

@@ -32,14 +32,14 @@ class PackedWeight(ABC):
         """The format's tensors in the order of ``SparseFormat.tensor_names``."""
 
     @property
-    @abstractmethod
     def nnz(self) -> int:
-        """Number of stored weights."""
+        """Number of stored weights: the length of the first tensor, the values, in every format."""
+        return int(self.tensors[0].shape[0])
 
     @property
-    @abstractmethod
     def values_dtype(self) -> np.dtype:
-        """The dtype the weights themselves are stored in."""
+        """The dtype the weights themselves are stored in (the first tensor's)."""
+        return self.tensors[0].dtype
 
     @property
     def nbytes(self) -> int:
@@ -61,7 +61,7 @@ class SparseFormat(ABC):
 
     name: str                                   # the ``format`` attribute's value
     tensor_names: tuple[str, ...]               # the node inputs after A, in order
-    value_types: Mapping[str, np.dtype]         # --values choice -> stored dtype ("fp32" first)
+    value_types: Mapping[str, np.dtype]         # --values choices it serves -> stored dtype
     description: str                            # one sentence on the layout, for netron / docs
     input_docs: Sequence[tuple[str, str, str]]  # (input name, type parameter, description)
     type_constraints: Sequence[tuple[str, Sequence[str], str]]  # (type parameter, onnx types, description)
@@ -89,15 +89,35 @@ class SparseFormat(ABC):
         (its inputs are named ``tensor_names``; K and N are attributes); returns W's name."""
 
 
+def keep_mask(weight: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The entries ``pack`` keeps: ``mask``, or the non-zeros of ``weight`` without one (shapes checked)."""
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-D [K, N], got shape {list(weight.shape)}")
+    keep = weight != 0 if mask is None else np.asarray(mask, dtype=bool)
+    if keep.shape != weight.shape:
+        raise ValueError(f"mask shape {list(keep.shape)} != weight shape {list(weight.shape)}")
+    return keep
+
+
 _REGISTRY: dict[str, SparseFormat] = {}
 
 
 def register(fmt: SparseFormat) -> SparseFormat:
-    """Add ``fmt`` to the registry (one name, one format)."""
+    """Add ``fmt`` to the registry (one name, one format; one --values choice, one format)."""
     if fmt.name in _REGISTRY:
         raise ValueError(f"format '{fmt.name}' is registered twice")
+    for choice in fmt.value_types:
+        if choice in value_choices():
+            raise ValueError(f"--values {choice} is declared by formats '{value_choices()[choice][0].name}' "
+                             f"and '{fmt.name}'")
     _REGISTRY[fmt.name] = fmt
     return fmt
+
+
+def value_choices() -> dict[str, tuple[SparseFormat, np.dtype]]:
+    """Every --values choice -> (the format that declares it, the dtype it stores), in registration
+    order: the CLI's choices and the format a prune writes come from here."""
+    return {choice: (fmt, np.dtype(dtype)) for fmt in _REGISTRY.values() for choice, dtype in fmt.value_types.items()}
 
 
 def names() -> tuple[str, ...]:
@@ -118,3 +138,4 @@ def get(name: str) -> SparseFormat:
 
 
 from . import csr  # noqa: E402,F401  (registers itself)
+from . import csr_int8  # noqa: E402,F401  (registers itself)

@@ -15,7 +15,7 @@ from onnx import AttributeProto, TensorProto, numpy_helper
 
 from ...errors import OnnxPruneError
 from .. import contract
-from . import PackedWeight, SparseFormat, register
+from . import PackedWeight, SparseFormat, keep_mask, register
 
 if TYPE_CHECKING:
     from ...fallback import FunctionBody
@@ -42,14 +42,6 @@ class CsrWeight(PackedWeight):
     def tensors(self) -> tuple[np.ndarray, ...]:
         return (self.values, self.indices, self.offsets)
 
-    @property
-    def nnz(self) -> int:
-        return int(self.values.shape[0])
-
-    @property
-    def values_dtype(self) -> np.dtype:
-        return self.values.dtype
-
 
 def index_dtype_for(K: int) -> np.dtype:
     """uint16 indices halve index traffic whenever K fits; int32 otherwise."""
@@ -68,11 +60,7 @@ def dense_to_csr(weight: np.ndarray, mask: np.ndarray | None = None,
     within one, by increasing ``k`` (the order the kernel reads memory in).
     """
     weight = np.asarray(weight)
-    if weight.ndim != 2:
-        raise ValueError(f"weight must be 2-D [K, N], got shape {list(weight.shape)}")
-    keep = weight != 0 if mask is None else np.asarray(mask, dtype=bool)
-    if keep.shape != weight.shape:
-        raise ValueError(f"mask shape {list(keep.shape)} != weight shape {list(weight.shape)}")
+    keep = keep_mask(weight, mask)
     K, N = weight.shape
     n_idx, k_idx = np.nonzero(keep.T)  # row-major over Wᵀ: sorted by n, then k
     values = weight.T[n_idx, k_idx].astype(values_dtype)
@@ -123,21 +111,27 @@ def dense_weight_nodes(b: "FunctionBody", opset: int) -> str:
     values = b.node("Cast", ["values"], to=TensorProto.FLOAT)
     rows_k = b.node("Cast", ["indices"], to=TensorProto.INT64)
     offsets = b.node("Cast", ["offsets"], to=TensorProto.INT64)
-    cols_n = _column_ids_nodes(b, offsets, values)
+    return scatter_dense_nodes(b, opset, rows_k, column_ids_nodes(b, offsets, values), values)
+
+
+def attr_vector(b: "FunctionBody", attr: str) -> str:
+    """The caller's int attribute ``attr`` (K, N) as a [1] int64 tensor."""
+    return b.node("Reshape", [b.attr_scalar(attr, AttributeProto.INT), b.const(np.array([1], dtype=np.int64))])
+
+
+def scatter_dense_nodes(b: "FunctionBody", opset: int, rows_k: str, cols_n: str, values: str) -> str:
+    """W [K, N] float32: zeros with ``W[rows_k[j], cols_n[j]] = values[j]`` (summed from opset 16,
+    like the kernel sums duplicates). Fixed-shape ops only, so onnxruntime folds it."""
     column = b.const(np.array([-1, 1], dtype=np.int64))
     kn = b.node("Concat", [b.node("Reshape", [rows_k, column]), b.node("Reshape", [cols_n, column])],
                 axis=1)
-    k1 = b.node("Reshape", [b.attr_scalar(contract.ATTR_K, AttributeProto.INT),
-                            b.const(np.array([1], dtype=np.int64))])
-    n1 = b.node("Reshape", [b.attr_scalar(contract.ATTR_N, AttributeProto.INT),
-                            b.const(np.array([1], dtype=np.int64))])
-    zeros = b.node("ConstantOfShape", [b.node("Concat", [k1, n1], axis=0)],
-                   value=numpy_helper.from_array(np.zeros(1, dtype=np.float32)))
+    shape = b.node("Concat", [attr_vector(b, contract.ATTR_K), attr_vector(b, contract.ATTR_N)], axis=0)
+    zeros = b.node("ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros(1, dtype=np.float32)))
     reduction = {"reduction": "add"} if opset >= SCATTER_ADD_OPSET else {}
     return b.node("ScatterND", [zeros, kn, values], **reduction)
 
 
-def _column_ids_nodes(b: "FunctionBody", offsets: str, values: str) -> str:
+def column_ids_nodes(b: "FunctionBody", offsets: str, values: str) -> str:
     """n(j) for every stored value j: the row of Wᵀ (column of W) it belongs to.
 
     n(j) is the number of rows that end at or before j (``searchsorted(offsets[1:], j, "right")``).
