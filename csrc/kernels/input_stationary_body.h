@@ -53,6 +53,13 @@ inline uint32_t magnitude_bits(float x) {
   return bits & 0x7fffffffu;
 }
 
+// Nonzero (not +-0) entries among x[0..count): a vectorisable count.
+inline int64_t count_nonzero(const float* x, int64_t count) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < count; ++i) n += magnitude_bits(x[i]) != 0u;
+  return n;
+}
+
 // Writes the k < K whose `width` floats at x + k * stride are not all +-0 (all k when !skip_zeros)
 // to rows, in increasing order; returns their count. Branch-free, one pass.
 inline int64_t nonzero_rows(const float* x, int64_t K, int64_t stride, int64_t width, bool skip_zeros,
@@ -147,10 +154,15 @@ template <typename Val>
 bool try_input_stationary_group(const CsrJob<Val>& g, const float* at, int64_t r0, int64_t rows, int64_t* nz,
                                        float* acc, const ParallelRunner& parallel) {
   if (g.w.forced_path == KernelPath::kGemv || g.w.n_col_parts == 0) return false;
-  const int64_t n_nz = g.M == 1 ? nonzero_rows(g.a, g.w.K, 1, 1, g.w.skip_zeros, nz)
-                                : nonzero_rows(at, g.w.K, kNarrowCols, kNarrowCols, g.w.skip_zeros, nz);
-  const double max_fraction = g.M == 1 ? kIsMaxFractionGemv : kIsMaxFractionNarrow;
-  if (!choose_input_stationary(g.w, max_fraction, n_nz)) return false;
+  int64_t n_nz;
+  if (g.M == 1) {  // a vectorised count decides; the list is built only for the path that needs it
+    const int64_t count = g.w.skip_zeros ? count_nonzero(g.a, g.w.K) : g.w.K;
+    if (!choose_input_stationary(g.w, kIsMaxFractionGemv, count)) return false;
+    n_nz = nonzero_rows(g.a, g.w.K, 1, 1, g.w.skip_zeros, nz);
+  } else {
+    n_nz = nonzero_rows(at, g.w.K, kNarrowCols, kNarrowCols, g.w.skip_zeros, nz);
+    if (!choose_input_stationary(g.w, kIsMaxFractionNarrow, n_nz)) return false;
+  }
   IsNarrowTask<Val> task{&g, at, nz, n_nz, acc, r0, rows};
   parallel(is_narrow_task<Val>, static_cast<size_t>(g.w.n_col_parts), &task);
   return true;
@@ -188,13 +200,6 @@ void is_rows_task(void* data, size_t part) {
       is_row_range(g, g.w.col_out32, static_cast<int64_t>(part), m, nz, t.n_nz[m]);
     }
   }
-}
-
-// Nonzero (not +-0) entries among x[0..count): a vectorisable count.
-inline int64_t count_nonzero(const float* x, int64_t count) {
-  int64_t n = 0;
-  for (int64_t i = 0; i < count; ++i) n += magnitude_bits(x[i]) != 0u;
-  return n;
 }
 
 // True when the row-by-row path should run: forced, or (auto) when the first rows of A' (up to 8,
