@@ -60,6 +60,18 @@ inline int64_t count_nonzero(const float* x, int64_t count) {
   return n;
 }
 
+// True when x[0..width) (width a multiple of kPanel) holds an entry other than +-0. Fixed-length
+// inner loops, so the compiler vectorises it (the tile rows are scanned while they are packed).
+inline bool panels_have_nonzero(const float* x, int64_t width) {
+  uint32_t any = 0;
+  for (int64_t i = 0; i < width; i += kPanel) {
+    uint32_t bits[kPanel];
+    __builtin_memcpy(bits, x + i, sizeof bits);
+    for (int u = 0; u < kPanel; ++u) any |= bits[u] & 0x7fffffffu;
+  }
+  return any != 0u;
+}
+
 // Writes the k < K whose `width` floats at x + k * stride are not all +-0 (all k when !skip_zeros)
 // to rows, in increasing order; returns their count. Branch-free, one pass.
 inline int64_t nonzero_rows(const float* x, int64_t K, int64_t stride, int64_t width, bool skip_zeros,

@@ -234,12 +234,8 @@ void pack_task(void* data, size_t i) {
   const int64_t w = tile_width(g, tile), wp = round_up(w, kPanel);
   pack_tile_rows(g, tile_data, tile * kTileCols, w, k0, k1);
   int64_t* flags = t.nz + tile * g.w.K;
-  for (int64_t k = k0; k < k1; ++k) {
-    uint32_t any = g.w.skip_zeros ? 0u : 1u;
-    const float* row = tile_data + tile_row(k) * wp;
-    for (int64_t i = 0; i < wp; ++i) any |= magnitude_bits(row[i]);
-    flags[k] = any != 0u;
-  }
+  for (int64_t k = k0; k < k1; ++k)
+    flags[k] = !g.w.skip_zeros || panels_have_nonzero(tile_data + tile_row(k) * wp, wp);
 }
 
 // The inner loop of the kernel, for one pair of outputs and one block of W's rows:
