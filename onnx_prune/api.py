@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
@@ -15,15 +18,16 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from . import sparsifiers
-from .auto_dense import split_dense
+from . import masking, sparsifiers
+from .auto_dense import DENSE_KEEP_THRESHOLD, split_dense
 from .errors import OnnxPruneError, UsageError, first_line
 from .graph import opset_version
 from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
 from .modelio import PROTOBUF_LIMIT, load_model, read_npz
 from .report import PruneReport
-from .rewrite import add_optional_parts, rewrite
+from .rewrite import PrunedLayer, add_optional_parts, rewrite
 from .sparse_gemm import formats
+from .sparse_gemm.formats import SparseFormat, bcsr
 
 SCOPES = ("layer", "global")
 
@@ -39,7 +43,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
           method: str = "magnitude", calibration: Calibration = None, calibration_samples: Optional[int] = None,
           pattern: Optional[str] = None, values: str = "fp32", fallback: bool = True,
           auto_dense: bool = True, verify: bool = False, verify_inputs=None,
-          progress: Optional[Progress] = None) -> tuple[onnx.ModelProto, PruneReport]:
+          progress: Optional[Progress] = None, format: Optional[str] = None) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune the Gemm / constant-weight MatMul layers of a model.
 
     Returns the rewritten model and a report; the input (file or ModelProto) is not modified.
@@ -47,10 +51,11 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     samples), needed by ``method="wanda"`` and ``"sparsegpt"``. ``verify=True`` runs the result
     against the input with the same masks applied densely and raises OnnxPruneError when they
     differ by more than verify.VERIFY_TOLERANCE (``verify_inputs``: .npz path or dict; default
-    generated inputs).
+    generated inputs). ``format`` names the storage format (default: see ``storage_format``).
     """
     check_options(ratio, scope=scope, method=method, values=values, layer_ratios=layer_ratios,
                   min_params=min_params, calibration_samples=calibration_samples)
+    fmt, values_dtype = storage_format(values, format, pattern)
     source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else None
     model = load_model(model_or_path) if source is not None else _copy(model_or_path)
     say = _stepper(progress)
@@ -62,21 +67,31 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     ratios.update(resolve_layer_ratios(chosen, dict(layer_ratios or {})))
 
     say(f"scoring {len(chosen)} layers ({method}{', ' + pattern if pattern else ''})")
-    weights = sparsify(model, chosen, ratios, scope=scope, method=method, calibration=calibration,
-                       calibration_samples=calibration_samples, pattern=pattern)
-    pruned, dense_kept = split_dense(chosen, weights, auto_dense and not pattern)
+    if _streams(method, scope, pattern) and calibration is None:
+        pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, method=method, fmt=fmt, values_dtype=values_dtype,
+                                                   auto_dense=auto_dense, keep_weights=verify)
+    else:
+        weights = sparsify(model, chosen, ratios, scope=scope, method=method, calibration=calibration,
+                           calibration_samples=calibration_samples, pattern=pattern)
+        pruned, dense_kept = split_dense(chosen, weights, auto_dense and not pattern)
 
     settings = dict(ratio=ratio, scope=scope, method=method, pattern=pattern, values=values,
                     layer_ratios=dict(layer_ratios or {}), include=list(include), exclude=list(exclude),
                     min_params=min_params, auto_dense=auto_dense, fallback=fallback,
                     calibration_samples=calibration_samples)
     say(f"rewriting {len(pruned)} layers as SparseGemm")
-    fmt, values_dtype = formats.value_choices()[values]
-    out = rewrite(model, pruned, values_dtype=values_dtype, format=fmt.name, settings=settings)
+    size_before = model.ByteSize() if source is None else None
+    settings["format"] = fmt.name
+    # without verification nothing reads the input model again: a model that is ours (loaded
+    # from a path) is rewritten in place instead of copied
+    out = rewrite(model, pruned, values_dtype=values_dtype, format=fmt.name, settings=settings,
+                  in_place=source is not None and not verify)
     add_optional_parts(out, fallback=fallback)
     check_output_model(model, out)
 
     report = PruneReport.build(model, out, pruned, dense_kept, not_pruned, settings, source=source)
+    if size_before is not None:
+        report.size_before = size_before
     if verify and pruned:
         from .verify import verify_pruned
 
@@ -138,6 +153,42 @@ def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[st
     return {layer.node: _checked(layer, result) for layer in layers}
 
 
+def _streams(method: str, scope: str, pattern: Optional[str]) -> bool:
+    """Whether layers can be pruned one at a time: a method that reads only each layer's own
+    weights, one ratio per layer, no N:M pattern (those go through sparsify)."""
+    return not sparsifiers.get(method).needs_calibration and scope == "layer" and not pattern
+
+
+def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], *, method: str, fmt: SparseFormat,
+                          values_dtype: np.dtype, auto_dense: bool, keep_weights: bool
+                          ) -> tuple[list[PrunedLayer], list[Layer]]:
+    """Choose, check and pack one layer at a time, so that at most one layer's dense weights
+    and scores are in memory besides the model; each layer's weights are dropped once packed
+    (``keep_weights``: kept for a verification that needs them)."""
+    sparsifier = sparsifiers.get(method)
+    pruned, dense_kept = [], []
+    for layer in layers:
+        weight, mask = _checked(layer, {layer.node: sparsify_one(sparsifier, layer, ratios[layer.node])})
+        if auto_dense and np.count_nonzero(mask) / mask.size > DENSE_KEEP_THRESHOLD:
+            dense_kept.append(layer)
+        else:
+            p = PrunedLayer(layer, weight, mask)
+            p.packed = fmt.pack(weight, mask, values_dtype=values_dtype)
+            if not keep_weights:
+                p.weight = p.mask = None
+            pruned.append(p)
+        del weight, mask
+        if not keep_weights:
+            layer.release()
+    return pruned, dense_kept
+
+
+def sparsify_one(sparsifier: sparsifiers.Sparsifier, layer: Layer, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """(new weight, keep mask) of one layer for a method that needs no calibration statistics."""
+    p = sparsifier.update_mask(layer, None, masking.removal_count(ratio, layer.size))
+    return p.weight, p.mask
+
+
 def load_calibration(calibration: Calibration) -> dict[str, np.ndarray]:
     """The calibration arrays, from a dict or an .npz file (one clear error when unreadable)."""
     if isinstance(calibration, Mapping):
@@ -161,6 +212,26 @@ def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitud
         raise UsageError(f"--min-params must be a non-negative integer, got {min_params}")
     if calibration_samples is not None and calibration_samples < 1:
         raise UsageError(f"--calibration-samples must be at least 1, got {calibration_samples}")
+
+
+def format_for_pattern(pattern: Optional[str]) -> Optional[str]:
+    """bcsr for an R x 1 block pattern its kernels have (one activation load feeds R outputs), else none."""
+    blocks = re.fullmatch(r"(\d+)x1", pattern or "")
+    return bcsr.NAME if blocks and int(blocks.group(1)) in bcsr.BLOCK_SIZES else None
+
+
+def storage_format(values: str, format: Optional[str] = None, pattern: Optional[str] = None
+                   ) -> tuple[SparseFormat, np.dtype]:
+    """The format that stores the pruned weights and its values dtype: ``format`` (--format), else
+    the one an Rx1 block pattern runs fastest in, else the first format that stores ``values``."""
+    name = format or format_for_pattern(pattern)
+    if name is None:
+        return formats.value_choices()[values]
+    fmt = formats.get(name)
+    if values not in fmt.value_types:
+        raise UsageError(f"--values {values} cannot be stored in format {name} (it stores: "
+                         f"{', '.join(fmt.value_types)})")
+    return fmt, np.dtype(fmt.value_types[values])
 
 
 def value_types() -> Mapping[str, np.dtype]:
@@ -212,9 +283,12 @@ def _checked(layer: Layer, result: Mapping[str, tuple[np.ndarray, np.ndarray]]) 
         raise OnnxPruneError(f"internal error: the sparsifier returned nothing for layer {layer.node}")
     weight, mask = result[layer.node]
     weight, mask = np.asarray(weight, dtype=np.float32), np.asarray(mask, dtype=bool)
-    if weight.shape != layer.weight.shape or mask.shape != layer.weight.shape:
+    if weight.shape != tuple(layer.shape) or mask.shape != tuple(layer.shape):
         raise OnnxPruneError(f"internal error: the sparsifier returned shapes {list(weight.shape)} / "
-                             f"{list(mask.shape)} for layer {layer.node} of shape {list(layer.weight.shape)}")
+                             f"{list(mask.shape)} for layer {layer.node} of shape {list(layer.shape)}")
+    if weight.flags.writeable and weight.base is None and weight is not layer._weight:
+        np.copyto(weight, np.float32(0), where=~mask)  # the sparsifier's own array: no second copy
+        return weight, mask
     return np.where(mask, weight, np.float32(0)), mask
 
 
@@ -222,11 +296,27 @@ def _stepper(progress: Optional[Progress]) -> Callable[[str], None]:
     done = [0]
 
     def say(message: str) -> None:
+        if _DEBUG_MEMORY:
+            _print_memory(message)
         if progress is not None:
             progress(message, min(done[0], _STEPS), _STEPS)
         done[0] += 1
 
     return say
+
+
+_DEBUG_MEMORY = bool(os.environ.get("ONNX_PRUNE_DEBUG_MEMORY"))
+
+
+def _print_memory(step: str) -> None:
+    """ONNX_PRUNE_DEBUG_MEMORY=1: the process's current and peak RSS at each step, on stderr
+    (tracemalloc does not see numpy's or protobuf's buffers)."""
+    import resource
+
+    with open("/proc/self/statm") as statm:
+        current = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"[memory] {step}: RSS {current / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB", file=sys.stderr)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

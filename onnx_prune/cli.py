@@ -20,6 +20,7 @@ from . import baselines, sparsifiers
 from .api import SCOPES, value_types
 from .auto_dense import DENSE_KEEP_THRESHOLD
 from .errors import OnnxPruneError, UsageError
+from .sparse_gemm import formats
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_show_locals=False, context_settings={"help_option_names": ["-h", "--help"]},
@@ -165,6 +166,7 @@ def prune_command(
     calibration_samples: Optional[int] = typer.Option(None, "--calibration-samples", help="Use at most N calibration samples."),
     pattern: Optional[str] = typer.Option(None, "--pattern", help="Structured sparsity N:M (e.g. 2:4) along each output's inputs."),
     values: str = typer.Option("fp32", "--values", metavar=choices(value_types()), help="Stored weight values (fp16: a smaller file)."),
+    format: Optional[str] = typer.Option(None, "--format", metavar=choices(formats.names()), help="Storage format of the pruned weights (default: bcsr for an Rx1 --pattern, else csr)."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback", help="Embed a standard-op fallback so the file also runs without the library."),
     auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help=f"Keep layers dense whose sparsity would be below {1 - DENSE_KEEP_THRESHOLD:.0%} (the sparse kernel does not win there; not applied with --pattern)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare OUT with the masked dense model in onnxruntime before writing."),
@@ -188,7 +190,8 @@ def prune_command(
                 input_path, ratio, scope=scope, include=include, exclude=exclude, layer_ratios=layer_ratios,
                 min_params=min_params, method=method, calibration=calibration,
                 calibration_samples=calibration_samples, pattern=pattern, values=values, fallback=fallback,
-                auto_dense=auto_dense, verify=verify, verify_inputs=inputs, progress=progress)
+                auto_dense=auto_dense, verify=verify, verify_inputs=inputs, progress=progress,
+                format=format)
         modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
         report.size_after = modelio.written_size(output_path)
         if report_json is not None:

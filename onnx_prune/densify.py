@@ -29,7 +29,8 @@ from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
 from .fallback import remove_fallback_functions
-from .graph import NameScope, add_initializer, iter_nodes, opset_version, remove_dead_tensors, subgraphs
+from .graph import (NameScope, add_initializer, inferred_value_info, iter_nodes, opset_version, remove_dead_tensors,
+                    subgraphs)
 from .sparse_gemm import PackedWeight, SparseGemmNode, contract, formats, is_sparse_gemm
 
 _RIGHT_BROADCAST_BIAS_RANKS = (0, 1)
@@ -187,14 +188,11 @@ def _refuse_nested_sparse_gemm(graph: onnx.GraphProto) -> None:
 
 
 def _known_ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Ranks of the tensors whose shape the model states or onnx shape inference finds."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # inference is a hint only: a model it cannot handle still densifies
-        inferred = model
+    """Ranks of the tensors whose shape the model states or onnx shape inference finds (on the
+    graph without its weights: inferred_value_info)."""
     ranks = {}
-    g = inferred.graph
-    for value in list(g.input) + list(g.value_info) + list(g.output):
+    g = model.graph
+    for value in [*g.input, *g.value_info, *inferred_value_info(model).values(), *g.output]:
         tensor_type = value.type.tensor_type
         if tensor_type.HasField("shape"):
             ranks[value.name] = len(tensor_type.shape.dim)

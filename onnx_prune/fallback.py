@@ -13,8 +13,9 @@ branches that each hold the plain standard ops for one kind of node:
 
 * ``original_op == "Gemm"`` or ``transA == 1`` (``A`` is 2-D): ``Gemm(A, W, C; alpha, beta, transA)``;
   an absent ``C`` is an empty input name, which ``Gemm`` accepts.
-* ``original_op == "MatMul"`` (``transA = 0``, ``C`` absent or broadcastable to ``[1, N]``, any
-  rank of ``A``): ``MatMul(A, alpha * W)``, then ``Add`` of ``beta * C`` as ``[N]`` unless that is
+* ``original_op == "MatMul"`` and ``alpha == 1`` (``transA = 0``, ``C`` absent or broadcastable to
+  ``[1, N]``, any rank of ``A``; onnx-prune writes no other alpha for MatMul layers):
+  ``MatMul(A, W)``, then ``Add`` of ``beta * C`` as ``[N]`` unless that is
   all zeros (an absent ``C`` reads as zeros: ``Gemm`` of zeros with the optional ``C`` builds it,
   since no op may read an absent input otherwise -- not even in a branch that never runs).
 * anything else: the general form, ``A`` reshaped to ``[-1, A.shape[-1]]``, ``Gemm``, the output
@@ -251,15 +252,17 @@ def _bias_row(b: FunctionBody, zero_a: str) -> str:
 
 
 def _bias_factor(b: FunctionBody, is_matmul: str) -> str:
-    """``If(is_matmul, 0 [1, 1], A as [-1, 1])``: the first factor of the bias row's Gemm.
+    """``If(is_matmul, 0 [1, 1], ReduceSum(Flatten(A, 0)) [1, 1])``: the first factor of the bias row's Gemm.
 
     onnxruntime constant-folds inside every branch before it drops the untaken ones, and
     onnxruntime 1.17 fails the session when such a fold fails -- as the bias row's Gemm would for
     a Gemm node with an ``[M, N]`` C. This factor is a constant for MatMul nodes only, so for the
-    others that Gemm is never folded (nor run)."""
+    others that Gemm is never folded (nor run; its value there is never used). Both branches are
+    ``[1, 1]`` so that shape inference knows the Gemm's output shape: onnxruntime 1.32 folds no
+    node whose output size it cannot estimate, and would run the bias test at every call."""
     return b.if_(is_matmul, lambda then: then.node("ConstantOfShape", [then.const(np.array([1, 1], np.int64))],
                                                    value=_ZERO),
-                 lambda other: other.node("Transpose", [other.node("Flatten", [contract.INPUT_A], axis=0)]))
+                 lambda other: other.node("ReduceSum", [other.node("Flatten", [contract.INPUT_A], axis=0)]))
 
 
 def _n1(b: FunctionBody) -> str:

@@ -6,7 +6,7 @@ within the memory budget of docs/deployment.md).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import onnx
@@ -128,3 +128,85 @@ def opset_version(model: onnx.ModelProto, domain: str = "") -> Optional[int]:
     """The version ``model`` imports of ``domain`` ("" and "ai.onnx" are the same), or None."""
     domains = ONNX_DOMAINS if domain in ONNX_DOMAINS else (domain,)
     return next((int(o.version) for o in model.opset_import if o.domain in domains), None)
+
+
+# ----------------------------------------------------------------------------- shapes
+
+SMALL_TENSOR_ELEMENTS = 1024  # constants up to this size keep their values for shape inference (Reshape targets)
+
+
+def inferred_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """The typed value_info onnx shape inference finds for ``model``'s intermediate tensors (those
+    it states included), by name; empty when inference fails (it is a hint, never a requirement).
+
+    Inference copies the model it is given, so it runs on :func:`weight_free_copy`: a multi-GB
+    model costs the size of its graph, not of its weights."""
+    light = weight_free_copy(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light)
+    except Exception:  # a model onnx cannot infer keeps what it states, nothing more
+        inferred = light
+    produced = {o for n in model.graph.node for o in n.output}
+    large_constants = [i for i in light.graph.input if i.name in produced]  # their nodes became inputs
+    return {v.name: v for v in [*inferred.graph.value_info, *large_constants] if v.type.HasField("tensor_type")}
+
+
+def weight_free_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every constant larger than :data:`SMALL_TENSOR_ELEMENTS` (initializer or top-level
+    Constant node) replaced by a graph input of the same type and shape: what shape inference needs,
+    without the weights. Small constants keep their values (shape inference reads Reshape targets)."""
+    graph = model.graph
+    light = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    out = light.graph
+    out.name = graph.name
+    out.input.extend(graph.input)
+    out.output.extend(graph.output)
+    out.value_info.extend(graph.value_info)
+    declared = {i.name for i in graph.input}
+    for tensor in graph.initializer:
+        if _elements(tensor) <= SMALL_TENSOR_ELEMENTS:
+            out.initializer.append(tensor)
+        elif tensor.name not in declared:
+            out.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    for node in graph.node:
+        value = _large_constant_value(node)
+        if value is None:
+            out.node.append(node)
+        else:
+            out.input.append(helper.make_tensor_value_info(node.output[0], value.data_type, list(value.dims)))
+    return light
+
+
+def _elements(tensor: onnx.TensorProto) -> int:
+    return int(np.prod(tensor.dims, dtype=np.int64))
+
+
+def _large_constant_value(node: onnx.NodeProto) -> Optional[onnx.TensorProto]:
+    """The tensor of a Constant node holding more than SMALL_TENSOR_ELEMENTS elements, else None."""
+    if node.op_type != "Constant" or node.domain not in ONNX_DOMAINS or len(node.output) != 1:
+        return None
+    value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+    return value if value is not None and _elements(value) > SMALL_TENSOR_ELEMENTS else None
+
+
+def keep_known_shapes(out: onnx.ModelProto, known: Mapping[str, onnx.ValueInfoProto]) -> None:
+    """Give every tensor ``out``'s top-level nodes produce its value_info from ``known`` (what
+    :func:`inferred_value_info` found on the model ``out`` was rewritten from) where ``out``
+    states none with a shape (in place).
+
+    A rewritten node (a SparseGemm) has no shape function, so without this every tensor after it
+    has an element type only: netron draws no shapes and shape-dependent tools lose them. A
+    tensor the original knew nothing about gets nothing: no shape is invented."""
+    graph = out.graph
+    stated = {v.name: i for i, v in enumerate(graph.value_info)}
+    io = {v.name for v in graph.input} | {v.name for v in graph.output}
+    for name in dict.fromkeys(o for n in graph.node for o in n.output if o):
+        value = known.get(name)
+        if name in io or value is None or not value.type.tensor_type.HasField("shape"):
+            continue
+        if name not in stated:
+            graph.value_info.append(value)
+        elif not graph.value_info[stated[name]].type.tensor_type.HasField("shape"):
+            graph.value_info[stated[name]].CopyFrom(value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -20,12 +20,14 @@ from .graph import ONNX_DOMAINS, NameScope, subgraph_reads
 
 @dataclass
 class Layer:
-    """One prunable layer; ``weight`` is W as ``[K, N]`` (Gemm's B transposed when transB = 1)."""
+    """One prunable layer; ``weight`` is W as ``[K, N]`` (Gemm's B transposed when transB = 1),
+    read from the model when first asked for: finding layers copies no weight, and a pruner that
+    goes layer by layer holds one layer's weights at a time (``release``)."""
 
     node: str                 # name of the Gemm / MatMul node
     op: str                   # "Gemm" or "MatMul"
     weight_name: str          # the weight tensor (initializer or Constant output) in the input model
-    weight: np.ndarray        # [K, N] float32
+    shape: tuple[int, int]    # [K, N]
     trans_b: bool             # the weight is stored as [N, K] in the input model
     input_name: str           # A, the activations feeding the layer
     output_name: str          # output of the last fused node
@@ -37,18 +39,34 @@ class Layer:
     add_node: Optional[str] = None       # the Add fused into a MatMul layer
     fused_nodes: list[str] = field(default_factory=list)  # the nodes one SparseGemm replaces, in order
     activation: str = ""                 # "relu" when a Relu is fused
+    read_weight: Optional[Callable[[], np.ndarray]] = field(default=None, repr=False, compare=False)
+    _weight: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+
+    @property
+    def weight(self) -> np.ndarray:
+        """W [K, N] float32, C-contiguous."""
+        if self._weight is None:
+            if self.read_weight is None:
+                raise OnnxPruneError(f"internal error: the weight of layer {self.node} was released")
+            self._weight = self.read_weight()
+        return self._weight
+
+    def release(self) -> None:
+        """Forget the weight and how to read it (the model's tensor may be gone after a rewrite)."""
+        self._weight = None
+        self.read_weight = None
 
     @property
     def K(self) -> int:
-        return int(self.weight.shape[0])
+        return int(self.shape[0])
 
     @property
     def N(self) -> int:
-        return int(self.weight.shape[1])
+        return int(self.shape[1])
 
     @property
     def size(self) -> int:
-        return int(self.weight.size)
+        return self.K * self.N
 
 
 @dataclass
@@ -124,16 +142,25 @@ def _is_onnx_op(node: onnx.NodeProto, op_type: str) -> bool:
     return node.op_type == op_type and node.domain in ONNX_DOMAINS
 
 
-def _weight_problem(node: onnx.NodeProto, w: Optional[np.ndarray]) -> Optional[str]:
+def _weight_problem(node: onnx.NodeProto, w: Optional[onnx.TensorProto]) -> Optional[str]:
+    """Why a constant cannot be a prunable weight, read from its TensorProto's header (no data copied)."""
     if w is None:
         return "its weight is not a constant"
-    if w.ndim != 2:
-        return f"its weight has shape {list(w.shape)}, not 2-D"
-    if w.dtype != np.float32:
-        return f"its weight is {w.dtype}, only float32 weights are pruned"
-    if w.size == 0:
+    if len(w.dims) != 2:
+        return f"its weight has shape {list(w.dims)}, not 2-D"
+    if w.data_type != onnx.TensorProto.FLOAT:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(w.data_type) if w.data_type else "of unknown type"
+        return f"its weight is {dtype}, only float32 weights are pruned"
+    if w.dims[0] * w.dims[1] == 0:
         return "its weight is empty"
     return None
+
+
+def _weight_reader(proto: onnx.TensorProto, trans_b: bool) -> Callable[[], np.ndarray]:
+    def read() -> np.ndarray:
+        w = numpy_helper.to_array(proto)
+        return np.ascontiguousarray(w.T if trans_b else w, dtype=np.float32)
+    return read
 
 
 def find_layers(model: onnx.ModelProto) -> tuple[list[Layer], list[Skipped]]:
@@ -152,14 +179,15 @@ def find_layers(model: onnx.ModelProto) -> tuple[list[Layer], list[Skipped]]:
 
 
 def _gemm_layer(index: GraphIndex, node: onnx.NodeProto):
-    w = index.constant(node.input[1]) if len(node.input) > 1 else None
+    w = index.constant_proto(node.input[1]) if len(node.input) > 1 else None
     problem = _weight_problem(node, w)
     if problem:
         return Skipped(node.name, problem)
     trans_b = bool(_attr(node, "transB", 0))
     bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    layer = Layer(node=node.name, op="Gemm", weight_name=node.input[1],
-                  weight=np.ascontiguousarray(w.T if trans_b else w), trans_b=trans_b,
+    rows, cols = (int(d) for d in w.dims)
+    layer = Layer(node=node.name, op="Gemm", weight_name=node.input[1], shape=(cols, rows) if trans_b else (rows, cols),
+                  read_weight=_weight_reader(w, trans_b), trans_b=trans_b,
                   input_name=node.input[0], output_name=node.output[0],
                   trans_a=bool(_attr(node, "transA", 0)), alpha=float(_attr(node, "alpha", 1.0)),
                   beta=float(_attr(node, "beta", 1.0)), bias_name=bias_name,
@@ -171,14 +199,14 @@ def _gemm_layer(index: GraphIndex, node: onnx.NodeProto):
 def _matmul_layer(index: GraphIndex, node: onnx.NodeProto):
     if len(node.input) != 2:
         return Skipped(node.name, f"it has {len(node.input)} inputs, not 2")
-    w = index.constant(node.input[1])
-    if index.constant(node.input[0]) is not None and w is None:
+    w = index.constant_proto(node.input[1])
+    if index.constant_proto(node.input[0]) is not None and w is None:
         return Skipped(node.name, "its constant operand is A, not the weight B")
     problem = _weight_problem(node, w)
     if problem:
         return Skipped(node.name, problem)
-    layer = Layer(node=node.name, op="MatMul", weight_name=node.input[1], weight=np.ascontiguousarray(w),
-                  trans_b=False, input_name=node.input[0], output_name=node.output[0],
+    layer = Layer(node=node.name, op="MatMul", weight_name=node.input[1], shape=(int(w.dims[0]), int(w.dims[1])),
+                  read_weight=_weight_reader(w, False), trans_b=False, input_name=node.input[0], output_name=node.output[0],
                   fused_nodes=[node.name])
     _fuse_bias_add(index, layer)
     _fuse_relu(index, layer)

@@ -1,4 +1,4 @@
-"""Finding and registering the SparseGemm onnxruntime custom-op library.
+"""Finding the SparseGemm onnxruntime custom-op library (runtime.py registers it in sessions).
 
 The package's own build (scikit-build-core + CMake) compiles ``csrc/`` into a shared library that
 is installed next to this module. Apps register it with
@@ -58,13 +58,3 @@ def get_library_path() -> str:
                 "reinstall the package with `pip install .` so its build compiles the library")
         raise OnnxPruneError(f"the SparseGemm library ({library_filename()}) was not found: {hint}")
     return path
-
-
-def session_options(intra_op_num_threads: int = 0, **settings: object):
-    """onnxruntime ``SessionOptions`` with the SparseGemm library registered.
-
-    Extra keyword arguments are set as attributes (e.g. ``graph_optimization_level``).
-    """
-    from .runtime import session_options as options
-
-    return options(intra_op_num_threads, library=get_library_path(), **settings)

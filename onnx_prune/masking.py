@@ -59,11 +59,22 @@ def magnitude_mask(weight: np.ndarray, ratio: float) -> np.ndarray:
 
 
 def _keep_mask(flat_scores: np.ndarray, drop: int) -> np.ndarray:
+    """False for the ``drop`` lowest scores, ties removed first by position: what a stable sort
+    gives, found with one partition (a copy of the scores) instead of a sort's 8-byte index per
+    weight, the largest buffer of pruning a big layer. NaN scores count as the highest."""
     keep = np.ones(flat_scores.size, dtype=bool)
-    if drop > 0:
-        # A stable sort makes ties resolve by position, independent of platform or numpy version.
-        order = np.argsort(flat_scores, kind="stable")
-        keep[order[:drop]] = False
+    if drop <= 0:
+        return keep
+    if drop >= flat_scores.size:
+        keep[:] = False
+        return keep
+    threshold = np.partition(flat_scores, drop - 1)[drop - 1]
+    if np.isnan(threshold):
+        below, ties = ~np.isnan(flat_scores), np.isnan(flat_scores)
+    else:
+        below, ties = flat_scores < threshold, flat_scores == threshold
+    keep[below] = False
+    keep[np.flatnonzero(ties)[:drop - int(np.count_nonzero(below))]] = False
     return keep
 
 

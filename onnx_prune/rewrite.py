@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from ._version import __version__
-from .graph import NameScope, add_initializer, remove_dead_tensors
+from .graph import NameScope, add_initializer, inferred_value_info, keep_known_shapes, remove_dead_tensors
 from .layers import Layer, name_nodes
 from .sparse_gemm import PackedWeight, contract, formats, formats_used, make_sparse_gemm, sparse_tensor_names
 
@@ -31,7 +31,7 @@ class PrunedLayer:
 
     @property
     def nnz(self) -> int:
-        return int(self.mask.sum())
+        return self.packed.nnz if self.packed is not None else int(self.mask.sum())
 
 
 def describe(layer: Layer, packed: PackedWeight) -> str:
@@ -59,12 +59,16 @@ def sparse_gemm_node(layer: Layer, packed: PackedWeight, names: Sequence[str], b
 
 
 def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dtype=np.float32,
-            format: str = contract.DEFAULT_FORMAT, settings: dict | None = None) -> onnx.ModelProto:
-    """A copy of ``model`` with every layer of ``pruned`` replaced by a SparseGemm node storing its
-    weight in ``format``; each PrunedLayer keeps its packed weight (``packed``) for the report."""
+            format: str = contract.DEFAULT_FORMAT, settings: dict | None = None,
+            in_place: bool = False) -> onnx.ModelProto:
+    """A copy of ``model`` (``model`` itself when ``in_place``: no second copy of a large model)
+    with every layer of ``pruned`` replaced by a SparseGemm node storing its weight in ``format``;
+    each PrunedLayer keeps its packed weight (``packed``, packed here unless already set)."""
     fmt = formats.get(format)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    known_shapes = inferred_value_info(model)  # before an in-place rewrite changes ``model``
+    out = model if in_place else onnx.ModelProto()
+    if not in_place:
+        out.CopyFrom(model)
     graph = out.graph
     name_nodes(graph)  # the replacements are found by node name
     names = NameScope.of_graph(graph)
@@ -73,7 +77,8 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
     replacement_at: dict[str, onnx.NodeProto] = {}  # name of the last fused node -> SparseGemm
     removed: set[str] = set()
     for p in pruned:
-        p.packed = fmt.pack(p.weight, p.mask, values_dtype=values_dtype)
+        if p.packed is None:
+            p.packed = fmt.pack(p.weight, p.mask, values_dtype=values_dtype)
         stem = p.layer.node if p.layer.weight_name in shared else p.layer.weight_name
         tensor_names = [names.unique(n) for n in sparse_tensor_names(stem, fmt)]
         for name, array in zip(tensor_names, p.packed.tensors):
@@ -93,6 +98,7 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
     remove_dead_tensors(out, {p.layer.weight_name for p in pruned} |
                         {p.layer.bias_name for p in pruned if p.layer.bias_name})
     _drop_stale_value_info(out)
+    keep_known_shapes(out, known_shapes)
     if pruned:
         _import_domain(out)
     _record_settings(out, settings or {})

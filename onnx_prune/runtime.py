@@ -51,6 +51,13 @@ def session_options(threads: int = 0, *, library: Optional[str] = None, **settin
     return options
 
 
+def library_session_options(intra_op_num_threads: int = 0, **settings: object):
+    """onnxruntime ``SessionOptions`` with the SparseGemm library registered: what an app needs to
+    run a pruned file (public as ``onnx_prune.session_options``). Extra keyword arguments are set
+    as attributes (e.g. ``graph_optimization_level``)."""
+    return session_options(intra_op_num_threads, library=get_library_path(), **settings)
+
+
 def open_session(model: ModelOrPath, *, library: Optional[bool] = None, threads: int = 0, options=None,
                  error: Optional[str] = None, **settings: object):
     """An onnxruntime CPU session for a ModelProto or a model file.

@@ -41,7 +41,7 @@ class Pruned:
     @staticmethod
     def masked(weight: np.ndarray, keep: np.ndarray) -> "Pruned":
         """The layer's own weights where kept, zeros elsewhere."""
-        return Pruned(np.where(keep, weight, np.float32(0)).astype(np.float32), keep)
+        return Pruned(np.where(keep, weight, np.float32(0)).astype(np.float32, copy=False), keep)
 
 
 class Sparsifier:
@@ -125,6 +125,7 @@ class Magnitude(Sparsifier):
             keep = masking.nm_mask(scores, *pattern, layer=layer.node)
         else:
             keep = masking._keep_mask(scores.ravel(), drop).reshape(scores.shape)
+        del scores  # one layer-sized buffer fewer while the kept weights are written
         return Pruned.masked(layer.weight, keep)
 
 

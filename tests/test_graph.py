@@ -5,7 +5,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_prune.graph import NameScope, iter_nodes, node_reads, opset_version, remove_dead_tensors, subgraph_reads
+from onnx_prune.graph import (SMALL_TENSOR_ELEMENTS, NameScope, inferred_value_info, iter_nodes, keep_known_shapes,
+                              node_reads, opset_version, remove_dead_tensors, subgraph_reads, weight_free_copy)
 
 
 def if_node(name: str, then_reads: str, else_reads: str) -> onnx.NodeProto:
@@ -69,3 +70,63 @@ def test_opset_lookup_returns_none_when_absent() -> None:
     assert opset_version(model, "x.y") == 3 and opset_version(model, "missing") is None
     del model.opset_import[0]
     assert opset_version(model) is None
+
+
+def reshape_mlp(ir_version: int = 8) -> onnx.ModelProto:
+    """X [batch, 2, 600] -> Reshape([0, 1200]) -> MatMul(W [1200, 1000], an initializer) ->
+    MatMul(V [1000, 3], a Constant node) -> Y: inference needs the small Reshape target's value,
+    not the weights."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((1200, 1000)).astype(np.float32), "W")
+    v = numpy_helper.from_array(rng.standard_normal((1000, 3)).astype(np.float32), "V")
+    target = numpy_helper.from_array(np.array([0, 1200], np.int64), "target")
+    nodes = [helper.make_node("Reshape", ["X", "target"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "W"], ["h"]),
+             helper.make_node("Constant", [], ["V"], value=v),
+             helper.make_node("MatMul", ["h", "V"], ["Y"])]
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 2, 600])]
+    if ir_version < 4:
+        inputs += [helper.make_tensor_value_info(t.name, TensorProto.FLOAT if t.name == "W" else TensorProto.INT64,
+                                                 list(t.dims)) for t in (w, target)]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 3])],
+                              initializer=[target, w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=ir_version)
+
+
+def dims(value: onnx.ValueInfoProto) -> list:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def test_weight_free_copy_keeps_small_constants_and_declares_large_ones_as_inputs() -> None:
+    for ir_version in (3, 8):
+        model = reshape_mlp(ir_version)
+        light = weight_free_copy(model)
+        assert [t.name for t in light.graph.initializer] == ["target"]
+        assert [n.op_type for n in light.graph.node] == ["Reshape", "MatMul", "MatMul"]
+        declared = {i.name: (i.type.tensor_type.elem_type, dims(i)) for i in light.graph.input}
+        assert declared == {"X": (TensorProto.FLOAT, ["batch", 2, 600]), "target": (TensorProto.INT64, [2]),
+                            "W": (TensorProto.FLOAT, [1200, 1000]), "V": (TensorProto.FLOAT, [1000, 3])} \
+            if ir_version < 4 else {"X": (TensorProto.FLOAT, ["batch", 2, 600]),
+                                    "W": (TensorProto.FLOAT, [1200, 1000]), "V": (TensorProto.FLOAT, [1000, 3])}
+        assert light.ByteSize() < 10_000 < model.ByteSize() // 100
+        assert SMALL_TENSOR_ELEMENTS < 3000 and len(model.graph.initializer) == 2  # the input is untouched
+
+
+def test_inferred_value_info_equals_inference_on_the_whole_model() -> None:
+    model = reshape_mlp()
+    full = {v.name: dims(v) for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    assert {name: dims(v) for name, v in inferred_value_info(model).items()} == full
+    assert full["flat"] == ["batch", 1200] and full["h"] == ["batch", 1000]
+
+
+def test_keep_known_shapes_fills_missing_shapes_only_and_invents_none() -> None:
+    original = reshape_mlp()
+    out = onnx.ModelProto()
+    out.CopyFrom(original)
+    out.graph.node[1].op_type, out.graph.node[1].domain = "Opaque", "x.y"  # no shape function: h loses its shape
+    out.graph.node.append(helper.make_node("Neg", ["h"], ["new_tensor"]))  # unknown to the original
+    out.graph.value_info.extend([helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["b", 1200]),
+                                 helper.make_tensor_value_info("h", TensorProto.FLOAT, None)])
+    keep_known_shapes(out, inferred_value_info(original))
+    stated = {v.name: dims(v) for v in out.graph.value_info}
+    assert stated == {"flat": ["b", 1200], "h": ["batch", 1000], "V": [1000, 3]}  # stated shapes win; Y is an output

@@ -101,7 +101,8 @@ def test_graph_io_value_info_and_metadata_are_kept():
     out, _ = onnx_prune.prune(model, 0.9, scope="global")
     assert [i.name for i in out.graph.input] == ["input"] and [o.name for o in out.graph.output] == ["logits"]
     assert out.graph.input[0] == model.graph.input[0] and out.graph.output[0] == model.graph.output[0]
-    assert [v.name for v in out.graph.value_info] == ["h0_relu"]  # h0 was fused away with its Relu
+    stated = {v.name: v for v in out.graph.value_info}
+    assert "h0" not in stated and stated["h0_relu"] == model.graph.value_info[0]  # h0 was fused away
     assert (out.doc_string, out.producer_name, out.model_version) == ("my model", "pytorch", 3)
     meta = {p.key: p.value for p in out.metadata_props}
     assert meta["author"] == "someone" and meta["onnx_prune.version"] == onnx_prune.__version__
@@ -275,3 +276,71 @@ def test_generated_inputs_share_symbolic_sizes():
     assert feeds["a"].shape == (4, 3, 4) and feeds["b"].shape == (3, 4, 1) and feeds["ids"].shape == (4,)
     assert feeds["ids"].dtype == np.int64 and not feeds["ids"].any()
     np.testing.assert_array_equal(generated_inputs(model)["a"], feeds["a"])  # seeded
+
+
+def inferred_shapes(model: onnx.ModelProto) -> dict[str, list | None]:
+    """What onnx shape inference knows of each intermediate tensor: its dims, None for a type without a shape."""
+    values = onnx.shape_inference.infer_shapes(model).graph.value_info
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            if v.type.tensor_type.HasField("shape") else None for v in values}
+
+
+def uninferable_mlp() -> onnx.ModelProto:
+    """Gemm -> Relu -> Gemm -> Relu -> Gemm after an op of a domain onnx does not know: shape
+    inference knows no intermediate shape of it."""
+    rng = np.random.default_rng(5)
+    dims = (12, 10, 8, 4)
+    nodes = [helper.make_node("Opaque", ["X"], ["x2d"], name="opaque", domain="x.y")]
+    inits, src = [], "x2d"
+    for i, (k, n) in enumerate(zip(dims, dims[1:])):
+        inits.append(numpy_helper.from_array(rng.standard_normal((n, k)).astype(np.float32), f"W{i}"))
+        nodes.append(helper.make_node("Gemm", [src, f"W{i}"], [f"g{i}"], name=f"fc{i}", transB=1))
+        src = f"g{i}"
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [src], [f"r{i}"], name=f"relu{i}"))
+            src = f"r{i}"
+    nodes.append(helper.make_node("Identity", [src], ["Y"], name="out"))
+    return make_model(nodes, [f32("X", ["batch", 3, 4])], [f32("Y", ["batch", 4])], inits,
+                      extra_opsets=[helper.make_opsetid("x.y", 1)])
+
+
+SHAPE_MODELS = {
+    "bundled_mnist": lambda: onnx.load(str(Path(__file__).resolve().parent.parent / "models" / "mnist-mlp.onnx")),
+    "nd_matmul_mlp": lambda: __import__("helpers_models").attention_block()[0],
+    "uninferable": uninferable_mlp,
+}
+
+
+@pytest.mark.parametrize("from_path", [False, True], ids=["proto", "path_in_place"])
+@pytest.mark.parametrize("name", sorted(SHAPE_MODELS))
+def test_pruned_file_keeps_the_intermediate_shapes_the_original_knew(name: str, from_path: bool, tmp_path: Path):
+    """Issue #13: a SparseGemm node has no shape function, so the file itself must state the
+    shapes after it. Shape inference on the pruned file knows exactly what it knew on the
+    original for every surviving tensor -- none lost, none invented -- and each edge between
+    SparseGemm nodes has value_info in the file (what netron draws) when the original knew it."""
+    model = SHAPE_MODELS[name]()
+    if from_path:  # a model loaded from a path is rewritten in place: shapes are taken before that
+        onnx.save(model, str(tmp_path / "in.onnx"))
+        out, _ = onnx_prune.prune(str(tmp_path / "in.onnx"), 0.8)
+    else:
+        out, _ = onnx_prune.prune(model, 0.8)
+    onnx.checker.check_model(out, full_check=True)
+    before, after = inferred_shapes(model), inferred_shapes(out)
+    surviving = {o for n in out.graph.node for o in n.output} - {o.name for o in out.graph.output}
+    assert {t: after.get(t) for t in surviving & set(before)} == {t: before[t] for t in surviving & set(before)}
+    assert all(after.get(t) is None for t in surviving - set(before))
+    sparse = [n for n in out.graph.node if n.domain == contract.DOMAIN]
+    read_by_sparse = {n.input[0] for n in sparse}
+    edges = [o for n in out.graph.node for o in n.output if o in read_by_sparse] + \
+        [o for n in sparse for o in n.output if o not in {v.name for v in out.graph.output}]
+    assert len(sparse) >= 3 and edges
+    stated = {v.name: v for v in out.graph.value_info}
+    for edge in edges:
+        if before.get(edge) is None:  # unknown to the original: nothing written
+            assert edge not in stated or not stated[edge].type.tensor_type.HasField("shape")
+        else:
+            assert stated[edge].type.tensor_type.HasField("shape"), edge
+    if name == "uninferable":
+        assert all(before.get(e) is None for e in edges)
+    else:
+        assert all(before.get(e) for e in edges)

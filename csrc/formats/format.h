@@ -65,5 +65,6 @@ std::string format_names();
 // The formats (one unit each; registry.cc lists them).
 namespace format_csr { extern const Format kFormat; }
 namespace format_csr_int8 { extern const Format kFormat; }
+namespace format_bcsr { extern const Format kFormat; }
 
 }  // namespace onnx_prune

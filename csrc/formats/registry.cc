@@ -6,7 +6,7 @@
 namespace onnx_prune {
 namespace {
 
-const Format* const kFormats[] = {&format_csr::kFormat, &format_csr_int8::kFormat};
+const Format* const kFormats[] = {&format_csr::kFormat, &format_csr_int8::kFormat, &format_bcsr::kFormat};
 
 }  // namespace
 

@@ -22,11 +22,15 @@ struct V {
 // The few-rows strategy works on 8 floats: AVX2 registers (this unit is built with -mavx2 -mfma too).
 using V8 = Avx2Vec;
 
+using V4 = Sse4Vec;  // the bcsr GEMV's 4-output blocks
+
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 #include "kernel_body.h"
+#include "block_kernel_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 
-const KernelTable kTable{"avx512", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite};
+const KernelTable kTable{"avx512", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite,
+                          &bcsr_gemm};
 
 }  // namespace isa_avx512
 }  // namespace onnx_prune

@@ -38,11 +38,15 @@ struct V8 {
   static reg add(reg a, reg b) { return a + b; }
 };
 
+using V4 = V;  // the bcsr GEMV's 4-output blocks
+
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 #include "kernel_body.h"
+#include "block_kernel_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 
-const KernelTable kTable{"portable", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite};
+const KernelTable kTable{"portable", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite,
+                          &bcsr_gemm};
 
 }  // namespace isa_portable
 }  // namespace onnx_prune

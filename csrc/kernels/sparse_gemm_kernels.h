@@ -66,6 +66,21 @@ struct CsrArraysOf {
 
 using CsrArrays = CsrArraysOf<float>;
 using CsrInt8Arrays = CsrArraysOf<int8_t>;  // int8 weights, scales set (format csr_int8)
+// W (K x N) as block CSR of W^T with R x 1 blocks (formats/bcsr.h owns the storage, PackedBcsr):
+// block row b holds outputs [b * R, b * R + R); its blocks are values[j * R .. j * R + R) at row
+// idx[j] of W, for j in [block_ptr[b], block_ptr[b + 1]), rows increasing. Outputs >= N of a
+// partial last block row are stored zeros that are never written out.
+struct BcsrArrays {
+  int64_t K = 0;
+  int64_t N = 0;
+  int64_t R = 0;                     // 4 or 8
+  int64_t n_block_rows = 0;          // ceil(N / R)
+  const float* values = nullptr;     // [n_blocks][R]
+  const int32_t* idx = nullptr;      // [n_blocks]
+  const int64_t* block_ptr = nullptr;  // [n_block_rows + 1]
+  const int64_t* parts = nullptr;    // block-row boundaries of ranges with about equal blocks
+  int64_t n_parts = 0;
+};
 
 // Per-Run scratch memory. The op glue backs it with onnxruntime's allocator (an arena that reuses
 // memory, where fresh pages would cost a page fault each call); without one, aligned_alloc.
@@ -112,6 +127,8 @@ struct KernelTable {
   void (*csr_int8_gemm)(const CsrInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel);
   // True when x[0..count) holds an inf or a NaN (a vectorised scan, cheap next to any product).
   bool (*has_non_finite)(const float* x, int64_t count);
+  // The same over the stored R x 1 blocks of the bcsr format (block_kernel_body.h).
+  void (*bcsr_gemm)(const BcsrArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
 };
 
 // The best variant this CPU supports (called once per kernel creation). ONNX_PRUNE_ISA=portable|avx2|avx512

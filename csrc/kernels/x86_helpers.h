@@ -14,6 +14,18 @@ struct Avx2Vec {
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
 };
 
+// 4 floats in an SSE register with FMA: both units' V4 (the bcsr GEMV's 4-output blocks).
+struct Sse4Vec {
+  using reg = __m128;
+  static constexpr int W = 4;
+  static reg zero() { return _mm_setzero_ps(); }
+  static reg load(const float* p) { return _mm_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm_storeu_ps(p, v); }
+  static reg set1(float x) { return _mm_set1_ps(x); }
+  static reg fmadd(reg a, reg b, reg c) { return _mm_fmadd_ps(a, b, c); }
+  static reg add(reg a, reg b) { return _mm_add_ps(a, b); }
+};
+
 // dst[c * dst_stride + r] = src[r * src_stride + c] for an 8 x 8 block.
 inline void transpose8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
   __m256 r[8];
@@ -34,6 +46,20 @@ inline void transpose8x8(const float* src, int64_t src_stride, float* dst, int64
   _mm256_storeu_ps(dst + 5 * dst_stride, _mm256_permute2f128_ps(u1, u5, 0x31));
   _mm256_storeu_ps(dst + 6 * dst_stride, _mm256_permute2f128_ps(u2, u6, 0x31));
   _mm256_storeu_ps(dst + 7 * dst_stride, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for a 4 x 8 block (bcsr's 4-output rows).
+inline void transpose4x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  const __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + src_stride);
+  const __m256 r2 = _mm256_loadu_ps(src + 2 * src_stride), r3 = _mm256_loadu_ps(src + 3 * src_stride);
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
+                       _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
+  for (int c = 0; c < 4; ++c) {
+    _mm_storeu_ps(dst + c * dst_stride, _mm256_castps256_ps128(u[c]));
+    _mm_storeu_ps(dst + (c + 4) * dst_stride, _mm256_extractf128_ps(u[c], 1));
+  }
 }
 
 // Sparse dot product, eight products per vector FMA: the values load as one vector, the x entries

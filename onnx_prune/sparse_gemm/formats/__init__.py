@@ -103,21 +103,22 @@ _REGISTRY: dict[str, SparseFormat] = {}
 
 
 def register(fmt: SparseFormat) -> SparseFormat:
-    """Add ``fmt`` to the registry (one name, one format; one --values choice, one format)."""
+    """Add ``fmt`` to the registry (one name, one format). Registration order matters: a --values
+    choice is written in the first registered format that stores it (see value_choices)."""
     if fmt.name in _REGISTRY:
         raise ValueError(f"format '{fmt.name}' is registered twice")
-    for choice in fmt.value_types:
-        if choice in value_choices():
-            raise ValueError(f"--values {choice} is declared by formats '{value_choices()[choice][0].name}' "
-                             f"and '{fmt.name}'")
     _REGISTRY[fmt.name] = fmt
     return fmt
 
 
 def value_choices() -> dict[str, tuple[SparseFormat, np.dtype]]:
-    """Every --values choice -> (the format that declares it, the dtype it stores), in registration
-    order: the CLI's choices and the format a prune writes come from here."""
-    return {choice: (fmt, np.dtype(dtype)) for fmt in _REGISTRY.values() for choice, dtype in fmt.value_types.items()}
+    """Every --values choice -> (the first registered format that stores it, the dtype it stores):
+    the CLI's choices and the format a prune writes unless --format names another."""
+    choices: dict[str, tuple[SparseFormat, np.dtype]] = {}
+    for fmt in _REGISTRY.values():
+        for choice, dtype in fmt.value_types.items():
+            choices.setdefault(choice, (fmt, np.dtype(dtype)))
+    return choices
 
 
 def names() -> tuple[str, ...]:
@@ -139,3 +140,4 @@ def get(name: str) -> SparseFormat:
 
 from . import csr  # noqa: E402,F401  (registers itself)
 from . import csr_int8  # noqa: E402,F401  (registers itself)
+from . import bcsr  # noqa: E402,F401  (registers itself)

@@ -111,7 +111,7 @@ def dense_weight_nodes(b: "FunctionBody", opset: int) -> str:
     values = b.node("Cast", ["values"], to=TensorProto.FLOAT)
     rows_k = b.node("Cast", ["indices"], to=TensorProto.INT64)
     offsets = b.node("Cast", ["offsets"], to=TensorProto.INT64)
-    return scatter_dense_nodes(b, opset, rows_k, column_ids_nodes(b, offsets, values), values)
+    return scatter_dense_nodes(b, opset, rows_k, row_ids_nodes(b, offsets, values), values)
 
 
 def attr_vector(b: "FunctionBody", attr: str) -> str:
@@ -131,8 +131,9 @@ def scatter_dense_nodes(b: "FunctionBody", opset: int, rows_k: str, cols_n: str,
     return b.node("ScatterND", [zeros, kn, values], **reduction)
 
 
-def column_ids_nodes(b: "FunctionBody", offsets: str, values: str) -> str:
-    """n(j) for every stored value j: the row of Wᵀ (column of W) it belongs to.
+def row_ids_nodes(b: "FunctionBody", offsets: str, values: str) -> str:
+    """n(j) for every entry j of the 1-D ``values``: the row of the row pointer ``offsets`` it
+    belongs to (for csr the row of Wᵀ, i.e. the column of W; bcsr reuses it for block rows).
 
     n(j) is the number of rows that end at or before j (``searchsorted(offsets[1:], j, "right")``).
     It is computed with fixed-shape ops only, so that onnxruntime's constant folding can turn the

@@ -19,7 +19,7 @@ from onnx import TensorProto
 from ...errors import OnnxPruneError
 from .. import contract
 from . import PackedWeight, SparseFormat, keep_mask, register
-from .csr import attr_vector, column_ids_nodes, offset_dtype_for, scatter_dense_nodes
+from .csr import attr_vector, row_ids_nodes, offset_dtype_for, scatter_dense_nodes
 
 if TYPE_CHECKING:
     from ...fallback import FunctionBody
@@ -149,7 +149,7 @@ class CsrInt8Format(SparseFormat):
         """W [K, N] float32: zeros with ``W[256 (r mod B) + indices[j], r div B] += values[j] * scales[r div B]``,
         r being the (output, block) row that entry j belongs to (csr's column-id nodes on the blocked offsets)."""
         values = b.node("Cast", ["values"], to=TensorProto.FLOAT)
-        rows = column_ids_nodes(b, b.node("Cast", ["offsets"], to=TensorProto.INT64), values)
+        rows = row_ids_nodes(b, b.node("Cast", ["offsets"], to=TensorProto.INT64), values)
         block_rows = b.const(np.array(BLOCK_ROWS, np.int64))
         k_plus = b.node("Add", [attr_vector(b, contract.ATTR_K), b.const(np.array(BLOCK_ROWS - 1, np.int64))])
         blocks = b.node("Div", [k_plus, block_rows])
