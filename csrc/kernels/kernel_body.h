@@ -158,6 +158,7 @@ struct TiledTask {
   int64_t* n_nz;       // per tile: its number of nonzero rows
   int64_t* order;      // tile numbers: the n_os output-stationary tiles first, then the others
   int64_t n_os;
+  bool scan;           // look for zero rows (else every tile runs output-stationary)
 };
 
 template <typename Val>
@@ -234,8 +235,12 @@ void pack_task(void* data, size_t i) {
   const int64_t w = tile_width(g, tile), wp = round_up(w, kPanel);
   pack_tile_rows(g, tile_data, tile * kTileCols, w, k0, k1);
   int64_t* flags = t.nz + tile * g.w.K;
-  for (int64_t k = k0; k < k1; ++k)
-    flags[k] = !g.w.skip_zeros || panels_have_nonzero(tile_data + tile_row(k) * wp, wp);
+  for (int64_t k = k0; k < k1 && t.scan; ++k) {
+    uint32_t any = g.w.skip_zeros ? 0u : 1u;
+    const float* row = tile_data + tile_row(k) * wp;
+    for (int64_t i = 0; i < wp; ++i) any |= magnitude_bits(row[i]);
+    flags[k] = any != 0u;
+  }
 }
 
 // The inner loop of the kernel, for one pair of outputs and one block of W's rows:
@@ -368,7 +373,8 @@ template <typename Val>
 void choose_tile_paths(TiledTask<Val>& t) {
   const CsrArraysOf<Val>& w = t.g->w;
   int64_t n_os = 0, n_is = 0;
-  for (int64_t tile = 0; tile < t.n_tiles; ++tile) {
+  for (int64_t tile = 0; tile < t.n_tiles && !t.scan; ++tile) t.order[n_os++] = tile;
+  for (int64_t tile = 0; tile < t.n_tiles && t.scan; ++tile) {
     int64_t* rows = t.nz + tile * w.K;
     int64_t count = 0;
     for (int64_t k = 0; k < w.K; ++k) {
@@ -384,8 +390,9 @@ void choose_tile_paths(TiledTask<Val>& t) {
   t.n_os = n_os;
 }
 
+// `scan`: whether any tile may run input-stationary, so its rows are scanned for zeros.
 template <typename Val>
-void run_tiled(const CsrJob<Val>& g, const ParallelRunner& parallel) {
+void run_tiled(const CsrJob<Val>& g, const ParallelRunner& parallel, bool scan) {
   const int64_t n_tiles = (g.M + kTileCols - 1) / kTileCols;
   const int64_t n_kchunks = (g.w.K + kPackKChunk - 1) / kPackKChunk;
   const int64_t acc_rows = 2 * g.w.n_pairs > g.w.N ? 2 * g.w.n_pairs : g.w.N;
@@ -394,7 +401,7 @@ void run_tiled(const CsrJob<Val>& g, const ParallelRunner& parallel) {
   Scratch ints(g.scratch, static_cast<size_t>(2 * (n_tiles * g.w.K + 2 * n_tiles)));  // int64
   int64_t* nz = reinterpret_cast<int64_t*>(ints.p);
   TiledTask<Val> task{&g, tiles.p, acc.p, acc_rows, n_tiles, n_kchunks, nz, nz + n_tiles * g.w.K,
-                      nz + n_tiles * g.w.K + n_tiles, 0};
+                      nz + n_tiles * g.w.K + n_tiles, 0, scan};
   parallel(pack_task<Val>, static_cast<size_t>(n_tiles * n_kchunks), &task);
   choose_tile_paths(task);
   parallel(spmm_task<Val>, static_cast<size_t>(task.n_os * g.w.n_parts), &task);
@@ -416,7 +423,8 @@ void csr_gemm_job(const CsrJob<Val>& g, const ParallelRunner& parallel) {
     fill_bias_only(g);
     return;
   }
-  if (choose_rows_path(g)) {
+  const double density = sample_density(g);
+  if (choose_rows_path(g, density)) {
     run_rows(g, parallel);
     return;
   }
@@ -426,7 +434,7 @@ void csr_gemm_job(const CsrJob<Val>& g, const ParallelRunner& parallel) {
                      : path == KernelPath::kGemv ? false
                      : g.M > kNarrowCols && g.w.blocked;
   if (tiled) {
-    run_tiled(g, parallel);
+    run_tiled(g, parallel, may_skip_tile_rows(g, density));
   } else {
     run_narrow(g, parallel);
   }
