@@ -147,6 +147,14 @@ void is_narrow_task(void* data, size_t part) {
   }
 }
 
+// At M = 1: whether the input-stationary path may run (forced, or enough zeros by the count).
+template <typename Val>
+bool gemv_may_skip_zeros(const CsrJob<Val>& g) {
+  const CsrArraysOf<Val>& w = g.w;
+  if (w.forced_path != KernelPath::kAuto) return forces_input_stationary(w.forced_path);
+  return w.skip_zeros && choose_input_stationary(w, kIsMaxFractionGemv, count_nonzero(g.a, w.K));
+}
+
 // Runs the group [r0, r0 + rows) input-stationary when the cost model (or ONNX_PRUNE_PATH) says
 // so; false leaves it to the output-stationary loop. `at` is the group's copy of A' (M > 1), `nz`
 // and `acc` scratch of K ints and N x 8 floats.

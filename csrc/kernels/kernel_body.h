@@ -179,7 +179,8 @@ inline int64_t tile_rows(int64_t K) { return ((K + kKBlock - 1) / kKBlock) * kKB
 template <typename Val>
 void run_narrow(const CsrJob<Val>& g, const ParallelRunner& parallel) {
   const int64_t K = g.w.K, M = g.M;
-  const bool columns = g.w.n_col_parts > 0;  // the input-stationary path is possible
+  // Scratch for the input-stationary path only where it may run (at M = 1 its cheap count decides).
+  const bool columns = g.w.n_col_parts > 0 && (M > 1 || gemv_may_skip_zeros(g));
   Scratch at(g.scratch, M > 1 ? static_cast<size_t>(K * kNarrowCols) : 0);
   Scratch nz(g.scratch, columns ? static_cast<size_t>(K * 2) : 0);  // K int64
   Scratch acc(g.scratch, columns && M > 1 ? static_cast<size_t>(g.w.N * kNarrowCols) : 0);
@@ -190,7 +191,8 @@ void run_narrow(const CsrJob<Val>& g, const ParallelRunner& parallel) {
       for (int64_t r = 0; r < kNarrowCols; ++r)
         row[r] = r < rows ? (g.trans_a ? g.a[k * M + r0 + r] : g.a[(r0 + r) * K + k]) : 0.f;
     }
-    if (try_input_stationary_group(g, at.p, r0, rows, reinterpret_cast<int64_t*>(nz.p), acc.p, parallel)) continue;
+    if (columns && try_input_stationary_group(g, at.p, r0, rows, reinterpret_cast<int64_t*>(nz.p), acc.p, parallel))
+      continue;
     NarrowTask<Val> task{&g, at.p, r0, rows};
     parallel(narrow_task<Val>, static_cast<size_t>(g.w.n_parts), &task);
   }
@@ -234,8 +236,9 @@ void pack_task(void* data, size_t i) {
   float* tile_data = t.tiles + tile * tile_rows(g.w.K) * kTileCols;
   const int64_t w = tile_width(g, tile), wp = round_up(w, kPanel);
   pack_tile_rows(g, tile_data, tile * kTileCols, w, k0, k1);
+  if (!t.scan) return;
   int64_t* flags = t.nz + tile * g.w.K;
-  for (int64_t k = k0; k < k1 && t.scan; ++k) {
+  for (int64_t k = k0; k < k1; ++k) {
     uint32_t any = g.w.skip_zeros ? 0u : 1u;
     const float* row = tile_data + tile_row(k) * wp;
     for (int64_t i = 0; i < wp; ++i) any |= magnitude_bits(row[i]);
@@ -334,7 +337,8 @@ void spmm_task(void* data, size_t i) {
   const TiledTask<Val>& t = *static_cast<const TiledTask<Val>*>(data);
   const CsrJob<Val>& g = *t.g;
   const int64_t parts = g.w.n_parts;
-  const int64_t tile = t.order[static_cast<int64_t>(i) / parts], p = static_cast<int64_t>(i) % parts;
+  const int64_t slot = static_cast<int64_t>(i) / parts, p = static_cast<int64_t>(i) % parts;
+  const int64_t tile = t.scan ? t.order[slot] : slot;  // without a scan every tile is output-stationary
   const float* tile_data = t.tiles + tile * tile_rows(g.w.K) * kTileCols;
   float* acc = t.acc + tile * t.acc_rows * kTileCols;
   const int64_t m0 = tile * kTileCols, w = tile_width(g, tile);
@@ -373,8 +377,11 @@ template <typename Val>
 void choose_tile_paths(TiledTask<Val>& t) {
   const CsrArraysOf<Val>& w = t.g->w;
   int64_t n_os = 0, n_is = 0;
-  for (int64_t tile = 0; tile < t.n_tiles && !t.scan; ++tile) t.order[n_os++] = tile;
-  for (int64_t tile = 0; tile < t.n_tiles && t.scan; ++tile) {
+  if (!t.scan) {
+    t.n_os = t.n_tiles;
+    return;
+  }
+  for (int64_t tile = 0; tile < t.n_tiles; ++tile) {
     int64_t* rows = t.nz + tile * w.K;
     int64_t count = 0;
     for (int64_t k = 0; k < w.K; ++k) {
@@ -398,10 +405,10 @@ void run_tiled(const CsrJob<Val>& g, const ParallelRunner& parallel, bool scan) 
   const int64_t acc_rows = 2 * g.w.n_pairs > g.w.N ? 2 * g.w.n_pairs : g.w.N;
   Scratch tiles(g.scratch, static_cast<size_t>(n_tiles * tile_rows(g.w.K) * kTileCols));
   Scratch acc(g.scratch, static_cast<size_t>(n_tiles * acc_rows * kTileCols));
-  Scratch ints(g.scratch, static_cast<size_t>(2 * (n_tiles * g.w.K + 2 * n_tiles)));  // int64
-  int64_t* nz = reinterpret_cast<int64_t*>(ints.p);
-  TiledTask<Val> task{&g, tiles.p, acc.p, acc_rows, n_tiles, n_kchunks, nz, nz + n_tiles * g.w.K,
-                      nz + n_tiles * g.w.K + n_tiles, 0, scan};
+  Scratch ints(g.scratch, scan ? static_cast<size_t>(2 * (n_tiles * g.w.K + 2 * n_tiles)) : 0);  // int64
+  int64_t* nz = reinterpret_cast<int64_t*>(ints.p);  // null without a scan
+  TiledTask<Val> task{&g, tiles.p, acc.p, acc_rows, n_tiles, n_kchunks, nz, scan ? nz + n_tiles * g.w.K : nullptr,
+                      scan ? nz + n_tiles * g.w.K + n_tiles : nullptr, 0, scan};
   parallel(pack_task<Val>, static_cast<size_t>(n_tiles * n_kchunks), &task);
   choose_tile_paths(task);
   parallel(spmm_task<Val>, static_cast<size_t>(task.n_os * g.w.n_parts), &task);
