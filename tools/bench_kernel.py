@@ -3,8 +3,13 @@
 same kept weights quantized to int8), side by side in one process with:
 
 * onnxruntime's dense ``Gemm`` on the same (masked) weights,
+* onnxruntime's int8 dynamic quantization (``quantize_dynamic``) of that dense layer,
 * onnxruntime's ``com.microsoft.SparseToDenseMatMul`` on the same weights as a CSR sparse tensor,
-* ``scipy.sparse`` CSR times dense, in-process.
+* ``scipy.sparse`` CSR times dense, in-process,
+* optionally (``--paths``) SparseGemm with each kernel path forced (the ONNX_PRUNE_PATH test hook).
+
+Inputs are standard normal, optionally with entries zeroed with probability ``--zero-prob``, or real
+post-ReLU activations of the bundled MNIST MLP (``--inputs relu1|relu2``).
 
 Every candidate's result is checked against a float64 reference of the weights it stores (the
 dequantized ones for int8) before it is timed. Timings are
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import sys
@@ -41,9 +47,23 @@ SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 BATCHES = (1, 16, 64, 256)
 QUICK_SPARSITIES = (0.5, 0.9)
 QUICK_BATCHES = (1, 64)
-OURS, INT8, DENSE, S2D, SCIPY = "SparseGemm", "SparseGemm int8", "dense Gemm", "SparseToDenseMatMul", "scipy CSR"
-CANDIDATES = (OURS, INT8, DENSE, S2D, SCIPY)
-RATIOS = {"int8/ours": INT8, "dense/ours": DENSE, "s2d/ours": S2D, "scipy/ours": SCIPY}
+OURS, INT8, DENSE, ORT_INT8, S2D, SCIPY = ("SparseGemm", "SparseGemm int8", "dense Gemm", "onnxruntime int8 dynamic",
+                                           "SparseToDenseMatMul", "scipy CSR")
+CANDIDATES = (OURS, INT8, DENSE, ORT_INT8, S2D, SCIPY)
+SHORT = {OURS: "ours", INT8: "int8", DENSE: "dense", ORT_INT8: "ort-int8", S2D: "s2d", SCIPY: "scipy"}
+PATHS = ("gemv", "input_stationary", "tiled", "input_stationary_rows")  # --paths times each, forced
+PATH_ENV = "ONNX_PRUNE_PATH"
+# onnxruntime's int8 dynamic quantization is not exact: its result must be within this fraction of
+# the largest |Y|.
+ORT_INT8_TOLERANCE = 0.05
+# Real activations: the bundled MLP and test images; relu1 / relu2 are its two hidden layers' outputs.
+MODEL_PATH = Path(__file__).resolve().parents[1] / "models" / "mnist-mlp.onnx"
+IMAGES_PATH = Path(__file__).resolve().parents[1] / "models" / "mnist-test.npz"
+ACTIVATIONS = {"relu1": "/relu1/Relu_output_0", "relu2": "/relu2/Relu_output_0"}
+
+
+def forced_name(path: str) -> str:
+    return f"{OURS}[{path}]"
 OPSET = 17
 IR_VERSION = 9
 
@@ -115,6 +135,23 @@ def dense_gemm_model(layer: Layer) -> onnx.ModelProto:
     return finish_model([node], [x_input(layer.K)], [numpy_helper.from_array(layer.weight, "W")], [])
 
 
+def int8_dynamic_model(layer: Layer) -> onnx.ModelProto:
+    """The dense layer as a MatMul, quantized by onnxruntime.quantization.quantize_dynamic (int8
+    weights, activations quantized per call), as a user would try instead of pruning."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    node = helper.make_node("MatMul", ["X", "W"], ["Y"], name="layer")
+    model = finish_model([node], [x_input(layer.K)], [numpy_helper.from_array(layer.weight, "W")], [])
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "dense.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, str(src))
+        logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process, printed per model
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        return onnx.load(str(dst))
+
+
 def sparse_to_dense_model(layer: Layer) -> onnx.ModelProto:
     """Y = (Wᵀ · Xᵀ)ᵀ: the op takes the sparse operand on the left, so it gets Wᵀ [N, K] (CSR) and
     X with transB = 1, and a Transpose gives Y [M, N] like the other candidates. Wᵀ is a graph input
@@ -124,6 +161,40 @@ def sparse_to_dense_model(layer: Layer) -> onnx.ModelProto:
                               transB=1),
              helper.make_node("Transpose", ["Yt"], ["Y"], name="to_rows", perm=[1, 0])]
     return finish_model(nodes, [sparse_w, x_input(layer.K)], [], [("com.microsoft", 1)])
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def captured_activations(which: str) -> np.ndarray:
+    """The bundled MLP's post-ReLU activations `which` (relu1 / relu2) for every test image,
+    [images, 1000]: the hidden tensor is exposed as an extra graph output and run in onnxruntime."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(MODEL_PATH))
+    model.graph.output.append(helper.make_tensor_value_info(ACTIVATIONS[which], TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    images = np.load(IMAGES_PATH)["input"].astype(np.float32)
+    return sess.run([ACTIVATIONS[which]], {model.graph.input[0].name: images})[0]
+
+
+def make_input(batch: int, K: int, seed: int, zero_prob: float, activations: Optional[np.ndarray]) -> np.ndarray:
+    """X [batch, K]: consecutive rows of `activations` from a seeded start (wrapping around), or
+    standard normal entries each set to zero with probability zero_prob."""
+    rng = np.random.default_rng(seed + batch)
+    if activations is not None:
+        start = int(rng.integers(len(activations)))
+        return np.ascontiguousarray(activations[(start + np.arange(batch)) % len(activations)])
+    x = rng.standard_normal((batch, K)).astype(np.float32)
+    x[rng.random((batch, K)) < zero_prob] = 0.0
+    return x
+
+
+def zero_stats(x: np.ndarray) -> dict:
+    """Fraction of zero entries, and of rows of W (columns of X) zero across each 32-row tile."""
+    tiles = [x[i:i + 32] for i in range(0, len(x), 32)]
+    return {"zero": float((x == 0).mean()),
+            "zero_rows_per_tile": float(np.mean([(t == 0).all(axis=0).mean() for t in tiles]))}
 
 
 # ---------------------------------------------------------------------------- candidates
@@ -137,12 +208,23 @@ class Candidate:
     weight: Optional[np.ndarray] = None  # the W it computes with, when not the layer's (int8: dequantized)
 
 
-def session(model: onnx.ModelProto, threads: int):
+def session(model: onnx.ModelProto, threads: int, forced_path: Optional[str] = None):
+    """`forced_path` sets ONNX_PRUNE_PATH while the session creates (and packs) its kernel only."""
     import onnxruntime as ort
 
     options = onnx_prune.session_options(threads, log_severity_level=3)  # no shape-inference warnings
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    old = os.environ.get(PATH_ENV)
+    if forced_path is not None:
+        os.environ[PATH_ENV] = forced_path
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    finally:
+        if forced_path is not None:
+            if old is None:
+                os.environ.pop(PATH_ENV)
+            else:
+                os.environ[PATH_ENV] = old
 
 
 def ort_candidate(name: str, build: Callable[[], tuple[object, dict]], weight: Optional[np.ndarray] = None
@@ -160,8 +242,9 @@ def ort_candidate(name: str, build: Callable[[], tuple[object, dict]], weight: O
     return Candidate(name, run=run, weight=weight)
 
 
-def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict) -> list[Candidate]:
-    """The five candidates for input x; `sessions` caches the sessions of this layer and thread count."""
+def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict, paths: Sequence[str] = ()) -> list[Candidate]:
+    """The candidates for input x (plus SparseGemm with each of `paths` forced); `sessions` caches the
+    sessions of this layer and thread count."""
     import onnxruntime as ort
     import scipy.sparse
 
@@ -179,6 +262,18 @@ def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict) -
         if DENSE not in sessions:
             sessions[DENSE] = session(dense_gemm_model(layer), threads)
         return sessions[DENSE], {"X": x}
+
+    def ort_int8():
+        if ORT_INT8 not in sessions:
+            sessions[ORT_INT8] = session(int8_dynamic_model(layer), threads)
+        return sessions[ORT_INT8], {"X": x}
+
+    def forced(path: str):
+        def build():
+            if forced_name(path) not in sessions:
+                sessions[forced_name(path)] = session(sparse_gemm_model(layer.csr), threads, forced_path=path)
+            return sessions[forced_name(path)], {"X": x}
+        return build
 
     def s2d():
         if S2D not in sessions:
@@ -199,9 +294,10 @@ def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict) -
     def scipy_run() -> np.ndarray:
         return np.ascontiguousarray((wt_csr @ x.T).T)  # Y [M, N] row-major, like the others
 
-    return [ort_candidate(OURS, ours), ort_candidate(INT8, ours_int8, layer.int8.to_dense()),
-            ort_candidate(DENSE, dense), ort_candidate(S2D, s2d),
-            Candidate(SCIPY, run=scipy_run)]
+    return ([ort_candidate(OURS, ours), ort_candidate(INT8, ours_int8, layer.int8.to_dense()),
+             ort_candidate(DENSE, dense), ort_candidate(ORT_INT8, ort_int8), ort_candidate(S2D, s2d),
+             Candidate(SCIPY, run=scipy_run)]
+            + [ort_candidate(forced_name(p), forced(p)) for p in paths])
 
 
 def one_line(exc: BaseException) -> str:
@@ -221,6 +317,8 @@ def verify(candidate: Candidate, x: np.ndarray, layer: Layer) -> None:
         return
     scale = float((np.abs(x).astype(np.float64) @ np.abs(weight).astype(np.float64)).max(initial=0.0))
     tol = 1e-5 * float(np.abs(expected).max(initial=0.0)) + 4 * np.finfo(np.float32).eps * np.sqrt(layer.K) * scale
+    if candidate.name == ORT_INT8:  # quantized per call: close, not exact
+        tol = ORT_INT8_TOLERANCE * float(np.abs(expected).max(initial=0.0))
     if y.shape != expected.shape:
         candidate.run, candidate.problem = None, f"wrong shape {list(y.shape)}, expected {list(expected.shape)}"
     elif not np.all(np.abs(y - expected) <= tol):
@@ -268,12 +366,14 @@ class Row:
     threads: int
     nnz: int
     us: dict  # candidate -> µs per call (absent: not timed)
-    ratios: dict  # each key of RATIOS ("int8/ours", "dense/ours", ...) -> value or None
+    ratios: dict  # "<candidate>/ours" for every other candidate -> value or None
     problems: dict = field(default_factory=dict)  # candidate -> why it was not timed
+    inputs: dict = field(default_factory=dict)  # zero_stats of X
 
 
 def bench(K: int, N: int, sparsities: Sequence[float], batches: Sequence[int], threads: Sequence[int], *,
-          rounds: int, warmup: int, block_s: float, seed: int, progress: Callable[[str], None]) -> list[Row]:
+          rounds: int, warmup: int, block_s: float, seed: int, progress: Callable[[str], None],
+          zero_prob: float = 0.0, activations: Optional[np.ndarray] = None, paths: Sequence[str] = ()) -> list[Row]:
     rows = []
     for sparsity in sparsities:
         layer = make_layer(K, N, sparsity, seed)
@@ -281,15 +381,16 @@ def bench(K: int, N: int, sparsities: Sequence[float], batches: Sequence[int], t
             sessions: dict = {}
             for batch in batches:
                 progress(f"sparsity {sparsity}, batch {batch}, {n_threads} thread(s)")
-                x = np.random.default_rng(seed + batch).standard_normal((batch, K)).astype(np.float32)
-                candidates = make_candidates(layer, x, n_threads, sessions)
+                x = make_input(batch, K, seed, zero_prob, activations)
+                candidates = make_candidates(layer, x, n_threads, sessions, paths)
                 for c in candidates:
                     verify(c, x, layer)
                 timings = time_candidates(candidates, rounds=rounds, warmup=warmup, block_s=block_s)
                 rows.append(Row(sparsity=sparsity, batch=batch, threads=n_threads, nnz=layer.csr.nnz,
                                 us={name: t["us"] for name, t in timings.items()},
-                                ratios={key: ratio(timings, name) for key, name in RATIOS.items()},
-                                problems={c.name: c.problem for c in candidates if c.problem}))
+                                ratios={f"{c.name}/ours": ratio(timings, c.name) for c in candidates[1:]},
+                                problems={c.name: c.problem for c in candidates if c.problem},
+                                inputs=zero_stats(x)))
     return rows
 
 
@@ -304,23 +405,43 @@ def parse_threads(values: Sequence[str]) -> list[int]:
     return out
 
 
+def column_names(rows: Sequence[Row]) -> list[str]:
+    """Candidates in table order: the fixed ones, then any forced paths that appear."""
+    seen = {name for r in rows for name in list(r.us) + list(r.problems)}
+    return [c for c in CANDIDATES if c in seen or any(f"{c}/ours" in r.ratios for r in rows)] + \
+        [forced_name(p) for p in PATHS if forced_name(p) in seen]
+
+
+def short(name: str) -> str:
+    if name in SHORT:
+        return SHORT[name]
+    return "ours[" + name[len(OURS) + 1:-1].replace("input_stationary", "is") + "]"
+
+
+def table_cells(r: Row, names: Sequence[str], fmt_ratio: Callable[[Optional[float]], str]) -> list[str]:
+    cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in names]
+    return cells + [fmt_ratio(r.ratios.get(f"{c}/ours")) for c in names[1:]]
+
+
 def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 132))
-    table = Table(title=f"SparseGemm kernel, K x N = {settings['K']} x {settings['N']}: median µs per call "
-                        f"(ratio > 1: SparseGemm faster)")
-    for column in ("threads", "sparsity", "batch", "ours µs", "int8 µs", "dense µs", "s2d µs", "scipy µs", *RATIOS):
-        table.add_column(column, justify="right")
+    names = column_names(rows)
+    console = Console(width=max(Console().width, 160))
+    table = Table(title=f"SparseGemm kernel, K x N = {settings['K']} x {settings['N']}, inputs: {settings['inputs']}: "
+                        f"median µs per call (ratio > 1: SparseGemm faster)")
+    for column in (["threads", "sparsity", "batch", "X zero", "rows zero/tile"] + [f"{short(c)} µs" for c in names]
+                   + [f"{short(c)}/ours" for c in names[1:]]):
+        table.add_column(escape(column), justify="right")
     previous_threads = None
     for r in rows:
         if previous_threads is not None and r.threads != previous_threads:
             table.add_section()
         previous_threads = r.threads
-        cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in CANDIDATES]
-        ratios = [format_ratio(r.ratios[k]) for k in RATIOS]
-        table.add_row(str(r.threads), f"{r.sparsity:g}", str(r.batch), *cells, *ratios)
+        table.add_row(str(r.threads), f"{r.sparsity:g}", str(r.batch), f"{r.inputs['zero']:.0%}",
+                      f"{r.inputs['zero_rows_per_tile']:.0%}", *table_cells(r, names, format_ratio))
     console.print(table)
     problems = sorted({(name, why) for r in rows for name, why in r.problems.items()})
     for name, why in problems:
@@ -328,9 +449,11 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
     console.print(f"machine: {machine['cpu']} · {machine['cores']} cores · SIMD {', '.join(machine['simd']) or 'none'}")
     console.print(f"onnxruntime {machine['onnxruntime']} · numpy {machine['numpy']} · scipy {machine['scipy']} · "
                   f"kernel ISA {machine['kernel_isa']}")
-    console.print(f"ours = {OURS} (this library, csr fp32) · int8 = the same weights in csr_int8 · dense = onnxruntime {DENSE} · s2d = onnxruntime com.microsoft."
-                  f"{S2D} (Wᵀ as a CSR sparse-tensor input, plus a Transpose to [M, N]) · scipy = {SCIPY} @ dense, "
-                  f"in-process, single-threaded")
+    console.print(f"ours = {OURS} (this library, csr fp32, path chosen per call) · int8 = the same weights in "
+                  f"csr_int8 · dense = onnxruntime {DENSE} · ort-int8 = onnxruntime quantize_dynamic of the dense layer (int8 weights; checked to "
+                  f"{ORT_INT8_TOLERANCE:.0%} of max |Y|) · s2d = onnxruntime com.microsoft.{S2D} (Wᵀ as a CSR "
+                  f"sparse-tensor input, plus a Transpose to [M, N]) · scipy = {SCIPY} @ dense, in-process, "
+                  f"single-threaded · ours\\[p] = {OURS} with {PATH_ENV}=p (is: input_stationary)")
     console.print(f"onnxruntime per-call floor (Identity model, 1 thread): {settings['call_floor_us']:.1f} µs · "
                   f"{settings['rounds']} rounds of ~{settings['block_ms']:g} ms per candidate · command: "
                   f"{settings['command']}")
@@ -338,12 +461,13 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
 
 def markdown_table(rows: Sequence[Row]) -> str:
     """The result as a markdown table (for docs/bench_kernel.md)."""
-    lines = ["| threads | sparsity | batch | ours µs | int8 µs | dense µs | s2d µs | scipy µs | " + " | ".join(RATIOS) + " |",
-             "|" + "---:|" * 12]
+    names = column_names(rows)
+    header = (["threads", "sparsity", "batch", "X zero"] + [f"{short(c)} µs" for c in names]
+              + [f"{short(c)}/ours" for c in names[1:]])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     for r in rows:
-        cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in CANDIDATES]
-        ratios = [f"{r.ratios[k]:.2f}x" if r.ratios[k] is not None else "n/a" for k in RATIOS]
-        lines.append(f"| {r.threads} | {r.sparsity:g} | {r.batch} | " + " | ".join(cells + ratios) + " |")
+        cells = table_cells(r, names, lambda v: f"{v:.2f}x" if v is not None else "n/a")
+        lines.append(f"| {r.threads} | {r.sparsity:g} | {r.batch} | {r.inputs['zero']:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -365,6 +489,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--block-ms", type=float, help="milliseconds of calls per round and candidate (default 20, quick 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a short run: fewer sparsities, batches, rounds")
+    p.add_argument("--zero-prob", type=float, default=0.0, metavar="P",
+                   help="set each input entry to zero with probability P (default 0)")
+    p.add_argument("--inputs", choices=["random", *ACTIVATIONS], default="random",
+                   help="random (standard normal, see --zero-prob) or the bundled MNIST MLP's real post-ReLU "
+                        "activations after its first / second hidden layer (K = 1000)")
+    p.add_argument("--paths", action="store_true", help=f"also time SparseGemm with each kernel path forced "
+                                                        f"({', '.join(PATHS)})")
     p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     p.add_argument("--markdown", metavar="PATH", help="also save the table as markdown")
     args = p.parse_args(argv)
@@ -374,6 +505,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args.block_ms = args.block_ms or (5.0 if args.quick else 20.0)
     if args.k < 1 or args.n < 1 or any(b < 1 for b in args.batch) or not all(0 <= s < 1 for s in args.sparsity):
         p.error("--k, --n and --batch must be positive and every --sparsity in [0, 1)")
+    if not 0 <= args.zero_prob <= 1:
+        p.error("--zero-prob must be in [0, 1]")
+    if args.inputs != "random" and (args.k != 1000 or args.zero_prob):
+        p.error(f"--inputs {args.inputs} gives 1000 features: use --k 1000 (the default) and no --zero-prob")
     return args
 
 
@@ -388,9 +523,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     err = Console(stderr=True)
+    activations = None if args.inputs == "random" else captured_activations(args.inputs)
     rows = bench(args.k, args.n, args.sparsity, args.batch, threads, rounds=args.rounds, warmup=5,
-                 block_s=args.block_ms / 1000, seed=args.seed, progress=lambda m: err.print(f"[dim]timing {m}…[/dim]"))
+                 block_s=args.block_ms / 1000, seed=args.seed, progress=lambda m: err.print(f"[dim]timing {m}…[/dim]"),
+                 zero_prob=args.zero_prob, activations=activations, paths=PATHS if args.paths else ())
+    inputs = args.inputs if args.inputs != "random" else f"standard normal, zero with probability {args.zero_prob:g}"
     settings = {"K": args.k, "N": args.n, "sparsities": args.sparsity, "batches": args.batch, "threads": threads,
+                "inputs": inputs, "paths": args.paths,
                 "rounds": args.rounds, "block_ms": args.block_ms, "seed": args.seed,
                 "command": " ".join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])),
                 "call_floor_us": call_floor_us(1, args.rounds, args.block_ms / 1000)}

@@ -148,7 +148,9 @@ std::string pack(const std::vector<TensorView>& t, const WeightShape& shape, std
     return err.str();
   }
   auto packed = std::make_unique<PackedCsr>();
-  std::string err = pack_csr(view, shape.K, shape.N, packed.get());
+  std::string err = read_forced_path(&packed->forced_path);
+  if (!err.empty()) return err;
+  err = pack_csr(view, shape.K, shape.N, packed.get());
   if (!err.empty()) return "invalid sparse weight: " + err;
   *out = std::move(packed);
   return {};

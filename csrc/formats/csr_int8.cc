@@ -114,6 +114,8 @@ std::string pack(const std::vector<TensorView>& t, const WeightShape& shape, std
   if (problem.empty()) problem = check_offsets(t[kOffsets], shape.N * B, nnz);
   if (!problem.empty()) return "invalid sparse weight: " + problem;
   auto w = std::make_unique<PackedInt8>();
+  problem = read_forced_path(&w->forced_path);
+  if (!problem.empty()) return problem;
   w->K = shape.K;
   w->N = shape.N;
   w->nnz = nnz;

@@ -5,8 +5,11 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "formats/format.h"
@@ -49,6 +52,19 @@ struct PackedCsrOf : PackedWeight {
   // with few entries; blocked_layout_fits): the batched path then runs the few-rows strategy on
   // groups of 8 rows instead.
   bool blocked = false;
+  // The same weights once more, input-stationary (CSC of W, cut into output ranges), for the paths
+  // that visit only the rows of W whose input is nonzero (docs/bench_kernel.md, "Kernel paths").
+  // Range r holds outputs [col_parts[r], col_parts[r + 1]); its entries for W's row k are
+  // [col_ptr[r * (K + 1) + k], col_ptr[r * (K + 1) + k + 1]), by increasing output. Left empty
+  // (col_parts too) when K + 1 row pointers would outgrow the stored weights, as for `blocked`.
+  std::vector<Val> col_values;
+  std::vector<uint16_t> col_out16;  // output of each entry, when N <= 65536
+  std::vector<int32_t> col_out32;   // otherwise
+  std::vector<int64_t> col_ptr;     // [n_col_parts][K + 1]
+  std::vector<int64_t> col_parts;   // n_col_parts + 1 boundaries
+  // False when a stored weight is inf or NaN: 0 * inf is NaN, so no zero input may be skipped.
+  bool skip_zeros = true;
+  KernelPath forced_path = KernelPath::kAuto;  // the ONNX_PRUNE_PATH test hook (read_forced_path)
 
   int64_t row_of(int64_t j) const { return use16 ? idx16[j] : idx32[j]; }
 };
@@ -136,6 +152,84 @@ void build_blocked_layout(PackedCsrOf<Val>* out) {
   }
 }
 
+// Ranges of the input-stationary layout: at least kColPartOutputs outputs each (a range's sums for
+// a 32-column tile, 128 x 32 floats = 16 KiB, then stay in L1), and few enough that a row's run of
+// entries within a range averages kMinColRun or more (each run ends in a mispredicted branch: with
+// 128-output ranges, 12 entries a run at 90% sparsity, the batch-1 path measured twice as slow).
+constexpr int64_t kColPartOutputs = 128;
+constexpr int64_t kMinColRun = 32;
+constexpr int64_t kMaxColParts = 64;
+
+// Output ranges of about equal nnz (see kColPartOutputs); fewer while the per-range row pointers,
+// (K + 1) int64 per range, would outgrow half the stored weights (plus the same allowance as the
+// blocked layout), none when even one range's would, so kernel creation stays a small multiple of
+// the weights.
+template <typename Val>
+void balance_col_parts(PackedCsrOf<Val>* out) {
+  const int64_t N = out->N, K = out->K;
+  int64_t n_parts = std::min({kMaxColParts, (N + kColPartOutputs - 1) / kColPartOutputs,
+                              out->nnz / std::max<int64_t>(1, K * kMinColRun)});
+  n_parts = std::max<int64_t>(1, n_parts);
+  while (n_parts > 1 && n_parts * (K + 1) > out->nnz / 2 + kBlockTableAllowance) n_parts /= 2;
+  out->col_parts.clear();
+  if (K + 1 > out->nnz / 2 + kBlockTableAllowance) return;  // a huge K with few entries: no layout
+  const auto& rp = out->row_ptr;
+  out->col_parts.assign(1, 0);
+  for (int64_t p = 1; p < n_parts; ++p) {
+    const int64_t boundary = out->nnz > 0
+        ? std::lower_bound(rp.begin(), rp.end(), out->nnz * p / n_parts) - rp.begin()
+        : N * p / n_parts;
+    if (boundary > out->col_parts.back() && boundary < N) out->col_parts.push_back(boundary);
+  }
+  out->col_parts.push_back(N);
+}
+
+// Fills the input-stationary layout (PackedCsrOf::col_*): per output range, W's entries by row k,
+// within a row by increasing output (duplicates stay separate entries).
+template <typename Val>
+void build_column_layout(PackedCsrOf<Val>* out) {
+  const int64_t K = out->K;
+  auto finite = [](auto v) { return std::isfinite(static_cast<float>(v)); };
+  out->skip_zeros = std::all_of(out->values.begin(), out->values.end(), finite) &&
+                    std::all_of(out->scales.begin(), out->scales.end(), finite);
+  balance_col_parts(out);
+  if (out->col_parts.empty()) return;  // the input-stationary paths are then never taken
+  const int64_t n_parts = static_cast<int64_t>(out->col_parts.size()) - 1;
+  std::vector<int64_t>& ptr = out->col_ptr;
+  ptr.assign(static_cast<size_t>(n_parts * (K + 1)), 0);
+  for (int64_t p = 0; p < n_parts; ++p)  // counts, shifted by one row
+    for (int64_t j = out->row_ptr[out->col_parts[p]]; j < out->row_ptr[out->col_parts[p + 1]]; ++j)
+      ++ptr[p * (K + 1) + out->row_of(j) + 1];
+  int64_t total = 0;
+  for (int64_t p = 0; p < n_parts; ++p) {
+    int64_t* row = &ptr[p * (K + 1)];
+    row[0] = total;
+    for (int64_t k = 1; k <= K; ++k) row[k] = (total += row[k]);
+  }
+  const bool out16 = out->N <= 65536;
+  out->col_values.resize(static_cast<size_t>(out->nnz));
+  if (out16) {
+    out->col_out16.resize(static_cast<size_t>(out->nnz));
+  } else {
+    out->col_out32.resize(static_cast<size_t>(out->nnz));
+  }
+  std::vector<int64_t> fill(static_cast<size_t>(K));
+  for (int64_t p = 0; p < n_parts; ++p) {
+    std::copy(&ptr[p * (K + 1)], &ptr[p * (K + 1)] + K, fill.begin());
+    for (int64_t n = out->col_parts[p]; n < out->col_parts[p + 1]; ++n) {
+      for (int64_t j = out->row_ptr[n]; j < out->row_ptr[n + 1]; ++j) {
+        const int64_t at = fill[static_cast<size_t>(out->row_of(j))]++;
+        out->col_values[at] = out->values[j];
+        if (out16) {
+          out->col_out16[at] = static_cast<uint16_t>(n);
+        } else {
+          out->col_out32[at] = static_cast<int32_t>(n);
+        }
+      }
+    }
+  }
+}
+
 // True when output n's column stores every position in `ks` (sorted). `seen` has ks.size() slots.
 template <typename Val, typename Idx>
 bool stores_all(const PackedCsrOf<Val>& w, const Idx* idx, int64_t n, const std::vector<int64_t>& ks,
@@ -163,6 +257,21 @@ template <typename Val>
 void build_kernel_layout(PackedCsrOf<Val>* w) {
   csr_layout::balance_parts(w);
   csr_layout::build_blocked_layout(w);
+  csr_layout::build_column_layout(w);
+}
+
+// The ONNX_PRUNE_PATH test hook (docs/bench_kernel.md, "Kernel paths"): which kernel path every
+// call of this weight takes; empty or unset means the cost model. Returns an error for other values.
+inline std::string read_forced_path(KernelPath* path) {
+  const char* env = std::getenv("ONNX_PRUNE_PATH");
+  const std::string name = env ? env : "";
+  if (name.empty() || name == "auto") *path = KernelPath::kAuto;
+  else if (name == "gemv") *path = KernelPath::kGemv;
+  else if (name == "input_stationary") *path = KernelPath::kInputStationary;
+  else if (name == "tiled") *path = KernelPath::kTiled;
+  else if (name == "input_stationary_rows") *path = KernelPath::kInputStationaryRows;
+  else return "ONNX_PRUNE_PATH=" + name + " is not one of auto, gemv, input_stationary, tiled, input_stationary_rows";
+  return {};
 }
 
 // The kernels' plain-pointer view of `w`.
@@ -187,6 +296,17 @@ CsrArraysOf<Val> arrays_of(const PackedCsrOf<Val>& w) {
   a.n_kblocks = w.n_kblocks;
   a.n_pairs = w.n_pairs;
   a.blocked = w.blocked;
+  a.col_values = w.col_values.data();
+  if (w.N <= 65536) {
+    a.col_out16 = w.col_out16.data();
+  } else {
+    a.col_out32 = w.col_out32.data();
+  }
+  a.col_ptr = w.col_ptr.data();
+  a.col_parts = w.col_parts.data();
+  a.n_col_parts = w.col_parts.empty() ? 0 : static_cast<int64_t>(w.col_parts.size()) - 1;
+  a.skip_zeros = w.skip_zeros;
+  a.forced_path = w.forced_path;
   return a;
 }
 

@@ -143,32 +143,22 @@ void narrow_task(void* data, size_t p) {
   }
 }
 
-// Rows of A' in groups of 8 (one group, or none to copy for M = 1, in the common case).
-template <typename Val>
-void run_narrow(const CsrJob<Val>& g, const ParallelRunner& parallel) {
-  const int64_t K = g.w.K, M = g.M;
-  Scratch at(g.scratch, M > 1 ? static_cast<size_t>(K * kNarrowCols) : 0);
-  for (int64_t r0 = 0; r0 < M; r0 += kNarrowCols) {
-    const int64_t rows = min64(kNarrowCols, M - r0);
-    for (int64_t k = 0; k < K && M > 1; ++k) {
-      float* row = at.p + k * kNarrowCols;
-      for (int64_t r = 0; r < kNarrowCols; ++r)
-        row[r] = r < rows ? (g.trans_a ? g.a[k * M + r0 + r] : g.a[(r0 + r) * K + k]) : 0.f;
-    }
-    NarrowTask<Val> task{&g, at.p, r0, rows};
-    parallel(narrow_task<Val>, static_cast<size_t>(g.w.n_parts), &task);
-  }
-}
-
 // ---------------------------------------------------------------- many rows: tiled SpMM
 
 template <typename Val>
 struct TiledTask {
   const CsrJob<Val>* g;
   float* tiles;        // n_tiles blocks of [K][kTileCols] floats (a tile of width wp uses [K][wp])
-  float* acc;          // n_tiles blocks of [2 * n_pairs][kTileCols] sums (A' W)^T
+  float* acc;          // n_tiles blocks of [acc_rows][kTileCols] sums (A' W)^T
+  int64_t acc_rows;    // >= N (2 * n_pairs for the pair layout)
   int64_t n_tiles;
   int64_t n_kchunks;
+  int64_t* nz;         // n_tiles blocks of K: per row 0 / 1 (zero across the tile or not), then
+                       // compacted to the tile's nonzero rows
+  int64_t* n_nz;       // per tile: its number of nonzero rows
+  int64_t* order;      // tile numbers: the n_os output-stationary tiles first, then the others
+  int64_t n_os;
+  bool scan;           // look for zero rows (else every tile runs output-stationary)
 };
 
 template <typename Val>
@@ -181,6 +171,32 @@ inline int64_t tile_row(int64_t k) { return (k / kKBlock) * kKBlockRows + k % kK
 
 // Rows the tile of a K-row weight takes, zero rows included.
 inline int64_t tile_rows(int64_t K) { return ((K + kKBlock - 1) / kKBlock) * kKBlockRows; }
+
+#include "input_stationary_body.h"
+
+// Rows of A' in groups of 8 (one group, or none to copy for M = 1, in the common case); each group
+// runs input-stationary when its inputs are zero enough (input_stationary_body.h), else per output.
+template <typename Val>
+void run_narrow(const CsrJob<Val>& g, const ParallelRunner& parallel) {
+  const int64_t K = g.w.K, M = g.M;
+  // Scratch for the input-stationary path only where it may run (at M = 1 its cheap count decides).
+  const bool columns = g.w.n_col_parts > 0 && (M > 1 || gemv_may_skip_zeros(g));
+  Scratch at(g.scratch, M > 1 ? static_cast<size_t>(K * kNarrowCols) : 0);
+  Scratch nz(g.scratch, columns ? static_cast<size_t>(K * 2) : 0);  // K int64
+  Scratch acc(g.scratch, columns && M > 1 ? static_cast<size_t>(g.w.N * kNarrowCols) : 0);
+  for (int64_t r0 = 0; r0 < M; r0 += kNarrowCols) {
+    const int64_t rows = min64(kNarrowCols, M - r0);
+    for (int64_t k = 0; k < K && M > 1; ++k) {
+      float* row = at.p + k * kNarrowCols;
+      for (int64_t r = 0; r < kNarrowCols; ++r)
+        row[r] = r < rows ? (g.trans_a ? g.a[k * M + r0 + r] : g.a[(r0 + r) * K + k]) : 0.f;
+    }
+    if (columns && try_input_stationary_group(g, at.p, r0, rows, reinterpret_cast<int64_t*>(nz.p), acc.p, parallel))
+      continue;
+    NarrowTask<Val> task{&g, at.p, r0, rows};
+    parallel(narrow_task<Val>, static_cast<size_t>(g.w.n_parts), &task);
+  }
+}
 
 // Copies columns [m0, m0 + w) of A' into the tile rows of W's rows [k0, k1) (k0 a multiple of
 // kKBlock), zero-padding to a multiple of 16 columns and writing the zero row after each block.
@@ -217,7 +233,17 @@ void pack_task(void* data, size_t i) {
   const int64_t tile = static_cast<int64_t>(i) / t.n_kchunks;
   const int64_t chunk = static_cast<int64_t>(i) % t.n_kchunks;
   const int64_t k0 = chunk * kPackKChunk, k1 = min64(g.w.K, k0 + kPackKChunk);
-  pack_tile_rows(g, t.tiles + tile * tile_rows(g.w.K) * kTileCols, tile * kTileCols, tile_width(g, tile), k0, k1);
+  float* tile_data = t.tiles + tile * tile_rows(g.w.K) * kTileCols;
+  const int64_t w = tile_width(g, tile), wp = round_up(w, kPanel);
+  pack_tile_rows(g, tile_data, tile * kTileCols, w, k0, k1);
+  if (!t.scan) return;
+  int64_t* flags = t.nz + tile * g.w.K;
+  for (int64_t k = k0; k < k1; ++k) {
+    uint32_t any = g.w.skip_zeros ? 0u : 1u;
+    const float* row = tile_data + tile_row(k) * wp;
+    for (int64_t i = 0; i < wp; ++i) any |= magnitude_bits(row[i]);
+    flags[k] = any != 0u;
+  }
 }
 
 // The inner loop of the kernel, for one pair of outputs and one block of W's rows:
@@ -311,9 +337,10 @@ void spmm_task(void* data, size_t i) {
   const TiledTask<Val>& t = *static_cast<const TiledTask<Val>*>(data);
   const CsrJob<Val>& g = *t.g;
   const int64_t parts = g.w.n_parts;
-  const int64_t tile = static_cast<int64_t>(i) / parts, p = static_cast<int64_t>(i) % parts;
+  const int64_t slot = static_cast<int64_t>(i) / parts, p = static_cast<int64_t>(i) % parts;
+  const int64_t tile = t.scan ? t.order[slot] : slot;  // without a scan every tile is output-stationary
   const float* tile_data = t.tiles + tile * tile_rows(g.w.K) * kTileCols;
-  float* acc = t.acc + tile * 2 * g.w.n_pairs * kTileCols;
+  float* acc = t.acc + tile * t.acc_rows * kTileCols;
   const int64_t m0 = tile * kTileCols, w = tile_width(g, tile);
   const int64_t n0 = g.w.parts[p], n1 = g.w.parts[p + 1];
   const int64_t p0 = n0 / 2, p1 = (n1 + 1) / 2;
@@ -325,15 +352,67 @@ void spmm_task(void* data, size_t i) {
   write_outputs(g, acc, m0, w, n0, n1);
 }
 
+// One (input-stationary tile, output range) task.
 template <typename Val>
-void run_tiled(const CsrJob<Val>& g, const ParallelRunner& parallel) {
+void is_tile_task(void* data, size_t i) {
+  const TiledTask<Val>& t = *static_cast<const TiledTask<Val>*>(data);
+  const CsrJob<Val>& g = *t.g;
+  const int64_t parts = g.w.n_col_parts;
+  const int64_t tile = t.order[t.n_os + static_cast<int64_t>(i) / parts], p = static_cast<int64_t>(i) % parts;
+  const float* tile_data = t.tiles + tile * tile_rows(g.w.K) * kTileCols;
+  float* acc = t.acc + tile * t.acc_rows * kTileCols;
+  const int64_t m0 = tile * kTileCols, w = tile_width(g, tile);
+  const int64_t* nz = t.nz + tile * g.w.K;
+  if (g.w.col_out16) {
+    is_tile_range_of_width(g, g.w.col_out16, tile_data, nz, t.n_nz[tile], acc, p, w);
+  } else {
+    is_tile_range_of_width(g, g.w.col_out32, tile_data, nz, t.n_nz[tile], acc, p, w);
+  }
+  write_outputs(g, acc, m0, w, g.w.col_parts[p], g.w.col_parts[p + 1]);
+}
+
+// Compacts each tile's row flags to its list of nonzero rows and orders the tiles by the path the
+// cost model (or ONNX_PRUNE_PATH) picks for them.
+template <typename Val>
+void choose_tile_paths(TiledTask<Val>& t) {
+  const CsrArraysOf<Val>& w = t.g->w;
+  int64_t n_os = 0, n_is = 0;
+  if (!t.scan) {
+    t.n_os = t.n_tiles;
+    return;
+  }
+  for (int64_t tile = 0; tile < t.n_tiles; ++tile) {
+    int64_t* rows = t.nz + tile * w.K;
+    int64_t count = 0;
+    for (int64_t k = 0; k < w.K; ++k) {
+      const int64_t flag = rows[k];
+      rows[count] = k;  // count <= k: compaction in place
+      count += flag;
+    }
+    t.n_nz[tile] = count;
+    const bool is = w.n_col_parts > 0 && (!w.blocked || choose_input_stationary(w, kIsMaxFractionTiled, count));
+    if (!is) t.order[n_os++] = tile;
+    else t.order[t.n_tiles - 1 - n_is++] = tile;
+  }
+  t.n_os = n_os;
+}
+
+// `scan`: whether any tile may run input-stationary, so its rows are scanned for zeros.
+template <typename Val>
+void run_tiled(const CsrJob<Val>& g, const ParallelRunner& parallel, bool scan) {
   const int64_t n_tiles = (g.M + kTileCols - 1) / kTileCols;
   const int64_t n_kchunks = (g.w.K + kPackKChunk - 1) / kPackKChunk;
+  const int64_t acc_rows = 2 * g.w.n_pairs > g.w.N ? 2 * g.w.n_pairs : g.w.N;
   Scratch tiles(g.scratch, static_cast<size_t>(n_tiles * tile_rows(g.w.K) * kTileCols));
-  Scratch acc(g.scratch, static_cast<size_t>(n_tiles * 2 * g.w.n_pairs * kTileCols));
-  TiledTask<Val> task{&g, tiles.p, acc.p, n_tiles, n_kchunks};
+  Scratch acc(g.scratch, static_cast<size_t>(n_tiles * acc_rows * kTileCols));
+  Scratch ints(g.scratch, scan ? static_cast<size_t>(2 * (n_tiles * g.w.K + 2 * n_tiles)) : 0);  // int64
+  int64_t* nz = reinterpret_cast<int64_t*>(ints.p);  // null without a scan
+  TiledTask<Val> task{&g, tiles.p, acc.p, acc_rows, n_tiles, n_kchunks, nz, scan ? nz + n_tiles * g.w.K : nullptr,
+                      scan ? nz + n_tiles * g.w.K + n_tiles : nullptr, 0, scan};
   parallel(pack_task<Val>, static_cast<size_t>(n_tiles * n_kchunks), &task);
-  parallel(spmm_task<Val>, static_cast<size_t>(n_tiles * g.w.n_parts), &task);
+  choose_tile_paths(task);
+  parallel(spmm_task<Val>, static_cast<size_t>(task.n_os * g.w.n_parts), &task);
+  parallel(is_tile_task<Val>, static_cast<size_t>((n_tiles - task.n_os) * g.w.n_col_parts), &task);
 }
 
 // ---------------------------------------------------------------- entry point
@@ -349,10 +428,22 @@ void csr_gemm_job(const CsrJob<Val>& g, const ParallelRunner& parallel) {
   if (g.M == 0 || g.w.N == 0) return;
   if (g.w.K == 0 || g.w.row_ptr[g.w.N] == 0) {
     fill_bias_only(g);
-  } else if (g.M <= kNarrowCols || !g.w.blocked) {
-    run_narrow(g, parallel);
+    return;
+  }
+  const double density = sample_density(g);
+  if (choose_rows_path(g, density)) {
+    run_rows(g, parallel);
+    return;
+  }
+  const KernelPath path = g.w.forced_path;
+  const bool tiled = path == KernelPath::kTiled ? g.w.blocked
+                     : forces_input_stationary(path) ? g.M > kNarrowCols && g.w.n_col_parts > 0
+                     : path == KernelPath::kGemv ? false
+                     : g.M > kNarrowCols && g.w.blocked;
+  if (tiled) {
+    run_tiled(g, parallel, may_skip_tile_rows(g, density));
   } else {
-    run_tiled(g, parallel);
+    run_narrow(g, parallel);
   }
 }
 

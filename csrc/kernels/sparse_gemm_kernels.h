@@ -18,6 +18,12 @@ constexpr int64_t kKBlock = 128;
 constexpr int64_t kKBlockRows = kKBlock + 1;
 constexpr int64_t kZeroRow = kKBlock;
 
+// Which strategy computes a call. kAuto picks per call from the inputs' zeros (the cost model in
+// docs/bench_kernel.md); the others are forced by the ONNX_PRUNE_PATH test hook
+// (gemv | input_stationary | tiled | input_stationary_rows) so that tests reach every path at every
+// batch size.
+enum class KernelPath : int32_t { kAuto = 0, kGemv = 1, kInputStationary = 2, kTiled = 3, kInputStationaryRows = 4 };
+
 // Bias C viewed as a [c_rows, c_cols] matrix broadcast to [M, N]; c_rows in {1, M}, c_cols in {1, N}.
 struct BiasView {
   const float* data = nullptr;
@@ -47,6 +53,15 @@ struct CsrArraysOf {
   int64_t n_kblocks = 0;
   int64_t n_pairs = 0;
   bool blocked = false;
+  // Input-stationary layout (PackedCsrOf::col_*): CSC of W cut into output ranges.
+  const Val* col_values = nullptr;
+  const uint16_t* col_out16 = nullptr;  // exactly one of col_out16 / col_out32 is set
+  const int32_t* col_out32 = nullptr;
+  const int64_t* col_ptr = nullptr;
+  const int64_t* col_parts = nullptr;
+  int64_t n_col_parts = 0;  // 0: no such layout (a huge K with few weights), no input-stationary path
+  bool skip_zeros = true;  // false: a stored weight is non-finite, so every row must be visited
+  KernelPath forced_path = KernelPath::kAuto;
 };
 
 using CsrArrays = CsrArraysOf<float>;
