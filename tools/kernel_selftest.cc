@@ -1,7 +1,7 @@
 // Stand-alone check of the numeric kernels (no onnxruntime): every kernel variant the CPU runs,
 // against a float64 reference, over shapes that cross the few-rows / tiled strategies and their
-// remainders, and the bcsr block kernel. Used where onnxruntime is not available, e.g. the portable variant cross-built for
-// aarch64 and run under qemu (tools/check_aarch64.sh). Exit status 0 when every case matches.
+// remainders, and the bcsr block kernel. Used where onnxruntime is not available, e.g. the portable
+// variant cross-built for aarch64 and run under qemu (tools/check_aarch64.sh). Exit status 0 when every case matches.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
