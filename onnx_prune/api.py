@@ -13,21 +13,25 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 
 from . import masking, sparsifiers
 from .auto_dense import DENSE_KEEP_THRESHOLD, split_dense
+from .bias import BIAS_CORRECTION
 from .errors import OnnxPruneError, UsageError, first_line
 from .graph import opset_version
 from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
-from .modelio import PROTOBUF_LIMIT, load_model, read_npz
+from .modelio import PROTOBUF_LIMIT, load_external_data, load_model, read_npz
 from .report import PruneReport
 from .rewrite import PrunedLayer, add_optional_parts, rewrite
 from .sparse_gemm import formats
 from .sparse_gemm.formats import SparseFormat, bcsr
+
+if TYPE_CHECKING:
+    from .verify import MaskedDenseReference
 
 SCOPES = ("layer", "global")
 
@@ -41,7 +45,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
           include: Sequence[str] = (), exclude: Sequence[str] = (),
           layer_ratios: Optional[Mapping[str, float]] = None, min_params: int = 0,
           method: str = "magnitude", calibration: Calibration = None, calibration_samples: Optional[int] = None,
-          pattern: Optional[str] = None, values: str = "fp32", fallback: bool = True,
+          pattern: Optional[str] = None, bias_correction: bool = BIAS_CORRECTION, values: str = "fp32",
+          fallback: bool = True,
           auto_dense: bool = True, verify: bool = False, verify_inputs=None,
           progress: Optional[Progress] = None, format: Optional[str] = None, quantize: Optional[str] = None
           ) -> tuple[onnx.ModelProto, PruneReport]:
@@ -49,7 +54,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
 
     Returns the rewritten model and a report; the input (file or ModelProto) is not modified.
     ``calibration`` is an .npz path or a dict of arrays keyed by graph input name (first axis =
-    samples), needed by ``method="wanda"`` and ``"sparsegpt"``. ``verify=True`` runs the result
+    samples), needed by ``method="wanda"`` and ``"sparsegpt"``. ``bias_correction``: SparseGPT
+    also updates the biases (bias.py; exact, or skipped with a warning). ``verify=True`` runs the result
     against the input with the same masks applied densely and raises OnnxPruneError when they
     differ by more than verify.VERIFY_TOLERANCE (``verify_inputs``: .npz path or dict; default
     generated inputs). ``format`` names the storage format (default: see ``storage_format``).
@@ -58,60 +64,76 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
                   min_params=min_params, calibration_samples=calibration_samples)
     fmt, values_dtype = storage_format(values, format, pattern, quantize)
     source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else None
-    model = load_model(model_or_path) if source is not None else _copy(model_or_path)
+    streams = _streams(method, scope, pattern) and calibration is None
+    # layer by layer, a model file's external tensors stay in their files until each layer reads its own
+    folder = str(Path(source).parent) if source is not None and streams else None
+    model = load_model(model_or_path, external_data=folder is None) if source is not None else _copy(model_or_path)
     say = _stepper(progress)
+    reference = _verification_reference(verify, source)
+    try:
+        check_supported_opset(model)
+        say("finding prunable layers")
+        chosen, not_pruned = eligible_layers(model, include=include, exclude=exclude, min_params=min_params,
+                                             folder=folder)
+        ratios = {layer.node: float(ratio) for layer in chosen}
+        ratios.update(resolve_layer_ratios(chosen, dict(layer_ratios or {})))
 
-    check_supported_opset(model)
-    say("finding prunable layers")
-    chosen, not_pruned = eligible_layers(model, include=include, exclude=exclude, min_params=min_params)
-    ratios = {layer.node: float(ratio) for layer in chosen}
-    ratios.update(resolve_layer_ratios(chosen, dict(layer_ratios or {})))
+        say(f"scoring {len(chosen)} layers ({method}{', ' + pattern if pattern else ''})")
+        if streams:
+            pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, method=method, fmt=fmt,
+                                                       values_dtype=values_dtype, auto_dense=auto_dense,
+                                                       reference=reference)
+        else:
+            weights = sparsify(model, chosen, ratios, scope=scope, method=method, calibration=calibration,
+                               calibration_samples=calibration_samples, pattern=pattern,
+                               bias_correction=bias_correction)
+            pruned, dense_kept = split_dense(chosen, weights, auto_dense and not pattern)
+            _pack_all(pruned, fmt, values_dtype, reference)
+        # the reference is the input model rewired to the masked weights: written before the rewrite changes it
+        reference_path = reference.save(model, pruned) if reference and pruned else None
 
-    say(f"scoring {len(chosen)} layers ({method}{', ' + pattern if pattern else ''})")
-    if _streams(method, scope, pattern) and calibration is None:
-        pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, method=method, fmt=fmt, values_dtype=values_dtype,
-                                                   auto_dense=auto_dense, keep_weights=verify)
-    else:
-        weights = sparsify(model, chosen, ratios, scope=scope, method=method, calibration=calibration,
-                           calibration_samples=calibration_samples, pattern=pattern)
-        pruned, dense_kept = split_dense(chosen, weights, auto_dense and not pattern)
+        settings = dict(ratio=ratio, scope=scope, method=method, pattern=pattern, values=values,
+                        layer_ratios=dict(layer_ratios or {}), include=list(include), exclude=list(exclude),
+                        min_params=min_params, auto_dense=auto_dense, fallback=fallback,
+                        calibration_samples=calibration_samples, quantize=quantize,
+                        bias_correction=bias_correction, format=fmt.name)
+        say(f"rewriting {len(pruned)} layers as SparseGemm")
+        size_before = model.ByteSize() if source is None else None
+        # the verification's reference is on disk by now: nothing reads the input model again, and a
+        # model that is ours (loaded from a path) is rewritten in place instead of copied
+        out = rewrite(model, pruned, values_dtype=values_dtype, format=fmt.name, settings=settings,
+                      in_place=source is not None)
+        if folder is not None:  # the tensors left alone (biases, layers kept dense) join the output
+            load_external_data(out, folder, what=f"'{source}'")
+        add_optional_parts(out, fallback=fallback)
+        check_output_model(model, out)
 
-    settings = dict(ratio=ratio, scope=scope, method=method, pattern=pattern, values=values,
-                    layer_ratios=dict(layer_ratios or {}), include=list(include), exclude=list(exclude),
-                    min_params=min_params, auto_dense=auto_dense, fallback=fallback,
-                    calibration_samples=calibration_samples, quantize=quantize)
-    say(f"rewriting {len(pruned)} layers as SparseGemm")
-    size_before = model.ByteSize() if source is None else None
-    settings["format"] = fmt.name
-    # without verification nothing reads the input model again: a model that is ours (loaded
-    # from a path) is rewritten in place instead of copied
-    out = rewrite(model, pruned, values_dtype=values_dtype, format=fmt.name, settings=settings,
-                  in_place=source is not None and not verify)
-    add_optional_parts(out, fallback=fallback)
-    check_output_model(model, out)
+        report = PruneReport.build(model, out, pruned, dense_kept, not_pruned, settings, source=source)
+        if size_before is not None:
+            report.size_before = size_before
+        if reference_path is not None:
+            from .verify import verify_pruned
 
-    report = PruneReport.build(model, out, pruned, dense_kept, not_pruned, settings, source=source)
-    if size_before is not None:
-        report.size_before = size_before
-    if verify and pruned:
-        from .verify import verify_pruned
-
-        say("verifying against the masked dense model")
-        report.verification = verify_pruned(model, out, pruned, values=values, inputs=verify_inputs,
-                                            tolerance=fmt.verify_tolerance)
-        if not report.verification.passed:
-            v = report.verification
-            raise OnnxPruneError(f"verification failed: max relative error {v.max_rel_error:.2e} exceeds "
-                                 f"{v.tolerance:.0e} (outputs: {_worst_outputs(v.per_output)})")
-    say("done")
-    return out, report
+            say("verifying against the masked dense model")
+            report.verification = verify_pruned(reference_path, out, values=values, inputs=verify_inputs,
+                                                tolerance=fmt.verify_tolerance)
+            if not report.verification.passed:
+                v = report.verification
+                raise OnnxPruneError(f"verification failed: max relative error {v.max_rel_error:.2e} exceeds "
+                                     f"{v.tolerance:.0e} (outputs: {_worst_outputs(v.per_output)})")
+        say("done")
+        return out, report
+    finally:
+        if reference is not None:
+            reference.close()
 
 
 def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), exclude: Sequence[str] = (),
-                    min_params: int = 0) -> tuple[list[Layer], list[Skipped]]:
+                    min_params: int = 0, folder: Optional[str] = None) -> tuple[list[Layer], list[Skipped]]:
     """The layers to prune and every Gemm / MatMul left alone (with why). Non-float32 weights
-    get a warning naming the layer: the user probably expected them to be pruned."""
-    found, ineligible = find_layers(model)
+    get a warning naming the layer: the user probably expected them to be pruned. ``folder``:
+    see find_layers."""
+    found, ineligible = find_layers(model, folder)
     for s in ineligible:
         if "only float32" in s.reason:
             warnings.warn(f"layer {s.node} skipped: {s.reason}", stacklevel=3)
@@ -131,8 +153,9 @@ def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), excl
 
 def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[str, float], *, scope: str,
              method: str, calibration: Calibration, calibration_samples: Optional[int],
-             pattern: Optional[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """node name -> (new weight [K, N] float32, keep mask [K, N] bool), for every layer.
+             pattern: Optional[str], bias_correction: bool = BIAS_CORRECTION) -> dict[str, sparsifiers.Pruned]:
+    """node name -> Pruned (new weight [K, N] float32, keep mask [K, N] bool, new bias or None),
+    for every layer.
 
     A method that needs no calibration statistics runs here; the others (and N:M patterns) belong
     to onnx_prune.calibration, imported only when asked for.
@@ -146,13 +169,14 @@ def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[st
             raise OnnxPruneError(f"{what} needs onnx_prune.calibration, which this installation lacks") from None
         data = load_calibration(calibration) if calibration is not None else None
         result = calibration_sparsify(model, list(layers), dict(ratios), method=method, calibration=data,
-                                      samples=calibration_samples, pattern=pattern, scope=scope)
+                                      samples=calibration_samples, pattern=pattern, scope=scope,
+                                      bias_correction=bias_correction)
     else:
         if calibration is not None:
             warnings.warn(f"calibration data is not used by --method {method}", stacklevel=3)
-        pruned = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope)
-        result = {node: (p.weight, p.mask) for node, p in pruned.items()}  # the bias is not used yet
-    return {layer.node: _checked(layer, result) for layer in layers}
+        result = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope)
+    pairs = {node: (p.weight, p.mask) for node, p in result.items()}
+    return {layer.node: sparsifiers.Pruned(*_checked(layer, pairs), result[layer.node].bias) for layer in layers}
 
 
 def _streams(method: str, scope: str, pattern: Optional[str]) -> bool:
@@ -162,11 +186,11 @@ def _streams(method: str, scope: str, pattern: Optional[str]) -> bool:
 
 
 def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], *, method: str, fmt: SparseFormat,
-                          values_dtype: np.dtype, auto_dense: bool, keep_weights: bool
+                          values_dtype: np.dtype, auto_dense: bool, reference: Optional["MaskedDenseReference"]
                           ) -> tuple[list[PrunedLayer], list[Layer]]:
     """Choose, check and pack one layer at a time, so that at most one layer's dense weights
     and scores are in memory besides the model; each layer's weights are dropped once packed
-    (``keep_weights``: kept for a verification that needs them)."""
+    (and, when verifying, once its masked dense weight is written to ``reference``)."""
     sparsifier = sparsifiers.get(method)
     pruned, dense_kept = [], []
     for layer in layers:
@@ -176,13 +200,32 @@ def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], 
         else:
             p = PrunedLayer(layer, weight, mask)
             p.packed = fmt.pack(weight, mask, values_dtype=values_dtype)
-            if not keep_weights:
-                p.weight = p.mask = None
+            p.weight = p.mask = None
+            del weight, mask
+            if reference is not None:
+                reference.add(p)
             pruned.append(p)
-        del weight, mask
-        if not keep_weights:
-            layer.release()
+        layer.release()
     return pruned, dense_kept
+
+
+def _pack_all(pruned: Sequence[PrunedLayer], fmt: SparseFormat, values_dtype: np.dtype,
+              reference: Optional["MaskedDenseReference"]) -> None:
+    """Pack every layer now (rewrite reuses it), writing each one's masked dense weight to
+    ``reference`` when verifying."""
+    for p in pruned:
+        p.packed = fmt.pack(p.weight, p.mask, values_dtype=values_dtype)
+        if reference is not None:
+            reference.add(p)
+
+
+def _verification_reference(verify: bool, source: Optional[str]) -> Optional["MaskedDenseReference"]:
+    """Where the masked dense model of a verification is written (close it afterwards), or None."""
+    if not verify:
+        return None
+    from .verify import MaskedDenseReference
+
+    return MaskedDenseReference(Path(source).parent if source is not None else None)
 
 
 def sparsify_one(sparsifier: sparsifiers.Sparsifier, layer: Layer, ratio: float) -> tuple[np.ndarray, np.ndarray]:

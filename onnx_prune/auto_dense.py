@@ -1,12 +1,13 @@
 """Which pruned layers stay dense: at low sparsity the sparse kernel loses to onnxruntime's Gemm."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from .layers import Layer
 from .rewrite import PrunedLayer
+
+if TYPE_CHECKING:
+    from .sparsifiers import Pruned
 
 # A layer keeping more than this fraction of its weights (sparsity below 60%) stays a dense,
 # unpruned Gemm / MatMul by default: there the sparse kernel does not beat onnxruntime's dense
@@ -16,15 +17,16 @@ from .rewrite import PrunedLayer
 DENSE_KEEP_THRESHOLD = 0.4
 
 
-def split_dense(layers: Sequence[Layer], weights: Mapping[str, tuple[np.ndarray, np.ndarray]],
+def split_dense(layers: Sequence[Layer], weights: Mapping[str, "Pruned"],
                 auto_dense: bool) -> tuple[list[PrunedLayer], list[Layer]]:
-    """Layers that become SparseGemm, and those kept dense because too few weights go."""
+    """Layers that become SparseGemm, and those kept dense (weights and bias as they were)
+    because too few weights go."""
     pruned, dense_kept = [], []
     for layer in layers:
-        new_weight, mask = weights[layer.node]
-        kept_fraction = float(mask.sum()) / mask.size
+        p = weights[layer.node]
+        kept_fraction = float(p.mask.sum()) / p.mask.size
         if auto_dense and kept_fraction > DENSE_KEEP_THRESHOLD:
             dense_kept.append(layer)
         else:
-            pruned.append(PrunedLayer(layer, new_weight, mask))
+            pruned.append(PrunedLayer(layer, p.weight, p.mask, bias=p.bias))
     return pruned, dense_kept

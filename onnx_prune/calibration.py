@@ -8,7 +8,10 @@ upstream.
 
 Sparsity follows the floor rule of masking.py: a layer loses exactly ``floor(R * size)`` weights
 (``scope="global"``: all layers together lose ``floor(R * total)``). An N:M pattern instead fixes
-every layer's sparsity at ``1 - N/M``.
+every layer's sparsity at ``1 - N/M``; an RxC pattern removes ``floor(R * blocks)`` whole blocks.
+
+``bias_correction``: SparseGPT also moves error into each layer's bias (bias.py); the next waves
+are then calibrated on the model with those biases too.
 """
 from __future__ import annotations
 
@@ -21,12 +24,13 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
+from . import bias as bias_terms
 from . import capture, masking, modelio, sparsifiers
 from .capture import FeedPlan, InputStats
 from .errors import OnnxPruneError
 from .sparsifiers import Pruned, Sparsifier, wanda_scores  # noqa: F401  (wanda_scores: public here too)
 
-Result = dict[str, tuple[np.ndarray, np.ndarray]]
+Result = dict[str, Pruned]
 
 
 # ---------------------------------------------------------------------------- calibration data
@@ -122,31 +126,57 @@ def _dims_text(dims) -> str:
 
 def sparsify(model: onnx.ModelProto, layers: list, ratios: dict[str, float], *, method: str,
              calibration: Optional[Mapping[str, np.ndarray]], samples: Optional[int], pattern: Optional[str],
-             scope: str, progress=False) -> Result:
-    """node name -> (new weight [K, N] float32, keep mask [K, N] bool) for every layer.
+             scope: str, bias_correction: bool = bias_terms.BIAS_CORRECTION, progress=False) -> Result:
+    """node name -> Pruned (new weight [K, N] float32, keep mask [K, N] bool, new bias or None)
+    for every layer.
 
     ``method``: a sparsifiers name; those that use statistics need ``calibration``, arrays keyed by
-    graph input name, first axis = samples. ``progress``: True for a rich progress bar on stderr,
-    or a ``rich.progress.Progress`` to add the tasks to."""
+    graph input name, first axis = samples. ``bias_correction``: let the method (SparseGPT)
+    compensate through the biases where that is exact (a warning names the other layers).
+    ``progress``: True for a rich progress bar on stderr, or a ``rich.progress.Progress`` to add
+    the tasks to."""
     sparsifier = sparsifiers.get(method)
     nm = _pattern(pattern, layers, ratios, scope)
     if not sparsifier.needs_calibration:
-        pruned = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope, pattern=nm)
-        return {node: _as_result(p) for node, p in pruned.items()}
+        return sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope, pattern=nm)
     if calibration is None:
         raise OnnxPruneError(f"--method {method} needs --calibration: an .npz of model inputs (first axis = samples)")
     data, plan = checked_calibration(calibration, model, samples)
-    drops = _drop_counts(model, layers, ratios, sparsifier, data, plan, scope)
+    drops = _drop_counts(model, layers, ratios, sparsifier, data, plan, scope, nm)
+    biased = _bias_layers(layers, bias_correction and method == "sparsegpt")
     with _progress(progress, method, len(layers)) as bar:
-        return _sequential(model, layers, drops, sparsifier, data, plan, nm, bar)
+        return _sequential(model, layers, drops, sparsifier, data, plan, nm, bar, biased)
+
+
+def _bias_layers(layers: Sequence, wanted: bool) -> set[str]:
+    """The layers whose bias takes the compensation; a warning names those where it would not be
+    exact (their bias stays as it is)."""
+    if not wanted:
+        return set()
+    exact = set()
+    for layer in layers:
+        why = bias_terms.problem(layer)
+        if why:
+            warnings.warn(f"bias correction skipped for layer {layer.node}: {why}", stacklevel=4)
+        else:
+            exact.add(layer.node)
+    return exact
 
 
 def _pattern(pattern: Optional[str], layers: Sequence, ratios: Mapping[str, float], scope: str
-             ) -> Optional[tuple[int, int]]:
+             ) -> masking.Pattern:
     if not pattern:
         return None
     try:
-        n, m = masking.parse_pattern(pattern)
+        parsed = masking.parse_pattern(pattern)
+    except ValueError as exc:
+        raise OnnxPruneError(str(exc)) from None
+    if isinstance(parsed, masking.Blocks):
+        if scope == "global":
+            raise OnnxPruneError(f"--pattern {pattern} (blocks) cannot be combined with --scope global yet")
+        return parsed
+    n, m = parsed
+    try:
         for layer in layers:
             masking.check_pattern_fits(layer.K, m, layer.node)
     except ValueError as exc:
@@ -161,41 +191,39 @@ def _pattern(pattern: Optional[str], layers: Sequence, ratios: Mapping[str, floa
     return n, m
 
 
-def _drop_counts(model, layers, ratios, sparsifier: Sparsifier, data, plan, scope) -> dict[str, int]:
+def _drop_counts(model, layers, ratios, sparsifier: Sparsifier, data, plan, scope, pattern) -> dict[str, int]:
     """Weights each layer loses; the global allocation scores the weights on the unpruned model."""
     def saliency() -> list[np.ndarray]:
         stats = capture.capture_stats(model, layers, data, plan, hessian=sparsifier.statistics == sparsifiers.HESSIAN)
         return [sparsifier.saliency(l, stats[l.node]) for l in layers]
 
-    return sparsifiers.drop_counts(layers, ratios, scope=scope, saliency=saliency)
+    return sparsifiers.drop_counts(layers, ratios, scope=scope, saliency=saliency, pattern=pattern)
 
 
-def _sequential(model, layers, drops, sparsifier: Sparsifier, data, plan, nm, bar) -> Result:
-    """Prune wave by wave, each wave calibrated on the model with all earlier waves pruned."""
+def _sequential(model, layers, drops, sparsifier: Sparsifier, data, plan, nm, bar, biased: set[str]) -> Result:
+    """Prune wave by wave, each wave calibrated on the model with all earlier waves pruned (and
+    their biases compensated)."""
     result: Result = {}
     hessian = sparsifier.statistics == sparsifiers.HESSIAN
     for wave in capture.layer_groups(model, layers):
-        current = capture.with_weights(model, layers, {n: w for n, (w, _) in result.items()})
+        current = capture.with_weights(model, layers, {n: p.weight for n, p in result.items()},
+                                       {n: p.bias for n, p in result.items() if p.bias is not None})
         stats = capture.capture_stats(current, wave, data, plan, hessian=hessian)
         for layer in wave:
-            result[layer.node] = _as_result(_prune_layer(sparsifier, layer, stats[layer.node], drops[layer.node],
-                                                         nm, bar))
+            result[layer.node] = _prune_layer(sparsifier, layer, stats[layer.node], drops[layer.node], nm, bar,
+                                              layer.node in biased)
     return result
 
 
-def _prune_layer(sparsifier: Sparsifier, layer, stats: Optional[InputStats], drop: int, nm, bar) -> Pruned:
+def _prune_layer(sparsifier: Sparsifier, layer, stats: Optional[InputStats], drop: int, nm, bar, bias: bool
+                 ) -> Pruned:
     bar.start_layer(layer.node)
     try:
-        pruned = sparsifier.update_mask(layer, stats, drop, pattern=nm, on_block=bar.blocks)
+        pruned = sparsifier.update_mask(layer, stats, drop, pattern=nm, on_block=bar.blocks, bias=bias)
     except ValueError as exc:
         raise OnnxPruneError(str(exc)) from None
     bar.finish_layer()
     return pruned
-
-
-def _as_result(pruned: Pruned) -> tuple[np.ndarray, np.ndarray]:
-    # an updated bias (Pruned.bias) is not written into the model yet: no method returns one
-    return pruned.weight, pruned.mask
 
 
 # ---------------------------------------------------------------------------- progress

@@ -2,7 +2,8 @@
 
 For each layer input ``X`` (the tensor A feeding a layer, N-D flattened to ``[-1, K]``, Aᵀ for
 transA layers) it accumulates, in float64 over all calibration samples, ``H = XᵀX`` (SparseGPT's
-Hessian) and the squared column norms ``Σ x_k²`` (Wanda). Data is fed in batches sized so the
+Hessian), the squared column norms ``Σ x_k²`` (Wanda) and the column sums ``Xᵀ1`` (bias
+compensation). Data is fed in batches sized so the
 captured activations stay under CAPTURE_BYTES: memory is bounded whatever the sample count.
 
 Sequential pruning (as in the SparseGPT paper) needs each layer's inputs computed by the model
@@ -20,6 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from . import runtime
+from .bias import write_dense
 from .graph import node_reads
 from .errors import OnnxPruneError
 
@@ -35,6 +37,7 @@ class InputStats:
     rows: int
     sq_norms: np.ndarray                 # [K] float64, Σ_rows x_k²
     hessian: Optional[np.ndarray]        # [K, K] float64, XᵀX (None when not asked for)
+    input_sum: Optional[np.ndarray] = None  # [K] float64, Xᵀ1 = Σ_rows x_k (for bias compensation)
 
 
 @dataclass(frozen=True)
@@ -71,17 +74,19 @@ class _Accumulator:
     def __init__(self, k: int, hessian: bool) -> None:
         self.rows = 0
         self.sq = np.zeros(k, dtype=np.float64)
+        self.sum = np.zeros(k, dtype=np.float64)
         self.h = np.zeros((k, k), dtype=np.float64) if hessian else None
 
     def add(self, x: np.ndarray) -> None:
         x = x.astype(np.float64, copy=False)
         self.rows += x.shape[0]
         self.sq += np.einsum("ij,ij->j", x, x)
+        self.sum += x.sum(axis=0)
         if self.h is not None:
             self.h += x.T @ x
 
     def result(self) -> InputStats:
-        return InputStats(self.rows, self.sq, self.h)
+        return InputStats(self.rows, self.sq, self.h, self.sum)
 
 
 def _as_rows(tensor: np.ndarray, trans_a: bool, k: int, name: str) -> np.ndarray:
@@ -191,10 +196,11 @@ def _upstream_layers(tensor: str, producer: Mapping[str, onnx.NodeProto], layer_
     return found
 
 
-def with_weights(model: onnx.ModelProto, layers: Sequence, weights: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+def with_weights(model: onnx.ModelProto, layers: Sequence, weights: Mapping[str, np.ndarray],
+                 biases: Optional[Mapping[str, np.ndarray]] = None) -> onnx.ModelProto:
     """A copy of ``model`` where each layer named in ``weights`` reads that [K, N] weight (stored
     the way the layer stores it) from a fresh initializer of its own (shared weights stay intact
-    for the other readers)."""
+    for the other readers), and each layer named in ``biases`` that new bias (bias.write_dense)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     nodes = {n.name: n for n in out.graph.node}
@@ -205,4 +211,6 @@ def with_weights(model: onnx.ModelProto, layers: Sequence, weights: Mapping[str,
         out.graph.initializer.append(numpy_helper.from_array(stored, name))
         node_name = layer.fused_nodes[0] if getattr(layer, "fused_nodes", None) else layer.node
         nodes[node_name].input[1] = name
+    for i, layer in enumerate(l for l in layers if l.node in (biases or {})):
+        write_dense(out, layer, biases[layer.node], f"{layer.node}__onnx_prune_calibrated_bias_{i}")
     return out

@@ -19,6 +19,7 @@ from ._version import __version__
 from . import baselines, sparsifiers
 from .api import SCOPES, value_types
 from .auto_dense import DENSE_KEEP_THRESHOLD
+from .bias import BIAS_CORRECTION
 from .errors import OnnxPruneError, UsageError
 from .sparse_gemm import formats
 
@@ -164,7 +165,8 @@ def prune_command(
     method: str = typer.Option("magnitude", "--method", metavar=choices(sparsifiers.names()), help=f"Pruning method ({_calibrated_methods()} use --calibration)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help=".npz of inputs keyed by graph input name, first axis = samples."),
     calibration_samples: Optional[int] = typer.Option(None, "--calibration-samples", help="Use at most N calibration samples."),
-    pattern: Optional[str] = typer.Option(None, "--pattern", help="Structured sparsity N:M (e.g. 2:4) along each output's inputs."),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="Structured sparsity: N:M (e.g. 2:4) along each output's inputs, or RxC blocks of R outputs x C inputs (e.g. 4x1)."),
+    bias_correction: bool = typer.Option(BIAS_CORRECTION, "--bias-correction/--no-bias-correction", help="sparsegpt also updates each layer's bias to absorb the mean error (skipped, with a warning, where not exact)."),
     values: str = typer.Option("fp32", "--values", metavar=choices(value_types()), help="Stored weight values (fp16: a smaller file)."),
     format: Optional[str] = typer.Option(None, "--format", metavar=choices(formats.names()), help="Storage format of the pruned weights (default: bcsr for an Rx1 --pattern, else csr)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", metavar="dynamic", help="dynamic: int8 weights and int8 arithmetic on activations quantized per row at run time (format csr_int8_dynamic)."),
@@ -190,9 +192,9 @@ def prune_command(
             model, report = api.prune(
                 input_path, ratio, scope=scope, include=include, exclude=exclude, layer_ratios=layer_ratios,
                 min_params=min_params, method=method, calibration=calibration,
-                calibration_samples=calibration_samples, pattern=pattern, values=values, fallback=fallback,
-                auto_dense=auto_dense, verify=verify, verify_inputs=inputs, progress=progress,
-                format=format, quantize=quantize)
+                calibration_samples=calibration_samples, pattern=pattern, bias_correction=bias_correction,
+                values=values, fallback=fallback, auto_dense=auto_dense, verify=verify, verify_inputs=inputs,
+                progress=progress, format=format, quantize=quantize)
         modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
         report.size_after = modelio.written_size(output_path)
         if report_json is not None:

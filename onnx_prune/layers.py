@@ -16,6 +16,7 @@ from onnx import numpy_helper
 
 from .errors import OnnxPruneError
 from .graph import ONNX_DOMAINS, NameScope, subgraph_reads
+from .modelio import read_external_array
 
 
 @dataclass
@@ -78,8 +79,9 @@ class Skipped:
 class GraphIndex:
     """Lookups over one graph: constants by name, consumers of each tensor, nodes by name."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, folder: Optional[str] = None) -> None:
         graph = model.graph
+        self.folder = folder  # where external tensors not yet loaded live
         name_nodes(graph)
         self.graph = graph
         self.initializers = {t.name: t for t in graph.initializer}
@@ -108,7 +110,11 @@ class GraphIndex:
 
     def constant(self, name: str) -> Optional[np.ndarray]:
         proto = self.constant_proto(name)
-        return None if proto is None else numpy_helper.to_array(proto)
+        if proto is None:
+            return None
+        if proto.data_location == onnx.TensorProto.EXTERNAL and self.folder is not None:
+            return read_external_array(proto, self.folder)
+        return numpy_helper.to_array(proto)
 
     def sole_consumer(self, name: str) -> Optional[onnx.NodeProto]:
         """The one node reading ``name``, when ``name`` is not also a graph output."""
@@ -156,16 +162,21 @@ def _weight_problem(node: onnx.NodeProto, w: Optional[onnx.TensorProto]) -> Opti
     return None
 
 
-def _weight_reader(proto: onnx.TensorProto, trans_b: bool) -> Callable[[], np.ndarray]:
+def _weight_reader(proto: onnx.TensorProto, trans_b: bool, folder: Optional[str]) -> Callable[[], np.ndarray]:
+    """Reads W [K, N] when asked: from the model's external data file when the tensor is still
+    there (a finished layer then costs nothing), else from the proto."""
     def read() -> np.ndarray:
+        if proto.data_location == onnx.TensorProto.EXTERNAL and folder is not None:
+            return read_external_array(proto, folder, transpose=trans_b)
         w = numpy_helper.to_array(proto)
         return np.ascontiguousarray(w.T if trans_b else w, dtype=np.float32)
     return read
 
 
-def find_layers(model: onnx.ModelProto) -> tuple[list[Layer], list[Skipped]]:
-    """Every eligible layer in graph order, and the Gemm/MatMul nodes left alone with the reason."""
-    index = GraphIndex(model)
+def find_layers(model: onnx.ModelProto, folder: Optional[str] = None) -> tuple[list[Layer], list[Skipped]]:
+    """Every eligible layer in graph order, and the Gemm/MatMul nodes left alone with the reason;
+    ``folder``: where the tensors of a model loaded without its external data live."""
+    index = GraphIndex(model, folder)
     layers, skipped = [], []
     for node in model.graph.node:
         if _is_onnx_op(node, "Gemm"):
@@ -187,7 +198,7 @@ def _gemm_layer(index: GraphIndex, node: onnx.NodeProto):
     bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
     rows, cols = (int(d) for d in w.dims)
     layer = Layer(node=node.name, op="Gemm", weight_name=node.input[1], shape=(cols, rows) if trans_b else (rows, cols),
-                  read_weight=_weight_reader(w, trans_b), trans_b=trans_b,
+                  read_weight=_weight_reader(w, trans_b, index.folder), trans_b=trans_b,
                   input_name=node.input[0], output_name=node.output[0],
                   trans_a=bool(_attr(node, "transA", 0)), alpha=float(_attr(node, "alpha", 1.0)),
                   beta=float(_attr(node, "beta", 1.0)), bias_name=bias_name,
@@ -206,7 +217,7 @@ def _matmul_layer(index: GraphIndex, node: onnx.NodeProto):
     if problem:
         return Skipped(node.name, problem)
     layer = Layer(node=node.name, op="MatMul", weight_name=node.input[1], shape=(int(w.dims[0]), int(w.dims[1])),
-                  read_weight=_weight_reader(w, False), trans_b=False, input_name=node.input[0], output_name=node.output[0],
+                  read_weight=_weight_reader(w, False, index.folder), trans_b=False, input_name=node.input[0], output_name=node.output[0],
                   fused_nodes=[node.name])
     _fuse_bias_add(index, layer)
     _fuse_relu(index, layer)

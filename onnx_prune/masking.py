@@ -9,11 +9,13 @@ Scores default to ``|w|`` (magnitude pruning); other methods supply their own sc
 The calibration-aware methods (calibration.py) add three ways to pick: N:M groups along K
 (``nm_mask``), the per-output rule of Wanda that still removes exactly the floor count
 (``per_output_mask``), and removal counts from one global threshold (``global_drop_counts``).
+``--pattern RxC`` (``Blocks``) removes whole blocks of R outputs x C inputs instead of weights.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -78,18 +80,86 @@ def _keep_mask(flat_scores: np.ndarray, drop: int) -> np.ndarray:
     return keep
 
 
-# ---------------------------------------------------------------------------- N:M patterns
+# ---------------------------------------------------------------------------- patterns
 
-def parse_pattern(pattern: str) -> tuple[int, int]:
-    """``"2:4"`` -> ``(2, 4)``: keep ``n`` of every ``m`` consecutive weights along K."""
+@dataclass(frozen=True)
+class Blocks:
+    """``--pattern RxC``: weights go in blocks of ``rows`` consecutive outputs x ``cols``
+    consecutive inputs, i.e. ``W[k:k+cols, n:n+rows]`` of ``W [K, N]``. The grid starts at
+    (0, 0); when K or N is not a multiple of the block, the last block of a row or column is
+    partial (fewer weights), and still one block. A layer loses ``floor(R * blocks)`` whole blocks.
+    A block's score is the mean of its weights' scores (for whole blocks the same order as the sum;
+    a partial block is compared per weight it would remove)."""
+
+    rows: int   # R: consecutive outputs (along N)
+    cols: int   # C: consecutive inputs (along K)
+
+    @property
+    def size(self) -> int:
+        return self.rows * self.cols
+
+    def grid(self, k: int, n: int) -> tuple[int, int]:
+        """Blocks along K and along N (partial edge blocks included)."""
+        return -(-k // self.cols), -(-n // self.rows)
+
+    def count(self, k: int, n: int) -> int:
+        gk, gn = self.grid(k, n)
+        return gk * gn
+
+    def block_scores(self, scores: np.ndarray) -> np.ndarray:
+        """``scores [K, N]`` -> ``[K/C, N/R]`` (rounded up): each block's mean score."""
+        scores = np.asarray(scores, dtype=np.float64)
+        k, n = scores.shape
+        rows_k, cols_n = np.arange(0, k, self.cols), np.arange(0, n, self.rows)
+        sums = np.add.reduceat(np.add.reduceat(scores, rows_k, axis=0), cols_n, axis=1)
+        sizes = np.outer(np.minimum(self.cols, k - rows_k), np.minimum(self.rows, n - cols_n))
+        return sums / sizes
+
+    def expand(self, keep_blocks: np.ndarray, k: int, n: int) -> np.ndarray:
+        """A ``[K/C, N/R]`` block keep-mask as the ``[K, N]`` weight keep-mask."""
+        return np.repeat(np.repeat(keep_blocks, self.cols, axis=0), self.rows, axis=1)[:k, :n]
+
+    def mask(self, scores: np.ndarray, drop_blocks: int) -> np.ndarray:
+        """Keep-mask removing the ``drop_blocks`` blocks of lowest mean score (ties: first in
+        row-major order of the block grid)."""
+        blocks = self.block_scores(scores)
+        keep = _keep_mask(blocks.ravel(), drop_blocks).reshape(blocks.shape)
+        return self.expand(keep, *np.shape(scores))
+
+    def __str__(self) -> str:
+        return f"{self.rows}x{self.cols}"
+
+
+Pattern = Union[None, tuple[int, int], Blocks]   # None: unstructured; (n, m): N:M; Blocks: RxC
+
+_PATTERN_HELP = "--pattern takes N:M with integers 0 < N < M (e.g. 2:4) or RxC blocks with R, C >= 1 (e.g. 4x1)"
+
+
+def parse_pattern(pattern: str) -> Union[tuple[int, int], Blocks]:
+    """``"2:4"`` -> ``(2, 4)``: keep ``n`` of every ``m`` consecutive weights along K;
+    ``"4x1"`` -> ``Blocks(rows=4, cols=1)``: remove whole blocks of 4 outputs x 1 input."""
+    text = str(pattern).strip()
+    if "x" in text.lower() and ":" not in text:
+        try:
+            r_text, c_text = text.lower().split("x")
+            rows, cols = int(r_text), int(c_text)
+        except ValueError:
+            raise ValueError(f"{_PATTERN_HELP}, got '{pattern}'") from None
+        if rows < 1 or cols < 1 or rows * cols == 1:
+            raise ValueError(f"{_PATTERN_HELP}, not both 1, got '{pattern}'")
+        return Blocks(rows, cols)
     try:
-        n_text, m_text = str(pattern).split(":")
+        n_text, m_text = text.split(":")
         n, m = int(n_text), int(m_text)
     except ValueError:
-        raise ValueError(f"--pattern takes N:M with integers 0 < N < M (e.g. 2:4), got '{pattern}'") from None
+        raise ValueError(f"{_PATTERN_HELP}, got '{pattern}'") from None
     if not 0 < n < m:
-        raise ValueError(f"--pattern takes N:M with integers 0 < N < M (e.g. 2:4), got '{pattern}'")
+        raise ValueError(f"{_PATTERN_HELP}, got '{pattern}'")
     return n, m
+
+
+def is_nm(pattern: Pattern) -> bool:
+    return isinstance(pattern, tuple)
 
 
 def check_pattern_fits(k: int, m: int, layer: str) -> None:

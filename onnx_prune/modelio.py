@@ -24,8 +24,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 PROTOBUF_LIMIT = 2**31 - 1
 
 
-def load_model(path: PathLike) -> onnx.ModelProto:
-    """Load ``path`` (with its external data, if any) or raise an OnnxPruneError saying why not."""
+def load_model(path: PathLike, *, external_data: bool = True) -> onnx.ModelProto:
+    """Load ``path`` (with its external data, if any) or raise an OnnxPruneError saying why not.
+
+    ``external_data=False`` leaves external tensors in their files (read them with
+    read_external_array, or load_external_data later): a pruner going layer by layer then never
+    holds the layers it has finished. The files are still checked here, so a broken one fails now.
+    """
     p = Path(path)
     if not p.exists():
         raise OnnxPruneError(f"'{p}' does not exist")
@@ -39,12 +44,98 @@ def load_model(path: PathLike) -> onnx.ModelProto:
         raise OnnxPruneError(f"'{p}' is not a valid ONNX model: {_first_line(exc)}") from exc
     if not model.HasField("graph") or (not model.graph.node and not model.graph.initializer):
         raise OnnxPruneError(f"'{p}' is not a valid ONNX model: it holds no graph")
-    if uses_external_data(model):
-        try:
-            onnx.load_external_data_for_model(model, str(p.parent))
-        except Exception as exc:  # OSError, or onnx's ValidationError for a location outside the folder
-            raise OnnxPruneError(f"'{p}': cannot read its external data: {_first_line(exc)}") from exc
+    if not uses_external_data(model):
+        return model
+    if external_data:
+        load_external_data(model, p.parent, what=f"'{p}'")
+    else:
+        for tensor in external_tensors(model):
+            try:
+                external_span(tensor, p.parent)
+            except (OSError, ValueError) as exc:
+                raise OnnxPruneError(f"'{p}': cannot read its external data: {_first_line(exc)}") from exc
     return model
+
+
+def load_external_data(model: onnx.ModelProto, folder: PathLike, *, what: str = "the model") -> None:
+    """Read every tensor still kept in an external file into ``model`` (one line when that fails)."""
+    try:
+        onnx.load_external_data_for_model(model, str(folder))
+    except Exception as exc:  # OSError, or onnx's ValidationError for a location outside the folder
+        raise OnnxPruneError(f"{what}: cannot read its external data: {_first_line(exc)}") from exc
+
+
+# rows read at a time when a weight is transposed on reading: the transposed copy is the only
+# full-size array
+_READ_BLOCK_BYTES = 64 << 20
+
+
+def read_external_array(tensor: onnx.TensorProto, folder: PathLike, *, transpose: bool = False) -> "np.ndarray":
+    """A numeric external tensor read straight from its file (the proto is left as it is);
+    ``transpose`` (2-D only) gives the transposed array, C-contiguous, without a second copy."""
+    import numpy as np
+
+    path, offset, _ = external_span(tensor, folder)
+    dtype = _numpy_dtype(tensor)
+    dims = tuple(int(d) for d in tensor.dims)
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        if not transpose:
+            return _read_exactly(handle, dtype, int(np.prod(dims)), tensor.name).reshape(dims)
+        rows, cols = dims
+        out = np.empty((cols, rows), dtype=dtype.newbyteorder("="))
+        step = max(1, _READ_BLOCK_BYTES // max(1, cols * dtype.itemsize))
+        for start in range(0, rows, step):
+            count = min(step, rows - start)
+            out[:, start:start + count] = _read_exactly(handle, dtype, count * cols, tensor.name).reshape(count, cols).T
+        return out
+
+
+def _read_exactly(handle, dtype: "np.dtype", count: int, name: str) -> "np.ndarray":
+    import numpy as np
+
+    array = np.fromfile(handle, dtype=dtype, count=count)
+    if array.size != count:
+        raise OnnxPruneError(f"external data of tensor '{name}' ends early")
+    return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _numpy_dtype(tensor: onnx.TensorProto) -> "np.dtype":
+    """The little-endian numpy dtype of a tensor's raw bytes (what external data holds)."""
+    import numpy as np
+
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+
+
+def external_span(tensor: onnx.TensorProto, folder: PathLike) -> tuple[Path, int, int]:
+    """(file, offset, length) of an external tensor, checked: a relative location inside
+    ``folder`` whose file holds the whole tensor."""
+    import numpy as np
+
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    parts = Path(location).parts
+    if not location or Path(location).is_absolute() or ".." in parts:
+        raise ValueError(f"tensor '{tensor.name}': location '{location}' is not a file inside the model's folder")
+    path = Path(folder) / location
+    size = path.stat().st_size  # OSError when missing
+    offset = int(info.get("offset", 0))
+    length = int(info["length"]) if "length" in info else size - offset
+    needed = int(np.prod([int(d) for d in tensor.dims])) * _numpy_dtype(tensor).itemsize
+    if offset < 0 or offset + max(length, needed) > size or length < needed:
+        raise ValueError(f"tensor '{tensor.name}': '{location}' holds {size} bytes, too few for offset {offset} "
+                         f"and {needed} bytes")
+    return path, offset, length
+
+
+def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The tensors of ``model`` whose data is still in an external file."""
+    return [t for t in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def external_locations(model: onnx.ModelProto) -> set[str]:
+    """The file names (relative to the model's folder) that external tensors of ``model`` live in."""
+    return {e.value for t in external_tensors(model) for e in t.external_data if e.key == "location"}
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -59,8 +150,7 @@ def external_data_files(path: PathLike) -> list[Path]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:
         return []
-    locations = {e.value for t in _all_tensors(model) for e in t.external_data if e.key == "location"}
-    return [Path(path).parent / loc for loc in sorted(locations)]
+    return [Path(path).parent / loc for loc in sorted(external_locations(model))]
 
 
 def file_uses_external_data(path: PathLike) -> bool:

@@ -11,6 +11,7 @@ import onnx
 from .auto_dense import DENSE_KEEP_THRESHOLD
 from .layers import Layer, Skipped
 from .modelio import written_size
+from .sparsifiers import REGISTRY
 
 
 @dataclass
@@ -90,7 +91,8 @@ class PruneReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def print(self, console=None) -> None:
-        """The per-layer table with totals, then sizes and the verification verdict."""
+        """The per-layer table with totals (80 columns wide for the MNIST model), then the settings, sizes
+        and the verification verdict."""
         from rich.console import Console
         from rich.markup import escape
         from rich.table import Table
@@ -100,27 +102,27 @@ class PruneReport:
             if not console.is_terminal:  # logs and pipes: wide enough that no column is cut
                 console = Console(width=max(console.width, 160))
         table = Table(title="onnx-prune", title_justify="left")
-        any_dense = any(l.status != "sparse" for l in self.layers)
-        for column, justify in (("node", "left"), ("op", "left"), ("shape K×N", "right"), ("kept / params", "right"),
-                                ("sparsity", "right"), ("bytes before", "right"), ("bytes after", "right"),
-                                *([("", "left")] if any_dense else [])):
-            table.add_column(column, justify=justify)
+        table.add_column("node", overflow="fold")
+        table.add_column("op")
+        for column in ("K×N", "kept\nweights", "sparsity", "size\nbefore", "size\nafter"):
+            table.add_column(column, justify="right", no_wrap=True)
         for l in self.layers:
-            table.add_row(escape(l.node), l.op, f"{l.shape[0]}×{l.shape[1]}", f"{l.nnz:,} / {l.params:,}",
-                          f"{l.sparsity:.1%}", f"{l.bytes_before:,}", f"{l.bytes_after:,}",
-                          *([("" if l.status == "sparse" else "[yellow]kept dense[/yellow]")] if any_dense else []))
+            sparsity = f"{l.sparsity:.1%}" if l.status == "sparse" else "[yellow]kept dense[/yellow]"
+            table.add_row(escape(l.node), l.op, f"{l.shape[0]}×{l.shape[1]}", f"{l.nnz:,}", sparsity,
+                          human_size(l.bytes_before), human_size(l.bytes_after))
         total_p = sum(l.params for l in self.layers)
         total_k = sum(l.nnz for l in self.layers)
         table.add_section()
-        table.add_row("total", "", "", f"{total_k:,} / {total_p:,}", f"{1 - total_k / max(total_p, 1):.1%}",
-                      f"{sum(l.bytes_before for l in self.layers):,}", f"{sum(l.bytes_after for l in self.layers):,}",
-                      *([""] if any_dense else []))
+        table.add_row("total", "", "", f"{total_k:,}", f"{1 - total_k / max(total_p, 1):.1%}",
+                      human_size(sum(l.bytes_before for l in self.layers)),
+                      human_size(sum(l.bytes_after for l in self.layers)))
         console.print(table)
         for l in self.layers:
             if l.status != "sparse":
                 console.print(f"[yellow]{escape(l.node)}[/yellow] {escape(l.status)}")
         for line in _skipped_lines(self.skipped):
             console.print(f"[dim]{escape(line)}[/dim]")
+        console.print(escape(settings_line(self.settings)))
         console.print(f"file size: {self.size_before:,} → {self.size_after:,} bytes "
                       f"({self.size_after / max(self.size_before, 1):.1%})")
         if self.verification:
@@ -131,6 +133,44 @@ class PruneReport:
 
 
 SKIPPED_SHOWN = 5
+
+
+def human_size(nbytes: int) -> str:
+    """Bytes as people read them (three significant digits), so the table fits 80 columns; the JSON
+    report keeps exact counts."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            value = nbytes / scale
+            return f"{value:.{0 if value >= 100 else 1 if value >= 10 else 2}f} {unit}"
+    return f"{nbytes} B"
+
+
+def settings_line(settings: dict) -> str:
+    """The settings a rerun needs, in one line: always method, scope, ratio (or the N:M pattern, which
+    replaces it), values and the storage format they selected; calibration samples, quantization and
+    layer choices only when used."""
+    amount = f"pattern {settings['pattern']}" if settings.get("pattern") else f"ratio {settings.get('ratio')}"
+    parts = [f"method {settings.get('method')}", f"scope {settings.get('scope')}", amount,
+             f"values {settings.get('values')}", f"format {settings.get('format')}"]
+    if settings.get("quantize"):
+        parts.append(f"quantize {settings['quantize']}")
+    sparsifier = REGISTRY.get(settings.get("method"))
+    if sparsifier is not None and sparsifier.needs_calibration:
+        samples = settings.get("calibration_samples")
+        parts.append(f"calibration samples {samples if samples else 'all'}")
+    for name, value in settings.get("layer_ratios", {}).items():
+        parts.append(f"layer ratio {name}={value}")
+    if settings.get("include"):
+        parts.append(f"include {','.join(settings['include'])}")
+    if settings.get("exclude"):
+        parts.append(f"exclude {','.join(settings['exclude'])}")
+    if settings.get("min_params"):
+        parts.append(f"min params {settings['min_params']}")
+    if settings.get("auto_dense") is False:
+        parts.append("no auto dense")
+    if settings.get("fallback") is False:
+        parts.append("no fallback")
+    return "settings: " + ", ".join(parts)
 
 
 def _skipped_lines(skipped: Sequence[dict]) -> list[str]:

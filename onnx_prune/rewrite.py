@@ -28,6 +28,7 @@ class PrunedLayer:
     weight: np.ndarray
     mask: np.ndarray
     packed: Optional[PackedWeight] = None  # set by rewrite: the stored tensors and their byte counts
+    bias: Optional[np.ndarray] = None      # a compensated bias: the new C as the node reads it (bias.updated)
 
     @property
     def nnz(self) -> int:
@@ -83,7 +84,7 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
         tensor_names = [names.unique(n) for n in sparse_tensor_names(stem, fmt)]
         for name, array in zip(tensor_names, p.packed.tensors):
             add_initializer(out, name, array)
-        bias_name = _flat_bias(out, p.layer, names)
+        bias_name = _new_bias(out, p, names) or _flat_bias(out, p.layer, names)
         replacement_at[p.layer.fused_nodes[-1]] = sparse_gemm_node(p.layer, p.packed, tensor_names, bias_name)
         removed.update(p.layer.fused_nodes)
 
@@ -103,6 +104,16 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
         _import_domain(out)
     _record_settings(out, settings or {})
     return out
+
+
+def _new_bias(model: onnx.ModelProto, p: PrunedLayer, names: NameScope) -> str | None:
+    """A compensated bias becomes a new initializer of the layer's own (the old one may be read
+    by other nodes; it is dropped when nothing reads it any more)."""
+    if p.bias is None:
+        return None
+    name = names.unique(f"{p.layer.node}.bias")
+    add_initializer(model, name, np.asarray(p.bias, dtype=np.float32))
+    return name
 
 
 def _flat_bias(model: onnx.ModelProto, layer: Layer, names: NameScope) -> str | None:

@@ -35,9 +35,11 @@ def set_verbose(verbose: bool) -> None:
     _log_severity = VERBOSE if verbose else QUIET
 
 
-def session_options(threads: int = 0, *, library: Optional[str] = None, **settings: object):
+def session_options(threads: int = 0, *, library: Optional[str] = None,
+                    config: Optional[Mapping[str, str]] = None, **settings: object):
     """onnxruntime ``SessionOptions``: ``threads`` intra-op threads (0: onnxruntime's default), the
-    custom-op library at path ``library`` registered, extra ``settings`` set as attributes (e.g.
+    custom-op library at path ``library`` registered, ``config`` entries added (e.g.
+    ``{"session.disable_prepacking": "1"}``), extra ``settings`` set as attributes (e.g.
     ``graph_optimization_level``, ``log_severity_level``)."""
     import onnxruntime as ort
 
@@ -45,6 +47,8 @@ def session_options(threads: int = 0, *, library: Optional[str] = None, **settin
     options.log_severity_level = _log_severity
     if library is not None:
         options.register_custom_ops_library(library)
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     options.intra_op_num_threads = int(threads)
     for name, value in settings.items():
         setattr(options, name, value)
@@ -59,12 +63,14 @@ def library_session_options(intra_op_num_threads: int = 0, **settings: object):
 
 
 def open_session(model: ModelOrPath, *, library: Optional[bool] = None, threads: int = 0, options=None,
-                 error: Optional[str] = None, **settings: object):
+                 error: Optional[str] = None, config: Optional[Mapping[str, str]] = None, **settings: object):
     """An onnxruntime CPU session for a ModelProto or a model file.
 
     ``library``: True registers the SparseGemm library (an error when it is not built), False never,
     None when the model uses SparseGemm and the library is found. ``options``: ready
-    SessionOptions used as they are (then ``library``, ``threads`` and ``settings`` are not used).
+    SessionOptions used as they are (then ``library``, ``threads``, ``config`` and ``settings``
+    are not used). A model file's external data is read by onnxruntime itself (mapped, not copied
+    through Python).
     ``error`` starts the one-line message when onnxruntime rejects the model (default: "onnxruntime
     cannot load" and the model's name). Models over 2 GB go to onnxruntime as a temporary file with
     external data, the only form it takes them in.
@@ -73,7 +79,7 @@ def open_session(model: ModelOrPath, *, library: Optional[bool] = None, threads:
 
     error = error or f"onnxruntime cannot load {describe(model)}"
     if options is None:
-        options = session_options(threads, library=_library_for(model, library), **settings)
+        options = session_options(threads, library=_library_for(model, library), config=config, **settings)
     try:
         with _loadable(model) as source:
             return ort.InferenceSession(source, options, providers=PROVIDERS)

@@ -2,7 +2,9 @@
 
 A sparsifier decides which weights of one layer go, in one hook, ``update_mask``: given the layer,
 the calibration statistics of its input (when the method uses any) and how many weights to remove
-(or an N:M pattern), it returns the new weight and the keep mask. ``saliency`` scores every weight
+(or an N:M pattern, or blocks to remove for an RxC pattern), it returns the new weight, the keep
+mask and, for a method that compensates through the bias when asked (``bias=True``), the layer's
+new bias (bias.py says when that is exact). ``saliency`` scores every weight
 for ``--scope global``, where one threshold over all layers sets each layer's removal count first.
 The numerics live in masking.py (scores, masks, the floor rule) and sparsegpt.py; calibration.py
 gathers the statistics and drives the methods that need them.
@@ -17,15 +19,16 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Optional, Sequenc
 
 import numpy as np
 
+from . import bias as bias_terms
 from . import masking
 from .errors import OnnxPruneError, UsageError
-from .sparsegpt import inverse_hessian_factor, obs_errors, sparsegpt_prune
+from .sparsegpt import inverse_hessian_factor, obs_errors, sparsegpt_prune, sparsegpt_prune_with_bias
 
 if TYPE_CHECKING:
     from .capture import InputStats
     from .layers import Layer
 
-Pattern = Optional[tuple[int, int]]           # N:M as (n, m), or None for unstructured
+Pattern = masking.Pattern                     # None (unstructured), N:M as (n, m), or masking.Blocks
 BlockDone = Callable[[int, int], None]        # (blocks done, blocks in all) while a layer is pruned
 HESSIAN, SQ_NORMS = "hessian", "sq_norms"     # the calibration statistics a method may need
 
@@ -36,7 +39,7 @@ class Pruned:
 
     weight: np.ndarray                  # [K, N] float32, zero where ``mask`` is False
     mask: np.ndarray                    # [K, N] bool, True = kept
-    bias: Optional[np.ndarray] = None   # an updated bias, for methods that compensate through it
+    bias: Optional[np.ndarray] = None   # the new bias (C as the layer reads it, bias.updated), when compensated
 
     @staticmethod
     def masked(weight: np.ndarray, keep: np.ndarray) -> "Pruned":
@@ -60,8 +63,10 @@ class Sparsifier:
         raise NotImplementedError
 
     def update_mask(self, layer: "Layer", stats: Optional["InputStats"], drop: int, *, pattern: Pattern = None,
-                    on_block: Optional[BlockDone] = None) -> Pruned:
-        """Remove ``drop`` weights of ``layer`` (or, with ``pattern``, keep n of every m along K)."""
+                    on_block: Optional[BlockDone] = None, bias: bool = False) -> Pruned:
+        """Remove ``drop`` weights of ``layer`` (N:M ``pattern``: keep n of every m along K; a
+        block pattern: ``drop`` counts blocks). ``bias``: compensate through the bias when the
+        method can (``Pruned.bias``); the caller has checked bias.problem(layer)."""
         raise NotImplementedError
 
 
@@ -85,9 +90,12 @@ def get(name: str) -> Sparsifier:
 
 
 def drop_counts(layers: Sequence["Layer"], ratios: Mapping[str, float], *, scope: str,
-                saliency: Callable[[], Sequence[np.ndarray]]) -> dict[str, int]:
+                saliency: Callable[[], Sequence[np.ndarray]], pattern: Pattern = None) -> dict[str, int]:
     """Weights each layer loses: ``floor(R * size)`` per layer, or with ``scope="global"`` the
-    share one threshold over all layers' ``saliency()`` (called only then) takes from each."""
+    share one threshold over all layers' ``saliency()`` (called only then) takes from each.
+    A block pattern counts blocks: ``floor(R * blocks)``."""
+    if isinstance(pattern, masking.Blocks):
+        return {l.node: masking.removal_count(ratios[l.node], pattern.count(l.K, l.N)) for l in layers}
     if scope != "global":
         return {l.node: masking.removal_count(ratios[l.node], l.size) for l in layers}
     distinct = set(ratios[l.node] for l in layers)
@@ -99,7 +107,8 @@ def drop_counts(layers: Sequence["Layer"], ratios: Mapping[str, float], *, scope
 def prune_by_weights(sparsifier: Sparsifier, layers: Sequence["Layer"], ratios: Mapping[str, float], *,
                      scope: str, pattern: Pattern = None) -> dict[str, Pruned]:
     """node name -> Pruned for a method that needs no calibration statistics."""
-    drops = drop_counts(layers, ratios, scope=scope, saliency=lambda: [sparsifier.saliency(l, None) for l in layers])
+    drops = drop_counts(layers, ratios, scope=scope, saliency=lambda: [sparsifier.saliency(l, None) for l in layers],
+                        pattern=pattern)
     return {l.node: sparsifier.update_mask(l, None, drops[l.node], pattern=pattern) for l in layers}
 
 
@@ -112,16 +121,18 @@ def share_of_total(saliency: np.ndarray) -> np.ndarray:
 
 @register
 class Magnitude(Sparsifier):
-    """The smallest |w| go (ties: first in row-major W[K, N])."""
+    """The smallest |w| go (ties: first in row-major W[K, N]); blocks by their mean w² (norm)."""
 
     name = "magnitude"
 
     def saliency(self, layer, stats=None) -> np.ndarray:
         return masking.magnitude_scores(layer.weight)
 
-    def update_mask(self, layer, stats, drop, *, pattern=None, on_block=None) -> Pruned:
+    def update_mask(self, layer, stats, drop, *, pattern=None, on_block=None, bias=False) -> Pruned:
         scores = masking.magnitude_scores(layer.weight)
-        if pattern is not None:
+        if isinstance(pattern, masking.Blocks):
+            keep = pattern.mask(np.square(scores, dtype=np.float64), drop)
+        elif pattern is not None:
             keep = masking.nm_mask(scores, *pattern, layer=layer.node)
         else:
             keep = masking._keep_mask(scores.ravel(), drop).reshape(scores.shape)
@@ -131,7 +142,8 @@ class Magnitude(Sparsifier):
 
 @register
 class Wanda(Sparsifier):
-    """Wanda (Sun et al. 2023): the smallest ``|w_kn| · ‖x_k‖₂`` within each output n go."""
+    """Wanda (Sun et al. 2023): the smallest ``|w_kn| · ‖x_k‖₂`` within each output n go (blocks:
+    the lowest mean score within each column of blocks, i.e. each group of R outputs)."""
 
     name = "wanda"
     statistics = SQ_NORMS
@@ -140,17 +152,21 @@ class Wanda(Sparsifier):
         # the output error of removing w alone, w² ‖x_k‖²: the square of Wanda's score
         return share_of_total(np.asarray(layer.weight, dtype=np.float64) ** 2 * stats.sq_norms[:, None])
 
-    def update_mask(self, layer, stats, drop, *, pattern=None, on_block=None) -> Pruned:
+    def update_mask(self, layer, stats, drop, *, pattern=None, on_block=None, bias=False) -> Pruned:
         scores = wanda_scores(layer.weight, stats.sq_norms)
-        keep = masking.nm_mask(scores, *pattern, layer=layer.node) if pattern else \
-            masking.per_output_mask(scores, drop)
+        if isinstance(pattern, masking.Blocks):
+            keep = pattern.expand(masking.per_output_mask(pattern.block_scores(scores), drop), *scores.shape)
+        elif pattern is not None:
+            keep = masking.nm_mask(scores, *pattern, layer=layer.node)
+        else:
+            keep = masking.per_output_mask(scores, drop)
         return Pruned.masked(layer.weight, keep)
 
 
 @register
 class SparseGPT(Sparsifier):
     """SparseGPT (Frantar & Alistarh 2023): OBS removal with the kept weights updated to make up
-    for the removed ones (sparsegpt.py)."""
+    for the removed ones (sparsegpt.py), and with ``bias=True`` the bias too."""
 
     name = "sparsegpt"
     statistics = HESSIAN
@@ -160,7 +176,11 @@ class SparseGPT(Sparsifier):
         factor, dead = inverse_hessian_factor(stats.hessian, layer=layer.node)
         return share_of_total(obs_errors(layer.weight, factor, dead))
 
-    def update_mask(self, layer, stats, drop, *, pattern=None, on_block=None) -> Pruned:
+    def update_mask(self, layer, stats, drop, *, pattern=None, on_block=None, bias=False) -> Pruned:
+        if bias:
+            weight, keep, delta = sparsegpt_prune_with_bias(layer.weight, stats.hessian, stats.input_sum, stats.rows,
+                                                            drop, pattern=pattern, layer=layer.node, on_block=on_block)
+            return Pruned(weight, keep, bias_terms.updated(layer, delta))
         weight, keep = sparsegpt_prune(layer.weight, stats.hessian, drop, pattern=pattern, layer=layer.node,
                                        on_block=on_block)
         return Pruned(weight, keep)

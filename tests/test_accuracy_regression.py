@@ -127,8 +127,8 @@ def test_per_layer_sparsegpt_keeps_up_with_a_plain_reference(trained, ratio):
     assert (calib[:, -16:] == 0).all(axis=0).sum() >= 8  # the case in point: inputs dead on calibration only
     layers = find_layers(model)[0]
     result = sparsify(model, layers, {l.node: ratio for l in layers}, method="sparsegpt",
-                      calibration={"input": calib}, samples=None, pattern=None, scope="layer")
-    product = [result[l.node][0].astype(np.float64) for l in layers]
+                      calibration={"input": calib}, samples=None, pattern=None, scope="layer", bias_correction=False)
+    product = [result[l.node].weight.astype(np.float64) for l in layers]
     err, acc = held_out_error(ws, bs, product, test_x, test_y)
     ref_err, ref_acc = held_out_error(ws, bs, reference_prune(ws, bs, calib, ratio), test_x, test_y)
     magnitude = [w * masking.magnitude_mask(w, ratio) for w in ws]

@@ -55,6 +55,11 @@ def reference_sparsegpt(w, h, drop=0, pattern=None, block=128, percdamp=0.01):
         return c
 
     for i in range(k):
+        if isinstance(pattern, masking.Blocks) and i % block == 0:
+            rows = np.arange(i, min(i + block, k))
+            keep[rows] = reference_block_keep(costs(rows), pattern.rows, pattern.cols,
+                                              drop * -(-(rows[-1] + 1) // pattern.cols) // -(-k // pattern.cols)
+                                              - drop * (i // pattern.cols) // -(-k // pattern.cols))
         if pattern is None and i % block == 0:
             rows = np.arange(i, min(i + block, k))
             share = drop * (rows[-1] + 1) // k - drop * i // k  # the block's exact part of drop
@@ -62,7 +67,7 @@ def reference_sparsegpt(w, h, drop=0, pattern=None, block=128, percdamp=0.01):
             flat = np.ones(rows.size * w.shape[1], bool)
             flat[order[:share]] = False
             keep[rows] = flat.reshape(rows.size, -1)
-        if pattern is not None and i % pattern[1] == 0:
+        if isinstance(pattern, tuple) and i % pattern[1] == 0:
             n, m = pattern
             c = costs(np.arange(i, i + m))
             for col in range(w.shape[1]):
@@ -73,6 +78,19 @@ def reference_sparsegpt(w, h, drop=0, pattern=None, block=128, percdamp=0.01):
             w[i:, col] -= w[i, col] / inv[0, 0] * inv[:, 0]
     w[~keep] = 0
     return w, keep
+
+
+def reference_block_keep(scores, rows, cols, drop):
+    """Blocks of ``rows`` outputs x ``cols`` inputs (edge blocks partial), scored by the mean of
+    their weights' scores; the ``drop`` lowest go, ties to the first block in row-major order."""
+    k, n = scores.shape
+    blocks = [(bk, bn) for bk in range(0, k, cols) for bn in range(0, n, rows)]
+    means = [scores[bk:bk + cols, bn:bn + rows].mean() for bk, bn in blocks]
+    keep = np.ones(scores.shape, bool)
+    for j in sorted(range(len(blocks)), key=lambda j: (means[j], j))[:drop]:
+        bk, bn = blocks[j]
+        keep[bk:bk + cols, bn:bn + rows] = False
+    return keep
 
 
 # ----------------------------------------------------------------------------- one layer
@@ -99,7 +117,7 @@ def test_sparsegpt_matches_the_explicit_obs_reference(block):
     w = np.random.default_rng(4).standard_normal((24, 7)).astype(np.float32)
     h = x.T.astype(np.float64) @ x
     drop = masking.removal_count(0.6, w.size)
-    got, keep = sparsegpt_prune(w, h, drop, block_size=block)
+    got, keep = sparsegpt_prune(w, h, drop, block_size=block, refit=False)
     want, want_keep = reference_sparsegpt(w, h, drop, block=block)
     assert np.array_equal(keep, want_keep)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -113,10 +131,44 @@ def test_sparsegpt_n_m_matches_the_reference_whatever_the_block_size(pattern):
     h = x.T.astype(np.float64) @ x
     want, want_keep = reference_sparsegpt(w, h, pattern=pattern)
     for block in (4, 12, 128):  # 12 is rounded down to whole groups
-        got, keep = sparsegpt_prune(w, h, 0, pattern=pattern, block_size=block)
+        got, keep = sparsegpt_prune(w, h, 0, pattern=pattern, block_size=block, refit=False)
         assert np.array_equal(keep, want_keep)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert np.all(keep.reshape(-1, pattern[1], 6).sum(axis=1) == pattern[0])
+
+
+@pytest.mark.parametrize("rows,cols", [(4, 1), (2, 2), (3, 1), (1, 4)])
+def test_sparsegpt_blocks_match_the_reference(rows, cols):
+    x = correlated_inputs(200, 30, 7)  # K = 30, N = 7: edge blocks are partial for every shape here
+    w = np.random.default_rng(8).standard_normal((30, 7)).astype(np.float32)
+    h = x.T.astype(np.float64) @ x
+    pattern = masking.Blocks(rows, cols)
+    drop = masking.removal_count(0.6, pattern.count(30, 7))
+    for block in (8, 128):
+        got, keep = sparsegpt_prune(w, h, drop, pattern=pattern, block_size=block, refit=False)
+        want, want_keep = reference_sparsegpt(w, h, drop, pattern=pattern, block=max(cols, block // cols * cols))
+        assert np.array_equal(keep, want_keep)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    removed = ~pattern.block_scores(keep.astype(float)).astype(bool)  # a block is all kept or all removed
+    assert removed.sum() == drop
+    assert np.array_equal(pattern.expand(~removed, 30, 7), keep)
+
+
+def test_refit_is_the_least_squares_fit_of_the_kept_weights():
+    x = correlated_inputs(300, 20, 9)
+    w = np.random.default_rng(10).standard_normal((20, 5)).astype(np.float32)
+    h = x.T.astype(np.float64) @ x
+    damp = 0.01 * np.diag(h).mean()
+    drop = masking.removal_count(0.7, w.size)
+    got, keep = sparsegpt_prune(w, h, drop, refit=True)
+    walked, walk_keep = sparsegpt_prune(w, h, drop, refit=False)
+    assert np.array_equal(keep, walk_keep)
+    for n in range(5):  # ridge least squares toward the dense outputs, over the kept inputs only
+        s = np.flatnonzero(keep[:, n])
+        a = np.vstack([x[:, s].astype(np.float64), math.sqrt(damp) * np.eye(len(s))])
+        b = np.r_[x.astype(np.float64) @ w[:, n], math.sqrt(damp) * w[s, n]]
+        np.testing.assert_allclose(got[s, n], np.linalg.lstsq(a, b, rcond=None)[0], rtol=1e-4, atol=1e-5)
+    assert relative_error(x, w, got) <= relative_error(x, w, walked) + 1e-9
 
 
 # ----------------------------------------------------------------------------- through sparsify
@@ -129,7 +181,8 @@ def _mlp_case(seed=0, samples=128):
 
 
 def _run(model, layers, data, ratio=0.7, **kw):
-    options = dict(method="sparsegpt", calibration=data, samples=None, pattern=None, scope="layer")
+    options = dict(method="sparsegpt", calibration=data, samples=None, pattern=None, scope="layer",
+                   bias_correction=False)
     options.update(kw)
     ratios = ratio if isinstance(ratio, dict) else {l.node: ratio for l in layers}
     return sparsify(model, layers, ratios, **options)
@@ -141,7 +194,7 @@ def test_exact_sparsity_per_layer(method):
     ratios = {layers[0].node: 0.33, layers[1].node: 0.71, layers[2].node: 0.9}
     result = _run(model, layers, data, ratios, method=method)
     for layer in layers:
-        weight, keep = result[layer.node]
+        weight, keep = result[layer.node].weight, result[layer.node].mask
         assert (~keep).sum() == math.floor(ratios[layer.node] * layer.size + 1e-9)
         assert weight.dtype == np.float32 and np.all(weight[~keep] == 0)
 
@@ -150,7 +203,7 @@ def test_wanda_keeps_the_same_count_in_every_output_and_its_best_scores():
     model, layers, data = _mlp_case()
     result = _run(model, layers, data, 0.7, method="wanda")
     x = data["input"].astype(np.float64)
-    weight, keep = result[layers[0].node]
+    weight, keep = result[layers[0].node].weight, result[layers[0].node].mask
     per_output = keep.sum(axis=0)
     assert per_output.max() - per_output.min() <= 1
     scores = np.abs(layers[0].weight) * np.sqrt((x ** 2).sum(0))[:, None]
@@ -167,14 +220,14 @@ def test_later_layers_are_calibrated_on_the_pruned_prefix(method):
     from onnx import numpy_helper
 
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    h = np.maximum(data["input"].astype(np.float64) @ result[layers[0].node][0] + inits["fc0.bias"], 0)
+    h = np.maximum(data["input"].astype(np.float64) @ result[layers[0].node].weight + inits["fc0.bias"], 0)
     drop = masking.removal_count(0.75, w[1].size)
     if method == "sparsegpt":
         want, want_keep = sparsegpt_prune(w[1], h.T @ h, drop)
     else:
         want_keep = masking.per_output_mask(wanda_scores(w[1], (h ** 2).sum(0)), drop)
         want = np.where(want_keep, w[1], 0)
-    got, keep = result[layers[1].node]
+    got, keep = result[layers[1].node].weight, result[layers[1].node].mask
     assert np.array_equal(keep, want_keep)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
@@ -186,13 +239,13 @@ def test_n_m_holds_in_every_group(method):
                                          "the requested ratio 0.7 is not used"):
         result = _run(model, layers, data, 0.7, method=method, pattern="2:4")
     for layer in layers:
-        weight, keep = result[layer.node]
+        weight, keep = result[layer.node].weight, result[layer.node].mask
         groups = keep.reshape(layer.K // 4, 4, layer.N)
         assert np.all(groups.sum(axis=1) == 2)
         assert np.all(weight[~keep] == 0)
     if method == "magnitude":
         w = layers[0].weight
-        assert np.array_equal(result[layers[0].node][1], masking.nm_mask(np.abs(w), 2, 4))
+        assert np.array_equal(result[layers[0].node].mask, masking.nm_mask(np.abs(w), 2, 4))
 
 
 def test_pattern_at_its_own_ratio_gives_no_warning():
@@ -208,11 +261,11 @@ def test_global_scope_hits_the_total_and_spares_the_layers_that_matter(method):
     data = {"input": data["input"].copy()}
     data["input"][:, : DIMS[0] // 2] = 0  # half the model's inputs are dead: fc0 can give more
     result = _run(model, layers, data, 0.6, method=method, scope="global")
-    removed = [(~result[l.node][1]).sum() for l in layers]
+    removed = [(~result[l.node].mask).sum() for l in layers]
     assert sum(removed) == math.floor(0.6 * sum(l.size for l in layers))
     sparsity = [r / l.size for r, l in zip(removed, layers)]
     assert sparsity[0] > 0.6 and sparsity[0] == max(sparsity)
-    keep0 = result[layers[0].node][1]
+    keep0 = result[layers[0].node].mask
     assert not keep0[: DIMS[0] // 2].any()  # every weight of a dead input went first
 
 
@@ -225,6 +278,26 @@ def test_global_scope_refuses_per_layer_ratios_and_patterns():
     with pytest.raises(OnnxPruneError, match="--pattern 2:4 fixes every layer's sparsity at 0.5; it cannot be "
                                              "combined with --scope global"):
         _run(model, layers, data, 0.5, scope="global", pattern="2:4")
+    with pytest.raises(OnnxPruneError, match=r"--pattern 4x1 \(blocks\) cannot be combined with --scope global"):
+        _run(model, layers, data, 0.5, scope="global", pattern="4x1")
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("pattern", ["4x1", "8x1", "2x2"])
+def test_block_patterns_remove_whole_blocks_end_to_end(method, pattern):
+    """Through onnx_prune.prune (verified against the masked dense model): every layer loses
+    exactly floor(R * blocks) whole blocks; DIMS have N = 24, 16, 8 and K = 32, 24, 16."""
+    model, layers, data = _mlp_case()
+    blocks = masking.parse_pattern(pattern)
+    out, report = onnx_prune.prune(model, 0.6, method=method, pattern=pattern, auto_dense=False, verify=True,
+                                   calibration=None if method == "magnitude" else data)
+    assert report.verification.passed
+    result = _run(model, layers, data, 0.6, method=method, pattern=pattern)
+    for layer in layers:
+        keep = result[layer.node].mask
+        kept_blocks = blocks.block_scores(keep.astype(float))
+        assert set(np.unique(kept_blocks)) <= {0.0, 1.0}  # all kept or all removed
+        assert (kept_blocks == 0).sum() == masking.removal_count(0.6, blocks.count(layer.K, layer.N))
 
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
@@ -234,8 +307,8 @@ def test_deterministic(method, scope):
     first = _run(model, layers, data, 0.8, method=method, scope=scope)
     second = _run(model, layers, {"input": data["input"].copy()}, 0.8, method=method, scope=scope)
     for node in first:
-        assert np.array_equal(first[node][0], second[node][0])
-        assert np.array_equal(first[node][1], second[node][1])
+        assert np.array_equal(first[node].weight, second[node].weight)
+        assert np.array_equal(first[node].mask, second[node].mask)
 
 
 def test_samples_limits_the_calibration_to_the_first_n():
@@ -243,7 +316,7 @@ def test_samples_limits_the_calibration_to_the_first_n():
     few = _run(model, layers, data, 0.7, samples=30)
     cut = _run(model, layers, {"input": data["input"][:30]}, 0.7)
     for node in few:
-        assert np.array_equal(few[node][0], cut[node][0])
+        assert np.array_equal(few[node].weight, cut[node].weight)
 
 
 def test_methods_with_calibration_need_data():

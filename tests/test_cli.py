@@ -363,6 +363,29 @@ def test_options_reach_the_output(mlp_file: Path, tmp_path: Path):
     assert settings["values"] == "fp16" and settings["exclude"] == ["/fc2/*"]
 
 
+def test_printed_report_states_the_settings(mlp_file: Path, tmp_path: Path):
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--ratio", "0.9")
+    assert done.exit_code == 0, done.output
+    assert "settings: method magnitude, scope layer, ratio 0.9, values fp32, format csr\n" in done.stdout
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o8.onnx"), "--ratio", "0.8", "--values", "int8",
+                      "--scope", "global", "--exclude", "/fc2/*")
+    assert done.exit_code == 0, done.output
+    assert ("settings: method magnitude, scope global, ratio 0.8, values int8, format csr_int8, exclude /fc2/*\n"
+            in done.stdout)
+    assert "calibration" not in done.stdout
+
+
+def test_settings_line_names_calibration_and_pattern():
+    from onnx_prune.report import settings_line
+
+    line = settings_line(dict(method="sparsegpt", scope="layer", ratio=0.5, values="fp16", format="csr",
+                              pattern="2:4", calibration_samples=256, layer_ratios={"fc0.weight": 0.7},
+                              auto_dense=True, fallback=False))
+    assert line == ("settings: method sparsegpt, scope layer, pattern 2:4, values fp16, format csr, "
+                    "calibration samples 256, layer ratio fc0.weight=0.7, no fallback")
+    assert "calibration samples all" in settings_line(dict(method="wanda", ratio=0.5))
+
+
 def test_auto_dense_reported_and_overridable(mlp_file: Path, tmp_path: Path):
     done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--ratio", "0.3")
     assert done.exit_code == 0 and "kept dense" in done.stdout and "--no-auto-dense" in done.stdout

@@ -196,3 +196,38 @@ def test_int32_bound_is_checked_at_creation() -> None:
     expect_error(dyn_model(w, a_shape=[1, K], node_name="big"), {"A": np.ones((1, K), np.float32)}, "create",
                  "SparseGemm node 'big': invalid sparse weight: output 0 has sum |values| = 17780000, more than "
                  "(2^31 - 1) / 127 = 16909320", node="big")
+
+
+def _doubled(w: Int8Csr) -> Int8Csr:
+    """w with every stored entry stored twice (duplicates summing to 2 · value, outside int8 for
+    |value| > 63)."""
+    values, indices, offsets = (np.asarray(w.tensors[k]) for k in ("values", "indices", "offsets"))
+    ranges = [np.arange(offsets[r], offsets[r + 1]) for r in range(len(offsets) - 1)]
+    order = np.concatenate([np.concatenate([j, j]) for j in ranges])
+    doubled = np.concatenate([[0], np.cumsum([2 * len(j) for j in ranges])]).astype(offsets.dtype)
+    return _with(w, values=values[order], indices=indices[order], offsets=doubled)
+
+
+def test_duplicates_beyond_int8_bit_exact(isa: str) -> None:
+    """Duplicates summing outside int8 (within int16) are valid: the VNNI kernel's four-row layout
+    cannot hold them, so the two-row one runs."""
+    rng = rng_for("dyn-dup", isa)
+    w = _doubled(random_int8_csr(rng, 301, 21, 0.6))
+    assert np.abs(int_weight(w)).max() > 127
+    session = open_session(dyn_model(w, a_shape=["M", 301]))
+    for m in (1, 2, 3, 16, 40):
+        a = rng.standard_normal((m, 301)).astype(np.float32)
+        assert_bit_exact(session.run(None, {"A": a})[0], contract_reference(a, w))
+
+
+def test_largest_sums_bit_exact(isa: str) -> None:
+    """Sums near the int32 bound: the VNNI kernel's +128 activation shift wraps its int32 lanes and
+    the weight-sum correction must undo that exactly."""
+    K = 133000  # 127 · 133000 · 127 < 2^31 - 1
+    q = np.full((K, 2), 127, np.int8)
+    q[:, 1] = -127
+    w = int8_csr(q, np.ones((K, 2), bool), np.ones(2, np.float32))
+    a = np.stack([np.ones(K), -np.ones(K), np.linspace(-1, 1, K)]).astype(np.float32)
+    session = open_session(dyn_model(w, a_shape=["M", K]))
+    for m in (1, 3):
+        assert_bit_exact(session.run(None, {"A": a[:m]})[0], contract_reference(a[:m], w))

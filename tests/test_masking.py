@@ -31,10 +31,48 @@ def test_parse_pattern(pattern, expected):
     assert masking.parse_pattern(pattern) == expected
 
 
-@pytest.mark.parametrize("pattern", ["2-4", "4:2", "0:4", "2:2", "a:b", "2:4:8", ""])
+@pytest.mark.parametrize("pattern", ["2-4", "4:2", "0:4", "2:2", "a:b", "2:4:8", "", "1x1", "0x4", "4x", "2x2x2",
+                                     "4x1:2"])
 def test_parse_pattern_rejects_bad_text(pattern):
     with pytest.raises(ValueError, match="--pattern takes N:M with integers 0 < N < M"):
         masking.parse_pattern(pattern)
+
+
+@pytest.mark.parametrize("pattern,rows,cols", [("4x1", 4, 1), ("8x1", 8, 1), ("2x2", 2, 2), (" 1X4", 1, 4)])
+def test_parse_block_pattern(pattern, rows, cols):
+    assert masking.parse_pattern(pattern) == masking.Blocks(rows, cols)
+
+
+def _block_reference(scores: np.ndarray, rows: int, cols: int, drop: int) -> np.ndarray:
+    """Plain loops: blocks of ``rows`` outputs (columns of W) x ``cols`` inputs, edge blocks
+    partial, mean score, the ``drop`` lowest go (ties: first block in row-major order)."""
+    k, n = scores.shape
+    blocks = []
+    for bk in range(0, k, cols):
+        for bn in range(0, n, rows):
+            cells = [scores[i, j] for i in range(bk, min(bk + cols, k)) for j in range(bn, min(bn + rows, n))]
+            blocks.append((sum(cells) / len(cells), len(blocks), bk, bn))
+    keep = np.ones(scores.shape, bool)
+    for _, _, bk, bn in sorted(blocks)[:drop]:
+        keep[bk:bk + cols, bn:bn + rows] = False
+    return keep
+
+
+@pytest.mark.parametrize("rows,cols", [(4, 1), (8, 1), (2, 2), (3, 2), (1, 4)])
+@pytest.mark.parametrize("shape", [(16, 16), (13, 10), (7, 3)])  # whole, partial and single-block edges
+def test_block_mask_matches_the_reference(rows, cols, shape):
+    scores = np.random.default_rng(0).random(shape)
+    scores[0, :] = scores[1, :]  # some ties
+    pattern = masking.Blocks(rows, cols)
+    assert pattern.count(*shape) == math.ceil(shape[0] / cols) * math.ceil(shape[1] / rows)
+    for ratio in (0.0, 0.5, 0.8, 0.99):
+        drop = masking.removal_count(ratio, pattern.count(*shape))
+        assert np.array_equal(pattern.mask(scores, drop), _block_reference(scores, rows, cols, drop))
+
+
+def test_block_ties_go_to_the_first_block_in_row_major_order():
+    keep = masking.Blocks(2, 1).mask(np.ones((2, 4)), 3)
+    assert keep.tolist() == [[False, False, False, False], [False, False, True, True]]
 
 
 def _nm_reference(scores: np.ndarray, n: int, m: int) -> np.ndarray:

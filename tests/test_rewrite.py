@@ -240,7 +240,7 @@ def test_failed_save_leaves_nothing_behind(tmp_path: Path, monkeypatch):
 def test_report_printout_summarises_many_skipped_nodes():
     from rich.console import Console
 
-    from onnx_prune.report import PruneReport
+    from onnx_prune.report import PruneReport, human_size
 
     model, _ = matmul(8, 4, a_rank=2, bias_shape=(None,))
     _, report = onnx_prune.prune(model, 0.75)
@@ -249,7 +249,11 @@ def test_report_printout_summarises_many_skipped_nodes():
     report.print(console)
     text = console.export_text()
     assert "7 nodes left alone (its weight is not a constant): attn0, attn1, attn2, …" in text
-    assert "/linear/MatMul" in text and "8×4" in text and "8 / 32" in text and "total" in text
+    row = next(line for line in text.splitlines() if "/linear/MatMul" in line)
+    assert [cell.strip() for cell in row.split("│")[2:8]] == ["MatMul", "8×4", "8", "75.0%", "128 B", "68 B"], row
+    assert "total" in text
+    assert [human_size(n) for n in (999, 1000, 40_000, 4_000_000, 3_136_000, 1_078_298)] == \
+        ["999 B", "1.00 kB", "40.0 kB", "4.00 MB", "3.14 MB", "1.08 MB"]
     assert isinstance(report, PruneReport)
 
 

@@ -62,3 +62,35 @@ def test_wanda_hook_drops_the_lowest_scores_of_each_output():
     for n in range(layer.weight.shape[1]):
         assert set(np.flatnonzero(~p.mask[:, n])) == set(np.argsort(scores[:, n], kind="stable")[:5])
     assert np.array_equal(p.weight, np.where(p.mask, layer.weight, 0))
+
+
+def test_block_patterns_for_weight_and_activation_methods():
+    """magnitude: the blocks of lowest mean w² go, over the layer; wanda: within each column of
+    blocks (R outputs), each losing its share (per-output rule on the block scores)."""
+    from onnx_prune import masking
+
+    layer = find_layers(mlp((21, 10)))[0][0]  # K = 21, N = 10: partial blocks both ways for 4x2
+    rng = np.random.default_rng(1)
+    sq = rng.random(21) + 0.1
+    pattern = masking.Blocks(4, 2)
+    drop = masking.removal_count(0.6, pattern.count(21, 10))
+    w = layer.weight.astype(np.float64)
+    got = sparsifiers.get("magnitude").update_mask(layer, None, drop, pattern=pattern)
+    means = np.array([[(w[k:k + 2, n:n + 4] ** 2).mean() for n in range(0, 10, 4)] for k in range(0, 21, 2)])
+    order = sorted(range(means.size), key=lambda i: (means.ravel()[i], i))[:drop]
+    want = np.ones(means.size, bool)
+    want[order] = False
+    want = np.repeat(np.repeat(want.reshape(means.shape), 2, 0), 4, 1)[:21, :10]
+    assert np.array_equal(got.mask, want) and np.array_equal(got.weight, np.where(want, layer.weight, 0))
+
+    stats = InputStats(rows=5, sq_norms=sq, hessian=None)
+    got = sparsifiers.get("wanda").update_mask(layer, stats, drop, pattern=pattern)
+    scores = np.abs(w) * np.sqrt(sq)[:, None]
+    blocks = np.array([[scores[k:k + 2, n:n + 4].mean() for n in range(0, 10, 4)] for k in range(0, 21, 2)])
+    removed = ~pattern.block_scores(got.mask.astype(float)).astype(bool)
+    assert removed.sum() == drop
+    per_column = removed.sum(axis=0)
+    assert per_column.max() - per_column.min() <= 1  # each column of blocks loses its share, up to one
+    for col in range(blocks.shape[1]):  # and within a column the lowest scores go
+        gone, kept = blocks[removed[:, col], col], blocks[~removed[:, col], col]
+        assert gone.max() <= kept.min()

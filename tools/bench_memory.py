@@ -71,6 +71,13 @@ def run_measured(command: list[str]) -> tuple[int, float, int, str]:
     return child.returncode, wall, usage.ru_maxrss * 1024, output[-2000:]
 
 
+def prune_command(model_path: Path, output: Path, ratio: float = 0.9, verify: bool = True,
+                  extra: tuple[str, ...] = ()) -> list[str]:
+    """The CLI run that is measured."""
+    return [sys.executable, "-m", "onnx_prune.cli", "prune", str(model_path), str(output), "--ratio", str(ratio),
+            "--quiet", "--verify" if verify else "--no-verify", *extra]
+
+
 def baseline_command() -> list[str]:
     """A child that imports what a prune run imports and loads nothing: the fixed overhead."""
     return [sys.executable, "-c", "import onnxruntime, onnx_prune.api, onnx_prune.cli, onnx_prune.verify"]
@@ -90,8 +97,7 @@ def main() -> None:
     try:
         model_path, model_bytes = write_model(folder, args.size, args.layers)
         _, _, base_rss, _ = run_measured(baseline_command())
-        command = [sys.executable, "-m", "onnx_prune.cli", "prune", str(model_path), str(folder / "pruned.onnx"),
-                   "--ratio", str(args.ratio), "--quiet"] + (["--no-verify"] if args.no_verify else [])
+        command = prune_command(model_path, folder / "pruned.onnx", args.ratio, verify=not args.no_verify)
         code, wall, peak, output = run_measured(command)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

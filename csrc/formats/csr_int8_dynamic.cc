@@ -2,8 +2,9 @@
 // (int8 values, per-output scales, one-byte row indices in 256-row blocks, block offsets) run with
 // int8 arithmetic: each row of A' is quantized to int8 at Run (symmetric, per row), the products
 // are summed in int32 and dequantized with the row's and the output's scale. The tensors are
-// validated by csr_int8's own rules (its pack), then re-laid as pairs of rows for the
-// pmaddwd / vpdpwssd kernels (Int8PairArrays in kernels/sparse_gemm_kernels.h).
+// validated by csr_int8's own rules (its pack), then re-laid as quads of rows for the VNNI
+// vpdpbusd kernel (Int8QuadArrays) when the CPU's table has it, else as pairs of rows for the
+// pmaddwd / vpdpwssd kernels (Int8PairArrays; both in kernels/sparse_gemm_kernels.h).
 #include <algorithm>
 #include <cstdlib>
 #include <cstdint>
@@ -29,6 +30,10 @@ struct PackedPairs : PackedWeight {
   std::vector<int64_t> ptr;
   std::vector<float> scales;
   std::vector<int64_t> parts;
+  // The quad layout (Int8QuadArrays), instead of words / pairs, when the CPU's kernel table has
+  // the VNNI quad product and every (row, output) weight fits int8.
+  bool quads = false;
+  std::vector<int32_t> weight_sums;
 };
 
 constexpr int64_t kEntriesPerPart = 4096;  // ranges small enough to feed a few threads each
@@ -96,6 +101,49 @@ std::string pair_up(const PackedCsrOf<int8_t>& csr, PackedPairs* w) {
   return {};
 }
 
+// W's entries of each output merged by quad of rows into words[e] / pairs[e] (pairs then hold quad
+// indices), with each output's weight sum. False (w untouched) when duplicates of one (row,
+// output) sum outside int8.
+bool quad_up(const PackedCsrOf<int8_t>& csr, PackedPairs* w) {
+  std::vector<int32_t> dense(static_cast<size_t>(csr.K + 3), 0);
+  std::vector<int32_t> touched, words, quads, sums;
+  std::vector<int64_t> ptr(1, 0);
+  for (int64_t n = 0; n < csr.N; ++n) {
+    touched.clear();
+    int32_t sum = 0;
+    for (int64_t j = csr.row_ptr[n]; j < csr.row_ptr[n + 1]; ++j) {
+      const int64_t k = csr.row_of(j);
+      touched.push_back(static_cast<int32_t>(k / 4));
+      dense[k] += csr.values[j];
+      sum += csr.values[j];  // |sum| <= kMaxAbsWeightSum: pair_up checked
+    }
+    std::sort(touched.begin(), touched.end());
+    touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+    bool fits = true;
+    for (const int32_t g : touched) {
+      uint32_t word = 0;
+      for (int i = 0; i < 4; ++i) {
+        const int32_t v = dense[4 * g + i];
+        dense[4 * g + i] = 0;
+        fits = fits && v >= -128 && v <= 127;
+        word |= static_cast<uint32_t>(static_cast<uint8_t>(v)) << (8 * i);
+      }
+      if (word == 0) continue;
+      quads.push_back(g);
+      words.push_back(static_cast<int32_t>(word));
+    }
+    if (!fits) return false;
+    sums.push_back(sum);
+    ptr.push_back(static_cast<int64_t>(words.size()));
+  }
+  w->words = std::move(words);
+  w->pairs = std::move(quads);
+  w->ptr = std::move(ptr);
+  w->weight_sums = std::move(sums);
+  w->quads = true;
+  return true;
+}
+
 std::string pack(const std::vector<TensorView>& t, const WeightShape& shape, std::unique_ptr<PackedWeight>* out) {
   std::unique_ptr<PackedWeight> csr;
   std::string problem = format_csr_int8::kFormat.pack(t, shape, &csr);
@@ -107,6 +155,16 @@ std::string pack(const std::vector<TensorView>& t, const WeightShape& shape, std
   w->scales = int8.scales;
   problem = pair_up(int8, w.get());
   if (!problem.empty()) return "invalid sparse weight: " + problem;
+  if (select_kernel().int8_dynamic_quad_gemm != nullptr) {
+    PackedPairs quads;
+    if (quad_up(int8, &quads)) {
+      w->words = std::move(quads.words);
+      w->pairs = std::move(quads.pairs);
+      w->ptr = std::move(quads.ptr);
+      w->weight_sums = std::move(quads.weight_sums);
+      w->quads = true;
+    }
+  }
   balance_parts(w.get());
   *out = std::move(w);
   return {};
@@ -114,6 +172,22 @@ std::string pack(const std::vector<TensorView>& t, const WeightShape& shape, std
 
 void run(const PackedWeight& packed, const KernelTable& kernels, const GemmArgs& args, const ParallelRunner& parallel) {
   const auto& w = static_cast<const PackedPairs&>(packed);
+  if (w.quads) {
+    Int8QuadArrays a;
+    a.K = w.K;
+    a.N = w.N;
+    a.words = w.words.data();
+    a.quads = w.pairs.data();
+    a.ptr = w.ptr.data();
+    a.weight_sums = w.weight_sums.data();
+    a.scales = w.scales.data();
+    a.parts = w.parts.data();
+    a.n_parts = static_cast<int64_t>(w.parts.size()) - 1;
+    // pack chose quads from select_kernel(), which has the entry (kernels is that same table)
+    const KernelTable& table = kernels.int8_dynamic_quad_gemm ? kernels : select_kernel();
+    table.int8_dynamic_quad_gemm(a, args, parallel);
+    return;
+  }
   Int8PairArrays a;
   a.K = w.K;
   a.N = w.N;

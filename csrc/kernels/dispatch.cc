@@ -25,12 +25,13 @@ bool cpu_has_avx512vnni() {
   return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
 }
 
-// The AVX-512 table whose integer product uses vpdpwssd (every other entry is AVX-512's).
+// The AVX-512 table whose integer products use vpdpwssd / vpdpbusd (every other entry is AVX-512's).
 const KernelTable* avx512vnni_table() {
   static const KernelTable table = [] {
     KernelTable t = isa_avx512::kTable;
     t.isa = "avx512vnni";
     t.int8_dynamic_gemm = &isa_avx512vnni::int8_dynamic_gemm;
+    t.int8_dynamic_quad_gemm = &isa_avx512vnni::int8_dynamic_quad_gemm;
     return t;
   }();
   return &table;

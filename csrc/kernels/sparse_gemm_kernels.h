@@ -84,6 +84,23 @@ struct Int8PairArrays {
   int64_t n_parts = 0;
 };
 
+// The same W for the VNNI kernels (vpdpbusd: four u8 x s8 products summed into an int32 lane): W's
+// rows taken in quads (4g .. 4g + 3). Output n owns entries [ptr[n], ptr[n + 1]); entry e holds
+// the int8 weights of rows 4 quads[e] + i in byte i of words[e] (zero when not stored). The
+// activations enter as u8 = q + 128, so the kernel subtracts 128 · weight_sums[n] (Σ of output n's
+// weights) from each sum, in wrapping int32 arithmetic: exact, since the true sum fits int32.
+struct Int8QuadArrays {
+  int64_t K = 0;
+  int64_t N = 0;
+  const int32_t* words = nullptr;
+  const int32_t* quads = nullptr;
+  const int64_t* ptr = nullptr;          // [N + 1]
+  const int32_t* weight_sums = nullptr;  // [N]
+  const float* scales = nullptr;         // [N]
+  const int64_t* parts = nullptr;
+  int64_t n_parts = 0;
+};
+
 // Per-Run scratch memory. The op glue backs it with onnxruntime's allocator (an arena that reuses
 // memory, where fresh pages would cost a page fault each call); without one, aligned_alloc.
 struct ScratchAllocator {
@@ -134,6 +151,10 @@ struct KernelTable {
   // Format csr_int8_dynamic (docs/sparse_gemm_op.md): each row of A' quantized to int8 at Run,
   // the integer product in int32, then dequantized with the row's and the output's scales.
   void (*int8_dynamic_gemm)(const Int8PairArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
+  // The same product on the quad layout, for CPUs with VNNI (nullptr in tables without it; format
+  // csr_int8_dynamic packs quads only for a table that has this entry).
+  void (*int8_dynamic_quad_gemm)(const Int8QuadArrays& w, const GemmArgs& args,
+                                 const ParallelRunner& parallel) = nullptr;
 };
 
 // The best variant this CPU supports (called once per kernel creation). ONNX_PRUNE_ISA=portable|avx2|avx512|avx512vnni
@@ -150,6 +171,7 @@ namespace isa_avx512 { extern const KernelTable kTable; }
 // AVX-512 VNNI: the AVX-512 table with the integer product on vpdpwssd (dispatch.cc builds it).
 namespace isa_avx512vnni {
 void int8_dynamic_gemm(const Int8PairArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
+void int8_dynamic_quad_gemm(const Int8QuadArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
 }
 #endif
 
