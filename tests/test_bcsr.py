@@ -304,3 +304,19 @@ def test_an_rx1_pattern_picks_bcsr() -> None:
     assert storage_format("int8")[0].name == "csr_int8"
     with pytest.raises(OnnxPruneError, match="--values int8 cannot be stored in format bcsr"):
         storage_format("int8", format="bcsr")
+
+
+def test_bench_kernel_block_times_bcsr_after_checking_its_result(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "k.json"
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_kernel.py"
+    done = subprocess.run([sys.executable, str(tool), "--quick", "--k", "64", "--n", "30", "--batch", "1", "20",
+                           "--sparsity", "0.8", "--threads", "1", "--rounds", "1", "--block", "4", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for row in json.loads(out.read_text())["rows"]:
+        assert "SparseGemm bcsr" not in row["problems"] and row["us"]["SparseGemm bcsr"] > 0
+        assert row["ratios"]["dense/bcsr"] > 0 and row["ratios"]["csr/bcsr"] > 0

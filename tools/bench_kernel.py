@@ -4,7 +4,9 @@ same kept weights quantized to int8), side by side in one process with:
 
 * onnxruntime's dense ``Gemm`` on the same (masked) weights,
 * onnxruntime's ``com.microsoft.SparseToDenseMatMul`` on the same weights as a CSR sparse tensor,
-* ``scipy.sparse`` CSR times dense, in-process.
+* ``scipy.sparse`` CSR times dense, in-process;
+* with ``--block R``: the weight gets a random R x 1 block mask and the ``bcsr`` format (R x 1
+  blocks) is timed too, against dense and csr on the same weights.
 
 Every candidate's result is checked against a float64 reference of the weights it stores (the
 dequantized ones for int8) before it is timed. Timings are
@@ -35,6 +37,7 @@ from onnx_prune import machine, masking, timing
 from onnx_prune.sparse_gemm import contract
 from onnx_prune.sparse_gemm import formats
 from onnx_prune.sparse_gemm.formats import PackedWeight
+from onnx_prune.sparse_gemm.formats import bcsr as bcsr_format
 from onnx_prune.sparse_gemm.formats import csr as csr_format
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
@@ -44,6 +47,8 @@ QUICK_BATCHES = (1, 64)
 OURS, INT8, DENSE, S2D, SCIPY = "SparseGemm", "SparseGemm int8", "dense Gemm", "SparseToDenseMatMul", "scipy CSR"
 CANDIDATES = (OURS, INT8, DENSE, S2D, SCIPY)
 RATIOS = {"int8/ours": INT8, "dense/ours": DENSE, "s2d/ours": S2D, "scipy/ours": SCIPY}
+BCSR = "SparseGemm bcsr"  # the R x 1 block format, timed with --block R
+BLOCK_RATIOS = {"dense/bcsr": DENSE, "csr/bcsr": OURS}  # other / bcsr
 OPSET = 17
 IR_VERSION = 9
 
@@ -71,6 +76,7 @@ class Layer:
     csr: csr_format.CsrWeight
     sparsity: float
     int8: PackedWeight  # the same kept weights in format csr_int8
+    bcsr: Optional[bcsr_format.BcsrWeight] = None  # with --block R: the same weights in R x 1 blocks
 
     @property
     def K(self) -> int:
@@ -81,13 +87,24 @@ class Layer:
         return self.csr.N
 
 
-def make_layer(K: int, N: int, sparsity: float, seed: int) -> Layer:
+def make_layer(K: int, N: int, sparsity: float, seed: int, block: int = 0) -> Layer:
+    """Magnitude-pruned, or with ``block`` R > 0 pruned by a random R x 1 block mask (speed does not
+    depend on which blocks are kept) and packed in bcsr too."""
     rng = np.random.default_rng(seed)
     weight = rng.standard_normal((K, N)).astype(np.float32)
-    mask = masking.magnitude_mask(weight, sparsity)
+    mask = random_block_mask(K, N, sparsity, block, rng) if block else masking.magnitude_mask(weight, sparsity)
     weight = np.where(mask, weight, np.float32(0))
     return Layer(weight=weight, csr=csr_format.dense_to_csr(weight, mask), sparsity=sparsity,
-                 int8=formats.value_choices()["int8"][0].pack(weight, mask, np.int8))
+                 int8=formats.value_choices()["int8"][0].pack(weight, mask, np.int8),
+                 bcsr=bcsr_format.dense_to_bcsr(weight, mask, block) if block else None)
+
+
+def random_block_mask(K: int, N: int, sparsity: float, R: int, rng: np.random.Generator) -> np.ndarray:
+    """Keeps round((1 - sparsity) * blocks) random R x 1 blocks (R outputs x one input)."""
+    rows = -(-N // R)
+    kept = np.zeros(K * rows, dtype=bool)
+    kept[rng.permutation(K * rows)[:round((1 - sparsity) * K * rows)]] = True
+    return np.repeat(kept.reshape(K, rows), R, axis=1)[:, :N]
 
 
 def finish_model(nodes: list, inputs: list, initializers: list, domains: Sequence[tuple[str, int]]) -> onnx.ModelProto:
@@ -199,9 +216,15 @@ def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict) -
     def scipy_run() -> np.ndarray:
         return np.ascontiguousarray((wt_csr @ x.T).T)  # Y [M, N] row-major, like the others
 
+    def bcsr():
+        if BCSR not in sessions:
+            sessions[BCSR] = session(sparse_gemm_model(layer.bcsr), threads)
+        return sessions[BCSR], {"X": x}
+
+    blocked = [ort_candidate(BCSR, bcsr)] if layer.bcsr is not None else []
     return [ort_candidate(OURS, ours), ort_candidate(INT8, ours_int8, layer.int8.to_dense()),
             ort_candidate(DENSE, dense), ort_candidate(S2D, s2d),
-            Candidate(SCIPY, run=scipy_run)]
+            Candidate(SCIPY, run=scipy_run)] + blocked
 
 
 def one_line(exc: BaseException) -> str:
@@ -242,11 +265,11 @@ def time_candidates(candidates: Sequence[Candidate], *, rounds: int, warmup: int
             for i, c in enumerate(live)}
 
 
-def ratio(timings: dict, other: str) -> Optional[float]:
+def ratio(timings: dict, other: str, ours: str = OURS) -> Optional[float]:
     """Median over rounds of other / ours (> 1: ours is faster)."""
-    if other not in timings or OURS not in timings:
+    if other not in timings or ours not in timings:
         return None
-    return statistics.median(o / s for o, s in zip(timings[other]["rounds"], timings[OURS]["rounds"]))
+    return statistics.median(o / s for o, s in zip(timings[other]["rounds"], timings[ours]["rounds"]))
 
 
 def call_floor_us(threads: int, rounds: int, block_s: float) -> float:
@@ -268,15 +291,16 @@ class Row:
     threads: int
     nnz: int
     us: dict  # candidate -> µs per call (absent: not timed)
-    ratios: dict  # each key of RATIOS ("int8/ours", "dense/ours", ...) -> value or None
+    ratios: dict  # each key of RATIOS ("int8/ours", "dense/ours", ...), and of BLOCK_RATIOS with --block, -> value or None
     problems: dict = field(default_factory=dict)  # candidate -> why it was not timed
 
 
 def bench(K: int, N: int, sparsities: Sequence[float], batches: Sequence[int], threads: Sequence[int], *,
-          rounds: int, warmup: int, block_s: float, seed: int, progress: Callable[[str], None]) -> list[Row]:
+          rounds: int, warmup: int, block_s: float, seed: int, progress: Callable[[str], None],
+          block: int = 0) -> list[Row]:
     rows = []
     for sparsity in sparsities:
-        layer = make_layer(K, N, sparsity, seed)
+        layer = make_layer(K, N, sparsity, seed, block)
         for n_threads in threads:
             sessions: dict = {}
             for batch in batches:
@@ -286,9 +310,11 @@ def bench(K: int, N: int, sparsities: Sequence[float], batches: Sequence[int], t
                 for c in candidates:
                     verify(c, x, layer)
                 timings = time_candidates(candidates, rounds=rounds, warmup=warmup, block_s=block_s)
+                ratios = {key: ratio(timings, name) for key, name in RATIOS.items()}
+                if block:
+                    ratios.update({key: ratio(timings, name, BCSR) for key, name in BLOCK_RATIOS.items()})
                 rows.append(Row(sparsity=sparsity, batch=batch, threads=n_threads, nnz=layer.csr.nnz,
-                                us={name: t["us"] for name, t in timings.items()},
-                                ratios={key: ratio(timings, name) for key, name in RATIOS.items()},
+                                us={name: t["us"] for name, t in timings.items()}, ratios=ratios,
                                 problems={c.name: c.problem for c in candidates if c.problem}))
     return rows
 
@@ -304,6 +330,14 @@ def parse_threads(values: Sequence[str]) -> list[int]:
     return out
 
 
+def columns(block: bool) -> tuple[list[str], list[str], list[str]]:
+    """The timed candidates, their column labels and the ratio keys of a report (bcsr with --block)."""
+    names, labels = list(CANDIDATES), ["ours µs", "int8 µs", "dense µs", "s2d µs", "scipy µs"]
+    if block:
+        return names + [BCSR], labels + ["bcsr µs"], list(RATIOS) + list(BLOCK_RATIOS)
+    return names, labels, list(RATIOS)
+
+
 def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -311,15 +345,16 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
     console = Console(width=max(Console().width, 132))
     table = Table(title=f"SparseGemm kernel, K x N = {settings['K']} x {settings['N']}: median µs per call "
                         f"(ratio > 1: SparseGemm faster)")
-    for column in ("threads", "sparsity", "batch", "ours µs", "int8 µs", "dense µs", "s2d µs", "scipy µs", *RATIOS):
+    names, labels, ratio_keys = columns(bool(settings.get("block")))
+    for column in ("threads", "sparsity", "batch", *labels, *ratio_keys):
         table.add_column(column, justify="right")
     previous_threads = None
     for r in rows:
         if previous_threads is not None and r.threads != previous_threads:
             table.add_section()
         previous_threads = r.threads
-        cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in CANDIDATES]
-        ratios = [format_ratio(r.ratios[k]) for k in RATIOS]
+        cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in names]
+        ratios = [format_ratio(r.ratios[k]) for k in ratio_keys]
         table.add_row(str(r.threads), f"{r.sparsity:g}", str(r.batch), *cells, *ratios)
     console.print(table)
     problems = sorted({(name, why) for r in rows for name, why in r.problems.items()})
@@ -331,18 +366,22 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
     console.print(f"ours = {OURS} (this library, csr fp32) · int8 = the same weights in csr_int8 · dense = onnxruntime {DENSE} · s2d = onnxruntime com.microsoft."
                   f"{S2D} (Wᵀ as a CSR sparse-tensor input, plus a Transpose to [M, N]) · scipy = {SCIPY} @ dense, "
                   f"in-process, single-threaded")
+    if settings.get("block"):
+        console.print(f"bcsr = {BCSR} (format bcsr, {settings['block']} x 1 blocks); with --block every candidate "
+                      f"runs the same random {settings['block']} x 1 block-masked weights")
     console.print(f"onnxruntime per-call floor (Identity model, 1 thread): {settings['call_floor_us']:.1f} µs · "
                   f"{settings['rounds']} rounds of ~{settings['block_ms']:g} ms per candidate · command: "
                   f"{settings['command']}")
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
+def markdown_table(rows: Sequence[Row], block: bool = False) -> str:
     """The result as a markdown table (for docs/bench_kernel.md)."""
-    lines = ["| threads | sparsity | batch | ours µs | int8 µs | dense µs | s2d µs | scipy µs | " + " | ".join(RATIOS) + " |",
-             "|" + "---:|" * 12]
+    names, labels, ratio_keys = columns(block)
+    header = ["threads", "sparsity", "batch", *labels, *ratio_keys]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     for r in rows:
-        cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in CANDIDATES]
-        ratios = [f"{r.ratios[k]:.2f}x" if r.ratios[k] is not None else "n/a" for k in RATIOS]
+        cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in names]
+        ratios = [f"{r.ratios[k]:.2f}x" if r.ratios[k] is not None else "n/a" for k in ratio_keys]
         lines.append(f"| {r.threads} | {r.sparsity:g} | {r.batch} | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines)
 
@@ -364,6 +403,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="timing rounds per candidate (default 9, quick 5)")
     p.add_argument("--block-ms", type=float, help="milliseconds of calls per round and candidate (default 20, quick 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--block", type=int, default=0, choices=(0, *bcsr_format.BLOCK_SIZES), metavar="R",
+                   help="prune with a random R x 1 block mask and time the bcsr format too (R: 4 or 8)")
     p.add_argument("--quick", action="store_true", help="a short run: fewer sparsities, batches, rounds")
     p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     p.add_argument("--markdown", metavar="PATH", help="also save the table as markdown")
@@ -389,9 +430,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     err = Console(stderr=True)
     rows = bench(args.k, args.n, args.sparsity, args.batch, threads, rounds=args.rounds, warmup=5,
-                 block_s=args.block_ms / 1000, seed=args.seed, progress=lambda m: err.print(f"[dim]timing {m}…[/dim]"))
+                 block_s=args.block_ms / 1000, seed=args.seed, progress=lambda m: err.print(f"[dim]timing {m}…[/dim]"),
+                 block=args.block)
     settings = {"K": args.k, "N": args.n, "sparsities": args.sparsity, "batches": args.batch, "threads": threads,
-                "rounds": args.rounds, "block_ms": args.block_ms, "seed": args.seed,
+                "rounds": args.rounds, "block_ms": args.block_ms, "seed": args.seed, "block": args.block,
                 "command": " ".join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])),
                 "call_floor_us": call_floor_us(1, args.rounds, args.block_ms / 1000)}
     print_report(rows, machine, settings)
@@ -400,7 +442,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                "rows": [asdict(r) for r in rows]}, indent=2))
         err.print(f"saved {args.json}")
     if args.markdown:
-        Path(args.markdown).write_text(markdown_table(rows) + "\n")
+        Path(args.markdown).write_text(markdown_table(rows, bool(args.block)) + "\n")
         err.print(f"saved {args.markdown}")
     return 0
 
