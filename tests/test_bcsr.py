@@ -86,10 +86,13 @@ def test_structured_mask_stores_exactly_the_kept_weights() -> None:
     assert formats.get(bcsr.NAME).pack(weight8, mask8).R == 8  # an 8 x 1 mask packs in 8 x 1 blocks
 
 
-def test_fp16_values_are_refused_with_one_line() -> None:
+def test_fp16_values_round_trip_and_other_dtypes_are_refused() -> None:
     weight, mask = random_case(3, 8, 8, 4, structured=True)
-    with pytest.raises(OnnxPruneError, match="format 'bcsr' stores float32 values only"):
-        formats.get(bcsr.NAME).pack(weight, mask, values_dtype=np.float16)
+    packed = formats.get(bcsr.NAME).pack(weight, mask, values_dtype=np.float16)
+    assert packed.values.dtype == np.float16
+    np.testing.assert_array_equal(bcsr.bcsr_to_dense(packed), np.where(mask, weight, 0).astype(np.float16).astype(np.float32))
+    with pytest.raises(OnnxPruneError, match="format 'bcsr' stores float32 or float16 values"):
+        formats.get(bcsr.NAME).pack(weight, mask, values_dtype=np.int8)
 
 
 def _valid() -> bcsr.BcsrWeight:
@@ -99,7 +102,7 @@ def _valid() -> bcsr.BcsrWeight:
 
 @pytest.mark.parametrize("change,message", [
     (lambda p: dict(values=p.values[:, :3]), r"values has shape \[\d+, 3\], expected \[n_blocks, R\]"),
-    (lambda p: dict(values=p.values.astype(np.float16)), "values must be float32"),
+    (lambda p: dict(values=p.values.astype(np.float64)), "values must be float32 or float16, got float64"),
     (lambda p: dict(indices=p.indices[:-1]), r"indices has shape"),
     (lambda p: dict(offsets=p.offsets[:-1]), r"offsets has shape .* expected \[ceil\(N / R\) \+ 1\] = \[4\]"),
     (lambda p: dict(offsets=p.offsets[::-1].copy()), "offsets must start at 0"),
@@ -143,6 +146,19 @@ def test_kernel_nd_a_bias_alpha_beta_relu(isa: str, m: int) -> None:
     a = rng.standard_normal((m, 1, K)).astype(np.float32)
     y = open_session(model, isa=isa).run(None, {"A": a})[0]
     assert_matches_reference(y, a, dense, c, alpha=0.5, beta=-2.0, relu=True)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m", [1, 64])
+def test_kernel_float16_values_match_the_widened_weights(isa: str, m: int) -> None:
+    K, N = 90, 21
+    weight, mask = random_case(m + 11, K, N, 4, structured=True, density=0.4)
+    weight[:3, :] = np.array([6.0e-8, -6.5e4, 1.0e-5], dtype=np.float32)[:, None]  # subnormal, large, small
+    packed = bcsr.dense_to_bcsr(weight, mask, 4, np.float16)
+    dense = np.where(mask, weight, 0).astype(np.float16).astype(np.float64)
+    a = np.random.default_rng(m).standard_normal((m, K)).astype(np.float32)
+    y = open_session(bcsr_model(packed, a_shape=["M", K]), isa=isa).run(None, {"A": a})[0]
+    assert_matches_reference(y, a, dense, w_abs=np.abs(dense))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -201,7 +217,7 @@ def test_weights_as_graph_inputs_are_packed_at_run() -> None:
     (lambda p: dict(indices=np.full_like(p.indices, 12)), r"indices\[0\] = 12 is outside \[0, K = 12\)"),
     (lambda p: dict(indices=np.zeros_like(p.indices)), r"indices\[1\] = 0 does not increase within block row 0"),
     (lambda p: dict(values=np.ones_like(p.values)), r"pads output 10 >= N = 10 and must be 0"),
-    (lambda p: dict(values=p.values.astype(np.float16)), r"input values has type float16, expected float32"),
+    (lambda p: dict(values=p.values.astype(np.float64)), r"input values has type float64, expected float32 or float16"),
 ])
 def test_kernel_rejects_invalid_weights_naming_the_node(change, message: str) -> None:
     packed = _valid()
@@ -233,12 +249,13 @@ def _fallback_model(packed: bcsr.BcsrWeight, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("R,N", [(4, 10), (8, 16)])
-def test_fallback_without_library_folds_to_the_dense_weight(R: int, N: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("R,N,dtype", [(4, 10, np.float32), (8, 16, np.float32), (4, 10, np.float16)])
+def test_fallback_without_library_folds_to_the_dense_weight(R: int, N: int, dtype, tmp_path: Path) -> None:
     import onnxruntime as ort
 
     weight, mask = random_case(R * N, 30, N, R, structured=False, density=0.3)
-    packed = bcsr.dense_to_bcsr(weight, mask, R)
+    weight = weight.astype(dtype).astype(np.float32)  # what float16 values store
+    packed = bcsr.dense_to_bcsr(weight, mask, R, dtype)
     path = _fallback_model(packed, tmp_path)
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
@@ -287,3 +304,19 @@ def test_an_rx1_pattern_picks_bcsr() -> None:
     assert storage_format("int8")[0].name == "csr_int8"
     with pytest.raises(OnnxPruneError, match="--values int8 cannot be stored in format bcsr"):
         storage_format("int8", format="bcsr")
+
+
+def test_bench_kernel_block_times_bcsr_after_checking_its_result(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "k.json"
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_kernel.py"
+    done = subprocess.run([sys.executable, str(tool), "--quick", "--k", "64", "--n", "30", "--batch", "1", "20",
+                           "--sparsity", "0.8", "--threads", "1", "--rounds", "1", "--block", "4", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for row in json.loads(out.read_text())["rows"]:
+        assert "SparseGemm bcsr" not in row["problems"] and row["us"]["SparseGemm bcsr"] > 0
+        assert row["ratios"]["dense/bcsr"] > 0 and row["ratios"]["csr/bcsr"] > 0

@@ -6,7 +6,9 @@ same kept weights quantized to int8), side by side in one process with:
 * onnxruntime's int8 dynamic quantization (``quantize_dynamic``) of that dense layer,
 * onnxruntime's ``com.microsoft.SparseToDenseMatMul`` on the same weights as a CSR sparse tensor,
 * ``scipy.sparse`` CSR times dense, in-process,
-* optionally (``--paths``) SparseGemm with each kernel path forced (the ONNX_PRUNE_PATH test hook).
+* optionally (``--paths``) SparseGemm with each kernel path forced (the ONNX_PRUNE_PATH test hook),
+* with ``--block R``: the weight gets a random R x 1 block mask and the ``bcsr`` format (R x 1
+  blocks) is timed too, against dense and csr on the same weights (columns ``dense/bcsr``, ``csr/bcsr``).
 
 Inputs are standard normal, optionally with entries zeroed with probability ``--zero-prob``, or real
 post-ReLU activations of the bundled MNIST MLP (``--inputs relu1|relu2``).
@@ -41,6 +43,7 @@ from onnx_prune import machine, masking, timing
 from onnx_prune.sparse_gemm import contract
 from onnx_prune.sparse_gemm import formats
 from onnx_prune.sparse_gemm.formats import PackedWeight
+from onnx_prune.sparse_gemm.formats import bcsr as bcsr_format
 from onnx_prune.sparse_gemm.formats import csr as csr_format
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
@@ -49,8 +52,10 @@ QUICK_SPARSITIES = (0.5, 0.9)
 QUICK_BATCHES = (1, 64)
 OURS, INT8, DENSE, ORT_INT8, S2D, SCIPY = ("SparseGemm", "SparseGemm int8", "dense Gemm", "onnxruntime int8 dynamic",
                                            "SparseToDenseMatMul", "scipy CSR")
-CANDIDATES = (OURS, INT8, DENSE, ORT_INT8, S2D, SCIPY)
-SHORT = {OURS: "ours", INT8: "int8", DENSE: "dense", ORT_INT8: "ort-int8", S2D: "s2d", SCIPY: "scipy"}
+BCSR = "SparseGemm bcsr"  # the R x 1 block format, timed with --block R
+CANDIDATES = (OURS, INT8, DENSE, ORT_INT8, S2D, SCIPY, BCSR)
+SHORT = {OURS: "ours", INT8: "int8", DENSE: "dense", ORT_INT8: "ort-int8", S2D: "s2d", SCIPY: "scipy", BCSR: "bcsr"}
+BLOCK_RATIOS = {"dense/bcsr": (DENSE, BCSR), "csr/bcsr": (OURS, BCSR)}  # shown with --block: other / bcsr
 PATHS = ("gemv", "input_stationary", "tiled", "input_stationary_rows")  # --paths times each, forced
 PATH_ENV = "ONNX_PRUNE_PATH"
 # onnxruntime's int8 dynamic quantization is not exact: its result must be within this fraction of
@@ -91,6 +96,7 @@ class Layer:
     csr: csr_format.CsrWeight
     sparsity: float
     int8: PackedWeight  # the same kept weights in format csr_int8
+    bcsr: Optional[PackedWeight] = None  # with --block R: the same weights in R x 1 blocks
 
     @property
     def K(self) -> int:
@@ -101,13 +107,23 @@ class Layer:
         return self.csr.N
 
 
-def make_layer(K: int, N: int, sparsity: float, seed: int) -> Layer:
+def make_layer(K: int, N: int, sparsity: float, seed: int, block: int = 0) -> Layer:
     rng = np.random.default_rng(seed)
     weight = rng.standard_normal((K, N)).astype(np.float32)
-    mask = masking.magnitude_mask(weight, sparsity)
+    mask = random_block_mask(K, N, sparsity, block, rng) if block else masking.magnitude_mask(weight, sparsity)
     weight = np.where(mask, weight, np.float32(0))
     return Layer(weight=weight, csr=csr_format.dense_to_csr(weight, mask), sparsity=sparsity,
-                 int8=formats.value_choices()["int8"][0].pack(weight, mask, np.int8))
+                 int8=formats.value_choices()["int8"][0].pack(weight, mask, np.int8),
+                 bcsr=bcsr_format.dense_to_bcsr(weight, mask, block) if block else None)
+
+
+def random_block_mask(K: int, N: int, sparsity: float, R: int, rng: np.random.Generator) -> np.ndarray:
+    """Keeps round((1 - sparsity) * blocks) random R x 1 blocks (R outputs x one input): speed does
+    not depend on which blocks are kept."""
+    rows = -(-N // R)
+    kept = np.zeros(K * rows, dtype=bool)
+    kept[rng.permutation(K * rows)[:round((1 - sparsity) * K * rows)]] = True
+    return np.repeat(kept.reshape(K, rows), R, axis=1)[:, :N]
 
 
 def finish_model(nodes: list, inputs: list, initializers: list, domains: Sequence[tuple[str, int]]) -> onnx.ModelProto:
@@ -294,9 +310,15 @@ def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict, p
     def scipy_run() -> np.ndarray:
         return np.ascontiguousarray((wt_csr @ x.T).T)  # Y [M, N] row-major, like the others
 
+    def bcsr():
+        if BCSR not in sessions:
+            sessions[BCSR] = session(sparse_gemm_model(layer.bcsr), threads)
+        return sessions[BCSR], {"X": x}
+
+    blocked = [ort_candidate(BCSR, bcsr)] if layer.bcsr is not None else []
     return ([ort_candidate(OURS, ours), ort_candidate(INT8, ours_int8, layer.int8.to_dense()),
              ort_candidate(DENSE, dense), ort_candidate(ORT_INT8, ort_int8), ort_candidate(S2D, s2d),
-             Candidate(SCIPY, run=scipy_run)]
+             Candidate(SCIPY, run=scipy_run)] + blocked
             + [ort_candidate(forced_name(p), forced(p)) for p in paths])
 
 
@@ -340,11 +362,11 @@ def time_candidates(candidates: Sequence[Candidate], *, rounds: int, warmup: int
             for i, c in enumerate(live)}
 
 
-def ratio(timings: dict, other: str) -> Optional[float]:
+def ratio(timings: dict, other: str, ours: str = OURS) -> Optional[float]:
     """Median over rounds of other / ours (> 1: ours is faster)."""
-    if other not in timings or OURS not in timings:
+    if other not in timings or ours not in timings:
         return None
-    return statistics.median(o / s for o, s in zip(timings[other]["rounds"], timings[OURS]["rounds"]))
+    return statistics.median(o / s for o, s in zip(timings[other]["rounds"], timings[ours]["rounds"]))
 
 
 def call_floor_us(threads: int, rounds: int, block_s: float) -> float:
@@ -373,10 +395,11 @@ class Row:
 
 def bench(K: int, N: int, sparsities: Sequence[float], batches: Sequence[int], threads: Sequence[int], *,
           rounds: int, warmup: int, block_s: float, seed: int, progress: Callable[[str], None],
-          zero_prob: float = 0.0, activations: Optional[np.ndarray] = None, paths: Sequence[str] = ()) -> list[Row]:
+          zero_prob: float = 0.0, activations: Optional[np.ndarray] = None, paths: Sequence[str] = (),
+          block: int = 0) -> list[Row]:
     rows = []
     for sparsity in sparsities:
-        layer = make_layer(K, N, sparsity, seed)
+        layer = make_layer(K, N, sparsity, seed, block)
         for n_threads in threads:
             sessions: dict = {}
             for batch in batches:
@@ -386,9 +409,11 @@ def bench(K: int, N: int, sparsities: Sequence[float], batches: Sequence[int], t
                 for c in candidates:
                     verify(c, x, layer)
                 timings = time_candidates(candidates, rounds=rounds, warmup=warmup, block_s=block_s)
+                ratios = {f"{c.name}/ours": ratio(timings, c.name) for c in candidates[1:]}
+                if block:
+                    ratios.update({key: ratio(timings, other, blocked) for key, (other, blocked) in BLOCK_RATIOS.items()})
                 rows.append(Row(sparsity=sparsity, batch=batch, threads=n_threads, nnz=layer.csr.nnz,
-                                us={name: t["us"] for name, t in timings.items()},
-                                ratios={f"{c.name}/ours": ratio(timings, c.name) for c in candidates[1:]},
+                                us={name: t["us"] for name, t in timings.items()}, ratios=ratios,
                                 problems={c.name: c.problem for c in candidates if c.problem},
                                 inputs=zero_stats(x)))
     return rows
@@ -418,9 +443,18 @@ def short(name: str) -> str:
     return "ours[" + name[len(OURS) + 1:-1].replace("input_stationary", "is") + "]"
 
 
-def table_cells(r: Row, names: Sequence[str], fmt_ratio: Callable[[Optional[float]], str]) -> list[str]:
+def extra_ratio_keys(rows: Sequence[Row]) -> list[str]:
+    """Ratios beside the "<candidate>/ours" ones that these rows carry (dense/bcsr with --block)."""
+    return [key for key in BLOCK_RATIOS if any(key in r.ratios for r in rows)]
+
+
+def ratio_headers(rows: Sequence[Row], names: Sequence[str]) -> list[str]:
+    return [f"{short(c)}/ours" for c in names[1:]] + extra_ratio_keys(rows)
+
+
+def table_cells(r: Row, names: Sequence[str], extra: Sequence[str], fmt_ratio: Callable[[Optional[float]], str]) -> list[str]:
     cells = [f"{r.us[c]:.1f}" if c in r.us else "n/a" for c in names]
-    return cells + [fmt_ratio(r.ratios.get(f"{c}/ours")) for c in names[1:]]
+    return cells + [fmt_ratio(r.ratios.get(f"{c}/ours")) for c in names[1:]] + [fmt_ratio(r.ratios.get(k)) for k in extra]
 
 
 def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
@@ -432,8 +466,9 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
     console = Console(width=max(Console().width, 160))
     table = Table(title=f"SparseGemm kernel, K x N = {settings['K']} x {settings['N']}, inputs: {settings['inputs']}: "
                         f"median µs per call (ratio > 1: SparseGemm faster)")
+    extra = extra_ratio_keys(rows)
     for column in (["threads", "sparsity", "batch", "X zero", "rows zero/tile"] + [f"{short(c)} µs" for c in names]
-                   + [f"{short(c)}/ours" for c in names[1:]]):
+                   + ratio_headers(rows, names)):
         table.add_column(escape(column), justify="right")
     previous_threads = None
     for r in rows:
@@ -441,7 +476,7 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
             table.add_section()
         previous_threads = r.threads
         table.add_row(str(r.threads), f"{r.sparsity:g}", str(r.batch), f"{r.inputs['zero']:.0%}",
-                      f"{r.inputs['zero_rows_per_tile']:.0%}", *table_cells(r, names, format_ratio))
+                      f"{r.inputs['zero_rows_per_tile']:.0%}", *table_cells(r, names, extra, format_ratio))
     console.print(table)
     problems = sorted({(name, why) for r in rows for name, why in r.problems.items()})
     for name, why in problems:
@@ -454,6 +489,9 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
                   f"{ORT_INT8_TOLERANCE:.0%} of max |Y|) · s2d = onnxruntime com.microsoft.{S2D} (Wᵀ as a CSR "
                   f"sparse-tensor input, plus a Transpose to [M, N]) · scipy = {SCIPY} @ dense, in-process, "
                   f"single-threaded · ours\\[p] = {OURS} with {PATH_ENV}=p (is: input_stationary)")
+    if settings.get("block"):
+        console.print(f"bcsr = {BCSR} (format bcsr, {settings['block']} x 1 blocks); with --block every candidate "
+                      f"runs the same random {settings['block']} x 1 block-masked weights")
     console.print(f"onnxruntime per-call floor (Identity model, 1 thread): {settings['call_floor_us']:.1f} µs · "
                   f"{settings['rounds']} rounds of ~{settings['block_ms']:g} ms per candidate · command: "
                   f"{settings['command']}")
@@ -462,11 +500,11 @@ def print_report(rows: Sequence[Row], machine: dict, settings: dict) -> None:
 def markdown_table(rows: Sequence[Row]) -> str:
     """The result as a markdown table (for docs/bench_kernel.md)."""
     names = column_names(rows)
-    header = (["threads", "sparsity", "batch", "X zero"] + [f"{short(c)} µs" for c in names]
-              + [f"{short(c)}/ours" for c in names[1:]])
+    extra = extra_ratio_keys(rows)
+    header = ["threads", "sparsity", "batch", "X zero"] + [f"{short(c)} µs" for c in names] + ratio_headers(rows, names)
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     for r in rows:
-        cells = table_cells(r, names, lambda v: f"{v:.2f}x" if v is not None else "n/a")
+        cells = table_cells(r, names, extra, lambda v: f"{v:.2f}x" if v is not None else "n/a")
         lines.append(f"| {r.threads} | {r.sparsity:g} | {r.batch} | {r.inputs['zero']:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -488,6 +526,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="timing rounds per candidate (default 9, quick 5)")
     p.add_argument("--block-ms", type=float, help="milliseconds of calls per round and candidate (default 20, quick 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--block", type=int, default=0, choices=(0, *bcsr_format.BLOCK_SIZES), metavar="R",
+                   help="prune with a random R x 1 block mask and time the bcsr format too (R: 4 or 8)")
     p.add_argument("--quick", action="store_true", help="a short run: fewer sparsities, batches, rounds")
     p.add_argument("--zero-prob", type=float, default=0.0, metavar="P",
                    help="set each input entry to zero with probability P (default 0)")
@@ -526,10 +566,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     activations = None if args.inputs == "random" else captured_activations(args.inputs)
     rows = bench(args.k, args.n, args.sparsity, args.batch, threads, rounds=args.rounds, warmup=5,
                  block_s=args.block_ms / 1000, seed=args.seed, progress=lambda m: err.print(f"[dim]timing {m}…[/dim]"),
-                 zero_prob=args.zero_prob, activations=activations, paths=PATHS if args.paths else ())
+                 zero_prob=args.zero_prob, activations=activations, paths=PATHS if args.paths else (), block=args.block)
     inputs = args.inputs if args.inputs != "random" else f"standard normal, zero with probability {args.zero_prob:g}"
     settings = {"K": args.k, "N": args.n, "sparsities": args.sparsity, "batches": args.batch, "threads": threads,
-                "inputs": inputs, "paths": args.paths,
+                "inputs": inputs, "paths": args.paths, "block": args.block,
                 "rounds": args.rounds, "block_ms": args.block_ms, "seed": args.seed,
                 "command": " ".join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])),
                 "call_floor_us": call_floor_us(1, args.rounds, args.block_ms / 1000)}

@@ -1,7 +1,7 @@
 // Stand-alone check of the numeric kernels (no onnxruntime): every kernel variant the CPU runs,
 // against a float64 reference, over shapes that cross the few-rows / tiled strategies and their
-// remainders. Used where onnxruntime is not available, e.g. the portable variant cross-built for
-// aarch64 and run under qemu (tools/check_aarch64.sh). Exit status 0 when every case matches.
+// remainders, and the bcsr block kernel. Used where onnxruntime is not available, e.g. the portable
+// variant cross-built for aarch64 and run under qemu (tools/check_aarch64.sh). Exit status 0 when every case matches.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -82,6 +82,82 @@ bool run_case(const KernelTable& table, const Case& c, std::mt19937& rng) {
   return ok;
 }
 
+struct BlockCase {
+  int64_t K, N, M, R;
+  double density;  // of blocks
+  bool trans_a, bias_relu;
+};
+
+// The bcsr kernel (R x 1 blocks of W^T; a partial last block row when R does not divide N) with
+// two thread ranges, against a float64 reference; bias_relu adds a per-output bias and relu.
+bool run_bcsr_case(const KernelTable& table, const BlockCase& c, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f), coin(0.f, 1.f);
+  const int64_t rows = (c.N + c.R - 1) / c.R;
+  std::vector<float> values;
+  std::vector<int32_t> idx;
+  std::vector<int64_t> block_ptr{0};
+  for (int64_t b = 0; b < rows; ++b) {
+    for (int64_t k = 0; k < c.K; ++k) {
+      if (coin(rng) >= c.density) continue;
+      for (int64_t r = 0; r < c.R; ++r) values.push_back(b * c.R + r < c.N ? u(rng) : 0.f);
+      idx.push_back(static_cast<int32_t>(k));
+    }
+    block_ptr.push_back(static_cast<int64_t>(idx.size()));
+  }
+  const std::vector<int64_t> parts{0, rows / 2, rows};
+  onnx_prune::BcsrArrays w;
+  w.K = c.K;
+  w.N = c.N;
+  w.R = c.R;
+  w.n_block_rows = rows;
+  w.values = values.data();
+  w.idx = idx.data();
+  w.block_ptr = block_ptr.data();
+  w.parts = parts.data();
+  w.n_parts = rows / 2 > 0 ? 2 : 1;
+  const std::vector<int64_t> one_part{0, rows};
+  if (w.n_parts == 1) w.parts = one_part.data();
+  std::vector<float> a(static_cast<size_t>(c.M * c.K)), y(static_cast<size_t>(c.M * c.N), -7.f), bias(c.N);
+  for (float& v : a) v = u(rng);
+  for (float& v : bias) v = u(rng);
+  GemmArgs args;
+  args.a = a.data();
+  args.trans_a = c.trans_a;
+  args.M = c.M;
+  args.y = y.data();
+  args.relu = c.bias_relu;
+  if (c.bias_relu) {
+    args.bias.data = bias.data();
+    args.bias.rows = 1;
+    args.bias.cols = c.N;
+  }
+  ParallelRunner inline_runner;
+  inline_runner.run = [](void*, void (*fn)(void*, size_t), size_t total, void* data) {
+    for (size_t i = 0; i < total; ++i) fn(data, i);
+  };
+  table.bcsr_gemm(w, args, inline_runner);
+  double worst = 0.0, scale = 1e-12;
+  for (int64_t m = 0; m < c.M; ++m) {
+    for (int64_t n = 0; n < c.N; ++n) {
+      const int64_t b = n / c.R;
+      double ref = c.bias_relu ? bias[n] : 0.0;
+      for (int64_t j = block_ptr[b]; j < block_ptr[b + 1]; ++j) {
+        const float x = c.trans_a ? a[idx[j] * c.M + m] : a[m * c.K + idx[j]];
+        ref += static_cast<double>(values[j * c.R + n % c.R]) * x;
+      }
+      if (c.bias_relu && ref < 0.0) ref = 0.0;
+      worst = std::fmax(worst, std::fabs(ref - y[m * c.N + n]));
+      scale = std::fmax(scale, std::fabs(ref));
+    }
+  }
+  const bool ok = worst <= 1e-5 * scale + 1e-6;
+  std::printf("%-8s bcsr R=%lld K=%-5lld N=%-4lld M=%-4lld density=%.2f transA=%d bias+relu=%d  max error %.2e  %s\n",
+              table.isa, static_cast<long long>(c.R), static_cast<long long>(c.K), static_cast<long long>(c.N),
+              static_cast<long long>(c.M), c.density, c.trans_a ? 1 : 0, c.bias_relu ? 1 : 0, worst,
+              ok ? "ok" : "MISMATCH");
+  return ok;
+}
+
 }  // namespace
 
 int main() {
@@ -94,6 +170,13 @@ int main() {
   bool all_ok = true;
   for (const KernelTable* table : onnx_prune::supported_kernels())
     for (const Case& c : cases) all_ok = run_case(*table, c, rng) && all_ok;
+  const BlockCase block_cases[] = {
+      {300, 10, 1, 4, 0.3, false, true},   {300, 10, 64, 4, 0.3, false, true}, {1000, 130, 70, 4, 0.2, false, true},
+      {129, 37, 33, 8, 0.5, true, false},  {129, 37, 1, 8, 0.5, false, false}, {784, 64, 256, 8, 0.2, false, true},
+      {64, 16, 17, 4, 0.0, false, true},
+  };
+  for (const KernelTable* table : onnx_prune::supported_kernels())
+    for (const BlockCase& c : block_cases) all_ok = run_bcsr_case(*table, c, rng) && all_ok;
   std::printf(all_ok ? "all cases match\n" : "SOME CASES FAILED\n");
   return all_ok ? 0 : 1;
 }

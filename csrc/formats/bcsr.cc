@@ -1,15 +1,16 @@
 // The `bcsr` storage format (docs/sparse_gemm_op.md, "Formats"): block CSR of W^T with R x 1
 // blocks (R consecutive outputs x one row of W; R = 4 or 8, the second dimension of `values`).
-// Its tensors (values [n_blocks, R], indices [n_blocks], offsets [ceil(N / R) + 1]) are validated
-// and packed here once per kernel (or per Run when the weights are not constant); the kernels are
-// csrc/kernels/block_kernel_body.h. Every index and offset is checked here so the hot loops never
-// need to.
+// Its tensors (values [n_blocks, R] float32 or float16, indices [n_blocks], offsets
+// [ceil(N / R) + 1]) are validated and packed here once per kernel (or per Run when the weights are
+// not constant); the kernels are csrc/kernels/block_kernel_body.h. Every index and offset is
+// checked here so the hot loops never need to.
 #include <algorithm>
 #include <cstring>
 #include <limits>
 #include <sstream>
 
 #include "formats/format.h"
+#include "formats/half.h"
 #include "formats/non_finite.h"
 
 namespace onnx_prune {
@@ -151,6 +152,17 @@ void balance_parts(PackedBcsr* w) {
   w->parts.push_back(rows);
 }
 
+// float16 values are widened once here; the kernels see float32 only.
+void copy_values(const TensorView& values, int64_t count, std::vector<float>* out) {
+  out->resize(static_cast<size_t>(count));
+  if (values.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16) {
+    const auto* h = static_cast<const uint16_t*>(values.data);
+    for (int64_t j = 0; j < count; ++j) (*out)[j] = half_to_float(h[j]);
+  } else if (count > 0) {
+    std::memcpy(out->data(), values.data, sizeof(float) * static_cast<size_t>(count));
+  }
+}
+
 std::string pack(const std::vector<TensorView>& t, const WeightShape& shape, std::unique_ptr<PackedWeight>* out) {
   int64_t n_block_rows = 0;
   std::string err = check_shapes(t, shape, &n_block_rows);
@@ -168,8 +180,7 @@ std::string pack(const std::vector<TensorView>& t, const WeightShape& shape, std
   if (!err.empty()) return "invalid sparse weight: " + err;
   w->idx.resize(static_cast<size_t>(n_blocks));
   for (int64_t j = 0; j < n_blocks; ++j) w->idx[j] = static_cast<int32_t>(integer_at(t[kIndices], j));
-  w->values.resize(static_cast<size_t>(n_blocks * w->R));
-  if (!w->values.empty()) std::memcpy(w->values.data(), t[kValues].data, sizeof(float) * w->values.size());
+  copy_values(t[kValues], n_blocks * w->R, &w->values);
   err = check_padding(*w);
   if (!err.empty()) return "invalid sparse weight: " + err;
   if (shape.has_nnz && shape.nnz != stored_weights(*w)) {
@@ -212,7 +223,7 @@ void run(const PackedWeight& packed, const KernelTable& kernels, const GemmArgs&
 
 const Format kFormat{
     "bcsr",
-    {{"values", {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT}, 2},
+    {{"values", {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}, 2},
      {"indices", {ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32}, 1},
      {"offsets", {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64}, 1}},
     &pack,

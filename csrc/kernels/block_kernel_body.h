@@ -53,13 +53,34 @@ inline void block_transpose(const float* src, int64_t src_stride, float* dst, in
     for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
 }
 
+// True when the epilogue is the same for every batch row of an output (no bias, or a bias per
+// output or one scalar): then it runs on the sums, contiguous per output, before the transpose.
+inline bool epilogue_per_output(const BcsrJob& g) { return g.bias.data == nullptr || g.bias.rows == 1; }
+
+// sums[r * stride + i] = act(alpha * sums + beta * bias[n0 + r]) for r < outputs, i < rows: one
+// vectorisable pass over the sums while they are in L1, none over Y's strided rows.
+inline void finish_sums_per_output(const BcsrJob& g, float* sums, int64_t stride, int64_t n0, int64_t outputs,
+                                   int64_t rows) {
+  if (g.bias.data == nullptr && g.alpha == 1.f && !g.relu) return;
+  for (int64_t r = 0; r < outputs; ++r) {
+    const float add = g.bias.data ? g.beta * bias_at(g.bias, 0, n0 + r) : 0.f;
+    float* s = sums + r * stride;
+    for (int64_t i = 0; i < rows; ++i) s[i] = g.alpha * s[i] + add;
+    if (g.relu)
+      for (int64_t i = 0; i < rows; ++i) s[i] = s[i] < 0.f ? 0.f : s[i];  // NaN passes through, as in Relu
+  }
+}
+
 // Y[m0 + i][b * R + r] = finish(sums[r * sums_stride + i]) for the outputs of block row b that
-// exist (a partial last block row has fewer): transposed 8 batch rows at a time, then the
-// epilogue (alpha, bias, relu) along Y's rows when there is one.
+// exist (a partial last block row has fewer): the epilogue (alpha, bias, relu) on the sums when it
+// is the same for every row, then transposed 8 batch rows at a time (a bias per batch row is added
+// along Y's rows afterwards).
 template <int R>
-inline void write_block_row(const BcsrJob& g, const float* sums, int64_t sums_stride, int64_t b, int64_t m0,
+inline void write_block_row(const BcsrJob& g, float* sums, int64_t sums_stride, int64_t b, int64_t m0,
                             int64_t rows) {
   const int64_t N = g.w.N, n0 = b * R, outputs = min64(R, N - n0);
+  const bool per_output = epilogue_per_output(g);
+  if (per_output) finish_sums_per_output(g, sums, sums_stride, n0, outputs, rows);
   float* y = g.y + m0 * N + n0;
   if (outputs == R) {
     for (int64_t i = 0; i < rows; i += 8) block_transpose<R>(sums + i, sums_stride, y + i * N, N, min64(8, rows - i));
@@ -67,7 +88,7 @@ inline void write_block_row(const BcsrJob& g, const float* sums, int64_t sums_st
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t r = 0; r < outputs; ++r) y[i * N + r] = sums[r * sums_stride + i];
   }
-  if (g.bias.data == nullptr && g.alpha == 1.f && !g.relu) return;
+  if (per_output) return;
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t r = 0; r < outputs; ++r) y[i * N + r] = block_finish(g, y[i * N + r], m0 + i, n0 + r);
 }

@@ -31,7 +31,7 @@ BLOCK_SIZES = (4, 8)  # R: outputs per block the kernels implement
 class BcsrWeight(PackedWeight):
     """A ``K × N`` weight in the ``bcsr`` format: the three tensors a SparseGemm node stores."""
 
-    values: np.ndarray   # [n_blocks, R] float32
+    values: np.ndarray   # [n_blocks, R] float32 (or float16)
     indices: np.ndarray  # [n_blocks] uint16 or int32: row k of W of each block
     offsets: np.ndarray  # [ceil(N / R) + 1] int32 or int64: block row pointer
     K: int
@@ -70,7 +70,8 @@ def _padded(array: np.ndarray, columns: int) -> np.ndarray:
     return out
 
 
-def dense_to_bcsr(weight: np.ndarray, mask: np.ndarray | None, R: int) -> BcsrWeight:
+def dense_to_bcsr(weight: np.ndarray, mask: np.ndarray | None, R: int,
+                  values_dtype: np.dtype | type = np.float32) -> BcsrWeight:
     """Pack ``weight [K, N]`` in ``R × 1`` blocks: every block holding a kept entry (a non-zero
     without a mask) is stored, its other entries as zeros; blocks ordered by block row, then k."""
     weight = np.asarray(weight)
@@ -88,7 +89,8 @@ def dense_to_bcsr(weight: np.ndarray, mask: np.ndarray | None, R: int) -> BcsrWe
     block_row, k = np.nonzero(stored.T)  # sorted by block row, then k
     offsets = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(block_row, minlength=rows), out=offsets[1:])
-    return BcsrWeight(values=np.ascontiguousarray(kept[k, block_row, :]), indices=k.astype(index_dtype_for(K)),
+    values = np.ascontiguousarray(kept[k, block_row, :].astype(values_dtype))
+    return BcsrWeight(values=values, indices=k.astype(index_dtype_for(K)),
                       offsets=offsets.astype(offset_dtype_for(len(k) * R)), K=int(K), N=int(N))
 
 
@@ -114,8 +116,8 @@ def check_bcsr(w: BcsrWeight, where: str) -> None:
     if w.values.ndim != 2 or w.values.shape[1] not in BLOCK_SIZES:
         raise OnnxPruneError(f"{where}: values has shape {list(w.values.shape)}, expected [n_blocks, R] "
                              f"with R in {list(BLOCK_SIZES)}")
-    if w.values.dtype != np.float32:
-        raise OnnxPruneError(f"{where}: values must be float32, got {w.values.dtype}")
+    if w.values.dtype not in (np.float32, np.float16):
+        raise OnnxPruneError(f"{where}: values must be float32 or float16, got {w.values.dtype}")
     n_blocks = w.values.shape[0]
     if w.indices.shape != (n_blocks,):
         raise OnnxPruneError(f"{where}: indices has shape {list(w.indices.shape)}, expected [{n_blocks}]")
@@ -155,7 +157,7 @@ def dense_weight_nodes(b: "FunctionBody") -> str:
     r1 = b.node("Slice", [b.node("Shape", ["values"]), one, b.const(np.array([2], dtype=np.int64))])
     zeros = b.node("ConstantOfShape", [b.node("Concat", [k1, rows1, r1], axis=0)],
                    value=numpy_helper.from_array(np.zeros(1, dtype=np.float32)))
-    blocked = b.node("ScatterND", [zeros, kb, "values"])
+    blocked = b.node("ScatterND", [zeros, kb, b.node("Cast", ["values"], to=TensorProto.FLOAT)])
     flat = b.node("Reshape", [blocked, b.const(np.array([0, -1], dtype=np.int64))])
     return b.node("Slice", [flat, b.const(np.array([0], dtype=np.int64)), n1, one])
 
@@ -166,26 +168,26 @@ def dense_weight_nodes(b: "FunctionBody") -> str:
 class BcsrFormat(SparseFormat):
     name = NAME
     tensor_names = ("values", "indices", "offsets")
-    value_types = {"fp32": np.dtype(np.float32)}
+    value_types = {"fp32": np.dtype(np.float32), "fp16": np.dtype(np.float16)}
     description = ("format bcsr: block row b (outputs b*R .. b*R+R) stores blocks values[j] [R] at rows "
                    "indices[j] for offsets[b] <= j < offsets[b+1]")
     input_docs = (
-        ("values", "V", "The stored R x 1 blocks [n_blocks, R] (R = 4 or 8), float32; unkept weights are zeros."),
+        ("values", "V", "The stored R x 1 blocks [n_blocks, R] (R = 4 or 8), float32 or float16; unkept weights are zeros."),
         ("indices", "I", "Row k of W of each block [n_blocks], uint16 or int32."),
         ("offsets", "O", "Block row pointer [ceil(N / R) + 1]: block row b owns blocks offsets[b]..offsets[b+1]."),
     )
     type_constraints = (
-        ("V", ("tensor(float)",), "Stored weights."),
+        ("V", ("tensor(float)", "tensor(float16)"), "Stored weights."),
         ("I", ("tensor(uint16)", "tensor(int32)"), "Row indices."),
         ("O", ("tensor(int32)", "tensor(int64)"), "Block row pointer."),
     )
 
     def pack(self, weight: np.ndarray, mask: np.ndarray | None = None,
              values_dtype: np.dtype | type = np.float32) -> BcsrWeight:
-        if np.dtype(values_dtype) != np.float32:
-            raise OnnxPruneError(f"format '{NAME}' stores float32 values only (--values fp32), "
+        if np.dtype(values_dtype) not in self.value_types.values():
+            raise OnnxPruneError(f"format '{NAME}' stores float32 or float16 values (--values fp32 or fp16), "
                                  f"got {np.dtype(values_dtype)}")
-        return dense_to_bcsr(weight, mask, best_block_size(weight, mask))
+        return dense_to_bcsr(weight, mask, best_block_size(weight, mask), values_dtype)
 
     def from_tensors(self, tensors: Sequence[np.ndarray], K: int, N: int) -> BcsrWeight:
         values, indices, offsets = tensors
