@@ -188,25 +188,37 @@ def _streams(method: str, scope: str, pattern: Optional[str]) -> bool:
 def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], *, method: str, fmt: SparseFormat,
                           values_dtype: np.dtype, auto_dense: bool, reference: Optional["MaskedDenseReference"]
                           ) -> tuple[list[PrunedLayer], list[Layer]]:
-    """Choose, check and pack one layer at a time, so that at most one layer's dense weights
-    and scores are in memory besides the model; each layer's weights are dropped once packed
-    (and, when verifying, once its masked dense weight is written to ``reference``)."""
+    """Choose, check and pack one layer at a time, so that at most one layer's dense weights and
+    its keep mask are in memory besides the model; each layer's weights are dropped once packed,
+    before its masked dense weight is unpacked and written to ``reference`` (when verifying)."""
     sparsifier = sparsifiers.get(method)
     pruned, dense_kept = [], []
     for layer in layers:
-        weight, mask = _checked(layer, {layer.node: sparsify_one(sparsifier, layer, ratios[layer.node])})
+        weight, mask = _packable(layer, sparsify_one(sparsifier, layer, ratios[layer.node]))
         if auto_dense and np.count_nonzero(mask) / mask.size > DENSE_KEEP_THRESHOLD:
             dense_kept.append(layer)
-        else:
-            p = PrunedLayer(layer, weight, mask)
-            p.packed = fmt.pack(weight, mask, values_dtype=values_dtype)
-            p.weight = p.mask = None
-            del weight, mask
-            if reference is not None:
-                reference.add(p)
-            pruned.append(p)
+            layer.release()
+            continue
+        p = PrunedLayer(layer, None, None)
+        p.packed = fmt.pack(weight, mask, values_dtype=values_dtype)  # reads only the kept entries
+        del weight, mask
         layer.release()
+        if reference is not None:
+            reference.add(p)
+        pruned.append(p)
     return pruned, dense_kept
+
+
+def _packable(layer: Layer, p: sparsifiers.Pruned) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, mask) to pack: the layer's own weights when the sparsifier kept them unchanged
+    (no zeroed copy: a format packs only the kept entries), else its checked new weight."""
+    if p.kept_from is None:
+        return _checked(layer, {layer.node: (p.weight, p.mask)})
+    mask = np.asarray(p.mask, dtype=bool)
+    if mask.shape != tuple(layer.shape):
+        raise OnnxPruneError(f"internal error: the sparsifier returned a mask of shape {list(mask.shape)} "
+                             f"for layer {layer.node} of shape {list(layer.shape)}")
+    return np.asarray(p.kept_from, dtype=np.float32), mask
 
 
 def _pack_all(pruned: Sequence[PrunedLayer], fmt: SparseFormat, values_dtype: np.dtype,
@@ -228,10 +240,9 @@ def _verification_reference(verify: bool, source: Optional[str]) -> Optional["Ma
     return MaskedDenseReference(Path(source).parent if source is not None else None)
 
 
-def sparsify_one(sparsifier: sparsifiers.Sparsifier, layer: Layer, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """(new weight, keep mask) of one layer for a method that needs no calibration statistics."""
-    p = sparsifier.update_mask(layer, None, masking.removal_count(ratio, layer.size))
-    return p.weight, p.mask
+def sparsify_one(sparsifier: sparsifiers.Sparsifier, layer: Layer, ratio: float) -> sparsifiers.Pruned:
+    """One layer's answer from a method that needs no calibration statistics."""
+    return sparsifier.update_mask(layer, None, masking.removal_count(ratio, layer.size))
 
 
 def load_calibration(calibration: Calibration) -> dict[str, np.ndarray]:

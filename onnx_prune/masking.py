@@ -57,7 +57,7 @@ def global_masks(scores: Sequence[np.ndarray], ratio: float) -> list[np.ndarray]
 
 
 def magnitude_mask(weight: np.ndarray, ratio: float) -> np.ndarray:
-    return mask_from_scores(magnitude_scores(weight), ratio)
+    return magnitude_keep(weight, removal_count(ratio, np.size(weight)))
 
 
 def _keep_mask(flat_scores: np.ndarray, drop: int) -> np.ndarray:
@@ -78,6 +78,75 @@ def _keep_mask(flat_scores: np.ndarray, drop: int) -> np.ndarray:
     keep[below] = False
     keep[np.flatnonzero(ties)[:drop - int(np.count_nonzero(below))]] = False
     return keep
+
+
+# ---------------------------------------------------------------------------- magnitude, block by block
+
+_NAN_KEY = 0x7F800001        # the key of every NaN: above +inf (0x7F800000), all NaNs tied
+_BLOCK = 1 << 20             # weights per block: 4 MiB of float32, and its keys
+
+
+def magnitude_keep(weight: np.ndarray, drop: int) -> np.ndarray:
+    """The floor rule on ``|w|`` (``_keep_mask(|w|, drop)``, same mask) without a layer-sized
+    copy: ``|w|``'s float32 bits are integer keys in the same order, so the threshold is a
+    two-pass radix selection (histograms of the high, then the low 16 bits) over blocks, and the
+    mask is written block by block. Extra memory: the bool mask and a few blocks."""
+    rows = _as_rows(weight)
+    keep = np.empty(rows.shape, dtype=bool)
+    if drop <= 0 or drop >= keep.size:
+        keep[:] = drop <= 0
+        return keep.reshape(np.shape(weight))
+    threshold, ties_to_drop = _magnitude_threshold(rows, drop)
+    for block, out in zip(_key_blocks(rows), _row_blocks(keep)):
+        out = out.reshape(-1)
+        if ties_to_drop == 0:
+            np.greater_equal(block, threshold, out=out)
+            continue
+        np.greater(block, threshold, out=out)
+        ties = np.flatnonzero(block == threshold)
+        out[ties[ties_to_drop:]] = True   # the first ties in row-major order go, the later stay
+        ties_to_drop -= min(ties_to_drop, ties.size)
+    return keep.reshape(np.shape(weight))
+
+
+def _magnitude_threshold(rows: np.ndarray, drop: int) -> tuple[int, int]:
+    """(key of the ``drop``-th smallest ``|w|``, how many weights with that key are removed)."""
+    high = np.zeros(1 << 15, dtype=np.int64)   # the keys are < 2^31
+    for block in _key_blocks(rows):
+        high += np.bincount(block >> 16, minlength=high.size)
+    top = _bin_of(high, drop)
+    below = int(high[:top].sum())
+    low = np.zeros(1 << 16, dtype=np.int64)
+    for block in _key_blocks(rows):
+        low += np.bincount(block[(block >> 16) == top] & 0xFFFF, minlength=low.size)
+    bottom = _bin_of(low, drop - below)
+    below += int(low[:bottom].sum())
+    return (top << 16) | bottom, drop - below
+
+
+def _bin_of(histogram: np.ndarray, rank: int) -> int:
+    """The bin holding the ``rank``-th smallest entry (1-based)."""
+    return int(np.searchsorted(np.cumsum(histogram), rank))
+
+
+def _as_rows(weight: np.ndarray) -> np.ndarray:
+    weight = np.asarray(weight, dtype=np.float32)
+    return weight.reshape(weight.shape[0] if weight.ndim else 1, -1)
+
+
+def _row_blocks(rows: np.ndarray):
+    """Consecutive row blocks of about ``_BLOCK`` entries: row-major order, block by block."""
+    step = max(1, _BLOCK // max(rows.shape[1], 1))
+    for start in range(0, rows.shape[0], step):
+        yield rows[start:start + step]
+
+
+def _key_blocks(rows: np.ndarray):
+    """``|w|`` of each row block as uint32 keys in the same order: a non-negative float's bits
+    order like the float (sign bit cleared, so -0 ties +0), every NaN one key above +inf."""
+    for block in _row_blocks(rows):
+        keys = np.ascontiguousarray(block).reshape(-1).view(np.uint32) & np.uint32(0x7FFFFFFF)
+        yield np.minimum(keys, np.uint32(_NAN_KEY), out=keys)
 
 
 # ---------------------------------------------------------------------------- patterns

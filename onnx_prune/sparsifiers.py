@@ -14,7 +14,6 @@ data), implement the hooks, decorate with ``@register``; --method and check_opti
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
@@ -33,18 +32,27 @@ BlockDone = Callable[[int, int], None]        # (blocks done, blocks in all) whi
 HESSIAN, SQ_NORMS = "hessian", "sq_norms"     # the calibration statistics a method may need
 
 
-@dataclass
 class Pruned:
-    """A sparsifier's answer for one layer."""
+    """A sparsifier's answer for one layer: ``weight`` [K, N] float32, zero where ``mask`` [K, N]
+    bool (True = kept) is False, and the new bias (C as the layer reads it, bias.updated) when
+    compensated."""
 
-    weight: np.ndarray                  # [K, N] float32, zero where ``mask`` is False
-    mask: np.ndarray                    # [K, N] bool, True = kept
-    bias: Optional[np.ndarray] = None   # the new bias (C as the layer reads it, bias.updated), when compensated
+    def __init__(self, weight: Optional[np.ndarray], mask: np.ndarray, bias: Optional[np.ndarray] = None,
+                 kept_from: Optional[np.ndarray] = None):
+        self._weight, self.mask, self.bias = weight, mask, bias
+        self.kept_from = kept_from  # the layer's own weights when they are the kept ones unchanged
 
     @staticmethod
     def masked(weight: np.ndarray, keep: np.ndarray) -> "Pruned":
-        """The layer's own weights where kept, zeros elsewhere."""
-        return Pruned(np.where(keep, weight, np.float32(0)).astype(np.float32, copy=False), keep)
+        """The layer's own weights where kept, zeros elsewhere; the zeroed copy is made only when
+        ``weight`` is read (a format packs the kept entries of ``kept_from`` directly)."""
+        return Pruned(None, keep, kept_from=weight)
+
+    @property
+    def weight(self) -> np.ndarray:
+        if self._weight is None:
+            self._weight = np.where(self.mask, self.kept_from, np.float32(0)).astype(np.float32, copy=False)
+        return self._weight
 
 
 class Sparsifier:
@@ -129,14 +137,13 @@ class Magnitude(Sparsifier):
         return masking.magnitude_scores(layer.weight)
 
     def update_mask(self, layer, stats, drop, *, pattern=None, on_block=None, bias=False) -> Pruned:
+        if pattern is None:  # the floor rule on |w| without a layer-sized score buffer
+            return Pruned.masked(layer.weight, masking.magnitude_keep(layer.weight, drop))
         scores = masking.magnitude_scores(layer.weight)
         if isinstance(pattern, masking.Blocks):
             keep = pattern.mask(np.square(scores, dtype=np.float64), drop)
-        elif pattern is not None:
-            keep = masking.nm_mask(scores, *pattern, layer=layer.node)
         else:
-            keep = masking._keep_mask(scores.ravel(), drop).reshape(scores.shape)
-        del scores  # one layer-sized buffer fewer while the kept weights are written
+            keep = masking.nm_mask(scores, *pattern, layer=layer.node)
         return Pruned.masked(layer.weight, keep)
 
 

@@ -80,6 +80,20 @@ def test_pack_matches_the_reference_and_unpacks_to_the_masked_weight(K: int, N: 
     assert packed.sparsity == pytest.approx(1 - keep.sum() / (K * N))
 
 
+def test_pack_in_column_blocks_reads_only_the_kept_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few outputs at a time (the block does not divide N) and from the unmasked weight: the
+    dropped entries, NaN here, are never read."""
+    from onnx_prune.sparse_gemm.formats import csr
+
+    weight, keep = random_weight(5, 30, 23, 0.3)
+    unmasked = np.where(keep, weight, np.float32(np.nan))
+    monkeypatch.setattr(csr, "_PACK_BLOCK", 2 * 30)  # two outputs per block
+    packed = formats.get("csr").pack(unmasked, keep, values_dtype=np.float16)
+    values, indices, offsets = reference_csr(weight, keep)
+    np.testing.assert_array_equal(packed.values, np.array(values, np.float32).astype(np.float16))
+    assert packed.indices.tolist() == indices and packed.offsets.tolist() == offsets
+
+
 @pytest.mark.parametrize("values_dtype", [np.float32, np.float16])
 def test_byte_counts_are_the_packed_tensors_bytes(values_dtype: type) -> None:
     weight, keep = random_weight(2, 300, 20, 0.25)

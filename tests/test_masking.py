@@ -26,6 +26,36 @@ def test_mask_from_scores_drops_the_lowest_and_breaks_ties_by_position():
     assert keep.tolist() == [[True, False], [False, True], [True, True]]
 
 
+def _plain_floor_rule(scores: np.ndarray, drop: int) -> np.ndarray:
+    """The rule read literally: a stable sort of the scores, NaNs last, the first ``drop`` go."""
+    flat = scores.ravel()
+    order = sorted(range(flat.size), key=lambda i: (math.isnan(flat[i]), 0.0 if math.isnan(flat[i]) else flat[i], i))
+    keep = np.ones(flat.size, dtype=bool)
+    keep[order[:drop]] = False
+    return keep.reshape(scores.shape)
+
+
+@pytest.mark.parametrize("block", [1, 7, 1 << 20])
+def test_magnitude_keep_is_the_floor_rule_on_abs_w_block_by_block(monkeypatch, block: int):
+    """Ties (±0 tie, as do NaNs of any sign or payload, which count as the highest), infinities,
+    subnormals, and ties spread over several blocks."""
+    monkeypatch.setattr(masking, "_BLOCK", block)
+    nans = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FFFFFFF], dtype=np.uint32).view(np.float32)
+    values = np.concatenate([np.array([0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, np.inf, -np.inf, 1e-45, -1e-45],
+                                      np.float32), nans])
+    rng = np.random.default_rng(block)
+    for shape in [(9, 13), (1, 40), (40, 1), (6, 6)]:
+        weight = rng.choice(values, shape)
+        for drop in sorted({0, 1, weight.size // 3, weight.size // 2, weight.size - 1, weight.size}):
+            with np.errstate(invalid="ignore"):  # the signalling NaNs' cast
+                expected = _plain_floor_rule(np.abs(weight.astype(np.float64)), drop)
+            np.testing.assert_array_equal(masking.magnitude_keep(weight, drop), expected)
+    weight = rng.standard_normal((50, 70)).astype(np.float32)
+    for ratio in (0.1, 0.5, 0.9):
+        np.testing.assert_array_equal(masking.magnitude_mask(weight, ratio),
+                                      masking.mask_from_scores(np.abs(weight), ratio))
+
+
 @pytest.mark.parametrize("pattern,expected", [("2:4", (2, 4)), ("1:2", (1, 2)), (" 4:8", (4, 8))])
 def test_parse_pattern(pattern, expected):
     assert masking.parse_pattern(pattern) == expected

@@ -24,6 +24,7 @@ NAME = "csr"
 UINT16_INDEX_LIMIT = 65536  # largest K for which 16-bit row indices suffice
 SCATTER_ADD_OPSET = 16      # ScatterND reduction "add": duplicates summed like the kernel does
 _INT64_MAX = np.iinfo(np.int64).max
+_PACK_BLOCK = 1 << 20       # weights per block of columns packed at once
 
 
 @dataclass(frozen=True)
@@ -54,26 +55,28 @@ def offset_dtype_for(nnz: int) -> np.dtype:
 
 def dense_to_csr(weight: np.ndarray, mask: np.ndarray | None = None,
                  values_dtype: np.dtype | type = np.float32) -> CsrWeight:
-    """Pack a dense ``[K, N]`` weight, keeping entries where ``mask`` is true.
+    """Pack a dense ``[K, N]`` weight, keeping entries where ``mask`` is true (only those are read).
 
     Without a mask the non-zero entries are kept. Entries are ordered by output feature and,
-    within one, by increasing ``k`` (the order the kernel reads memory in).
+    within one, by increasing ``k`` (the order the kernel reads memory in). The outputs are packed
+    a block of columns at a time, so the index arrays of the selection never exceed one block.
     """
     weight = np.asarray(weight)
     keep = keep_mask(weight, mask)
     K, N = weight.shape
-    n_idx, k_idx = np.nonzero(keep.T)  # row-major over Wᵀ: sorted by n, then k
-    values = weight.T[n_idx, k_idx].astype(values_dtype)
-    counts = np.bincount(n_idx, minlength=N)
     offsets = np.zeros(N + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    return CsrWeight(
-        values=np.ascontiguousarray(values),
-        indices=k_idx.astype(index_dtype_for(K)),
-        offsets=offsets.astype(offset_dtype_for(len(values))),
-        K=int(K),
-        N=int(N),
-    )
+    np.cumsum(np.count_nonzero(keep, axis=0), out=offsets[1:])
+    values = np.empty(int(offsets[-1]), dtype=values_dtype)
+    indices = np.empty(int(offsets[-1]), dtype=index_dtype_for(K))
+    step = max(1, _PACK_BLOCK // max(K, 1))
+    for start in range(0, N, step):
+        columns = slice(start, start + step)
+        n_idx, k_idx = np.nonzero(keep[:, columns].T)  # row-major over Wᵀ: sorted by n, then k
+        stored = slice(offsets[start], offsets[min(start + step, N)])
+        values[stored] = weight[:, columns].T[n_idx, k_idx]
+        indices[stored] = k_idx
+    return CsrWeight(values=values, indices=indices, offsets=offsets.astype(offset_dtype_for(len(values))),
+                     K=int(K), N=int(N))
 
 
 def csr_to_dense(csr: CsrWeight) -> np.ndarray:
