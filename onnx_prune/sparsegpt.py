@@ -26,6 +26,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import masking
+from .blas_threads import one_blas_thread
 from .errors import OnnxPruneError
 
 BLOCK_SIZE = 128
@@ -133,10 +134,13 @@ def _prune(weight: np.ndarray, hessian: np.ndarray, extra: int, drop: int, patte
         masking.check_pattern_fits(k, pattern[1], layer)
     group = pattern[1] if masking.is_nm(pattern) else pattern.cols if pattern is not None else 1
     block_size = max(group, block_size // group * group)  # walk blocks of whole groups / block rows
-    factor, dead, dampened = _factor(hessian, percdamp, layer, extra)
-    w, keep = _walk(weight, factor, dead, drop, k, pattern, block_size, on_block)
-    if REFIT if refit is None else refit:
-        w = refit_kept(weight, dampened, keep)
+    # one BLAS thread: the refit's hundreds of small solves and the walk's small products gain
+    # nothing from threads and, on a busy machine, lose up to 20x to them (blas_threads.py)
+    with one_blas_thread():
+        factor, dead, dampened = _factor(hessian, percdamp, layer, extra)
+        w, keep = _walk(weight, factor, dead, drop, k, pattern, block_size, on_block)
+        if REFIT if refit is None else refit:
+            w = refit_kept(weight, dampened, keep)
     return w, keep
 
 
