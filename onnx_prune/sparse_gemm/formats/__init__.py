@@ -9,14 +9,12 @@ this folder, the C++ format table and the doc only (docs/adding_a_format.md).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from ...errors import OnnxPruneError
-
-if TYPE_CHECKING:  # the fallback's body builder, passed to SparseFormat.fallback_dense_weight
-    from ...fallback import FunctionBody
+from ..function_body import FunctionBody
 
 
 class PackedWeight(ABC):
@@ -84,14 +82,14 @@ class SparseFormat(ABC):
         """Raise OnnxPruneError with one line starting with ``where`` unless the contract's rules hold."""
 
     @abstractmethod
-    def fallback_dense_weight(self, body: "FunctionBody", opset: int) -> str:
+    def fallback_dense_weight(self, body: FunctionBody, opset: int) -> str:
         """Add the standard-op nodes that rebuild ``W [K, N]`` float32 inside the fallback function
         (its inputs are named ``tensor_names``; K and N are attributes); returns W's name."""
 
     # Max relative error --verify accepts against the masked dense fp32 model (None: verify's default).
     verify_tolerance: Optional[float] = None
 
-    def fallback_output(self, body: "FunctionBody", opset: int) -> Optional[str]:
+    def fallback_output(self, body: FunctionBody, opset: int) -> Optional[str]:
         """For a format whose arithmetic is not the float Gemm with the dense W: add the nodes that
         compute the whole output ``Y`` and return its name. None (the default): the fallback runs
         Gemm / MatMul on ``fallback_dense_weight``."""
