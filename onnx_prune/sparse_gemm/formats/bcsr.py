@@ -18,7 +18,7 @@ from onnx import TensorProto
 from ...errors import OnnxPruneError
 from .. import contract
 from ..function_body import FLOAT_ZERO, FunctionBody, attr_vector
-from . import PackedWeight, SparseFormat, register
+from .base import PackedWeight, SparseFormat, register
 from .csr import index_dtype_for, offset_dtype_for, row_ids_nodes
 
 NAME = "bcsr"

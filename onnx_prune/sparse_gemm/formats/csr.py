@@ -16,7 +16,7 @@ from onnx import TensorProto
 from ...errors import OnnxPruneError
 from .. import contract
 from ..function_body import FLOAT_ZERO, INT64_MAX, FunctionBody, attr_vector
-from . import PackedWeight, SparseFormat, keep_mask, register
+from .base import PackedWeight, SparseFormat, keep_mask, register
 
 NAME = "csr"
 UINT16_INDEX_LIMIT = 65536  # largest K for which 16-bit row indices suffice

@@ -19,7 +19,7 @@ from onnx import TensorProto
 from ...errors import OnnxPruneError
 from .. import contract
 from ..function_body import FunctionBody, attr_vector
-from . import PackedWeight, SparseFormat, keep_mask, register
+from .base import PackedWeight, SparseFormat, keep_mask, register
 from .csr import offset_dtype_for, row_ids_nodes, scatter_dense_nodes
 
 NAME = "csr_int8"

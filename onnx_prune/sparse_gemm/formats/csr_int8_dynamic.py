@@ -21,7 +21,7 @@ from ...errors import OnnxPruneError
 from .. import contract
 from ..function_body import (FLOAT_ZERO, FunctionBody, attr_equals, attr_vector, flatten_a_nodes,
                              output_shape_nodes, ref_attr)
-from . import PackedWeight, register
+from .base import PackedWeight, register
 from .csr_int8 import QMAX, CsrInt8Format, CsrInt8Weight, fallback_scatter_nodes
 
 NAME = "csr_int8_dynamic"
