@@ -39,22 +39,21 @@ opset 16 on (``ScatterND`` reduction ``add``); below that the last one wins.
 """
 from __future__ import annotations
 
-import itertools
 import warnings
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, TensorProto, helper, numpy_helper
+from onnx import AttributeProto, helper
 
 from .errors import OnnxPruneError
 from .graph import iter_nodes, opset_version
 from .sparse_gemm import contract, formats, formats_used, is_sparse_gemm
+from .sparse_gemm.function_body import (FLOAT_ZERO, FunctionBody, attr_equals, attr_vector, flatten_a_nodes,
+                                        output_shape_nodes, ref_attr)
 
 MIN_OPSET = 12  # Constant value_int / value_float / value_string (12); optional Gemm C, ScatterND, Unique (11)
 MIN_IR_VERSION = 9  # FunctionProto.attribute_proto (default attribute values)
-_INT64_MAX = np.iinfo(np.int64).max
-_ZERO = numpy_helper.from_array(np.zeros(1, dtype=np.float32))
 
 _FUNCTION_DOC = (
     "Standard-op fallback of the onnx-prune SparseGemm op: rebuilds the dense weight W [K, N] "
@@ -127,15 +126,15 @@ def build_sparse_gemm_function(opset: int, format: str = contract.DEFAULT_FORMAT
         attribute_protos=defaults, doc_string=doc)
 
 
-def _dense_weight_body(b: "FunctionBody", fmt: formats.SparseFormat, opset: int) -> None:
+def _dense_weight_body(b: FunctionBody, fmt: formats.SparseFormat, opset: int) -> None:
     """The Gemm / MatMul forms on the dense W the format rebuilds."""
     w = fmt.fallback_dense_weight(b, opset)
-    is_relu = _attr_equals(b, contract.ATTR_ACTIVATION, contract.ACTIVATION_RELU)
+    is_relu = attr_equals(b, contract.ATTR_ACTIVATION, contract.ACTIVATION_RELU)
     trans_a = b.node("Equal", [b.attr_scalar(contract.ATTR_TRANS_A, AttributeProto.INT), b.const(np.array(1, np.int64))])
-    is_gemm = b.node("Or", [_attr_equals(b, contract.ATTR_ORIGINAL_OP, "Gemm"), trans_a])
+    is_gemm = b.node("Or", [attr_equals(b, contract.ATTR_ORIGINAL_OP, "Gemm"), trans_a])
     alpha_is_1 = b.node("Equal", [b.attr_scalar(contract.ATTR_ALPHA, AttributeProto.FLOAT),
                                   b.const(np.array(1.0, np.float32))])
-    is_matmul = b.node("And", [_attr_equals(b, contract.ATTR_ORIGINAL_OP, "MatMul"), alpha_is_1])
+    is_matmul = b.node("And", [attr_equals(b, contract.ATTR_ORIGINAL_OP, "MatMul"), alpha_is_1])
     b.if_(is_gemm,
           lambda then: _activated(then, is_relu, lambda x: _gemm_form(x, _rank_hidden_a(x, is_gemm), w)),
           lambda other: other.if_(is_matmul,
@@ -147,74 +146,6 @@ def _dense_weight_body(b: "FunctionBody", fmt: formats.SparseFormat, opset: int)
 # ----------------------------------------------------------------------------- body pieces
 
 
-class FunctionBody:
-    """Collects body nodes with short unique intermediate names (t1, t2, ...: the body is stored
-    in every pruned file); :meth:`if_` builds ``If`` branches with bodies of their own that share
-    the numbering."""
-
-    def __init__(self, counter: Optional[Iterator[int]] = None) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self._counter = counter if counter is not None else itertools.count(1)
-        self._consts: dict[tuple, str] = {}
-
-    def _name(self) -> str:
-        return f"t{next(self._counter)}"
-
-    def node(self, op: str, inputs: Sequence[str], out: str | None = None,
-             attrs: Sequence[AttributeProto] = (), **kwargs: object) -> str:
-        name = out or self._name()
-        node = helper.make_node(op, list(inputs), [name], **kwargs)
-        node.attribute.extend(attrs)
-        self.nodes.append(node)
-        return name
-
-    def node2(self, op: str, inputs: Sequence[str], **kwargs: object) -> str:
-        """A two-output node (TopK) of which only the second output is used."""
-        first = self._name()
-        second = f"{first}_1"
-        self.nodes.append(helper.make_node(op, list(inputs), [first, second], **kwargs))
-        return second
-
-    def if_(self, condition: str, then: Callable[["FunctionBody"], str], otherwise: Callable[["FunctionBody"], str],
-            out: str | None = None) -> str:
-        """``If(condition)`` whose branches are built by ``then`` / ``otherwise`` (each returns its
-        branch's float output); branch bodies read this body's tensors from the outer scope."""
-        branches = {}
-        for attr, build in (("then_branch", then), ("else_branch", otherwise)):
-            body = FunctionBody(self._counter)
-            result = build(body)
-            branches[attr] = helper.make_graph(body.nodes, f"{attr}_{result}", [],
-                                               [helper.make_tensor_value_info(result, TensorProto.FLOAT, None)])
-        return self.node("If", [condition], out=out, **branches)
-
-    def const(self, array: np.ndarray) -> str:
-        """One Constant node per distinct value (keeps the stored function small)."""
-        array = np.asarray(array)
-        key = (array.dtype.str, array.shape, array.tobytes() if array.dtype != object else repr(array.tolist()))
-        if key not in self._consts:
-            self._consts[key] = self.node("Constant", [], value=numpy_helper.from_array(array))
-        return self._consts[key]
-
-    def attr_scalar(self, attr: str, attr_type: int) -> str:
-        """A Constant holding the caller's attribute ``attr`` as a scalar tensor."""
-        field = {AttributeProto.INT: "value_int", AttributeProto.FLOAT: "value_float",
-                 AttributeProto.STRING: "value_string"}[attr_type]
-        ref = AttributeProto(name=field, ref_attr_name=attr, type=attr_type)
-        return self.node("Constant", [], attrs=[ref])
-
-
-def _ref(attr: str, attr_type: int) -> AttributeProto:
-    return AttributeProto(name=attr, ref_attr_name=attr, type=attr_type)
-
-
-def _attr_equals(b: FunctionBody, attr: str, value: str) -> str:
-    """Whether string attribute ``attr`` equals ``value``: ``Unique`` of the two has one element."""
-    one = b.const(np.array([1], np.int64))
-    got = b.node("Reshape", [b.attr_scalar(attr, AttributeProto.STRING), one])
-    unique = b.node("Unique", [b.node("Concat", [got, b.const(np.array([value], dtype=object))], axis=0)])
-    return b.node("Equal", [b.node("Size", [unique]), b.const(np.array(1, np.int64))])
-
-
 def _activated(b: FunctionBody, is_relu: str, compute: Callable[[FunctionBody], str]) -> str:
     """``Relu(compute())`` when ``is_relu``, else ``compute()``: each branch holds its own copy of
     the ops, so that once the condition is folded no Identity or Where remains."""
@@ -224,8 +155,13 @@ def _activated(b: FunctionBody, is_relu: str, compute: Callable[[FunctionBody], 
 def _gemm_form(b: FunctionBody, a: str, w: str) -> str:
     """The node as the Gemm it stands for (2-D A; the optional C stays optional)."""
     return b.node("Gemm", [a, w, contract.INPUT_C],
-                  attrs=[_ref(contract.ATTR_ALPHA, AttributeProto.FLOAT), _ref(contract.ATTR_BETA, AttributeProto.FLOAT),
-                         _ref(contract.ATTR_TRANS_A, AttributeProto.INT)])
+                  attrs=_gemm_attr_refs())
+
+
+def _gemm_attr_refs() -> list[AttributeProto]:
+    """Gemm's alpha, beta and transA taken from the node's attributes of the same names."""
+    return [ref_attr(contract.ATTR_ALPHA, AttributeProto.FLOAT), ref_attr(contract.ATTR_BETA, AttributeProto.FLOAT),
+            ref_attr(contract.ATTR_TRANS_A, AttributeProto.INT)]
 
 
 def _rank_hidden_a(b: FunctionBody, is_gemm: str) -> str:
@@ -254,9 +190,9 @@ def _bias_row(b: FunctionBody, zero_a: str) -> str:
     ``zero_a`` = 0 [1, 1] (:func:`_bias_factor`), since no op may read an optional input that may
     be absent but one whose input is optional. Only MatMul nodes run it: they promise a C
     broadcastable to ``[1, N]``."""
-    zero_b = b.node("ConstantOfShape", [b.node("Concat", [b.const(np.array([1], np.int64)), _n1(b)], axis=0)],
-                    value=_ZERO)
-    row = b.node("Gemm", [zero_a, zero_b, contract.INPUT_C], attrs=[_ref(contract.ATTR_BETA, AttributeProto.FLOAT)])
+    one_n = b.node("Concat", [b.const(np.array([1], np.int64)), attr_vector(b, contract.ATTR_N)], axis=0)
+    zero_b = b.node("ConstantOfShape", [one_n], value=FLOAT_ZERO)
+    row = b.node("Gemm", [zero_a, zero_b, contract.INPUT_C], attrs=[ref_attr(contract.ATTR_BETA, AttributeProto.FLOAT)])
     return b.node("Reshape", [row, b.const(np.array([-1], np.int64))])
 
 
@@ -270,53 +206,20 @@ def _bias_factor(b: FunctionBody, is_matmul: str) -> str:
     ``[1, 1]`` so that shape inference knows the Gemm's output shape: onnxruntime 1.32 folds no
     node whose output size it cannot estimate, and would run the bias test at every call."""
     return b.if_(is_matmul, lambda then: then.node("ConstantOfShape", [then.const(np.array([1, 1], np.int64))],
-                                                   value=_ZERO),
+                                                   value=FLOAT_ZERO),
                  lambda other: other.node("ReduceSum", [other.node("Flatten", [contract.INPUT_A], axis=0)]))
-
-
-def _n1(b: FunctionBody) -> str:
-    """The attribute N as a 1-element shape."""
-    return b.node("Reshape", [b.attr_scalar(contract.ATTR_N, AttributeProto.INT), b.const(np.array([1], np.int64))])
 
 
 def _general_form(b: FunctionBody, w: str, is_relu: str) -> str:
     """Any node the contract allows, whatever its attributes say: ``A`` flattened to 2-D for Gemm
     and the output shaped back; ``Where(is_relu and y < 0, 0, y)`` for the activation."""
-    a2d, shape_a = _flatten_a_nodes(b)
+    a2d, shape_a = flatten_a_nodes(b)
     gemm = b.node("Gemm", [a2d, w, contract.INPUT_C],
-                  attrs=[_ref(contract.ATTR_ALPHA, AttributeProto.FLOAT), _ref(contract.ATTR_BETA, AttributeProto.FLOAT),
-                         _ref(contract.ATTR_TRANS_A, AttributeProto.INT)])
+                  attrs=_gemm_attr_refs())
     negative = b.node("Less", [gemm, b.const(np.array(0.0, np.float32))])
     clamp = b.node("And", [negative, is_relu])
     activated = b.node("Where", [clamp, b.const(np.array(0.0, np.float32)), gemm])
-    return b.node("Reshape", [activated, _output_shape_nodes(b, shape_a)])
-
-
-def _flatten_a_nodes(b: FunctionBody) -> tuple[str, str]:
-    """A as [-1, A.shape[-1]] (unchanged for 2-D A) and A's shape."""
-    shape_a = b.node("Shape", [contract.INPUT_A])
-    last = b.node("Slice", [shape_a, b.const(np.array([-1], np.int64)),
-                            b.const(np.array([_INT64_MAX], np.int64))])
-    target = b.node("Concat", [b.const(np.array([-1], np.int64)), last], axis=0)
-    return b.node("Reshape", [contract.INPUT_A, target]), shape_a
-
-
-def _output_shape_nodes(b: FunctionBody, shape_a: str) -> str:
-    """``A.shape[t*(r-1) : r-1+t] + [N]`` with ``t = transA``, ``r = rank(A)``."""
-    one = b.const(np.array([1], np.int64))
-    trans = b.node("Reshape", [b.attr_scalar(contract.ATTR_TRANS_A, AttributeProto.INT), one])
-    rank_minus_1 = b.node("Sub", [b.node("Reshape", [b.node("Size", [shape_a]), one]), one])
-    start = b.node("Mul", [trans, rank_minus_1])
-    end = b.node("Add", [rank_minus_1, trans])
-    leading = b.node("Slice", [shape_a, start, end])
-    return b.node("Concat", [leading, _n1(b)], axis=0)
-
-
-# Shared with formats whose fallback computes the output itself (SparseFormat.fallback_output).
-flatten_a_nodes = _flatten_a_nodes
-output_shape_nodes = _output_shape_nodes
-ref_attr = _ref
-attr_equals = _attr_equals
+    return b.node("Reshape", [activated, output_shape_nodes(b, shape_a)])
 
 
 # ----------------------------------------------------------------------------- checks

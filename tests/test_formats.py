@@ -160,12 +160,13 @@ def test_fallback_refuses_a_model_mixing_formats(monkeypatch: pytest.MonkeyPatch
     which add_optional_parts turns into a warning (the pruned file still needs the library)."""
     from onnx_prune.fallback import has_fallback_function, model_format
     from onnx_prune.rewrite import add_optional_parts
+    from onnx_prune.sparse_gemm.formats import base
     from onnx_prune.sparse_gemm.formats.csr import CsrFormat
 
     class Other(CsrFormat):
         name = "other"
 
-    monkeypatch.setitem(formats._REGISTRY, "other", Other())
+    monkeypatch.setitem(base._REGISTRY, "other", Other())
     nodes = [helper.make_node(contract.OP_TYPE, ["X", "v", "i", "o"], [f"Y{i}"], name=f"fc{i}", domain=contract.DOMAIN,
                               K=2, N=2, format=fmt) for i, fmt in enumerate(("csr", "other"))]
     graph = helper.make_graph(nodes, "g", [], [])

@@ -10,18 +10,16 @@ Everything Python knows about bcsr lives here; the C++ side is csrc/formats/bcsr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
-from onnx import AttributeProto, TensorProto, numpy_helper
+from onnx import TensorProto
 
 from ...errors import OnnxPruneError
 from .. import contract
-from . import PackedWeight, SparseFormat, register
+from ..function_body import FLOAT_ZERO, FunctionBody, attr_vector
+from .base import PackedWeight, SparseFormat, register
 from .csr import index_dtype_for, offset_dtype_for, row_ids_nodes
-
-if TYPE_CHECKING:
-    from ...fallback import FunctionBody
 
 NAME = "bcsr"
 BLOCK_SIZES = (4, 8)  # R: outputs per block the kernels implement
@@ -142,7 +140,7 @@ def check_bcsr(w: BcsrWeight, where: str) -> None:
 # ----------------------------------------------------------------------------- fallback body
 
 
-def dense_weight_nodes(b: "FunctionBody") -> str:
+def dense_weight_nodes(b: FunctionBody) -> str:
     """W [K, N] float32: zeros [K, block rows, R] with ``[indices[j], row(j), :] = values[j]``,
     reshaped to [K, block rows · R] and cut to N columns."""
     rows_k = b.node("Cast", ["indices"], to=TensorProto.INT64)
@@ -151,12 +149,12 @@ def dense_weight_nodes(b: "FunctionBody") -> str:
     column = b.const(np.array([-1, 1], dtype=np.int64))
     kb = b.node("Concat", [b.node("Reshape", [rows_k, column]), b.node("Reshape", [block_rows, column])], axis=1)
     one = b.const(np.array([1], dtype=np.int64))
-    k1 = b.node("Reshape", [b.attr_scalar(contract.ATTR_K, AttributeProto.INT), one])
-    n1 = b.node("Reshape", [b.attr_scalar(contract.ATTR_N, AttributeProto.INT), one])
+    k1 = attr_vector(b, contract.ATTR_K)
+    n1 = attr_vector(b, contract.ATTR_N)
     rows1 = b.node("Sub", [b.node("Shape", [offsets]), one])
     r1 = b.node("Slice", [b.node("Shape", ["values"]), one, b.const(np.array([2], dtype=np.int64))])
     zeros = b.node("ConstantOfShape", [b.node("Concat", [k1, rows1, r1], axis=0)],
-                   value=numpy_helper.from_array(np.zeros(1, dtype=np.float32)))
+                   value=FLOAT_ZERO)
     blocked = b.node("ScatterND", [zeros, kb, b.node("Cast", ["values"], to=TensorProto.FLOAT)])
     flat = b.node("Reshape", [blocked, b.const(np.array([0, -1], dtype=np.int64))])
     return b.node("Slice", [flat, b.const(np.array([0], dtype=np.int64)), n1, one])
@@ -199,7 +197,7 @@ class BcsrFormat(SparseFormat):
     def validate(self, packed: PackedWeight, where: str) -> None:
         check_bcsr(packed, where)
 
-    def fallback_dense_weight(self, body: "FunctionBody", opset: int) -> str:
+    def fallback_dense_weight(self, body: FunctionBody, opset: int) -> str:
         return dense_weight_nodes(body)
 
 

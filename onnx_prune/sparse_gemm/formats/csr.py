@@ -8,22 +8,19 @@ csrc/formats/csr.cc.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
-from onnx import AttributeProto, TensorProto, numpy_helper
+from onnx import TensorProto
 
 from ...errors import OnnxPruneError
 from .. import contract
-from . import PackedWeight, SparseFormat, keep_mask, register
-
-if TYPE_CHECKING:
-    from ...fallback import FunctionBody
+from ..function_body import FLOAT_ZERO, INT64_MAX, FunctionBody, attr_vector
+from .base import PackedWeight, SparseFormat, keep_mask, register
 
 NAME = "csr"
 UINT16_INDEX_LIMIT = 65536  # largest K for which 16-bit row indices suffice
 SCATTER_ADD_OPSET = 16      # ScatterND reduction "add": duplicates summed like the kernel does
-_INT64_MAX = np.iinfo(np.int64).max
 _PACK_BLOCK = 1 << 20       # weights per block of columns packed at once
 
 
@@ -109,7 +106,7 @@ def check_csr(csr: CsrWeight, where: str) -> None:
 # ----------------------------------------------------------------------------- fallback body
 
 
-def dense_weight_nodes(b: "FunctionBody", opset: int) -> str:
+def dense_weight_nodes(b: FunctionBody, opset: int) -> str:
     """W [K, N] float32: zeros with ``W[indices[j], n(j)] = values[j]``."""
     values = b.node("Cast", ["values"], to=TensorProto.FLOAT)
     rows_k = b.node("Cast", ["indices"], to=TensorProto.INT64)
@@ -117,24 +114,19 @@ def dense_weight_nodes(b: "FunctionBody", opset: int) -> str:
     return scatter_dense_nodes(b, opset, rows_k, row_ids_nodes(b, offsets, values), values)
 
 
-def attr_vector(b: "FunctionBody", attr: str) -> str:
-    """The caller's int attribute ``attr`` (K, N) as a [1] int64 tensor."""
-    return b.node("Reshape", [b.attr_scalar(attr, AttributeProto.INT), b.const(np.array([1], dtype=np.int64))])
-
-
-def scatter_dense_nodes(b: "FunctionBody", opset: int, rows_k: str, cols_n: str, values: str) -> str:
+def scatter_dense_nodes(b: FunctionBody, opset: int, rows_k: str, cols_n: str, values: str) -> str:
     """W [K, N] float32: zeros with ``W[rows_k[j], cols_n[j]] = values[j]`` (summed from opset 16,
     like the kernel sums duplicates). Fixed-shape ops only, so onnxruntime folds it."""
     column = b.const(np.array([-1, 1], dtype=np.int64))
     kn = b.node("Concat", [b.node("Reshape", [rows_k, column]), b.node("Reshape", [cols_n, column])],
                 axis=1)
     shape = b.node("Concat", [attr_vector(b, contract.ATTR_K), attr_vector(b, contract.ATTR_N)], axis=0)
-    zeros = b.node("ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros(1, dtype=np.float32)))
+    zeros = b.node("ConstantOfShape", [shape], value=FLOAT_ZERO)
     reduction = {"reduction": "add"} if opset >= SCATTER_ADD_OPSET else {}
     return b.node("ScatterND", [zeros, kn, values], **reduction)
 
 
-def row_ids_nodes(b: "FunctionBody", offsets: str, values: str) -> str:
+def row_ids_nodes(b: FunctionBody, offsets: str, values: str) -> str:
     """n(j) for every entry j of the 1-D ``values``: the row of the row pointer ``offsets`` it
     belongs to (for csr the row of Wᵀ, i.e. the column of W; bcsr reuses it for block rows).
 
@@ -146,7 +138,7 @@ def row_ids_nodes(b: "FunctionBody", offsets: str, values: str) -> str:
     """
     two = b.const(np.array(2, np.int64))
     ends = b.node("Slice", [offsets, b.const(np.array([1], np.int64)),
-                            b.const(np.array([_INT64_MAX], np.int64))])
+                            b.const(np.array([INT64_MAX], np.int64))])
     positions = b.node("Range", [b.const(np.array(0, np.int64)), b.node("Size", [values]),
                                  b.const(np.array(1, np.int64))])
     keys = b.node("Concat", [b.node("Mul", [ends, two]),
@@ -157,7 +149,7 @@ def row_ids_nodes(b: "FunctionBody", offsets: str, values: str) -> str:
     all_ranks = b.node("Range", [b.const(np.array(0, np.int64)), b.node("Size", [keys]),
                                  b.const(np.array(1, np.int64))])
     ranks = b.node("ScatterElements", [all_ranks, order, all_ranks], axis=0)
-    position_ranks = b.node("Slice", [ranks, b.node("Shape", [ends]), b.const(np.array([_INT64_MAX], np.int64))])
+    position_ranks = b.node("Slice", [ranks, b.node("Shape", [ends]), b.const(np.array([INT64_MAX], np.int64))])
     return b.node("Sub", [position_ranks, positions])
 
 
@@ -195,7 +187,7 @@ class CsrFormat(SparseFormat):
     def validate(self, packed: PackedWeight, where: str) -> None:
         check_csr(packed, where)
 
-    def fallback_dense_weight(self, body: "FunctionBody", opset: int) -> str:
+    def fallback_dense_weight(self, body: FunctionBody, opset: int) -> str:
         return dense_weight_nodes(body, opset)
 
 

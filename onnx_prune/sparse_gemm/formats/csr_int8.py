@@ -11,18 +11,16 @@ knows about csr_int8 lives here; the C++ side is csrc/formats/csr_int8.cc.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 from onnx import TensorProto
 
 from ...errors import OnnxPruneError
 from .. import contract
-from . import PackedWeight, SparseFormat, keep_mask, register
-from .csr import attr_vector, row_ids_nodes, offset_dtype_for, scatter_dense_nodes
-
-if TYPE_CHECKING:
-    from ...fallback import FunctionBody
+from ..function_body import FunctionBody, attr_vector
+from .base import PackedWeight, SparseFormat, keep_mask, register
+from .csr import offset_dtype_for, row_ids_nodes, scatter_dense_nodes
 
 NAME = "csr_int8"
 BLOCK_ROWS = 256  # rows of W per block: a row within a block fits one uint8 index
@@ -145,13 +143,13 @@ class CsrInt8Format(SparseFormat):
         if w.nnz and np.max(block * BLOCK_ROWS + w.indices.astype(np.int64)) >= w.K:
             raise OnnxPruneError(f"{where}: an index is outside [0, K={w.K}) (row = 256 * block + index)")
 
-    def fallback_dense_weight(self, b: "FunctionBody", opset: int) -> str:
+    def fallback_dense_weight(self, b: FunctionBody, opset: int) -> str:
         """W [K, N] float32: zeros with ``W[256 (r mod B) + indices[j], r div B] += values[j] * scales[r div B]``,
         r being the (output, block) row that entry j belongs to (csr's column-id nodes on the blocked offsets)."""
         return fallback_scatter_nodes(b, opset, scaled=True)
 
 
-def fallback_scatter_nodes(b: "FunctionBody", opset: int, *, scaled: bool) -> str:
+def fallback_scatter_nodes(b: FunctionBody, opset: int, *, scaled: bool) -> str:
     """The stored weights scattered into a dense float32 ``[K, N]``: ``values * scales[n]`` when
     ``scaled``, the integers ``values`` themselves otherwise."""
     values = b.node("Cast", ["values"], to=TensorProto.FLOAT)

@@ -12,18 +12,17 @@ csrc/formats/csr_int8_dynamic.cc and the kernels' kernel_int8_dynamic_body.h.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from onnx import AttributeProto, TensorProto
 
 from ...errors import OnnxPruneError
 from .. import contract
-from . import PackedWeight, register
+from ..function_body import (FLOAT_ZERO, FunctionBody, attr_equals, attr_vector, flatten_a_nodes,
+                             output_shape_nodes, ref_attr)
+from .base import PackedWeight, register
 from .csr_int8 import QMAX, CsrInt8Format, CsrInt8Weight, fallback_scatter_nodes
-
-if TYPE_CHECKING:
-    from ...fallback import FunctionBody
 
 NAME = "csr_int8_dynamic"
 # Output n's int32 sum is at most 127 * sum_j |values[j]|: that must stay below 2^31.
@@ -68,11 +67,9 @@ class CsrInt8DynamicFormat(CsrInt8Format):
             raise OnnxPruneError(f"{where}: an output's sum |values| is {int(per_output.max())}, more than "
                                  f"(2^31 - 1) / 127 = {MAX_ABS_WEIGHT_SUM} (its int32 sums could overflow)")
 
-    def fallback_output(self, b: "FunctionBody", opset: int) -> Optional[str]:
+    def fallback_output(self, b: FunctionBody, opset: int) -> Optional[str]:
         """The contract's computation in standard ops: A' quantized per row, MatMulInteger with the
         int8 W (constant-folded), dequantized, bias and relu; shaped like the output."""
-        from ...fallback import attr_equals, flatten_a_nodes, output_shape_nodes, ref_attr
-
         a2d, shape_a = flatten_a_nodes(b)
         trans_a = b.node("Equal", [b.attr_scalar(contract.ATTR_TRANS_A, AttributeProto.INT),
                                    b.const(np.array(1, np.int64))])
@@ -90,7 +87,7 @@ class CsrInt8DynamicFormat(CsrInt8Format):
         not_finite = _reduce(b, "ReduceSum", b.node("Mul", [a_rows, zero]), opset)
         d = b.node("Add", [b.node("Mul", [rows_scaled, "scales"]), not_finite])
         y = b.node("Add", [b.node("Mul", [d, b.attr_scalar(contract.ATTR_ALPHA, AttributeProto.FLOAT)]),
-                           _bias_nodes(b, a_rows, ref_attr)])
+                           _bias_nodes(b, a_rows)])
         is_relu = attr_equals(b, contract.ATTR_ACTIVATION, contract.ACTIVATION_RELU)
         clamp = b.node("And", [b.node("Less", [y, zero]), is_relu])
         activated = b.node("Where", [clamp, zero, y])
@@ -105,7 +102,7 @@ def column_starts(w: PackedWeight) -> np.ndarray:
     return starts[starts < ends]
 
 
-def _reduce(b: "FunctionBody", op: str, x: str, opset: int) -> str:
+def _reduce(b: FunctionBody, op: str, x: str, opset: int) -> str:
     """``op`` over axis 1 of a 2-D ``x``, keeping dims (axes became an input in opset 13 / 18)."""
     axes_input = opset >= (13 if op == "ReduceSum" else 18)
     if axes_input:
@@ -113,17 +110,16 @@ def _reduce(b: "FunctionBody", op: str, x: str, opset: int) -> str:
     return b.node(op, [x], axes=[1], keepdims=1)
 
 
-def _bias_nodes(b: "FunctionBody", a_rows: str, ref_attr) -> str:
+def _bias_nodes(b: FunctionBody, a_rows: str) -> str:
     """``beta * C`` broadcast to ``[M, N]`` (zeros without C): ``Gemm(0 [M, 1], 0 [1, N], C)``, since
     only an op whose input is optional may read the optional C."""
     one = b.const(np.array([1], np.int64))
     m = b.node("Slice", [b.node("Shape", [a_rows]), b.const(np.array([0], np.int64)), one])
-    zero = TensorProto(data_type=TensorProto.FLOAT, dims=[1], float_data=[0.0])
-    zero_col = b.node("ConstantOfShape", [b.node("Concat", [m, one], axis=0)], value=zero)
-    n = b.node("Reshape", [b.attr_scalar(contract.ATTR_N, AttributeProto.INT), one])
-    zero_row = b.node("ConstantOfShape", [b.node("Concat", [one, n], axis=0)], value=zero)
-    return b.node("Gemm", [zero_col, zero_row, contract.INPUT_C], attrs=[ref_attr(contract.ATTR_BETA,
-                                                                                  AttributeProto.FLOAT)])
+    zero_col = b.node("ConstantOfShape", [b.node("Concat", [m, one], axis=0)], value=FLOAT_ZERO)
+    zero_row = b.node("ConstantOfShape", [b.node("Concat", [one, attr_vector(b, contract.ATTR_N)], axis=0)],
+                      value=FLOAT_ZERO)
+    return b.node("Gemm", [zero_col, zero_row, contract.INPUT_C],
+                  attrs=[ref_attr(contract.ATTR_BETA, AttributeProto.FLOAT)])
 
 
 CSR_INT8_DYNAMIC = register(CsrInt8DynamicFormat())
