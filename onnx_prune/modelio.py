@@ -276,6 +276,8 @@ def save_model_atomic(model: onnx.ModelProto, output_path: PathLike, *, external
             committed = True
             for path in stale:
                 path.unlink(missing_ok=True)
+            shutil.rmtree(stage, ignore_errors=True)  # here, not only below: a signal landing as the
+            # finally block starts (before it defers signals) would skip the removal there
     except OSError as exc:
         raise OnnxPruneError(f"cannot write '{out}': {exc.strerror or exc}") from exc
     finally:
