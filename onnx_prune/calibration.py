@@ -27,7 +27,7 @@ import onnx
 from . import bias as bias_terms
 from . import capture, masking, modelio, sparsifiers
 from .capture import FeedPlan, InputStats
-from .errors import OnnxPruneError
+from .errors import OnnxPruneError, UsageError
 from .sparsifiers import Pruned, Sparsifier, wanda_scores  # noqa: F401  (wanda_scores: public here too)
 
 Result = dict[str, Pruned]
@@ -140,7 +140,7 @@ def sparsify(model: onnx.ModelProto, layers: list, ratios: dict[str, float], *, 
     if not sparsifier.needs_calibration:
         return sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope, pattern=nm)
     if calibration is None:
-        raise OnnxPruneError(f"--method {method} needs --calibration: an .npz of model inputs (first axis = samples)")
+        raise UsageError(f"--method {method} needs --calibration: an .npz of model inputs (first axis = samples)")
     data, plan = checked_calibration(calibration, model, samples)
     drops = _drop_counts(model, layers, ratios, sparsifier, data, plan, scope, nm)
     biased = _bias_layers(layers, bias_correction and method == "sparsegpt")
@@ -170,10 +170,10 @@ def _pattern(pattern: Optional[str], layers: Sequence, ratios: Mapping[str, floa
     try:
         parsed = masking.parse_pattern(pattern)
     except ValueError as exc:
-        raise OnnxPruneError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if isinstance(parsed, masking.Blocks):
         if scope == "global":
-            raise OnnxPruneError(f"--pattern {pattern} (blocks) cannot be combined with --scope global yet")
+            raise UsageError(f"--pattern {pattern} (blocks) cannot be combined with --scope global yet")
         return parsed
     n, m = parsed
     try:
@@ -182,7 +182,7 @@ def _pattern(pattern: Optional[str], layers: Sequence, ratios: Mapping[str, floa
     except ValueError as exc:
         raise OnnxPruneError(str(exc)) from None
     if scope == "global":
-        raise OnnxPruneError(f"--pattern {pattern} fixes every layer's sparsity at {1 - n / m:g}; "
+        raise UsageError(f"--pattern {pattern} fixes every layer's sparsity at {1 - n / m:g}; "
                              "it cannot be combined with --scope global")
     other = sorted({r for r in ratios.values() if abs(r - (1 - n / m)) > 1e-9})
     if other:

@@ -164,6 +164,17 @@ def test_bad_input_one_line_error_exit_1_no_output(tmp_path: Path, make_input, a
     (["--values", "int4"], "--values must be fp32"),  # then every registered choice
     (["--min-params", "-3"], "--min-params must be a non-negative integer"),
     (["--calibration-samples", "0"], "--calibration-samples must be at least 1"),
+    (["--pattern", "3:2"], "--pattern takes N:M with integers 0 < N < M (e.g. 2:4) or RxC blocks with R, C >= 1 "
+                           "(e.g. 4x1), got '3:2'"),
+    (["--pattern", "foo"], "--pattern takes N:M with integers 0 < N < M (e.g. 2:4) or RxC blocks with R, C >= 1 "
+                           "(e.g. 4x1), got 'foo'"),
+    (["--pattern", "0x1"], "(e.g. 4x1), got '0x1'"),
+    (["--pattern", "1x1"], "--pattern 1x1 removes single weights, which is unstructured pruning: leave --pattern out"),
+    (["--pattern", "4x1", "--scope", "global"], "--pattern 4x1 (blocks) cannot be combined with --scope global"),
+    (["--pattern", "2:4", "--scope", "global"], "it cannot be combined with --scope global"),
+    (["--layer-ratio", "fc0.weight=0.5", "--scope", "global"], "--layer-ratio cannot be combined with --scope global"),
+    (["--method", "sparsegpt"], "--method sparsegpt needs --calibration: an .npz of model inputs"),
+    (["--method", "wanda"], "--method wanda needs --calibration: an .npz of model inputs"),
 ])
 def test_bad_option_value_one_line_error_exit_2_no_output(mlp_file: Path, tmp_path: Path, args, message):
     before = digest(mlp_file)
@@ -586,5 +597,5 @@ def test_calibration_methods_and_patterns_reach_the_sparsifier(mlp_file: Path, t
             groups = np.bincount(indices[offsets[n]:offsets[n + 1]] // 4)
             assert groups.max(initial=0) <= 2
     done = cli_inproc(str(mlp_file), str(tmp_path / "w.onnx"), "--method", "wanda")
-    assert done.exit_code == 1
+    assert done.exit_code == 2
     one_line_error(done.stderr, "needs --calibration")
