@@ -50,12 +50,14 @@ def checked_calibration(data: Mapping[str, np.ndarray], model: onnx.ModelProto, 
     axis (same rank) or an extra leading axis (rank + 1, one whole input per sample)."""
     inputs = _model_inputs(model)
     names = list(inputs)
-    unknown = [k for k in data if k not in inputs]
-    if unknown:
-        raise OnnxPruneError(f"{source}: '{unknown[0]}' is not an input of the model (its inputs: {', '.join(names)})")
+    unknown = ", ".join(f"'{k}'" for k in data if k not in inputs)
     missing = [n for n in names if n not in data]
     if missing:
-        raise OnnxPruneError(f"{source} lacks the model input '{missing[0]}' (its inputs: {', '.join(names)})")
+        also = f"; it also holds {unknown}, not an input" if unknown else ""
+        raise OnnxPruneError(f"{source} lacks the model input '{missing[0]}' (its inputs: {', '.join(names)}{also})")
+    if unknown:  # typically the labels kept next to the inputs: not the model's business
+        warnings.warn(f"{source}: ignoring {unknown}, not an input of the model (its inputs: {', '.join(names)})",
+                      stacklevel=2)
     arrays = {n: np.asarray(data[n]) for n in names}
     counts = {n: (a.shape[0] if a.ndim else 0) for n, a in arrays.items()}
     if len(set(counts.values())) > 1:

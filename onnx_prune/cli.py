@@ -163,7 +163,7 @@ def prune_command(
     layer_ratio: List[str] = typer.Option([], "--layer-ratio", help="NAME=R: another ratio for the layers NAME matches (repeatable)."),
     min_params: int = typer.Option(0, "--min-params", help="Leave layers with fewer weights dense."),
     method: str = typer.Option("magnitude", "--method", metavar=choices(sparsifiers.names()), help=f"Pruning method ({_calibrated_methods()} use --calibration)."),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help=".npz of inputs keyed by graph input name, first axis = samples."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help=".npz of inputs keyed by graph input name, first axis = samples (other arrays, e.g. labels, are ignored with a warning)."),
     calibration_samples: Optional[int] = typer.Option(None, "--calibration-samples", help="Use at most N calibration samples."),
     pattern: Optional[str] = typer.Option(None, "--pattern", help="Structured sparsity: N:M (e.g. 2:4) along each output's inputs, or RxC blocks of R outputs x C inputs (e.g. 4x1)."),
     bias_correction: bool = typer.Option(BIAS_CORRECTION, "--bias-correction/--no-bias-correction", help="sparsegpt also updates each layer's bias to absorb the mean error (skipped, with a warning, where not exact)."),

@@ -388,8 +388,8 @@ def test_load_calibration_reads_checks_and_cuts(tmp_path):
 
 @pytest.mark.parametrize("arrays,message", [
     (dict(X=np.zeros((5, 4), np.float32)), r"calib.npz' lacks the model input 'Y' \(its inputs: X, Y\)"),
-    (dict(X=np.zeros((5, 4), np.float32), Y=np.zeros((5, 3), np.float32), Z=np.zeros(1)),
-     r"'Z' is not an input of the model \(its inputs: X, Y\)"),
+    (dict(X=np.zeros((5, 4), np.float32), Z=np.zeros(1)),
+     r"calib.npz' lacks the model input 'Y' \(its inputs: X, Y; it also holds 'Z', not an input\)"),
     (dict(X=np.zeros((5, 4)), Y=np.zeros((5, 3), np.float32)), r"'X' is float64, the model input is float32"),
     (dict(X=np.zeros((5, 5), np.float32), Y=np.zeros((5, 3), np.float32)),
      r"'X' has shape \[5, 5\], which does not match the model input \[\?, 4\] \(first axis = samples\)"),
@@ -420,5 +420,15 @@ def test_unreadable_calibration_files(tmp_path):
 
 def test_api_checks_the_calibration_against_the_model(tmp_path):
     path = _save(tmp_path, wrong=np.zeros((4, DIMS[0]), np.float32))
-    with pytest.raises(OnnxPruneError, match="'wrong' is not an input of the model"):
+    with pytest.raises(OnnxPruneError, match="lacks the model input 'input' .*it also holds 'wrong', not an input"):
         onnx_prune.prune(mlp(DIMS), 0.5, method="wanda", calibration=path)
+
+
+def test_arrays_that_are_not_model_inputs_are_ignored_with_one_warning(tmp_path):
+    x, y = np.zeros((10, 4), np.float32), np.ones((10, 3), np.float32)
+    path = _save(tmp_path, X=x, labels=np.arange(10), Y=y, extra=np.zeros(3))
+    with pytest.warns(UserWarning) as caught:
+        data = load_calibration(path, two_input_model(), samples=6)
+    assert sorted(data) == ["X", "Y"] and data["X"].shape == (6, 4) and data["Y"].shape == (6, 3)
+    assert [str(w.message) for w in caught] == [
+        f"'{path}': ignoring 'labels', 'extra', not an input of the model (its inputs: X, Y)"]

@@ -217,6 +217,24 @@ def test_npy_file_given_as_calibration_is_one_clear_error(mlp_file: Path, tmp_pa
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_calibration_labels_next_to_the_inputs_are_ignored_with_one_warning(mlp_file: Path, tmp_path: Path):
+    x = np.random.default_rng(0).standard_normal((32, 20)).astype(np.float32)
+    np.savez(tmp_path / "clean.npz", input=x)
+    np.savez(tmp_path / "labelled.npz", input=x, labels=np.arange(32))
+    reports = []
+    for name in ("clean", "labelled"):
+        report = tmp_path / f"{name}.json"
+        done = cli_inproc(str(mlp_file), str(tmp_path / f"{name}.onnx"), "--method", "sparsegpt", "--calibration",
+                          str(tmp_path / f"{name}.npz"), "--report-json", str(report))
+        assert done.exit_code == 0, done.stderr
+        reports.append(json.loads(report.read_text())["layers"])
+        if name == "labelled":
+            assert done.stderr.strip().splitlines() == [
+                "warning: calibration data: ignoring 'labels', not an input of the model "
+                "(its inputs: input)"]
+    assert reports[0] == reports[1]
+
+
 def test_usage_errors_exit_2(mlp_file: Path, tmp_path: Path):
     done = cli(str(mlp_file), str(tmp_path / "o.onnx"), "--ratio", "abc")
     assert done.returncode == 2 and "Traceback" not in done.stderr
