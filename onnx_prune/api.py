@@ -79,14 +79,15 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
         ratios.update(resolve_layer_ratios(chosen, dict(layer_ratios or {})))
 
         say(f"scoring {len(chosen)} layers ({method}{', ' + pattern if pattern else ''})")
+        calibration_counts = None
         if streams:
             pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, method=method, fmt=fmt,
                                                        values_dtype=values_dtype, auto_dense=auto_dense,
                                                        reference=reference)
         else:
-            weights = sparsify(model, chosen, ratios, scope=scope, method=method, calibration=calibration,
-                               calibration_samples=calibration_samples, pattern=pattern,
-                               bias_correction=bias_correction)
+            weights, calibration_counts = sparsify(
+                model, chosen, ratios, scope=scope, method=method, calibration=calibration,
+                calibration_samples=calibration_samples, pattern=pattern, bias_correction=bias_correction)
             pruned, dense_kept = split_dense(chosen, weights, auto_dense and not pattern)
             _pack_all(pruned, fmt, values_dtype, reference)
         # the reference is the input model rewired to the masked weights: written before the rewrite changes it
@@ -97,6 +98,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
                         min_params=min_params, auto_dense=auto_dense, fallback=fallback,
                         calibration_samples=calibration_samples, quantize=quantize,
                         bias_correction=bias_correction, format=fmt.name)
+        if calibration_counts is not None:
+            settings["calibration_samples_used"], settings["calibration_samples_held"] = calibration_counts
         say(f"rewriting {len(pruned)} layers as SparseGemm")
         size_before = model.ByteSize() if source is None else None
         # the verification's reference is on disk by now: nothing reads the input model again, and a
@@ -153,9 +156,11 @@ def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), excl
 
 def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[str, float], *, scope: str,
              method: str, calibration: Calibration, calibration_samples: Optional[int],
-             pattern: Optional[str], bias_correction: bool = BIAS_CORRECTION) -> dict[str, sparsifiers.Pruned]:
+             pattern: Optional[str], bias_correction: bool = BIAS_CORRECTION
+             ) -> tuple[dict[str, sparsifiers.Pruned], Optional[tuple[int, int]]]:
     """node name -> Pruned (new weight [K, N] float32, keep mask [K, N] bool, new bias or None),
-    for every layer.
+    for every layer; and (samples used, samples held) of the calibration data when a method read it,
+    so that the report can say how much of the data went in.
 
     A method that needs no calibration statistics runs here; the others (and N:M patterns) belong
     to onnx_prune.calibration, imported only when asked for.
@@ -167,16 +172,28 @@ def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[st
         except ImportError:
             what = f"method {method}" if sparsifier.needs_calibration else f"pattern {pattern}"
             raise OnnxPruneError(f"{what} needs onnx_prune.calibration, which this installation lacks") from None
-        data = load_calibration(calibration) if calibration is not None else None
+        data, counts = None, None
+        if calibration is not None and sparsifier.needs_calibration:
+            data, counts = checked_calibration(load_calibration(calibration), model, calibration_samples)
         result = calibration_sparsify(model, list(layers), dict(ratios), method=method, calibration=data,
-                                      samples=calibration_samples, pattern=pattern, scope=scope,
-                                      bias_correction=bias_correction)
+                                      samples=None, pattern=pattern, scope=scope, bias_correction=bias_correction)
     else:
+        counts = None
         if calibration is not None:
             warnings.warn(f"calibration data is not used by --method {method}", stacklevel=3)
         result = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope)
     pairs = {node: (p.weight, p.mask) for node, p in result.items()}
-    return {layer.node: sparsifiers.Pruned(*_checked(layer, pairs), result[layer.node].bias) for layer in layers}
+    return {layer.node: sparsifiers.Pruned(*_checked(layer, pairs), result[layer.node].bias) for layer in layers}, counts
+
+
+def checked_calibration(data: Mapping[str, np.ndarray], model: onnx.ModelProto, samples: Optional[int]
+                        ) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+    """The calibration arrays checked against the model and cut to the samples a method will use,
+    with (samples used, samples held)."""
+    from .calibration import checked_calibration as check
+
+    checked, plan = check(data, model, samples)
+    return checked, (plan.samples, int(np.shape(data[next(iter(checked))])[0]))
 
 
 def _streams(method: str, scope: str, pattern: Optional[str]) -> bool:

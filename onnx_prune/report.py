@@ -156,8 +156,7 @@ def settings_line(settings: dict) -> str:
         parts.append(f"quantize {settings['quantize']}")
     sparsifier = REGISTRY.get(settings.get("method"))
     if sparsifier is not None and sparsifier.needs_calibration:
-        samples = settings.get("calibration_samples")
-        parts.append(f"calibration samples {samples if samples else 'all'}")
+        parts.append(_calibration_text(settings))
     for name, value in settings.get("layer_ratios", {}).items():
         parts.append(f"layer ratio {name}={value}")
     if settings.get("include"):
@@ -171,6 +170,17 @@ def settings_line(settings: dict) -> str:
     if settings.get("fallback") is False:
         parts.append("no fallback")
     return "settings: " + ", ".join(parts)
+
+
+def _calibration_text(settings: dict) -> str:
+    """How many calibration samples went in: all the file held, or the first N of them."""
+    used, held = settings.get("calibration_samples_used"), settings.get("calibration_samples_held")
+    if used is None:  # settings from before the counts were recorded: what was asked for
+        samples = settings.get("calibration_samples")
+        return f"calibration samples {samples if samples else 'all'}"
+    if used == held:
+        return f"calibration samples {used:,} (all)"
+    return f"calibration samples {used:,} of {held:,} (the first {used:,})"
 
 
 def _skipped_lines(skipped: Sequence[dict]) -> list[str]:

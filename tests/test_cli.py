@@ -415,6 +415,24 @@ def test_settings_line_names_calibration_and_pattern():
     assert "calibration samples all" in settings_line(dict(method="wanda", ratio=0.5))
 
 
+@pytest.mark.parametrize("cap,expected", [
+    (None, "calibration samples 40 (all)"),
+    ("16", "calibration samples 16 of 40 (the first 16)"),
+    ("100", "calibration samples 40 (all)"),
+])
+def test_report_says_how_many_calibration_samples_were_used(mlp_file: Path, tmp_path: Path, cap, expected):
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(1).standard_normal((40, 20)).astype(np.float32))
+    report = tmp_path / "r.json"
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--method", "wanda", "--calibration",
+                      str(tmp_path / "calib.npz"), "--report-json", str(report),
+                      *(["--calibration-samples", cap] if cap else []))
+    assert done.exit_code == 0, done.stderr
+    assert f", {expected}" in done.stdout, done.stdout
+    settings = json.loads(report.read_text())["settings"]
+    used = 16 if cap == "16" else 40
+    assert (settings["calibration_samples_used"], settings["calibration_samples_held"]) == (used, 40)
+
+
 def test_auto_dense_reported_and_overridable(mlp_file: Path, tmp_path: Path):
     done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--ratio", "0.3")
     assert done.exit_code == 0 and "kept dense" in done.stdout and "--no-auto-dense" in done.stdout
