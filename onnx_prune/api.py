@@ -87,7 +87,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
         else:
             weights, calibration_counts = sparsify(
                 model, chosen, ratios, scope=scope, method=method, calibration=calibration,
-                calibration_samples=calibration_samples, pattern=pattern, bias_correction=bias_correction)
+                calibration_samples=calibration_samples, pattern=pattern, bias_correction=bias_correction,
+                progress=progress)
             pruned, dense_kept = split_dense(chosen, weights, auto_dense and not pattern)
             _pack_all(pruned, fmt, values_dtype, reference)
         # the reference is the input model rewired to the masked weights: written before the rewrite changes it
@@ -156,11 +157,12 @@ def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), excl
 
 def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[str, float], *, scope: str,
              method: str, calibration: Calibration, calibration_samples: Optional[int],
-             pattern: Optional[str], bias_correction: bool = BIAS_CORRECTION
+             pattern: Optional[str], bias_correction: bool = BIAS_CORRECTION, progress: Optional[Progress] = None
              ) -> tuple[dict[str, sparsifiers.Pruned], Optional[tuple[int, int]]]:
     """node name -> Pruned (new weight [K, N] float32, keep mask [K, N] bool, new bias or None),
     for every layer; and (samples used, samples held) of the calibration data when a method read it,
-    so that the report can say how much of the data went in.
+    so that the report can say how much of the data went in. ``progress`` hears of every layer
+    (and SparseGPT's blocks within it) of a method that prunes layer by layer on calibration data.
 
     A method that needs no calibration statistics runs here; the others (and N:M patterns) belong
     to onnx_prune.calibration, imported only when asked for.
@@ -176,7 +178,8 @@ def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[st
         if calibration is not None and sparsifier.needs_calibration:
             data, counts = checked_calibration(load_calibration(calibration), model, calibration_samples)
         result = calibration_sparsify(model, list(layers), dict(ratios), method=method, calibration=data,
-                                      samples=None, pattern=pattern, scope=scope, bias_correction=bias_correction)
+                                      samples=None, pattern=pattern, scope=scope, bias_correction=bias_correction,
+                                      progress=progress or False)
     else:
         counts = None
         if calibration is not None:

@@ -135,8 +135,8 @@ def sparsify(model: onnx.ModelProto, layers: list, ratios: dict[str, float], *, 
     ``method``: a sparsifiers name; those that use statistics need ``calibration``, arrays keyed by
     graph input name, first axis = samples. ``bias_correction``: let the method (SparseGPT)
     compensate through the biases where that is exact (a warning names the other layers).
-    ``progress``: True for a rich progress bar on stderr, or a ``rich.progress.Progress`` to add
-    the tasks to."""
+    ``progress``: True for a rich progress bar on stderr, a ``rich.progress.Progress`` to add
+    the tasks to, or a ``(message, done, total)`` callback (api.Progress, which the CLI draws)."""
     sparsifier = sparsifiers.get(method)
     nm = _pattern(pattern, layers, ratios, scope)
     if not sparsifier.needs_calibration:
@@ -259,12 +259,39 @@ class _RichBar(_NoBar):
         self.progress.advance(self.layers)
 
 
+class _CallbackBar(_NoBar):
+    """The same events as ``(message, done, total)`` calls: layers done until a layer reports its
+    blocks (SparseGPT), then that layer's blocks done; the message names the layer."""
+
+    def __init__(self, report, method: str, layers: int) -> None:
+        self.report, self.method, self.layers = report, method, layers
+        self.done, self.name = 0, ""
+
+    def start_layer(self, name: str) -> None:
+        self.name = f"layer {self.done + 1}/{self.layers} {name}"
+        self.report(self._message(), self.done, self.layers)
+
+    def blocks(self, done: int, total: int) -> None:
+        self.report(self._message(), done, total)
+
+    def finish_layer(self) -> None:
+        self.done += 1
+        self.report(self._message(), self.done, self.layers)
+
+    def _message(self) -> str:
+        return f"{self.method}: {self.name}"
+
+
 @contextmanager
 def _progress(progress, method: str, layers: int) -> Iterator[_NoBar]:
     if not progress:
         yield _NoBar()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if callable(progress) and not isinstance(progress, Progress):
+        yield _CallbackBar(progress, method, layers)
+        return
 
     if isinstance(progress, Progress):
         yield _RichBar(progress, method, layers)

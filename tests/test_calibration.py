@@ -432,3 +432,21 @@ def test_arrays_that_are_not_model_inputs_are_ignored_with_one_warning(tmp_path)
     assert sorted(data) == ["X", "Y"] and data["X"].shape == (6, 4) and data["Y"].shape == (6, 3)
     assert [str(w.message) for w in caught] == [
         f"'{path}': ignoring 'labels', 'extra', not an input of the model (its inputs: X, Y)"]
+
+
+def test_api_progress_callback_hears_every_sparsegpt_layer_and_block():
+    """The CLI's progress bar is api.prune's (message, done, total) callback: long SparseGPT runs
+    must move it layer by layer and block by block, not only at the five api steps."""
+    from onnx_prune.sparsegpt import BLOCK_SIZE
+
+    dims = (2 * BLOCK_SIZE + 10, 8, 4)  # the first layer walks 3 blocks of inputs
+    model = mlp(dims)
+    calls = []
+    onnx_prune.prune(model, 0.7, method="sparsegpt", calibration={"input": correlated_inputs(64, dims[0], 1)},
+                     auto_dense=False, progress=lambda message, done, total: calls.append((message, done, total)))
+    first = [(d, t) for m, d, t in calls if m == "sparsegpt: layer 1/2 /fc0/Gemm"]
+    assert (1, 3) in first and (2, 3) in first and (3, 3) in first, calls
+    assert ("sparsegpt: layer 1/2 /fc0/Gemm", 1, 2) in calls and ("sparsegpt: layer 2/2 /fc1/Gemm", 1, 2) in calls
+    assert ("sparsegpt: layer 2/2 /fc1/Gemm", 2, 2) in calls
+    assert calls.index(("sparsegpt: layer 2/2 /fc1/Gemm", 2, 2)) < [m for m, _, _ in calls].index(
+        "rewriting 2 layers as SparseGemm")
