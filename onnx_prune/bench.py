@@ -191,4 +191,6 @@ def run_bench_cli(dense_path: str, pruned_path: str | None = None, *, ratio: flo
         modelio.write_text_atomic(json_path, result.to_json())
     if not quiet:
         print_table(result, title=f"{Path(dense_path).name}: dense vs pruned (median latency)")
+        if json_path:
+            print(f"wrote {json_path}")
     return result
