@@ -27,7 +27,7 @@ from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_la
 from .modelio import PROTOBUF_LIMIT, load_external_data, load_model, read_npz
 from .report import PruneReport
 from .rewrite import PrunedLayer, add_optional_parts, rewrite
-from .sparse_gemm import formats
+from .sparse_gemm import formats, sparse_gemm_summary
 from .sparse_gemm.formats import SparseFormat, bcsr
 
 if TYPE_CHECKING:
@@ -142,10 +142,10 @@ def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), excl
         if "only float32" in s.reason:
             warnings.warn(f"layer {s.node} skipped: {s.reason}", stacklevel=3)
     if not found:
-        already = _sparse_gemm_count(model)
+        already = sparse_gemm_summary(model)
         if already:
-            raise OnnxPruneError(f"no prunable layer found: the model is already pruned: it has {already} SparseGemm "
-                                 "nodes; prune the original model, or densify it first (onnx-prune densify)")
+            raise OnnxPruneError(f"no prunable layer found: the model is already pruned, it has {already}; "
+                                 "prune the original model, or densify this one first (onnx-prune densify)")
         raise OnnxPruneError("no prunable layer found: the model has no Gemm or MatMul with a constant "
                              "float32 2-D weight" + _skip_summary(ineligible))
     chosen, unselected = select_layers(found, include=include, exclude=exclude, min_params=min_params)
@@ -337,12 +337,6 @@ def check_supported_opset(model: onnx.ModelProto) -> None:
         raise OnnxPruneError(f"the model imports ai.onnx opset {version}; onnx-prune and onnxruntime support "
                              f"opset {MIN_OPSET} and later: convert it first "
                              "(onnx.version_converter.convert_version(model, 13))")
-
-
-def _sparse_gemm_count(model: onnx.ModelProto) -> int:
-    from .sparse_gemm import is_sparse_gemm
-
-    return sum(1 for node in model.graph.node if is_sparse_gemm(node))
 
 
 def check_output_model(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
