@@ -518,6 +518,24 @@ def test_densify_round_trip(mlp_file: Path, tmp_path: Path):
     one_line_error(done.stderr, "is the input file")
 
 
+def test_bench_refuses_a_pruned_model_as_the_dense_one(mlp_file: Path, tmp_path: Path):
+    pruned = tmp_path / "p.onnx"
+    assert cli_inproc(str(mlp_file), str(pruned), "-q").exit_code == 0
+    usage = "onnx-prune bench DENSE.onnx [PRUNED.onnx]"
+    nodes = "3 SparseGemm nodes (/fc0/Gemm, /fc1/Gemm, /fc2/Gemm)"
+    for args, message in [
+        ((pruned, mlp_file), f"error: the arguments look swapped: '{pruned}' is pruned ({nodes}) and '{mlp_file}' "
+                             f"is not; {usage}"),
+        ((pruned,), f"error: '{pruned}' is already pruned ({nodes}); bench takes the dense model first: {usage}"),
+        ((pruned, pruned), f"error: '{pruned}' is already pruned ({nodes}); bench takes the dense model first"),
+        ((mlp_file, mlp_file), f"error: '{mlp_file}' has no SparseGemm node, so it is not a pruned model; {usage}"),
+    ]:
+        done = cli_inproc("bench", *map(str, args), "--batch", "1", "--rounds", "1")
+        assert done.exit_code == 2, done.stdout
+        one_line_error(done.stderr, message)
+        assert "dense µs" not in done.stdout
+
+
 def test_subcommands_missing_modules_say_so(tmp_path: Path, monkeypatch):
     import importlib
 
