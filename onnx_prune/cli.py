@@ -258,13 +258,21 @@ def densify_command(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
-    """Turn every SparseGemm back into standard Gemm / MatMul (+Add) with the zeros written out."""
+    """Turn every SparseGemm back into standard Gemm / MatMul (+Add) with the zeros written out.
+
+    A model without SparseGemm nodes is written unchanged, with a warning (so a script can densify
+    every model it is given)."""
     from . import modelio
+    from .sparse_gemm import sparse_gemm_summary
 
     with _errors_as_one_line(debug):
         densify_model = _optional("densify", "densify_model")
         modelio.check_output_path(input_path, output_path)
-        model = densify_model(modelio.load_model(input_path))
+        model = modelio.load_model(input_path)
+        if sparse_gemm_summary(model):
+            model = densify_model(model)
+        elif not quiet:
+            typer.echo(f"warning: '{input_path}' has no SparseGemm node; {output_path} is an unchanged copy", err=True)
         modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
         if not quiet:
             typer.echo(f"wrote {output_path}")

@@ -518,6 +518,17 @@ def test_densify_round_trip(mlp_file: Path, tmp_path: Path):
     one_line_error(done.stderr, "is the input file")
 
 
+def test_densify_of_a_model_without_sparse_gemm_writes_an_unchanged_copy_and_says_so(mlp_file: Path,
+                                                                                       tmp_path: Path):
+    out = tmp_path / "d.onnx"
+    done = cli_inproc("densify", str(mlp_file), str(out))
+    assert done.exit_code == 0, done.stderr
+    assert done.stderr.strip().splitlines() == [f"warning: '{mlp_file}' has no SparseGemm node; {out} is an "
+                                                "unchanged copy"]
+    assert done.stdout.strip() == f"wrote {out}"
+    assert onnx.load(str(out)) == onnx.load(str(mlp_file))
+
+
 def test_bench_refuses_a_pruned_model_as_the_dense_one(mlp_file: Path, tmp_path: Path):
     pruned = tmp_path / "p.onnx"
     assert cli_inproc(str(mlp_file), str(pruned), "-q").exit_code == 0
