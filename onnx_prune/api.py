@@ -219,7 +219,7 @@ def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], 
             dense_kept.append(layer)
             layer.release()
             continue
-        p = PrunedLayer(layer, None, None)
+        p = PrunedLayer(layer, None, None, kept_count=int(np.count_nonzero(mask)))
         p.packed = fmt.pack(weight, mask, values_dtype=values_dtype)  # reads only the kept entries
         del weight, mask
         layer.release()

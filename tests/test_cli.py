@@ -404,6 +404,40 @@ def test_printed_report_states_the_settings(mlp_file: Path, tmp_path: Path):
     assert "calibration" not in done.stdout
 
 
+def test_bcsr_report_counts_kept_weights_apart_from_the_stored_block_values(mlp_file: Path, tmp_path: Path):
+    """Unstructured masks in bcsr store whole blocks: 'kept weights' and the sparsity are the mask's
+    (the floor rule), 'stored values' what the file holds, zeros of partly kept blocks included."""
+    out, report = tmp_path / "b.onnx", tmp_path / "r.json"
+    done = cli_inproc(str(mlp_file), str(out), "--ratio", "0.9", "--format", "bcsr", "--no-auto-dense",
+                      "--report-json", str(report))
+    assert done.exit_code == 0, done.stderr
+    layers = json.loads(report.read_text())["layers"]
+    assert [l["nnz"] for l in layers] == [320 - 288, 192 - 172, 60 - 54]
+    assert [l["sparsity"] for l in layers] == pytest.approx([288 / 320, 172 / 192, 54 / 60])
+    model = onnx.load(str(out))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    stored = []
+    for node, layer in zip([n for n in model.graph.node if n.op_type == contract.OP_TYPE], layers):
+        values, offsets = inits[node.input[1]], inits[node.input[3]].astype(int)
+        n, r = layer["shape"][1], values.shape[1]
+        padding = (offsets[-1] - offsets[-2]) * (-(-n // r) * r - n)  # the last block row's outputs >= N
+        stored.append(values.size - int(padding))
+        assert np.count_nonzero(values) == layer["nnz"]
+    assert [l["stored"] for l in layers] == stored and sum(stored) > sum(l["nnz"] for l in layers)
+    assert "values ┃" in done.stdout  # the column's header (second line)
+    zeros = sum(stored) - sum(l["nnz"] for l in layers)
+    assert (f"stored values: the format stores whole blocks, {zeros:,} of its values are zeros of blocks only "
+            "partly kept") in done.stdout
+
+
+def test_csr_report_has_no_stored_values_column(mlp_file: Path, tmp_path: Path):
+    done = cli_inproc(str(mlp_file), str(tmp_path / "c.onnx"), "--ratio", "0.9", "--report-json",
+                      str(tmp_path / "r.json"))
+    assert done.exit_code == 0, done.stderr
+    assert "stored values" not in done.stdout and "values ┃" not in done.stdout
+    assert all(l["stored"] == l["nnz"] for l in json.loads((tmp_path / "r.json").read_text())["layers"])
+
+
 def test_settings_line_names_calibration_and_pattern():
     from onnx_prune.report import settings_line
 
