@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,31 @@ def test_help_and_version():
     assert cli("-h").stdout == cli("--help").stdout
     done = cli("--version")
     assert done.returncode == 0 and done.stdout.strip() == f"onnx-prune {onnx_prune.__version__}"
+
+
+@pytest.mark.parametrize("command", ["prune", "bench", "eval", "densify", None])
+def test_help_reads_well_at_80_columns(command):
+    """Every option whole at 80 columns: its names, flag pairs together, a value name instead of a
+    type like <bool>, and a help text for each."""
+    done = subprocess.run([sys.executable, "-m", "onnx_prune.cli", *([command] if command else []), "--help"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    for cut in ("…", "<bool>", "<list[", "[["):
+        assert cut not in text, (cut, text)
+    assert not re.search(r"\w\.\.\.$", text, re.MULTILINE), text  # click's cut of a long command summary
+    options = text.split("Options:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    # an option's line is '  --name VALUE   help' or '  --a / --no-a' with its help on the next line
+    for i, line in enumerate(options):
+        if line.lstrip().startswith("-"):
+            has_help = "  " in line.strip() or (i + 1 < len(options) and not options[i + 1].lstrip().startswith("-"))
+            assert has_help, line
+    if command == "prune":
+        for pair in ("--verify / --no-verify", "--fallback / --no-fallback", "--auto-dense / --no-auto-dense",
+                     "--bias-correction / --no-bias-correction", "--calibration-samples N",
+                     "--format [csr|csr_int8|bcsr|csr_int8_dynamic]", "--quantize [dynamic]", "--pattern N:M|RxC"):
+            assert pair in text, pair
 
 
 def _write(path: Path, data: bytes) -> Path:
