@@ -1,6 +1,4 @@
 """onnx-prune: prune ONNX models and run them faster in onnxruntime."""
-from __future__ import annotations
-
 from ._version import __version__
 from .api import prune
 from .errors import OnnxPruneError

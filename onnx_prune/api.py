@@ -27,7 +27,7 @@ from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_la
 from .modelio import PROTOBUF_LIMIT, load_external_data, load_model, read_npz
 from .report import PruneReport
 from .rewrite import PrunedLayer, add_optional_parts, rewrite
-from .sparse_gemm import formats
+from .sparse_gemm import formats, sparse_gemm_summary
 from .sparse_gemm.formats import SparseFormat, bcsr
 
 if TYPE_CHECKING:
@@ -79,14 +79,16 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
         ratios.update(resolve_layer_ratios(chosen, dict(layer_ratios or {})))
 
         say(f"scoring {len(chosen)} layers ({method}{', ' + pattern if pattern else ''})")
+        calibration_counts = None
         if streams:
             pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, method=method, fmt=fmt,
                                                        values_dtype=values_dtype, auto_dense=auto_dense,
                                                        reference=reference)
         else:
-            weights = sparsify(model, chosen, ratios, scope=scope, method=method, calibration=calibration,
-                               calibration_samples=calibration_samples, pattern=pattern,
-                               bias_correction=bias_correction)
+            weights, calibration_counts = sparsify(
+                model, chosen, ratios, scope=scope, method=method, calibration=calibration,
+                calibration_samples=calibration_samples, pattern=pattern, bias_correction=bias_correction,
+                progress=progress)
             pruned, dense_kept = split_dense(chosen, weights, auto_dense and not pattern)
             _pack_all(pruned, fmt, values_dtype, reference)
         # the reference is the input model rewired to the masked weights: written before the rewrite changes it
@@ -97,6 +99,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
                         min_params=min_params, auto_dense=auto_dense, fallback=fallback,
                         calibration_samples=calibration_samples, quantize=quantize,
                         bias_correction=bias_correction, format=fmt.name)
+        if calibration_counts is not None:
+            settings["calibration_samples_used"], settings["calibration_samples_held"] = calibration_counts
         say(f"rewriting {len(pruned)} layers as SparseGemm")
         size_before = model.ByteSize() if source is None else None
         # the verification's reference is on disk by now: nothing reads the input model again, and a
@@ -138,10 +142,10 @@ def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), excl
         if "only float32" in s.reason:
             warnings.warn(f"layer {s.node} skipped: {s.reason}", stacklevel=3)
     if not found:
-        already = _sparse_gemm_count(model)
+        already = sparse_gemm_summary(model)
         if already:
-            raise OnnxPruneError(f"no prunable layer found: the model is already pruned: it has {already} SparseGemm "
-                                 "nodes; prune the original model, or densify it first (onnx-prune densify)")
+            raise OnnxPruneError(f"no prunable layer found: the model is already pruned, it has {already}; "
+                                 "prune the original model, or densify this one first (onnx-prune densify)")
         raise OnnxPruneError("no prunable layer found: the model has no Gemm or MatMul with a constant "
                              "float32 2-D weight" + _skip_summary(ineligible))
     chosen, unselected = select_layers(found, include=include, exclude=exclude, min_params=min_params)
@@ -153,9 +157,12 @@ def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), excl
 
 def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[str, float], *, scope: str,
              method: str, calibration: Calibration, calibration_samples: Optional[int],
-             pattern: Optional[str], bias_correction: bool = BIAS_CORRECTION) -> dict[str, sparsifiers.Pruned]:
+             pattern: Optional[str], bias_correction: bool = BIAS_CORRECTION, progress: Optional[Progress] = None
+             ) -> tuple[dict[str, sparsifiers.Pruned], Optional[tuple[int, int]]]:
     """node name -> Pruned (new weight [K, N] float32, keep mask [K, N] bool, new bias or None),
-    for every layer.
+    for every layer; and (samples used, samples held) of the calibration data when a method read it,
+    so that the report can say how much of the data went in. ``progress`` hears of every layer
+    (and SparseGPT's blocks within it) of a method that prunes layer by layer on calibration data.
 
     A method that needs no calibration statistics runs here; the others (and N:M patterns) belong
     to onnx_prune.calibration, imported only when asked for.
@@ -167,16 +174,29 @@ def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[st
         except ImportError:
             what = f"method {method}" if sparsifier.needs_calibration else f"pattern {pattern}"
             raise OnnxPruneError(f"{what} needs onnx_prune.calibration, which this installation lacks") from None
-        data = load_calibration(calibration) if calibration is not None else None
+        data, counts = None, None
+        if calibration is not None and sparsifier.needs_calibration:
+            data, counts = checked_calibration(load_calibration(calibration), model, calibration_samples)
         result = calibration_sparsify(model, list(layers), dict(ratios), method=method, calibration=data,
-                                      samples=calibration_samples, pattern=pattern, scope=scope,
-                                      bias_correction=bias_correction)
+                                      samples=None, pattern=pattern, scope=scope, bias_correction=bias_correction,
+                                      progress=progress or False)
     else:
+        counts = None
         if calibration is not None:
             warnings.warn(f"calibration data is not used by --method {method}", stacklevel=3)
         result = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope)
     pairs = {node: (p.weight, p.mask) for node, p in result.items()}
-    return {layer.node: sparsifiers.Pruned(*_checked(layer, pairs), result[layer.node].bias) for layer in layers}
+    return {layer.node: sparsifiers.Pruned(*_checked(layer, pairs), result[layer.node].bias) for layer in layers}, counts
+
+
+def checked_calibration(data: Mapping[str, np.ndarray], model: onnx.ModelProto, samples: Optional[int]
+                        ) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+    """The calibration arrays checked against the model and cut to the samples a method will use,
+    with (samples used, samples held)."""
+    from .calibration import checked_calibration as check
+
+    checked, plan = check(data, model, samples)
+    return checked, (plan.samples, int(np.shape(data[next(iter(checked))])[0]))
 
 
 def _streams(method: str, scope: str, pattern: Optional[str]) -> bool:
@@ -199,7 +219,7 @@ def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], 
             dense_kept.append(layer)
             layer.release()
             continue
-        p = PrunedLayer(layer, None, None)
+        p = PrunedLayer(layer, None, None, kept_count=int(np.count_nonzero(mask)))
         p.packed = fmt.pack(weight, mask, values_dtype=values_dtype)  # reads only the kept entries
         del weight, mask
         layer.release()
@@ -317,12 +337,6 @@ def check_supported_opset(model: onnx.ModelProto) -> None:
         raise OnnxPruneError(f"the model imports ai.onnx opset {version}; onnx-prune and onnxruntime support "
                              f"opset {MIN_OPSET} and later: convert it first "
                              "(onnx.version_converter.convert_version(model, 13))")
-
-
-def _sparse_gemm_count(model: onnx.ModelProto) -> int:
-    from .sparse_gemm import is_sparse_gemm
-
-    return sum(1 for node in model.graph.node if is_sparse_gemm(node))
 
 
 def check_output_model(model: onnx.ModelProto, out: onnx.ModelProto) -> None:

@@ -22,6 +22,7 @@ from . import runtime, timing
 from .baselines import Baseline
 from .errors import UsageError
 from .machine import describe, machine_info
+from .sparse_gemm import sparse_gemm_summary
 
 DEFAULT_BATCHES = (1, 16, 64, 256)
 
@@ -161,6 +162,22 @@ def parse_threads(values: Sequence[str]) -> list[int]:
     return out
 
 
+def check_roles(dense: onnx.ModelProto, pruned: onnx.ModelProto | None, dense_path: str,
+                pruned_path: str | None) -> None:
+    """IN must be the dense model and PRUNED a pruned one: timing them the other way round would
+    print a 'speedup' that means nothing."""
+    in_sparse = sparse_gemm_summary(dense)
+    pruned_sparse = sparse_gemm_summary(pruned) if pruned is not None else None
+    usage = "onnx-prune bench DENSE.onnx [PRUNED.onnx]"
+    if in_sparse and pruned is not None and not pruned_sparse:
+        raise UsageError(f"the arguments look swapped: '{dense_path}' is pruned ({in_sparse}) and "
+                         f"'{pruned_path}' is not; {usage}")
+    if in_sparse:
+        raise UsageError(f"'{dense_path}' is already pruned ({in_sparse}); bench takes the dense model first: {usage}")
+    if pruned is not None and not pruned_sparse:
+        raise UsageError(f"'{pruned_path}' has no SparseGemm node, so it is not a pruned model; {usage}")
+
+
 def run_bench_cli(dense_path: str, pruned_path: str | None = None, *, ratio: float = 0.9,
                   batches: Sequence[int] = DEFAULT_BATCHES, threads: Sequence[str] = ("1",),
                   rounds: int = 5, json_path: str | None = None, quiet: bool = False,
@@ -176,7 +193,9 @@ def run_bench_cli(dense_path: str, pruned_path: str | None = None, *, ratio: flo
     dense = modelio.load_model(dense_path)
     if pruned_path:
         pruned = modelio.load_model(pruned_path)
+        check_roles(dense, pruned, dense_path, pruned_path)
     else:
+        check_roles(dense, None, dense_path, None)
         pruned, _ = api.prune(dense, ratio=ratio, verify=False)
     progress = None
     if not quiet:
@@ -191,4 +210,6 @@ def run_bench_cli(dense_path: str, pruned_path: str | None = None, *, ratio: flo
         modelio.write_text_atomic(json_path, result.to_json())
     if not quiet:
         print_table(result, title=f"{Path(dense_path).name}: dense vs pruned (median latency)")
+        if json_path:
+            print(f"wrote {json_path}")
     return result

@@ -27,7 +27,7 @@ import onnx
 from . import bias as bias_terms
 from . import capture, masking, modelio, sparsifiers
 from .capture import FeedPlan, InputStats
-from .errors import OnnxPruneError
+from .errors import OnnxPruneError, UsageError
 from .sparsifiers import Pruned, Sparsifier, wanda_scores  # noqa: F401  (wanda_scores: public here too)
 
 Result = dict[str, Pruned]
@@ -50,12 +50,14 @@ def checked_calibration(data: Mapping[str, np.ndarray], model: onnx.ModelProto, 
     axis (same rank) or an extra leading axis (rank + 1, one whole input per sample)."""
     inputs = _model_inputs(model)
     names = list(inputs)
-    unknown = [k for k in data if k not in inputs]
-    if unknown:
-        raise OnnxPruneError(f"{source}: '{unknown[0]}' is not an input of the model (its inputs: {', '.join(names)})")
+    unknown = ", ".join(f"'{k}'" for k in data if k not in inputs)
     missing = [n for n in names if n not in data]
     if missing:
-        raise OnnxPruneError(f"{source} lacks the model input '{missing[0]}' (its inputs: {', '.join(names)})")
+        also = f"; it also holds {unknown}, not an input" if unknown else ""
+        raise OnnxPruneError(f"{source} lacks the model input '{missing[0]}' (its inputs: {', '.join(names)}{also})")
+    if unknown:  # typically the labels kept next to the inputs: not the model's business
+        warnings.warn(f"{source}: ignoring {unknown}, not an input of the model (its inputs: {', '.join(names)})",
+                      stacklevel=2)
     arrays = {n: np.asarray(data[n]) for n in names}
     counts = {n: (a.shape[0] if a.ndim else 0) for n, a in arrays.items()}
     if len(set(counts.values())) > 1:
@@ -133,14 +135,14 @@ def sparsify(model: onnx.ModelProto, layers: list, ratios: dict[str, float], *, 
     ``method``: a sparsifiers name; those that use statistics need ``calibration``, arrays keyed by
     graph input name, first axis = samples. ``bias_correction``: let the method (SparseGPT)
     compensate through the biases where that is exact (a warning names the other layers).
-    ``progress``: True for a rich progress bar on stderr, or a ``rich.progress.Progress`` to add
-    the tasks to."""
+    ``progress``: True for a rich progress bar on stderr, a ``rich.progress.Progress`` to add
+    the tasks to, or a ``(message, done, total)`` callback (api.Progress, which the CLI draws)."""
     sparsifier = sparsifiers.get(method)
     nm = _pattern(pattern, layers, ratios, scope)
     if not sparsifier.needs_calibration:
         return sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope, pattern=nm)
     if calibration is None:
-        raise OnnxPruneError(f"--method {method} needs --calibration: an .npz of model inputs (first axis = samples)")
+        raise UsageError(f"--method {method} needs --calibration: an .npz of model inputs (first axis = samples)")
     data, plan = checked_calibration(calibration, model, samples)
     drops = _drop_counts(model, layers, ratios, sparsifier, data, plan, scope, nm)
     biased = _bias_layers(layers, bias_correction and method == "sparsegpt")
@@ -170,10 +172,10 @@ def _pattern(pattern: Optional[str], layers: Sequence, ratios: Mapping[str, floa
     try:
         parsed = masking.parse_pattern(pattern)
     except ValueError as exc:
-        raise OnnxPruneError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if isinstance(parsed, masking.Blocks):
         if scope == "global":
-            raise OnnxPruneError(f"--pattern {pattern} (blocks) cannot be combined with --scope global yet")
+            raise UsageError(f"--pattern {pattern} (blocks) cannot be combined with --scope global yet")
         return parsed
     n, m = parsed
     try:
@@ -182,7 +184,7 @@ def _pattern(pattern: Optional[str], layers: Sequence, ratios: Mapping[str, floa
     except ValueError as exc:
         raise OnnxPruneError(str(exc)) from None
     if scope == "global":
-        raise OnnxPruneError(f"--pattern {pattern} fixes every layer's sparsity at {1 - n / m:g}; "
+        raise UsageError(f"--pattern {pattern} fixes every layer's sparsity at {1 - n / m:g}; "
                              "it cannot be combined with --scope global")
     other = sorted({r for r in ratios.values() if abs(r - (1 - n / m)) > 1e-9})
     if other:
@@ -257,12 +259,39 @@ class _RichBar(_NoBar):
         self.progress.advance(self.layers)
 
 
+class _CallbackBar(_NoBar):
+    """The same events as ``(message, done, total)`` calls: layers done until a layer reports its
+    blocks (SparseGPT), then that layer's blocks done; the message names the layer."""
+
+    def __init__(self, report, method: str, layers: int) -> None:
+        self.report, self.method, self.layers = report, method, layers
+        self.done, self.name = 0, ""
+
+    def start_layer(self, name: str) -> None:
+        self.name = f"layer {self.done + 1}/{self.layers} {name}"
+        self.report(self._message(), self.done, self.layers)
+
+    def blocks(self, done: int, total: int) -> None:
+        self.report(self._message(), done, total)
+
+    def finish_layer(self) -> None:
+        self.done += 1
+        self.report(self._message(), self.done, self.layers)
+
+    def _message(self) -> str:
+        return f"{self.method}: {self.name}"
+
+
 @contextmanager
 def _progress(progress, method: str, layers: int) -> Iterator[_NoBar]:
     if not progress:
         yield _NoBar()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if callable(progress) and not isinstance(progress, Progress):
+        yield _CallbackBar(progress, method, layers)
+        return
 
     if isinstance(progress, Progress):
         yield _RichBar(progress, method, layers)

@@ -23,11 +23,12 @@ from .bias import BIAS_CORRECTION
 from .errors import OnnxPruneError, UsageError
 from .sparse_gemm import formats
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+# --help is click's plain layout: it wraps every option's text under its name and keeps flag pairs
+# (--verify / --no-verify) whole at 80 columns, where rich's five-column table cut names and help
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_show_locals=False, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Prune the Gemm / MatMul weights of an ONNX model and run it faster in onnxruntime.\n\n"
-                       "[bold]onnx-prune IN.onnx OUT.onnx --ratio 0.8[/bold] prunes (same as "
-                       "[bold]onnx-prune prune ...[/bold]).")
+                       "'onnx-prune IN.onnx OUT.onnx --ratio 0.8' prunes (same as 'onnx-prune prune ...').")
 
 SUBCOMMANDS = ("prune", "bench", "eval", "densify")
 ROOT_OPTIONS = ("-h", "--help", "--version")
@@ -151,30 +152,30 @@ def _progress_bar(quiet: bool) -> Iterator[Optional[Callable[[str, int, int], No
         yield update
 
 
-@app.command("prune")
+@app.command("prune", short_help="Prune IN.onnx into OUT.onnx (the default command).")
 def prune_command(
     input_path: Path = typer.Argument(..., metavar="IN.onnx", help="Model to prune (never modified)."),
     output_path: Path = typer.Argument(..., metavar="OUT.onnx", help="Where to write the pruned model."),
     ratio: float = typer.Option(0.8, "--ratio", "-r", help="Fraction of each layer's weights removed, in [0, 1): "
                                 "exactly floor(R x size) of the smallest-|w| weights (ties: first in row-major W[K,N])."),
     scope: str = typer.Option("layer", "--scope", metavar=choices(SCOPES), help="layer: the ratio applies per layer; global: one threshold over all layers."),
-    include: List[str] = typer.Option([], "--include", help="Only layers whose node or weight name matches (glob; repeatable)."),
-    exclude: List[str] = typer.Option([], "--exclude", help="Leave matching layers dense (glob; repeatable)."),
-    layer_ratio: List[str] = typer.Option([], "--layer-ratio", help="NAME=R: another ratio for the layers NAME matches (repeatable)."),
-    min_params: int = typer.Option(0, "--min-params", help="Leave layers with fewer weights dense."),
+    include: List[str] = typer.Option([], "--include", metavar="GLOB", help="Only layers whose node or weight name matches (glob; repeatable)."),
+    exclude: List[str] = typer.Option([], "--exclude", metavar="GLOB", help="Leave matching layers dense (glob; repeatable)."),
+    layer_ratio: List[str] = typer.Option([], "--layer-ratio", metavar="NAME=R", help="Another ratio R for the layers NAME matches (node or weight name or glob; repeatable)."),
+    min_params: int = typer.Option(0, "--min-params", metavar="N", help="Leave layers with fewer weights dense."),
     method: str = typer.Option("magnitude", "--method", metavar=choices(sparsifiers.names()), help=f"Pruning method ({_calibrated_methods()} use --calibration)."),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help=".npz of inputs keyed by graph input name, first axis = samples."),
-    calibration_samples: Optional[int] = typer.Option(None, "--calibration-samples", help="Use at most N calibration samples."),
-    pattern: Optional[str] = typer.Option(None, "--pattern", help="Structured sparsity: N:M (e.g. 2:4) along each output's inputs, or RxC blocks of R outputs x C inputs (e.g. 4x1)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", metavar="NPZ", help=".npz of inputs keyed by graph input name, first axis = samples (other arrays, e.g. labels, are ignored with a warning)."),
+    calibration_samples: Optional[int] = typer.Option(None, "--calibration-samples", metavar="N", help="Use at most N calibration samples."),
+    pattern: Optional[str] = typer.Option(None, "--pattern", metavar="N:M|RxC", help="Structured sparsity: N:M (e.g. 2:4) along each output's inputs, or RxC blocks of R outputs x C inputs (e.g. 4x1)."),
     bias_correction: bool = typer.Option(BIAS_CORRECTION, "--bias-correction/--no-bias-correction", help="sparsegpt also updates each layer's bias to absorb the mean error (skipped, with a warning, where not exact)."),
     values: str = typer.Option("fp32", "--values", metavar=choices(value_types()), help="Stored weight values (fp16: a smaller file)."),
     format: Optional[str] = typer.Option(None, "--format", metavar=choices(formats.names()), help="Storage format of the pruned weights (default: bcsr for an Rx1 --pattern, else csr)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", metavar="dynamic", help="dynamic: int8 weights and int8 arithmetic on activations quantized per row at run time (format csr_int8_dynamic)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", metavar=choices(["dynamic"]), help="dynamic: int8 weights and int8 arithmetic on activations quantized per row at run time (format csr_int8_dynamic)."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback", help="Embed a standard-op fallback so the file also runs without the library."),
     auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help=f"Keep layers dense whose sparsity would be below {1 - DENSE_KEEP_THRESHOLD:.0%} (the sparse kernel does not win there; not applied with --pattern)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare OUT with the masked dense model in onnxruntime before writing."),
-    inputs: Optional[Path] = typer.Option(None, "--inputs", help=".npz of inputs for the verification (default: generated)."),
-    report_json: Optional[Path] = typer.Option(None, "--report-json", help="Write the report as JSON."),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", metavar="NPZ", help=".npz of inputs for the verification (default: generated)."),
+    report_json: Optional[Path] = typer.Option(None, "--report-json", metavar="PATH", help="Write the report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -204,18 +205,18 @@ def prune_command(
             typer.echo(f"wrote {output_path}")
 
 
-@app.command("bench")
+@app.command("bench", short_help="Time the dense model against the pruned one.")
 def bench_command(
     input_path: Path = typer.Argument(..., metavar="IN.onnx", help="The dense model."),
-    pruned_path: Optional[Path] = typer.Argument(None, metavar="[PRUNED.onnx]", help="Its pruned version (default: prune IN in memory at --ratio)."),
+    pruned_path: Optional[Path] = typer.Argument(None, metavar="PRUNED.onnx", help="Its pruned version (default: prune IN in memory at --ratio)."),
     ratio: float = typer.Option(0.9, "--ratio", help="Ratio for the in-memory pruning when PRUNED is not given."),
-    batch: List[int] = typer.Option([1, 16, 64, 256], "--batch", "-b", help="Batch sizes (repeatable)."),
-    threads: List[str] = typer.Option(["1"], "--threads", "-t", help="intra_op_num_threads values, or 'all' (repeatable)."),
-    rounds: int = typer.Option(5, "--rounds", help="Interleaved timing rounds per configuration."),
+    batch: List[int] = typer.Option([1, 16, 64, 256], "--batch", "-b", metavar="N", help="Batch sizes (repeatable)."),
+    threads: List[str] = typer.Option(["1"], "--threads", "-t", metavar="N|all", help="intra_op_num_threads values, or 'all' (repeatable)."),
+    rounds: int = typer.Option(5, "--rounds", metavar="N", help="Interleaved timing rounds per configuration."),
     baseline: List[str] = typer.Option([], "--baseline", metavar=choices(baselines.names()), help="Also time onnxruntime's quantize_dynamic of IN (int8: per-tensor weights, onnxruntime's default; int8-per-channel). Repeatable or comma-separated."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    debug: bool = typer.Option(False, "--debug"),
+    json_path: Optional[Path] = typer.Option(None, "--json", metavar="PATH", help="Write the results as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines and no warnings (the table still prints)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Time the dense model against the pruned one (and baselines) in one onnxruntime process."""
     with _errors_as_one_line(debug, outputs=[json_path]):
@@ -226,20 +227,20 @@ def bench_command(
                           json_path=str(json_path) if json_path else None, quiet=quiet, baselines=baseline)
 
 
-@app.command("eval")
+@app.command("eval", short_help="Accuracy and latency across ratios and methods.")
 def eval_command(
     model: Path = typer.Argument(..., metavar="MODEL.onnx", help="The dense model."),
-    data: Path = typer.Option(..., "--data", help=".npz with 'labels' and arrays keyed by graph input name."),
-    ratio: List[float] = typer.Option([0.0, 0.5, 0.7, 0.8, 0.9, 0.95], "--ratio", help="Ratios to sweep (repeatable)."),
+    data: Path = typer.Option(..., "--data", metavar="NPZ", help=".npz with 'labels' and arrays keyed by graph input name."),
+    ratio: List[float] = typer.Option([0.0, 0.5, 0.7, 0.8, 0.9, 0.95], "--ratio", metavar="R", help="Ratios to sweep (repeatable)."),
     method: List[str] = typer.Option(["magnitude"], "--method", metavar=choices(sparsifiers.names()), help="Methods to compare (repeatable)."),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration .npz for wanda / sparsegpt."),
-    batch: int = typer.Option(64, "--batch", help="Batch size for the latency column."),
-    threads: int = typer.Option(1, "--threads", help="intra_op_num_threads."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", metavar="NPZ", help="Calibration .npz for wanda / sparsegpt (other arrays are ignored with a warning)."),
+    batch: int = typer.Option(64, "--batch", metavar="N", help="Batch size for the latency column."),
+    threads: int = typer.Option(1, "--threads", metavar="N", help="intra_op_num_threads."),
     baseline: List[str] = typer.Option(["int8"], "--baseline", metavar=choices([*baselines.names(), "none"]), help="onnxruntime quantize_dynamic points to compare with (int8: per-tensor weights, onnxruntime's default). Repeatable or comma-separated."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Save the plots here (needs matplotlib)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Save the table as JSON."),
+    png: Optional[Path] = typer.Option(None, "--png", metavar="PATH", help="Save the plots here (needs matplotlib)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", metavar="PATH", help="Save the table as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no warnings (the table still prints)."),
-    debug: bool = typer.Option(False, "--debug"),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Accuracy and latency of the pruned model across ratios (and methods), next to onnxruntime int8."""
     with _errors_as_one_line(debug, outputs=[png, json_path]):
@@ -251,20 +252,28 @@ def eval_command(
                          progress=progress)
 
 
-@app.command("densify")
+@app.command("densify", short_help="SparseGemm back to standard Gemm / MatMul.")
 def densify_command(
     input_path: Path = typer.Argument(..., metavar="IN.onnx", help="A pruned model."),
     output_path: Path = typer.Argument(..., metavar="OUT.onnx", help="Where to write the dense model."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    debug: bool = typer.Option(False, "--debug"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Turn every SparseGemm back into standard Gemm / MatMul (+Add) with the zeros written out."""
+    """Turn every SparseGemm back into standard Gemm / MatMul (+Add) with the zeros written out.
+
+    A model without SparseGemm nodes is written unchanged, with a warning (so a script can densify
+    every model it is given)."""
     from . import modelio
+    from .sparse_gemm import sparse_gemm_summary
 
     with _errors_as_one_line(debug):
         densify_model = _optional("densify", "densify_model")
         modelio.check_output_path(input_path, output_path)
-        model = densify_model(modelio.load_model(input_path))
+        model = modelio.load_model(input_path)
+        if sparse_gemm_summary(model):
+            model = densify_model(model)
+        elif not quiet:
+            typer.echo(f"warning: '{input_path}' has no SparseGemm node; {output_path} is an unchanged copy", err=True)
         modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
         if not quiet:
             typer.echo(f"wrote {output_path}")

@@ -331,8 +331,10 @@ def run_eval_cli(model: str, data: str, ratios: Sequence[float], methods: Sequen
         console.print(f"{point['baseline']}: {point['what']}")
     if png:
         plot_sweep(rows, png, points)
+        console.print(f"wrote {png}", markup=False, highlight=False, soft_wrap=True)
     if json_path:
         doc = dict(model=Path(model).name, data=Path(data).name, machine=machine, load_average=_load_average(),
                    batch=batch, threads=threads, rows=rows, baselines=points)
         write_text_atomic(json_path, json.dumps(doc, indent=2) + "\n")
+        console.print(f"wrote {json_path}", markup=False, highlight=False, soft_wrap=True)
     return rows

@@ -214,8 +214,10 @@ def parse_pattern(pattern: str) -> Union[tuple[int, int], Blocks]:
             rows, cols = int(r_text), int(c_text)
         except ValueError:
             raise ValueError(f"{_PATTERN_HELP}, got '{pattern}'") from None
-        if rows < 1 or cols < 1 or rows * cols == 1:
-            raise ValueError(f"{_PATTERN_HELP}, not both 1, got '{pattern}'")
+        if rows < 1 or cols < 1:
+            raise ValueError(f"{_PATTERN_HELP}, got '{pattern}'")
+        if rows * cols == 1:
+            raise ValueError("--pattern 1x1 removes single weights, which is unstructured pruning: leave --pattern out")
         return Blocks(rows, cols)
     try:
         n_text, m_text = text.split(":")

@@ -26,6 +26,11 @@ class LayerReport:
     bytes_before: int
     bytes_after: int
     status: str  # "sparse" or "dense: <reason>"
+    stored: int = -1  # values the format stores: nnz plus bcsr's zeros in partly kept blocks (-1: same as nnz)
+
+    def __post_init__(self) -> None:
+        if self.stored < 0:
+            self.stored = self.nnz
 
 
 @dataclass
@@ -58,10 +63,9 @@ class PruneReport:
         for p in pruned:
             layer = p.layer
             rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,
-                                    shape=[layer.K, layer.N], params=layer.size, nnz=p.nnz,
-                                    sparsity=1.0 - p.nnz / layer.size, bytes_before=4 * layer.size,
-                                    bytes_after=p.packed.nbytes,
-                                    status="sparse"))
+                                    shape=[layer.K, layer.N], params=layer.size, nnz=p.kept,
+                                    sparsity=1.0 - p.kept / layer.size, bytes_before=4 * layer.size,
+                                    bytes_after=p.packed.nbytes, status="sparse", stored=p.nnz))
         for layer in dense_kept:
             rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,
                                     shape=[layer.K, layer.N], params=layer.size, nnz=layer.size, sparsity=0.0,
@@ -104,19 +108,27 @@ class PruneReport:
         table = Table(title="onnx-prune", title_justify="left")
         table.add_column("node", overflow="fold")
         table.add_column("op")
-        for column in ("K×N", "kept\nweights", "sparsity", "size\nbefore", "size\nafter"):
+        padded = any(l.stored != l.nnz for l in self.layers)  # bcsr: blocks stored with zeros in them
+        stored = ["stored\nvalues"] if padded else []
+        for column in ("K×N", "kept\nweights", *stored, "sparsity", "size\nbefore", "size\nafter"):
             table.add_column(column, justify="right", no_wrap=True)
         for l in self.layers:
             sparsity = f"{l.sparsity:.1%}" if l.status == "sparse" else "[yellow]kept dense[/yellow]"
-            table.add_row(escape(l.node), l.op, f"{l.shape[0]}×{l.shape[1]}", f"{l.nnz:,}", sparsity,
+            table.add_row(escape(l.node), l.op, f"{l.shape[0]}×{l.shape[1]}", f"{l.nnz:,}",
+                          *([f"{l.stored:,}"] if padded else []), sparsity,
                           human_size(l.bytes_before), human_size(l.bytes_after))
         total_p = sum(l.params for l in self.layers)
         total_k = sum(l.nnz for l in self.layers)
+        total_s = sum(l.stored for l in self.layers)
         table.add_section()
-        table.add_row("total", "", "", f"{total_k:,}", f"{1 - total_k / max(total_p, 1):.1%}",
+        table.add_row("total", "", "", f"{total_k:,}", *([f"{total_s:,}"] if padded else []),
+                      f"{1 - total_k / max(total_p, 1):.1%}",
                       human_size(sum(l.bytes_before for l in self.layers)),
                       human_size(sum(l.bytes_after for l in self.layers)))
         console.print(table)
+        if padded:
+            console.print(f"stored values: the format stores whole blocks, {total_s - total_k:,} of its values "
+                          "are zeros of blocks only partly kept")
         for l in self.layers:
             if l.status != "sparse":
                 console.print(f"[yellow]{escape(l.node)}[/yellow] {escape(l.status)}")
@@ -156,8 +168,7 @@ def settings_line(settings: dict) -> str:
         parts.append(f"quantize {settings['quantize']}")
     sparsifier = REGISTRY.get(settings.get("method"))
     if sparsifier is not None and sparsifier.needs_calibration:
-        samples = settings.get("calibration_samples")
-        parts.append(f"calibration samples {samples if samples else 'all'}")
+        parts.append(_calibration_text(settings))
     for name, value in settings.get("layer_ratios", {}).items():
         parts.append(f"layer ratio {name}={value}")
     if settings.get("include"):
@@ -171,6 +182,17 @@ def settings_line(settings: dict) -> str:
     if settings.get("fallback") is False:
         parts.append("no fallback")
     return "settings: " + ", ".join(parts)
+
+
+def _calibration_text(settings: dict) -> str:
+    """How many calibration samples went in: all the file held, or the first N of them."""
+    used, held = settings.get("calibration_samples_used"), settings.get("calibration_samples_held")
+    if used is None:  # settings from before the counts were recorded: what was asked for
+        samples = settings.get("calibration_samples")
+        return f"calibration samples {samples if samples else 'all'}"
+    if used == held:
+        return f"calibration samples {used:,} (all)"
+    return f"calibration samples {used:,} of {held:,} (the first {used:,})"
 
 
 def _skipped_lines(skipped: Sequence[dict]) -> list[str]:

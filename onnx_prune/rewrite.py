@@ -29,10 +29,17 @@ class PrunedLayer:
     mask: np.ndarray
     packed: Optional[PackedWeight] = None  # set by rewrite: the stored tensors and their byte counts
     bias: Optional[np.ndarray] = None      # a compensated bias: the new C as the node reads it (bias.updated)
+    kept_count: Optional[int] = None       # the mask's kept weights, when the mask itself is dropped early
 
     @property
     def nnz(self) -> int:
-        return self.packed.nnz if self.packed is not None else int(self.mask.sum())
+        """Stored values: more than ``kept`` where a format stores whole blocks (bcsr's zero padding)."""
+        return self.packed.nnz if self.packed is not None else self.kept
+
+    @property
+    def kept(self) -> int:
+        """Weights the mask keeps: what the pruning decided, whatever the format stores."""
+        return self.kept_count if self.kept_count is not None else int(np.count_nonzero(self.mask))
 
 
 def describe(layer: Layer, packed: PackedWeight) -> str:

@@ -108,7 +108,7 @@ def drop_counts(layers: Sequence["Layer"], ratios: Mapping[str, float], *, scope
         return {l.node: masking.removal_count(ratios[l.node], l.size) for l in layers}
     distinct = set(ratios[l.node] for l in layers)
     if len(distinct) > 1:
-        raise OnnxPruneError("--layer-ratio cannot be combined with --scope global (one threshold for all layers)")
+        raise UsageError("--layer-ratio cannot be combined with --scope global (one threshold for all layers)")
     return dict(zip((l.node for l in layers), masking.global_drop_counts(saliency(), distinct.pop())))
 
 

@@ -359,7 +359,7 @@ def test_report_json_contents():
     first = data["layers"][0]
     assert first == {"node": "/fc0/Gemm", "weight": "fc0.weight", "op": "Gemm", "shape": [20, 16], "params": 320,
                      "nnz": 32, "sparsity": pytest.approx(0.9), "bytes_before": 1280,
-                     "bytes_after": 32 * (2 + 2) + 4 * 17, "status": "sparse"}
+                     "bytes_after": 32 * (2 + 2) + 4 * 17, "status": "sparse", "stored": 32}
     assert data["layers"][2]["status"].startswith("dense:") and data["layers"][2]["nnz"] == 60
     assert data["settings"]["ratio"] == 0.9 and data["settings"]["values"] == "fp16"
     assert data["total_params"] == 320 + 192 + 60 and data["total_nnz"] == 32 + 20 + 60

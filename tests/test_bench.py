@@ -80,6 +80,7 @@ def test_bench_cli_int8_baseline_columns_and_checked_outputs(tmp_path: Path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "int8 µs" in done.stdout and "pruned vs int8" in done.stdout and "per_channel=False" in done.stdout
+    assert done.stdout.splitlines()[-1] == f"wrote {out}"
     doc = json.loads(out.read_text())
     for row in doc["rows"]:
         assert row["int8_us"] > 0 and row["int8_speedup"] > 0 and row["pruned_vs_int8"] > 0

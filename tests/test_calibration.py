@@ -388,8 +388,8 @@ def test_load_calibration_reads_checks_and_cuts(tmp_path):
 
 @pytest.mark.parametrize("arrays,message", [
     (dict(X=np.zeros((5, 4), np.float32)), r"calib.npz' lacks the model input 'Y' \(its inputs: X, Y\)"),
-    (dict(X=np.zeros((5, 4), np.float32), Y=np.zeros((5, 3), np.float32), Z=np.zeros(1)),
-     r"'Z' is not an input of the model \(its inputs: X, Y\)"),
+    (dict(X=np.zeros((5, 4), np.float32), Z=np.zeros(1)),
+     r"calib.npz' lacks the model input 'Y' \(its inputs: X, Y; it also holds 'Z', not an input\)"),
     (dict(X=np.zeros((5, 4)), Y=np.zeros((5, 3), np.float32)), r"'X' is float64, the model input is float32"),
     (dict(X=np.zeros((5, 5), np.float32), Y=np.zeros((5, 3), np.float32)),
      r"'X' has shape \[5, 5\], which does not match the model input \[\?, 4\] \(first axis = samples\)"),
@@ -420,5 +420,33 @@ def test_unreadable_calibration_files(tmp_path):
 
 def test_api_checks_the_calibration_against_the_model(tmp_path):
     path = _save(tmp_path, wrong=np.zeros((4, DIMS[0]), np.float32))
-    with pytest.raises(OnnxPruneError, match="'wrong' is not an input of the model"):
+    with pytest.raises(OnnxPruneError, match="lacks the model input 'input' .*it also holds 'wrong', not an input"):
         onnx_prune.prune(mlp(DIMS), 0.5, method="wanda", calibration=path)
+
+
+def test_arrays_that_are_not_model_inputs_are_ignored_with_one_warning(tmp_path):
+    x, y = np.zeros((10, 4), np.float32), np.ones((10, 3), np.float32)
+    path = _save(tmp_path, X=x, labels=np.arange(10), Y=y, extra=np.zeros(3))
+    with pytest.warns(UserWarning) as caught:
+        data = load_calibration(path, two_input_model(), samples=6)
+    assert sorted(data) == ["X", "Y"] and data["X"].shape == (6, 4) and data["Y"].shape == (6, 3)
+    assert [str(w.message) for w in caught] == [
+        f"'{path}': ignoring 'labels', 'extra', not an input of the model (its inputs: X, Y)"]
+
+
+def test_api_progress_callback_hears_every_sparsegpt_layer_and_block():
+    """The CLI's progress bar is api.prune's (message, done, total) callback: long SparseGPT runs
+    must move it layer by layer and block by block, not only at the five api steps."""
+    from onnx_prune.sparsegpt import BLOCK_SIZE
+
+    dims = (2 * BLOCK_SIZE + 10, 8, 4)  # the first layer walks 3 blocks of inputs
+    model = mlp(dims)
+    calls = []
+    onnx_prune.prune(model, 0.7, method="sparsegpt", calibration={"input": correlated_inputs(64, dims[0], 1)},
+                     auto_dense=False, progress=lambda message, done, total: calls.append((message, done, total)))
+    first = [(d, t) for m, d, t in calls if m == "sparsegpt: layer 1/2 /fc0/Gemm"]
+    assert (1, 3) in first and (2, 3) in first and (3, 3) in first, calls
+    assert ("sparsegpt: layer 1/2 /fc0/Gemm", 1, 2) in calls and ("sparsegpt: layer 2/2 /fc1/Gemm", 1, 2) in calls
+    assert ("sparsegpt: layer 2/2 /fc1/Gemm", 2, 2) in calls
+    assert calls.index(("sparsegpt: layer 2/2 /fc1/Gemm", 2, 2)) < [m for m, _, _ in calls].index(
+        "rewriting 2 layers as SparseGemm")

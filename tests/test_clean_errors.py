@@ -122,8 +122,9 @@ def test_repruning_a_pruned_file_says_it_is_pruned(mlp_file: Path, tmp_path: Pat
     assert cli_inproc(str(mlp_file), str(tmp_path / "p.onnx"), "-q").exit_code == 0
     done = cli_inproc(str(tmp_path / "p.onnx"), str(tmp_path / "pp.onnx"))
     assert done.exit_code == 1
-    one_line_error(done.stderr, "already pruned: it has 3 SparseGemm nodes; prune the original model, or densify "
-                                "it first")
+    one_line_error(done.stderr, "error: no prunable layer found: the model is already pruned, it has 3 SparseGemm "
+                                "nodes (/fc0/Gemm, /fc1/Gemm, /fc2/Gemm); prune the original model, or densify this "
+                                "one first (onnx-prune densify)")
 
 
 def test_interrupt_before_writing_says_nothing_was_written(mlp_file: Path, tmp_path: Path, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,31 @@ def test_help_and_version():
     assert done.returncode == 0 and done.stdout.strip() == f"onnx-prune {onnx_prune.__version__}"
 
 
+@pytest.mark.parametrize("command", ["prune", "bench", "eval", "densify", None])
+def test_help_reads_well_at_80_columns(command):
+    """Every option whole at 80 columns: its names, flag pairs together, a value name instead of a
+    type like <bool>, and a help text for each."""
+    done = subprocess.run([sys.executable, "-m", "onnx_prune.cli", *([command] if command else []), "--help"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    for cut in ("…", "<bool>", "<list[", "[["):
+        assert cut not in text, (cut, text)
+    assert not re.search(r"\w\.\.\.$", text, re.MULTILINE), text  # click's cut of a long command summary
+    options = text.split("Options:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    # an option's line is '  --name VALUE   help' or '  --a / --no-a' with its help on the next line
+    for i, line in enumerate(options):
+        if line.lstrip().startswith("-"):
+            has_help = "  " in line.strip() or (i + 1 < len(options) and not options[i + 1].lstrip().startswith("-"))
+            assert has_help, line
+    if command == "prune":
+        for pair in ("--verify / --no-verify", "--fallback / --no-fallback", "--auto-dense / --no-auto-dense",
+                     "--bias-correction / --no-bias-correction", "--calibration-samples N",
+                     "--format [csr|csr_int8|bcsr|csr_int8_dynamic]", "--quantize [dynamic]", "--pattern N:M|RxC"):
+            assert pair in text, pair
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -164,6 +190,17 @@ def test_bad_input_one_line_error_exit_1_no_output(tmp_path: Path, make_input, a
     (["--values", "int4"], "--values must be fp32"),  # then every registered choice
     (["--min-params", "-3"], "--min-params must be a non-negative integer"),
     (["--calibration-samples", "0"], "--calibration-samples must be at least 1"),
+    (["--pattern", "3:2"], "--pattern takes N:M with integers 0 < N < M (e.g. 2:4) or RxC blocks with R, C >= 1 "
+                           "(e.g. 4x1), got '3:2'"),
+    (["--pattern", "foo"], "--pattern takes N:M with integers 0 < N < M (e.g. 2:4) or RxC blocks with R, C >= 1 "
+                           "(e.g. 4x1), got 'foo'"),
+    (["--pattern", "0x1"], "(e.g. 4x1), got '0x1'"),
+    (["--pattern", "1x1"], "--pattern 1x1 removes single weights, which is unstructured pruning: leave --pattern out"),
+    (["--pattern", "4x1", "--scope", "global"], "--pattern 4x1 (blocks) cannot be combined with --scope global"),
+    (["--pattern", "2:4", "--scope", "global"], "it cannot be combined with --scope global"),
+    (["--layer-ratio", "fc0.weight=0.5", "--scope", "global"], "--layer-ratio cannot be combined with --scope global"),
+    (["--method", "sparsegpt"], "--method sparsegpt needs --calibration: an .npz of model inputs"),
+    (["--method", "wanda"], "--method wanda needs --calibration: an .npz of model inputs"),
 ])
 def test_bad_option_value_one_line_error_exit_2_no_output(mlp_file: Path, tmp_path: Path, args, message):
     before = digest(mlp_file)
@@ -204,6 +241,24 @@ def test_npy_file_given_as_calibration_is_one_clear_error(mlp_file: Path, tmp_pa
     assert done.exit_code == 1
     one_line_error(done.stderr, f"calibration data '{calib}' is not a valid .npz: it holds a single array")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_calibration_labels_next_to_the_inputs_are_ignored_with_one_warning(mlp_file: Path, tmp_path: Path):
+    x = np.random.default_rng(0).standard_normal((32, 20)).astype(np.float32)
+    np.savez(tmp_path / "clean.npz", input=x)
+    np.savez(tmp_path / "labelled.npz", input=x, labels=np.arange(32))
+    reports = []
+    for name in ("clean", "labelled"):
+        report = tmp_path / f"{name}.json"
+        done = cli_inproc(str(mlp_file), str(tmp_path / f"{name}.onnx"), "--method", "sparsegpt", "--calibration",
+                          str(tmp_path / f"{name}.npz"), "--report-json", str(report))
+        assert done.exit_code == 0, done.stderr
+        reports.append(json.loads(report.read_text())["layers"])
+        if name == "labelled":
+            assert done.stderr.strip().splitlines() == [
+                "warning: calibration data: ignoring 'labels', not an input of the model "
+                "(its inputs: input)"]
+    assert reports[0] == reports[1]
 
 
 def test_usage_errors_exit_2(mlp_file: Path, tmp_path: Path):
@@ -375,6 +430,40 @@ def test_printed_report_states_the_settings(mlp_file: Path, tmp_path: Path):
     assert "calibration" not in done.stdout
 
 
+def test_bcsr_report_counts_kept_weights_apart_from_the_stored_block_values(mlp_file: Path, tmp_path: Path):
+    """Unstructured masks in bcsr store whole blocks: 'kept weights' and the sparsity are the mask's
+    (the floor rule), 'stored values' what the file holds, zeros of partly kept blocks included."""
+    out, report = tmp_path / "b.onnx", tmp_path / "r.json"
+    done = cli_inproc(str(mlp_file), str(out), "--ratio", "0.9", "--format", "bcsr", "--no-auto-dense",
+                      "--report-json", str(report))
+    assert done.exit_code == 0, done.stderr
+    layers = json.loads(report.read_text())["layers"]
+    assert [l["nnz"] for l in layers] == [320 - 288, 192 - 172, 60 - 54]
+    assert [l["sparsity"] for l in layers] == pytest.approx([288 / 320, 172 / 192, 54 / 60])
+    model = onnx.load(str(out))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    stored = []
+    for node, layer in zip([n for n in model.graph.node if n.op_type == contract.OP_TYPE], layers):
+        values, offsets = inits[node.input[1]], inits[node.input[3]].astype(int)
+        n, r = layer["shape"][1], values.shape[1]
+        padding = (offsets[-1] - offsets[-2]) * (-(-n // r) * r - n)  # the last block row's outputs >= N
+        stored.append(values.size - int(padding))
+        assert np.count_nonzero(values) == layer["nnz"]
+    assert [l["stored"] for l in layers] == stored and sum(stored) > sum(l["nnz"] for l in layers)
+    assert "values ┃" in done.stdout  # the column's header (second line)
+    zeros = sum(stored) - sum(l["nnz"] for l in layers)
+    assert (f"stored values: the format stores whole blocks, {zeros:,} of its values are zeros of blocks only "
+            "partly kept") in done.stdout
+
+
+def test_csr_report_has_no_stored_values_column(mlp_file: Path, tmp_path: Path):
+    done = cli_inproc(str(mlp_file), str(tmp_path / "c.onnx"), "--ratio", "0.9", "--report-json",
+                      str(tmp_path / "r.json"))
+    assert done.exit_code == 0, done.stderr
+    assert "stored values" not in done.stdout and "values ┃" not in done.stdout
+    assert all(l["stored"] == l["nnz"] for l in json.loads((tmp_path / "r.json").read_text())["layers"])
+
+
 def test_settings_line_names_calibration_and_pattern():
     from onnx_prune.report import settings_line
 
@@ -384,6 +473,24 @@ def test_settings_line_names_calibration_and_pattern():
     assert line == ("settings: method sparsegpt, scope layer, pattern 2:4, values fp16, format csr, "
                     "calibration samples 256, layer ratio fc0.weight=0.7, no fallback")
     assert "calibration samples all" in settings_line(dict(method="wanda", ratio=0.5))
+
+
+@pytest.mark.parametrize("cap,expected", [
+    (None, "calibration samples 40 (all)"),
+    ("16", "calibration samples 16 of 40 (the first 16)"),
+    ("100", "calibration samples 40 (all)"),
+])
+def test_report_says_how_many_calibration_samples_were_used(mlp_file: Path, tmp_path: Path, cap, expected):
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(1).standard_normal((40, 20)).astype(np.float32))
+    report = tmp_path / "r.json"
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--method", "wanda", "--calibration",
+                      str(tmp_path / "calib.npz"), "--report-json", str(report),
+                      *(["--calibration-samples", cap] if cap else []))
+    assert done.exit_code == 0, done.stderr
+    assert f", {expected}" in done.stdout, done.stdout
+    settings = json.loads(report.read_text())["settings"]
+    used = 16 if cap == "16" else 40
+    assert (settings["calibration_samples_used"], settings["calibration_samples_held"]) == (used, 40)
 
 
 def test_auto_dense_reported_and_overridable(mlp_file: Path, tmp_path: Path):
@@ -469,6 +576,35 @@ def test_densify_round_trip(mlp_file: Path, tmp_path: Path):
     done = cli_inproc("densify", str(pruned), str(pruned))
     assert done.exit_code == 1
     one_line_error(done.stderr, "is the input file")
+
+
+def test_densify_of_a_model_without_sparse_gemm_writes_an_unchanged_copy_and_says_so(mlp_file: Path,
+                                                                                       tmp_path: Path):
+    out = tmp_path / "d.onnx"
+    done = cli_inproc("densify", str(mlp_file), str(out))
+    assert done.exit_code == 0, done.stderr
+    assert done.stderr.strip().splitlines() == [f"warning: '{mlp_file}' has no SparseGemm node; {out} is an "
+                                                "unchanged copy"]
+    assert done.stdout.strip() == f"wrote {out}"
+    assert onnx.load(str(out)) == onnx.load(str(mlp_file))
+
+
+def test_bench_refuses_a_pruned_model_as_the_dense_one(mlp_file: Path, tmp_path: Path):
+    pruned = tmp_path / "p.onnx"
+    assert cli_inproc(str(mlp_file), str(pruned), "-q").exit_code == 0
+    usage = "onnx-prune bench DENSE.onnx [PRUNED.onnx]"
+    nodes = "3 SparseGemm nodes (/fc0/Gemm, /fc1/Gemm, /fc2/Gemm)"
+    for args, message in [
+        ((pruned, mlp_file), f"error: the arguments look swapped: '{pruned}' is pruned ({nodes}) and '{mlp_file}' "
+                             f"is not; {usage}"),
+        ((pruned,), f"error: '{pruned}' is already pruned ({nodes}); bench takes the dense model first: {usage}"),
+        ((pruned, pruned), f"error: '{pruned}' is already pruned ({nodes}); bench takes the dense model first"),
+        ((mlp_file, mlp_file), f"error: '{mlp_file}' has no SparseGemm node, so it is not a pruned model; {usage}"),
+    ]:
+        done = cli_inproc("bench", *map(str, args), "--batch", "1", "--rounds", "1")
+        assert done.exit_code == 2, done.stdout
+        one_line_error(done.stderr, message)
+        assert "dense µs" not in done.stdout
 
 
 def test_subcommands_missing_modules_say_so(tmp_path: Path, monkeypatch):
@@ -586,5 +722,5 @@ def test_calibration_methods_and_patterns_reach_the_sparsifier(mlp_file: Path, t
             groups = np.bincount(indices[offsets[n]:offsets[n + 1]] // 4)
             assert groups.max(initial=0) <= 2
     done = cli_inproc(str(mlp_file), str(tmp_path / "w.onnx"), "--method", "wanda")
-    assert done.exit_code == 1
+    assert done.exit_code == 2
     one_line_error(done.stderr, "needs --calibration")

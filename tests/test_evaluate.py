@@ -126,6 +126,7 @@ def test_run_eval_cli_writes_json_and_png(mlp_and_data, library_path, tmp_path, 
     assert doc["rows"] == json.loads(json.dumps(rows)) and doc["batch"] == 8 and doc["machine"]
     printed = capsys.readouterr().out
     assert "magnitude" in printed and "0.50" in printed
+    assert printed.splitlines()[-2:] == [f"wrote {png}", f"wrote {js}"]
 
 
 def test_eval_int8_point_is_onnxruntimes_accuracy_of_the_quantized_model(mlp_and_data, library_path, tmp_path):

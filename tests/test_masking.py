@@ -61,11 +61,16 @@ def test_parse_pattern(pattern, expected):
     assert masking.parse_pattern(pattern) == expected
 
 
-@pytest.mark.parametrize("pattern", ["2-4", "4:2", "0:4", "2:2", "a:b", "2:4:8", "", "1x1", "0x4", "4x", "2x2x2",
+@pytest.mark.parametrize("pattern", ["2-4", "4:2", "0:4", "2:2", "a:b", "2:4:8", "", "0x4", "4x", "2x2x2",
                                      "4x1:2"])
 def test_parse_pattern_rejects_bad_text(pattern):
     with pytest.raises(ValueError, match="--pattern takes N:M with integers 0 < N < M"):
         masking.parse_pattern(pattern)
+
+
+def test_parse_pattern_1x1_says_to_leave_the_pattern_out():
+    with pytest.raises(ValueError, match="--pattern 1x1 removes single weights, which is unstructured pruning"):
+        masking.parse_pattern("1x1")
 
 
 @pytest.mark.parametrize("pattern,rows,cols", [("4x1", 4, 1), ("8x1", 8, 1), ("2x2", 2, 2), (" 1X4", 1, 4)])

@@ -3,6 +3,7 @@ within manylinux_2_28, onnxruntime can load and unload it without leaking, and a
 old-IR model loads in the onnxruntime installed here (CI runs this on the oldest one we support)."""
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import subprocess
@@ -153,3 +154,14 @@ def test_pruned_file_of_an_ir7_model_loads_in_this_onnxruntime(library_path):
     assert_close(with_library.run(None, {"input": x})[0], expected)
     assert_close(fallback.run(None, {"input": x})[0], expected)
 
+
+
+def test_package_namespace_holds_only_the_api_and_its_modules():
+    """``dir(onnx_prune)`` is what users explore: the public names and submodules, no leftovers of
+    import machinery such as ``annotations`` from a ``from __future__`` line."""
+    public = [n for n in dir(onnx_prune) if not n.startswith("_")]
+    assert "annotations" not in public
+    for name in onnx_prune.__all__:
+        assert hasattr(onnx_prune, name), name
+    leftovers = [n for n in public if n not in onnx_prune.__all__ and not inspect.ismodule(getattr(onnx_prune, n))]
+    assert leftovers == [], leftovers

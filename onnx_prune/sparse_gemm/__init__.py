@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from . import contract, formats
 from .formats import PackedWeight, SparseFormat
-from .node import SparseGemmNode, formats_used, is_sparse_gemm, make_sparse_gemm, sparse_tensor_names
+from .node import (SparseGemmNode, formats_used, is_sparse_gemm, make_sparse_gemm, sparse_gemm_summary,
+                   sparse_tensor_names)
 
 __all__ = ["contract", "formats", "PackedWeight", "SparseFormat", "SparseGemmNode", "formats_used", "is_sparse_gemm",
-           "make_sparse_gemm", "sparse_tensor_names"]
+           "make_sparse_gemm", "sparse_gemm_summary", "sparse_tensor_names"]

@@ -25,6 +25,16 @@ def is_sparse_gemm(node: onnx.NodeProto) -> bool:
     return node.op_type == contract.OP_TYPE and node.domain == contract.DOMAIN
 
 
+def sparse_gemm_summary(model: onnx.ModelProto, shown: int = 3) -> str:
+    """``"3 SparseGemm nodes (/fc1/Gemm, /fc2/Gemm, /fc3/Gemm)"`` for messages about a model that is
+    (or is not) already pruned; ``""`` when its graph has none."""
+    names = [node.name or "(unnamed)" for node in model.graph.node if is_sparse_gemm(node)]
+    if not names:
+        return ""
+    more = ", …" if len(names) > shown else ""
+    return f"{len(names)} SparseGemm node{'s' if len(names) > 1 else ''} ({', '.join(names[:shown])}{more})"
+
+
 def formats_used(nodes: Iterable[onnx.NodeProto]) -> dict[str, str]:
     """The formats the SparseGemm nodes among ``nodes`` store, each with the first node using it."""
     used: dict[str, str] = {}
