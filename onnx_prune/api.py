@@ -18,20 +18,20 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from . import masking, sparsifiers
-from .auto_dense import DENSE_KEEP_THRESHOLD, split_dense
-from .bias import BIAS_CORRECTION
+from .pruning import masking, sparsifiers
+from .pruning.auto_dense import DENSE_KEEP_THRESHOLD, split_dense
+from .pruning.bias import BIAS_CORRECTION
 from .errors import OnnxPruneError, UsageError, first_line
-from .graph import opset_version
-from .layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
-from .modelio import PROTOBUF_LIMIT, load_external_data, load_model, read_npz
-from .report import PruneReport
-from .rewrite import PrunedLayer, add_optional_parts, rewrite
+from .model.graph import opset_version
+from .model.layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
+from .model.modelio import PROTOBUF_LIMIT, load_external_data, load_model, read_npz
+from .check.report import PruneReport
+from .sparse_gemm.rewrite import PrunedLayer, add_optional_parts, rewrite
 from .sparse_gemm import formats, sparse_gemm_summary
 from .sparse_gemm.formats import SparseFormat, bcsr
 
 if TYPE_CHECKING:
-    from .verify import MaskedDenseReference
+    from .check.verify import MaskedDenseReference
 
 SCOPES = ("layer", "global")
 
@@ -116,7 +116,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
         if size_before is not None:
             report.size_before = size_before
         if reference_path is not None:
-            from .verify import verify_pruned
+            from .check.verify import verify_pruned
 
             say("verifying against the masked dense model")
             report.verification = verify_pruned(reference_path, out, values=values, inputs=verify_inputs,
@@ -165,15 +165,12 @@ def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[st
     (and SparseGPT's blocks within it) of a method that prunes layer by layer on calibration data.
 
     A method that needs no calibration statistics runs here; the others (and N:M patterns) belong
-    to onnx_prune.calibration, imported only when asked for.
+    to onnx_prune.pruning.calibration.
     """
     sparsifier = sparsifiers.get(method)
     if sparsifier.needs_calibration or pattern:
-        try:
-            from .calibration import sparsify as calibration_sparsify
-        except ImportError:
-            what = f"method {method}" if sparsifier.needs_calibration else f"pattern {pattern}"
-            raise OnnxPruneError(f"{what} needs onnx_prune.calibration, which this installation lacks") from None
+        from .pruning.calibration import sparsify as calibration_sparsify
+
         data, counts = None, None
         if calibration is not None and sparsifier.needs_calibration:
             data, counts = checked_calibration(load_calibration(calibration), model, calibration_samples)
@@ -193,7 +190,7 @@ def checked_calibration(data: Mapping[str, np.ndarray], model: onnx.ModelProto, 
                         ) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
     """The calibration arrays checked against the model and cut to the samples a method will use,
     with (samples used, samples held)."""
-    from .calibration import checked_calibration as check
+    from .pruning.calibration import checked_calibration as check
 
     checked, plan = check(data, model, samples)
     return checked, (plan.samples, int(np.shape(data[next(iter(checked))])[0]))
@@ -255,7 +252,7 @@ def _verification_reference(verify: bool, source: Optional[str]) -> Optional["Ma
     """Where the masked dense model of a verification is written (close it afterwards), or None."""
     if not verify:
         return None
-    from .verify import MaskedDenseReference
+    from .check.verify import MaskedDenseReference
 
     return MaskedDenseReference(Path(source).parent if source is not None else None)
 

@@ -16,10 +16,11 @@ from typing import Callable, Iterator, List, Optional, Sequence
 import typer
 
 from ._version import __version__
-from . import baselines, sparsifiers
+from .measure import baselines
+from .pruning import sparsifiers
 from .api import SCOPES, value_types
-from .auto_dense import DENSE_KEEP_THRESHOLD
-from .bias import BIAS_CORRECTION
+from .pruning.auto_dense import DENSE_KEEP_THRESHOLD
+from .pruning.bias import BIAS_CORRECTION
 from .errors import OnnxPruneError, UsageError
 from .sparse_gemm import formats
 
@@ -42,7 +43,7 @@ def _errors_as_one_line(debug: bool, outputs: Sequence[Optional[Path]] = ()) -> 
     """OnnxPruneError → ``error: message``; anything unexpected → one line naming its type.
     An interrupt says which of ``outputs`` were already written. ``debug`` also lets onnxruntime
     log its own warnings."""
-    from . import runtime
+    from .runtime import session as runtime
 
     runtime.set_verbose(debug)
     before = {path: _file_identity(path) for path in outputs if path is not None}
@@ -180,7 +181,8 @@ def prune_command(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Prune IN.onnx into OUT.onnx and print a per-layer report."""
-    from . import api, modelio
+    from . import api
+    from .model import modelio
 
     with _errors_as_one_line(debug, outputs=[output_path, report_json]):
         modelio.check_output_path(input_path, output_path)
@@ -220,7 +222,8 @@ def bench_command(
 ) -> None:
     """Time the dense model against the pruned one (and baselines) in one onnxruntime process."""
     with _errors_as_one_line(debug, outputs=[json_path]):
-        run_bench_cli = _optional("bench", "run_bench_cli")
+        from .measure.bench import run_bench_cli
+
         with _warnings_as_lines(quiet):
             run_bench_cli(str(input_path), str(pruned_path) if pruned_path else None, ratio=ratio, batches=batch,
                           threads=threads, rounds=rounds,
@@ -244,7 +247,8 @@ def eval_command(
 ) -> None:
     """Accuracy and latency of the pruned model across ratios (and methods), next to onnxruntime int8."""
     with _errors_as_one_line(debug, outputs=[png, json_path]):
-        run_eval_cli = _optional("evaluate", "run_eval_cli")
+        from .measure.evaluate import run_eval_cli
+
         with _warnings_as_lines(quiet), _progress_bar(quiet) as progress:
             run_eval_cli(str(model), str(data), ratios=ratio, methods=method, batch=batch, threads=threads,
                          png=str(png) if png else None, json_path=str(json_path) if json_path else None,
@@ -263,11 +267,12 @@ def densify_command(
 
     A model without SparseGemm nodes is written unchanged, with a warning (so a script can densify
     every model it is given)."""
-    from . import modelio
+    from .model import modelio
     from .sparse_gemm import sparse_gemm_summary
 
     with _errors_as_one_line(debug):
-        densify_model = _optional("densify", "densify_model")
+        from .sparse_gemm.densify import densify_model
+
         modelio.check_output_path(input_path, output_path)
         model = modelio.load_model(input_path)
         if sparse_gemm_summary(model):
@@ -277,16 +282,6 @@ def densify_command(
         modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
         if not quiet:
             typer.echo(f"wrote {output_path}")
-
-
-def _optional(module: str, function: str):
-    """A function of a module other engineers own, imported only when its subcommand runs."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(f"onnx_prune.{module}"), function)
-    except (ImportError, AttributeError):
-        raise OnnxPruneError(f"this installation lacks onnx_prune.{module}.{function}") from None
 
 
 def _version_callback(value: bool) -> None:

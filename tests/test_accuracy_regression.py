@@ -13,10 +13,10 @@ import pytest
 from onnx import numpy_helper
 
 from helpers_models import mlp
-from onnx_prune import masking
-from onnx_prune.calibration import sparsify
-from onnx_prune.layers import find_layers
-from onnx_prune.sparsegpt import sparsegpt_prune, sparsegpt_prune_with_bias
+from onnx_prune.pruning import masking
+from onnx_prune.pruning.calibration import sparsify
+from onnx_prune.model.layers import find_layers
+from onnx_prune.pruning.sparsegpt import sparsegpt_prune, sparsegpt_prune_with_bias
 
 DIMS = (48, 96, 96, 10)
 

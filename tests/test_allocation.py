@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from onnx_prune import allocation
-from onnx_prune.sparsegpt import reconstruction_curve, sparsegpt_prune_with_bias
+from onnx_prune.pruning import allocation
+from onnx_prune.pruning.sparsegpt import reconstruction_curve, sparsegpt_prune_with_bias
 
 
 @pytest.mark.parametrize("total", [0, 1, 7, 500, 999, 1000])

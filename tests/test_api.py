@@ -12,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_prune
-from onnx_prune import api, auto_dense
+from onnx_prune import api
+from onnx_prune.pruning import auto_dense
 from onnx_prune.sparse_gemm import contract
 from onnx_prune.errors import OnnxPruneError
 
@@ -332,7 +333,7 @@ def test_verification_passes_and_fails_above_tolerance(monkeypatch):
     _, report = onnx_prune.prune(mlp(), 0.9, verify=True)
     v = report.verification
     assert v.passed and v.max_rel_error <= 1e-4 and set(v.per_output) == {"logits"} and v.tolerance == 1e-4
-    import onnx_prune.verify as verify
+    import onnx_prune.check.verify as verify
 
     monkeypatch.setattr(verify, "VERIFY_TOLERANCE", -1.0)
     with pytest.raises(OnnxPruneError, match="verification failed: max relative error .* logits"):
@@ -364,16 +365,6 @@ def test_report_json_contents():
     assert data["settings"]["ratio"] == 0.9 and data["settings"]["values"] == "fp16"
     assert data["total_params"] == 320 + 192 + 60 and data["total_nnz"] == 32 + 20 + 60
     assert data["file_size_before"] == model.ByteSize() and data["verification"] is None
-
-
-def test_methods_other_than_magnitude_need_the_calibration_module(monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "onnx_prune.calibration", None)  # as if it were not installed
-    with pytest.raises(OnnxPruneError, match="method wanda needs onnx_prune.calibration"):
-        onnx_prune.prune(mlp(), 0.5, method="wanda")
-    with pytest.raises(OnnxPruneError, match="pattern 2:4 needs onnx_prune.calibration"):
-        onnx_prune.prune(mlp(), 0.5, pattern="2:4")
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from onnx_prune import modelio
+from onnx_prune.model import modelio
 from onnx_prune.errors import OnnxPruneError
 
 BIG = 4096  # floats in the external tensor (above save_model_atomic's 1 KiB inline threshold)
@@ -138,7 +138,7 @@ _WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[2])
     from pathlib import Path
-    from onnx_prune import modelio
+    from onnx_prune.model import modelio
     from test_atomic_write import stamped_model
     dest = Path(sys.argv[1])
     print("ready", flush=True)

@@ -240,7 +240,7 @@ def test_kernel_checks_the_nnz_attribute() -> None:
 
 
 def _fallback_model(packed: bcsr.BcsrWeight, tmp_path: Path) -> Path:
-    from onnx_prune.fallback import add_fallback_functions
+    from onnx_prune.sparse_gemm.fallback import add_fallback_functions
 
     model = bcsr_model(packed, a_shape=["M", packed.K])
     add_fallback_functions(model)

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from onnx_prune.api import prune
-from onnx_prune.bench import bench_pair, make_inputs, parse_threads
+from onnx_prune.measure.bench import bench_pair, make_inputs, parse_threads
 from onnx_prune.errors import OnnxPruneError
 
 from helpers_models import mlp as mlp_model
@@ -101,7 +101,7 @@ def test_bench_cli_int8_baseline_columns_and_checked_outputs(tmp_path: Path):
 def test_bench_refuses_a_baseline_that_computes_something_else(monkeypatch):
     from onnx import numpy_helper
 
-    import onnx_prune.baselines as baselines
+    import onnx_prune.measure.baselines as baselines
 
     def wrong_int8(model, per_channel=False):
         broken = onnx.ModelProto()
@@ -120,7 +120,7 @@ def test_bench_refuses_a_baseline_that_computes_something_else(monkeypatch):
 
 
 def test_baseline_values_are_checked():
-    from onnx_prune import baselines
+    from onnx_prune.measure import baselines
 
     assert [b.name for b in baselines.parse(["int8,int8-per-channel", "int8"])] == ["int8", "int8-per-channel"]
     assert baselines.parse(["none"]) == []

@@ -14,9 +14,9 @@ from onnx import helper, numpy_helper
 
 import onnx_prune
 from helpers_models import M, f32, gemm, make_model, matmul
-from onnx_prune import bias as bias_terms
-from onnx_prune.layers import find_layers
-from onnx_prune.runtime import open_session, run
+from onnx_prune.pruning import bias as bias_terms
+from onnx_prune.model.layers import find_layers
+from onnx_prune.runtime.session import open_session, run
 
 K, N = 24, 10
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from onnx_prune import blas_threads
-from onnx_prune.blas_threads import blas_threads as current_threads, one_blas_thread
+from onnx_prune.pruning import blas_threads
+from onnx_prune.pruning.blas_threads import blas_threads as current_threads, one_blas_thread
 
 needs_openblas = pytest.mark.skipif(current_threads() is None, reason="numpy is not linked against OpenBLAS")
 

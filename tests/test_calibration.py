@@ -12,11 +12,11 @@ from onnx import helper
 
 import onnx_prune
 from helpers_models import f32, make_model, mlp, mlp_weights_kn
-from onnx_prune import masking
-from onnx_prune.calibration import load_calibration, sparsify, wanda_scores
+from onnx_prune.pruning import masking
+from onnx_prune.pruning.calibration import load_calibration, sparsify, wanda_scores
 from onnx_prune.errors import OnnxPruneError
-from onnx_prune.layers import find_layers
-from onnx_prune.sparsegpt import sparsegpt_prune
+from onnx_prune.model.layers import find_layers
+from onnx_prune.pruning.sparsegpt import sparsegpt_prune
 
 DIMS = (32, 24, 16, 8)
 
@@ -437,7 +437,7 @@ def test_arrays_that_are_not_model_inputs_are_ignored_with_one_warning(tmp_path)
 def test_api_progress_callback_hears_every_sparsegpt_layer_and_block():
     """The CLI's progress bar is api.prune's (message, done, total) callback: long SparseGPT runs
     must move it layer by layer and block by block, not only at the five api steps."""
-    from onnx_prune.sparsegpt import BLOCK_SIZE
+    from onnx_prune.pruning.sparsegpt import BLOCK_SIZE
 
     dims = (2 * BLOCK_SIZE + 10, 8, 4)  # the first layer walks 3 blocks of inputs
     model = mlp(dims)

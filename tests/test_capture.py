@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from helpers_models import M, attention_block, gemm, matmul, mlp, mlp_weights_kn
-from onnx_prune import capture
-from onnx_prune.calibration import checked_calibration
+from onnx_prune.pruning import capture
+from onnx_prune.pruning.calibration import checked_calibration
 from onnx_prune.errors import OnnxPruneError
-from onnx_prune.layers import find_layers
-from onnx_prune.masking import magnitude_mask
+from onnx_prune.model.layers import find_layers
+from onnx_prune.pruning.masking import magnitude_mask
 
 
 def _stats(model, data, layers=None, hessian=True):

@@ -80,7 +80,7 @@ def test_opset_below_7_is_one_line_without_onnxruntime_logs(tmp_path: Path):
 
 
 def test_onnxruntime_logs_only_with_debug(monkeypatch):
-    from onnx_prune import runtime
+    from onnx_prune.runtime import session as runtime
 
     runtime.set_verbose(False)
     assert runtime.session_options().log_severity_level == runtime.QUIET
@@ -140,7 +140,7 @@ def test_interrupt_before_writing_says_nothing_was_written(mlp_file: Path, tmp_p
 
 
 def test_interrupt_after_writing_the_model_says_so(mlp_file: Path, tmp_path: Path, monkeypatch):
-    from onnx_prune import modelio
+    from onnx_prune.model import modelio
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -153,7 +153,7 @@ def test_interrupt_after_writing_the_model_says_so(mlp_file: Path, tmp_path: Pat
 
 
 def test_interrupt_message_sees_a_replaced_output(mlp_file: Path, tmp_path: Path, monkeypatch):
-    from onnx_prune import modelio
+    from onnx_prune.model import modelio
 
     out = tmp_path / "o.onnx"
     assert cli_inproc(str(mlp_file), str(out), "-q").exit_code == 0  # an older output is there
@@ -182,7 +182,7 @@ def test_eval_warnings_are_warning_lines(tmp_path: Path):
 
 
 def test_eval_png_without_matplotlib_fails_before_the_sweep(mlp_file: Path, tmp_path: Path, monkeypatch):
-    from onnx_prune import evaluate
+    from onnx_prune.measure import evaluate
 
     def no_sweep(*args, **kwargs):
         raise AssertionError("the sweep ran")

@@ -223,7 +223,8 @@ def test_bench_bad_option_value_exit_2(mlp_file: Path, args, message):
 
 
 def test_help_lists_the_choices_of_the_registries(mlp_file: Path):
-    from onnx_prune import api, sparsifiers
+    from onnx_prune import api
+    from onnx_prune.pruning import sparsifiers
 
     done = cli("prune", "--help")
     assert done.returncode == 0
@@ -465,7 +466,7 @@ def test_csr_report_has_no_stored_values_column(mlp_file: Path, tmp_path: Path):
 
 
 def test_settings_line_names_calibration_and_pattern():
-    from onnx_prune.report import settings_line
+    from onnx_prune.check.report import settings_line
 
     line = settings_line(dict(method="sparsegpt", scope="layer", ratio=0.5, values="fp16", format="csr",
                               pattern="2:4", calibration_samples=256, layer_ratios={"fc0.weight": 0.7},
@@ -516,7 +517,7 @@ def test_non_float32_layer_warning_is_printed(tmp_path: Path):
 
 
 def test_unwritable_output_folder(mlp_file: Path, tmp_path: Path, monkeypatch):
-    import onnx_prune.modelio as modelio
+    import onnx_prune.model.modelio as modelio
 
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -540,7 +541,7 @@ def test_failed_write_leaves_no_output(mlp_file: Path, tmp_path: Path, monkeypat
 
 
 def test_failed_verification_writes_nothing(mlp_file: Path, tmp_path: Path, monkeypatch):
-    import onnx_prune.verify as verify
+    import onnx_prune.check.verify as verify
 
     monkeypatch.setattr(verify, "VERIFY_TOLERANCE", -1.0)
     done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--report-json", str(tmp_path / "r.json"))
@@ -566,8 +567,8 @@ def test_densify_round_trip(mlp_file: Path, tmp_path: Path):
     pruned, dense = tmp_path / "p.onnx", tmp_path / "d.onnx"
     assert cli_inproc(str(mlp_file), str(pruned), "--ratio", "0.9", "-q").exit_code == 0
     done = cli_inproc("densify", str(pruned), str(dense))
-    if "lacks onnx_prune.densify" in done.stderr:
-        pytest.skip("onnx_prune.densify is not part of this installation")
+    if "lacks onnx_prune.sparse_gemm.densify" in done.stderr:
+        pytest.skip("onnx_prune.sparse_gemm.densify is not part of this installation")
     assert done.exit_code == 0, done.output
     model = onnx.load(str(dense))
     assert not [n for n in model.graph.node if n.domain == contract.DOMAIN]
@@ -605,22 +606,6 @@ def test_bench_refuses_a_pruned_model_as_the_dense_one(mlp_file: Path, tmp_path:
         assert done.exit_code == 2, done.stdout
         one_line_error(done.stderr, message)
         assert "dense µs" not in done.stdout
-
-
-def test_subcommands_missing_modules_say_so(tmp_path: Path, monkeypatch):
-    import importlib
-
-    real = importlib.import_module
-
-    def without_evaluate(name, *args):
-        if name == "onnx_prune.evaluate":
-            raise ImportError(name)
-        return real(name, *args)
-
-    monkeypatch.setattr(importlib, "import_module", without_evaluate)
-    done = cli_inproc("eval", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"))
-    assert done.exit_code == 1
-    one_line_error(done.stderr, "this installation lacks onnx_prune.evaluate.run_eval_cli")
 
 
 # ----------------------------------------------------------------------------- real-exporter fixtures
@@ -696,10 +681,10 @@ def test_real_exporter_fixtures(tmp_path: Path, fixture: Path):
 def test_calibration_methods_and_patterns_reach_the_sparsifier(mlp_file: Path, tmp_path: Path):
     import importlib.util
 
-    if importlib.util.find_spec("onnx_prune.calibration") is None:
+    if importlib.util.find_spec("onnx_prune.pruning.calibration") is None:
         done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--pattern", "2:4")
         assert done.exit_code == 1
-        one_line_error(done.stderr, "pattern 2:4 needs onnx_prune.calibration")
+        one_line_error(done.stderr, "pattern 2:4 needs onnx_prune.pruning.calibration")
         return
     cal = tmp_path / "cal.npz"
     np.savez(cal, input=np.random.default_rng(9).standard_normal((16, 20)).astype(np.float32))

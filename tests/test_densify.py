@@ -2,7 +2,7 @@
 
 Models are built with onnx.helper; references are float64 numpy (single nodes, see
 test_fallback.reference) or the original model with its weights masked independently with
-onnx_prune.masking (prune -> densify), run in plain onnxruntime without the onnx-prune library.
+onnx_prune.pruning.masking (prune -> densify), run in plain onnxruntime without the onnx-prune library.
 """
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_prune import masking
+from onnx_prune.pruning import masking
 from onnx_prune.sparse_gemm import contract
-from onnx_prune.densify import densify_model
+from onnx_prune.sparse_gemm.densify import densify_model
 from onnx_prune.errors import OnnxPruneError
-from onnx_prune.fallback import add_fallback_functions
-from onnx_prune.library import find_library_path
+from onnx_prune.sparse_gemm.fallback import add_fallback_functions
+from onnx_prune.runtime.library import find_library_path
 
 from test_fallback import CASES, Case, build_model, masked_weight, reference
 

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from helpers_models import IR_VERSION
 from onnx_prune.errors import OnnxPruneError
-from onnx_prune.evaluate import ROW_KEYS, evaluate_accuracy, plot_sweep, run_eval_cli, sweep
+from onnx_prune.measure.evaluate import ROW_KEYS, evaluate_accuracy, plot_sweep, run_eval_cli, sweep
 
 SIZES = (12, 48, 40, 5)
 
@@ -87,7 +87,7 @@ def test_accuracy_matches_numpy_forward_for_path_and_proto(mlp_and_data):
 
 
 def test_accuracy_over_several_chunks(mlp_and_data, monkeypatch):
-    import onnx_prune.evaluate as evaluate
+    import onnx_prune.measure.evaluate as evaluate
 
     model, params, _, data_path, x, labels = mlp_and_data
     monkeypatch.setattr(evaluate, "EVAL_CHUNK", 7)

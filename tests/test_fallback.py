@@ -26,9 +26,9 @@ from onnx import TensorProto, helper, numpy_helper
 from helpers_models import newest_opset
 from onnx_prune.sparse_gemm import contract, formats
 from onnx_prune.errors import OnnxPruneError
-from onnx_prune.fallback import add_fallback_functions, build_sparse_gemm_function, has_fallback_function
+from onnx_prune.sparse_gemm.fallback import add_fallback_functions, build_sparse_gemm_function, has_fallback_function
 from onnx_prune.sparse_gemm.formats.csr import dense_to_csr
-from onnx_prune.library import find_library_path
+from onnx_prune.runtime.library import find_library_path
 
 needs_library = pytest.mark.skipif(find_library_path() is None,
                                    reason="the onnx-prune library is not built (set ONNX_PRUNE_LIBRARY)")
@@ -398,7 +398,7 @@ def test_pruned_model_without_library_runs_exactly_the_dense_models_ops(name: st
     (+ Add) for N-D MatMul layers, Relu) -- the If branches, conditions, bias test and weight
     rebuild are all folded away. Read from the profiler."""
     api = pytest.importorskip("onnx_prune.api")
-    from onnx_prune.densify import densify_model
+    from onnx_prune.sparse_gemm.densify import densify_model
 
     model, x = STRUCTURAL_MODELS[name]()
     pruned, _ = api.prune(model, ratio=0.9)

@@ -158,8 +158,8 @@ def test_node_reader_errors_name_the_node() -> None:
 def test_fallback_refuses_a_model_mixing_formats(monkeypatch: pytest.MonkeyPatch) -> None:
     """One fallback function serves one format: two formats in one model are one clear error,
     which add_optional_parts turns into a warning (the pruned file still needs the library)."""
-    from onnx_prune.fallback import has_fallback_function, model_format
-    from onnx_prune.rewrite import add_optional_parts
+    from onnx_prune.sparse_gemm.fallback import has_fallback_function, model_format
+    from onnx_prune.sparse_gemm.rewrite import add_optional_parts
     from onnx_prune.sparse_gemm.formats import base
     from onnx_prune.sparse_gemm.formats.csr import CsrFormat
 

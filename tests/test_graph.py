@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_prune.graph import (SMALL_TENSOR_ELEMENTS, NameScope, inferred_value_info, iter_nodes, keep_known_shapes,
+from onnx_prune.model.graph import (SMALL_TENSOR_ELEMENTS, NameScope, inferred_value_info, iter_nodes, keep_known_shapes,
                               node_reads, opset_version, remove_dead_tensors, subgraph_reads, weight_free_copy)
 
 

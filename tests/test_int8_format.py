@@ -19,8 +19,8 @@ from onnx import helper, numpy_helper
 
 import onnx_prune
 from onnx_prune.errors import OnnxPruneError
-from onnx_prune.fallback import add_fallback_functions
-from onnx_prune.library import find_library_path
+from onnx_prune.sparse_gemm.fallback import add_fallback_functions
+from onnx_prune.runtime.library import find_library_path
 from onnx_prune.sparse_gemm import contract, formats, make_sparse_gemm
 from onnx_prune.sparse_gemm.formats import csr_int8
 

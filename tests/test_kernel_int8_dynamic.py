@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from onnx_prune.fallback import build_sparse_gemm_function
+from onnx_prune.sparse_gemm.fallback import build_sparse_gemm_function
 from kernel_models import Int8Csr, gemm_attributes, int8_csr, open_session, random_int8_csr, weights_model
 from test_kernel import isa  # noqa: F401  (the fixture: every test below runs on every ISA)
 from test_kernel import rng_for

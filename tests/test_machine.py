@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from onnx_prune import machine
+from onnx_prune.measure import machine
 
 ZEN3 = """processor\t: 0
 vendor_id\t: AuthenticAMD

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from onnx_prune import masking
+from onnx_prune.pruning import masking
 
 
 def test_removal_count_is_the_floor_even_where_binary_rounding_bites():

@@ -20,7 +20,7 @@ import pytest
 from onnx import helper
 
 from onnx_prune.sparse_gemm import contract, formats
-from onnx_prune.netron_meta import netron_metadata, netron_metadata_json
+from onnx_prune.sparse_gemm.netron_meta import netron_metadata, netron_metadata_json
 
 _TOOL = Path(__file__).resolve().parent.parent / "tools" / "netron_screenshot.py"
 

@@ -13,10 +13,10 @@ import pytest
 from onnx import helper, numpy_helper
 
 import onnx_prune
-from onnx_prune import modelio
+from onnx_prune.model import modelio
 from onnx_prune.sparse_gemm import contract
 from onnx_prune.errors import OnnxPruneError
-from onnx_prune.layers import find_layers
+from onnx_prune.model.layers import find_layers
 
 from helpers_models import f32, gemm, keep_mask, make_model, matmul, mlp
 
@@ -125,9 +125,9 @@ def test_optional_parts_netron_metadata_and_fallback_switch():
     out_on, _ = onnx_prune.prune(mlp(), 0.9, fallback=True)
     out_off, _ = onnx_prune.prune(mlp(), 0.9, fallback=False)
     assert not out_off.functions
-    if importlib.util.find_spec("onnx_prune.fallback"):
+    if importlib.util.find_spec("onnx_prune.sparse_gemm.fallback"):
         assert [(f.domain, f.name) for f in out_on.functions] == [(contract.DOMAIN, contract.OP_TYPE)]
-    if importlib.util.find_spec("onnx_prune.netron_meta"):
+    if importlib.util.find_spec("onnx_prune.sparse_gemm.netron_meta"):
         for out in (out_on, out_off):
             meta = {p.key: p.value for p in out.metadata_props}
             assert contract.OP_TYPE in meta["metadata.json"]
@@ -240,7 +240,7 @@ def test_failed_save_leaves_nothing_behind(tmp_path: Path, monkeypatch):
 def test_report_printout_summarises_many_skipped_nodes():
     from rich.console import Console
 
-    from onnx_prune.report import PruneReport, human_size
+    from onnx_prune.check.report import PruneReport, human_size
 
     model, _ = matmul(8, 4, a_rank=2, bias_shape=(None,))
     _, report = onnx_prune.prune(model, 0.75)
@@ -258,7 +258,7 @@ def test_report_printout_summarises_many_skipped_nodes():
 
 
 def test_max_relative_error_definition():
-    from onnx_prune.verify import max_relative_error
+    from onnx_prune.check.verify import max_relative_error
 
     assert max_relative_error(np.array([2.0, -4.0]), np.array([2.0, -3.0])) == pytest.approx(0.25)
     assert max_relative_error(np.array([np.nan, 1.0]), np.array([np.nan, 1.0])) == 0.0
@@ -270,7 +270,7 @@ def test_max_relative_error_definition():
 
 
 def test_generated_inputs_share_symbolic_sizes():
-    from onnx_prune.verify import generated_inputs
+    from onnx_prune.check.verify import generated_inputs
 
     model = make_model([helper.make_node("Add", ["a", "b"], ["c"])],
                        [f32("a", ["batch", "seq", 4]), f32("b", ["seq", "batch", 1]),

@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnx_prune import runtime
+from onnx_prune.runtime import session as runtime
 from onnx_prune.api import prune
 from onnx_prune.errors import OnnxPruneError
-from onnx_prune.modelio import uses_external_data
+from onnx_prune.model.modelio import uses_external_data
 
 from helpers_models import mlp, mlp_reference
 

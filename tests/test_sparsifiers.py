@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnx_prune import api, cli, sparsifiers
-from onnx_prune.capture import InputStats
+from onnx_prune import api, cli
+from onnx_prune.pruning import sparsifiers
+from onnx_prune.pruning.capture import InputStats
 from onnx_prune.errors import OnnxPruneError, UsageError
-from onnx_prune.layers import find_layers
+from onnx_prune.model.layers import find_layers
 
 from helpers_models import global_keep_masks, keep_mask, mlp, mlp_weights_kn
 
@@ -67,7 +68,7 @@ def test_wanda_hook_drops_the_lowest_scores_of_each_output():
 def test_block_patterns_for_weight_and_activation_methods():
     """magnitude: the blocks of lowest mean w² go, over the layer; wanda: within each column of
     blocks (R outputs), each losing its share (per-output rule on the block scores)."""
-    from onnx_prune import masking
+    from onnx_prune.pruning import masking
 
     layer = find_layers(mlp((21, 10)))[0][0]  # K = 21, N = 10: partial blocks both ways for 4x2
     rng = np.random.default_rng(1)

@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from onnx_prune import timing
+from onnx_prune.measure import timing
 from onnx_prune.errors import UsageError
 
 

@@ -26,7 +26,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import onnx_prune  # noqa: E402
-from onnx_prune import masking, sparsegpt  # noqa: E402
+from onnx_prune.pruning import masking, sparsegpt  # noqa: E402
 
 COLUMNS = ("magnitude", "wanda", "sparsegpt", "sparsegpt+bias", "sparsegpt+refit", "sparsegpt+bias+refit")
 

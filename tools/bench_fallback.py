@@ -7,7 +7,7 @@ MLP block) it prunes at ``--ratio`` and, in one process with 1 intra-op thread, 
 
 * the ops onnxruntime runs per call (from its profiler) for dense and for the pruned file without
   the library, with graph optimisations at their default and disabled;
-* median latencies of interleaved rounds (onnx_prune.timing) of fallback against dense, for both
+* median latencies of interleaved rounds (onnx_prune.measure.timing) of fallback against dense, for both
   optimisation levels. The masked-dense model (pruned weights set to zero) is the dense side, so
   both compute the same function.
 
@@ -28,9 +28,10 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from onnx_prune import runtime, timing  # noqa: E402
+from onnx_prune.runtime import session as runtime  # noqa: E402
+from onnx_prune.measure import timing
 from onnx_prune.api import prune  # noqa: E402
-from onnx_prune.densify import densify_model  # noqa: E402
+from onnx_prune.sparse_gemm.densify import densify_model  # noqa: E402
 
 LEVELS = {"default": None, "disabled": "ORT_DISABLE_ALL"}
 

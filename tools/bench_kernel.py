@@ -39,7 +39,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_prune
-from onnx_prune import machine, masking, timing
+from onnx_prune.measure import machine, timing
+from onnx_prune.pruning import masking
 from onnx_prune.sparse_gemm import contract
 from onnx_prune.sparse_gemm import formats
 from onnx_prune.sparse_gemm.formats import PackedWeight
@@ -77,7 +78,7 @@ IR_VERSION = 9
 
 
 def machine_info() -> dict:
-    """What a reader needs to judge the numbers: onnx_prune.machine's description, plus the
+    """What a reader needs to judge the numbers: onnx_prune.measure.machine's description, plus the
     versions of the other candidates and the library that ran."""
     import scipy
 
@@ -353,7 +354,7 @@ def verify(candidate: Candidate, x: np.ndarray, layer: Layer) -> None:
 
 def time_candidates(candidates: Sequence[Candidate], *, rounds: int, warmup: int, block_s: float) -> dict:
     """name -> {"us": median µs per call, "rounds": per-round median seconds} for every runnable
-    candidate, timed in interleaved rounds by onnx_prune.timing."""
+    candidate, timed in interleaved rounds by onnx_prune.measure.timing."""
     live = [c for c in candidates if c.run is not None]
     if not live:
         return {}

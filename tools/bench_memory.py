@@ -80,7 +80,7 @@ def prune_command(model_path: Path, output: Path, ratio: float = 0.9, verify: bo
 
 def baseline_command() -> list[str]:
     """A child that imports what a prune run imports and loads nothing: the fixed overhead."""
-    return [sys.executable, "-c", "import onnxruntime, onnx_prune.api, onnx_prune.cli, onnx_prune.verify"]
+    return [sys.executable, "-c", "import onnxruntime, onnx_prune.api, onnx_prune.cli, onnx_prune.check.verify"]
 
 
 def main() -> None:

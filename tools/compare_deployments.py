@@ -1,7 +1,7 @@
 """What a user would deploy instead, side by side: the dense model, onnxruntime's int8 dynamic
 quantization of it (``quantize_dynamic``, what ``onnx-prune bench --baseline int8`` builds) and any
 number of pruned files, each with its test accuracy and its latency at every batch size and thread
-count, timed in one onnxruntime process in interleaved rounds (``onnx_prune.timing``; ratios are
+count, timed in one onnxruntime process in interleaved rounds (``onnx_prune.measure.timing``; ratios are
 medians of per-round ratios).
 
 Latency inputs are the first ``batch`` rows of the test set itself, so ReLU layers see the zeros real
@@ -22,7 +22,8 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from onnx_prune import baselines, evaluate, machine, runtime, timing  # noqa: E402
+from onnx_prune.measure import baselines, evaluate, machine, timing  # noqa: E402
+from onnx_prune.runtime import session as runtime
 
 DENSE, INT8 = "dense", "ort int8"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from onnx_prune.evaluate import run_eval_cli  # noqa: E402
+from onnx_prune.measure.evaluate import run_eval_cli  # noqa: E402
 
 CALIBRATION_SAMPLES = 256  # training images (never test images) for wanda / sparsegpt
 

@@ -46,10 +46,10 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, helper
 
-from .errors import OnnxPruneError
-from .graph import iter_nodes, opset_version
-from .sparse_gemm import contract, formats, formats_used, is_sparse_gemm
-from .sparse_gemm.function_body import (FLOAT_ZERO, FunctionBody, attr_equals, attr_vector, flatten_a_nodes,
+from ..errors import OnnxPruneError
+from ..model.graph import iter_nodes, opset_version
+from . import contract, formats, formats_used, is_sparse_gemm
+from .function_body import (FLOAT_ZERO, FunctionBody, attr_equals, attr_vector, flatten_a_nodes,
                                         output_shape_nodes, ref_attr)
 
 MIN_OPSET = 12  # Constant value_int / value_float / value_string (12); optional Gemm C, ScatterND, Unique (11)

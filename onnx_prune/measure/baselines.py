@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import onnx
 
-from .errors import OnnxPruneError, UsageError, first_line
+from ..errors import OnnxPruneError, UsageError, first_line
 
 # Max relative error (max |baseline - dense| / max |dense| per float output) an int8 model may
 # show before its timing is refused. Dynamic int8 quantization loses about 1% on a few layers;
@@ -66,7 +66,7 @@ def quantize_int8(dense: onnx.ModelProto, *, per_channel: bool = False) -> onnx.
     """onnxruntime's ``quantize_dynamic(weight_type=QInt8)`` of ``dense`` (not modified)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from .modelio import PROTOBUF_LIMIT, load_model
+    from ..model.modelio import PROTOBUF_LIMIT, load_model
 
     big = dense.ByteSize() > PROTOBUF_LIMIT
     with tempfile.TemporaryDirectory() as folder, _quiet_logging():
@@ -86,7 +86,7 @@ def check_outputs(baseline: Baseline, dense: Sequence[np.ndarray], candidate: Se
                   names: Sequence[str]) -> dict[str, float]:
     """Max relative error of each float output of the baseline against dense; an OnnxPruneError
     when one exceeds the baseline's tolerance (its timing would compare unlike things)."""
-    from .verify import max_relative_error
+    from ..check.verify import max_relative_error
 
     errors = {n: max_relative_error(d, c) for n, d, c in zip(names, dense, candidate)
               if np.issubdtype(np.asarray(d).dtype, np.floating)}

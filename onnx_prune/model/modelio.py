@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 import onnx
 
-from .errors import OnnxPruneError
+from ..errors import OnnxPruneError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from .sparse_gemm import contract, formats
+from . import contract, formats
 
 _DESCRIPTION = (
     "onnx-prune sparse Gemm: Y = act(alpha * A' * W + beta * C), A' = transpose(A) if transA. "

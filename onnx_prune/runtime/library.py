@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .errors import OnnxPruneError
+from ..errors import OnnxPruneError
 
 LIBRARY_ENV = "ONNX_PRUNE_LIBRARY"
 _LIBRARY_BASENAME = "onnx_prune_ops"
@@ -29,7 +29,7 @@ def _candidate_dirs() -> list[Path]:
     """Where the built library can be: next to this file (wheel install) or, for editable
     installs, in any ``onnx_prune`` folder on ``sys.path`` (scikit-build-core keeps built files in
     site-packages while the Python sources stay in the checkout)."""
-    dirs = [Path(__file__).resolve().parent]
+    dirs = [Path(__file__).resolve().parents[1]]
     for entry in sys.path:
         candidate = Path(entry or ".") / "onnx_prune"
         if candidate not in dirs:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .errors import UsageError
+from ..errors import UsageError
 
 BLOCK_SECONDS = 0.05
 WARMUP_PAIRS = 10  # warm-up runs of each candidate

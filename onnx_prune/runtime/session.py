@@ -16,10 +16,10 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from .sparse_gemm import is_sparse_gemm
-from .errors import OnnxPruneError, first_line
+from ..sparse_gemm import is_sparse_gemm
+from ..errors import OnnxPruneError, first_line
 from .library import find_library_path, get_library_path
-from .modelio import PROTOBUF_LIMIT
+from ..model.modelio import PROTOBUF_LIMIT
 
 ModelOrPath = Union[onnx.ModelProto, str, Path]
 PROVIDERS = ["CPUExecutionProvider"]

@@ -12,13 +12,13 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from . import runtime
-from .bias import write_dense
-from .errors import OnnxPruneError
-from .modelio import external_span, external_tensors, read_npz
+from ..runtime import session as runtime
+from ..pruning.bias import write_dense
+from ..errors import OnnxPruneError
+from ..model.modelio import external_span, external_tensors, read_npz
 from .report import Verification
-from .graph import remove_dead_tensors as drop_unused_constants
-from .rewrite import dense_shape
+from ..model.graph import remove_dead_tensors as drop_unused_constants
+from ..sparse_gemm.rewrite import dense_shape
 
 # Max relative error (max |pruned - reference| / max |reference| per output) the run may show. Both
 # sides are fp32; the difference is the summation order of the kernels, far below this.

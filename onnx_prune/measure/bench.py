@@ -18,11 +18,12 @@ import numpy as np
 import onnx
 
 from . import baselines as baseline_models
-from . import runtime, timing
+from ..runtime import session as runtime
+from . import timing
 from .baselines import Baseline
-from .errors import UsageError
+from ..errors import UsageError
 from .machine import describe, machine_info
-from .sparse_gemm import sparse_gemm_summary
+from ..sparse_gemm import sparse_gemm_summary
 
 DEFAULT_BATCHES = (1, 16, 64, 256)
 
@@ -65,7 +66,7 @@ class BenchResult:
 
 def make_inputs(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs from the declared shapes, a symbolic first dimension set to ``batch``."""
-    from .verify import generated_inputs
+    from ..check.verify import generated_inputs
 
     return generated_inputs(model, seed=seed, batch=batch)
 
@@ -183,7 +184,8 @@ def run_bench_cli(dense_path: str, pruned_path: str | None = None, *, ratio: flo
                   rounds: int = 5, json_path: str | None = None, quiet: bool = False,
                   baselines: Sequence[str] = ()) -> BenchResult:
     """`onnx-prune bench`: load (and, without PRUNED, prune in memory at ``ratio``) and compare."""
-    from . import api, modelio
+    from .. import api
+    from ..model import modelio
 
     timing.check_rounds(rounds)
     if any(b < 1 for b in batches):

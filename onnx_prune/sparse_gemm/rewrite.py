@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ._version import __version__
-from .graph import NameScope, add_initializer, inferred_value_info, keep_known_shapes, remove_dead_tensors
-from .layers import Layer, name_nodes
-from .sparse_gemm import PackedWeight, contract, formats, formats_used, make_sparse_gemm, sparse_tensor_names
+from .._version import __version__
+from ..model.graph import NameScope, add_initializer, inferred_value_info, keep_known_shapes, remove_dead_tensors
+from ..model.layers import Layer, name_nodes
+from . import PackedWeight, contract, formats, formats_used, make_sparse_gemm, sparse_tensor_names
 
 
 @dataclass
@@ -184,7 +184,7 @@ def add_optional_parts(model: onnx.ModelProto, *, fallback: bool = True) -> None
         from .fallback import add_fallback_functions
     except ImportError:
         return
-    from .errors import OnnxPruneError
+    from ..errors import OnnxPruneError
 
     try:
         add_fallback_functions(model)

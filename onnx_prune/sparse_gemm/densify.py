@@ -27,11 +27,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import OnnxPruneError
+from ..errors import OnnxPruneError
 from .fallback import remove_fallback_functions
-from .graph import (NameScope, add_initializer, inferred_value_info, iter_nodes, opset_version, remove_dead_tensors,
+from ..model.graph import (NameScope, add_initializer, inferred_value_info, iter_nodes, opset_version, remove_dead_tensors,
                     subgraphs)
-from .sparse_gemm import PackedWeight, SparseGemmNode, contract, formats, is_sparse_gemm
+from . import PackedWeight, SparseGemmNode, contract, formats, is_sparse_gemm
 
 _RIGHT_BROADCAST_BIAS_RANKS = (0, 1)
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import masking
 from .blas_threads import one_blas_thread
-from .errors import OnnxPruneError
+from ..errors import OnnxPruneError
 
 BLOCK_SIZE = 128
 PERCDAMP = 0.01

@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import runtime
+from ..runtime import session as runtime
 from .bias import write_dense
-from .graph import node_reads
-from .errors import OnnxPruneError
+from ..model.graph import node_reads
+from ..errors import OnnxPruneError
 
 CAPTURE_BYTES = 256 * 2**20     # activations captured per onnxruntime run, at most (after the first)
 FIRST_BATCH = 8                 # samples in the first run, which measures the bytes per sample

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from .layers import Layer
-from .rewrite import PrunedLayer
+from ..model.layers import Layer
+from ..sparse_gemm.rewrite import PrunedLayer
 
 if TYPE_CHECKING:
     from .sparsifiers import Pruned

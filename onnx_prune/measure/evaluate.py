@@ -14,9 +14,10 @@ import numpy as np
 import onnx
 
 from . import baselines as baseline_models
-from . import runtime, timing
+from ..runtime import session as runtime
+from . import timing
 from .baselines import Baseline
-from .errors import OnnxPruneError
+from ..errors import OnnxPruneError
 from .machine import describe, machine_info
 
 ModelOrPath = Union[onnx.ModelProto, str, Path]
@@ -35,7 +36,7 @@ Progress = Callable[[str, int, int], None]  # (what is being done, steps done, s
 
 def load_eval_data(data: Data) -> dict[str, np.ndarray]:
     """The .npz (or dict) as arrays; one clear error when it cannot be read or lacks labels."""
-    from .modelio import read_npz
+    from ..model.modelio import read_npz
 
     if isinstance(data, Mapping):
         arrays = {k: np.asarray(v) for k, v in data.items()}
@@ -143,7 +144,7 @@ def sweep(model_path: Union[str, Path], data_npz: Data, ratios: Sequence[float],
     sessions in this process with ``threads`` intra-op threads. Calibration (for wanda/sparsegpt)
     is passed through to ``api.prune``. ``progress`` hears of each setting before it runs.
     """
-    from .api import prune
+    from ..api import prune
 
     if not ratios or not methods:
         raise OnnxPruneError("sweep needs at least one ratio and one method")
@@ -185,8 +186,8 @@ def baseline_points(model_path: Union[str, Path], data_npz: Data, baselines: Seq
     """One dict (keys BASELINE_KEYS) per baseline: its accuracy on the same data and its latency
     against dense, timed like a sweep row. ``max_rel_error`` compares its outputs with dense's on
     the timing batch (reported, not enforced: the accuracy shows what quantization costs)."""
-    from .modelio import load_model
-    from .verify import max_relative_error
+    from ..model.modelio import load_model
+    from ..check.verify import max_relative_error
 
     if not baselines:
         return []
@@ -314,7 +315,7 @@ def run_eval_cli(model: str, data: str, ratios: Sequence[float], methods: Sequen
 
     from rich.console import Console
 
-    from .modelio import write_text_atomic
+    from ..model.modelio import write_text_atomic
 
     if png:
         check_plotting()

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import OnnxPruneError
+from ..errors import OnnxPruneError
 from .graph import ONNX_DOMAINS, NameScope, subgraph_reads
 from .modelio import read_external_array
 

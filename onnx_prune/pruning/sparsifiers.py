@@ -20,12 +20,12 @@ import numpy as np
 
 from . import bias as bias_terms
 from . import masking
-from .errors import OnnxPruneError, UsageError
+from ..errors import OnnxPruneError, UsageError
 from .sparsegpt import inverse_hessian_factor, obs_errors, sparsegpt_prune, sparsegpt_prune_with_bias
 
 if TYPE_CHECKING:
     from .capture import InputStats
-    from .layers import Layer
+    from ..model.layers import Layer
 
 Pattern = masking.Pattern                     # None (unstructured), N:M as (n, m), or masking.Blocks
 BlockDone = Callable[[int, int], None]        # (blocks done, blocks in all) while a layer is pruned

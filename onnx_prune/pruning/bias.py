@@ -17,7 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 if TYPE_CHECKING:
-    from .layers import Layer
+    from ..model.layers import Layer
 
 # --bias-correction's default (SparseGPT only; docs/calibration.md: measured on both models)
 BIAS_CORRECTION = True

@@ -8,10 +8,10 @@ from typing import Optional, Sequence
 
 import onnx
 
-from .auto_dense import DENSE_KEEP_THRESHOLD
-from .layers import Layer, Skipped
-from .modelio import written_size
-from .sparsifiers import REGISTRY
+from ..pruning.auto_dense import DENSE_KEEP_THRESHOLD
+from ..model.layers import Layer, Skipped
+from ..model.modelio import written_size
+from ..pruning.sparsifiers import REGISTRY
 
 
 @dataclass

@@ -25,9 +25,10 @@ import numpy as np
 import onnx
 
 from . import bias as bias_terms
-from . import capture, masking, modelio, sparsifiers
+from . import capture, masking, sparsifiers
+from ..model import modelio
 from .capture import FeedPlan, InputStats
-from .errors import OnnxPruneError, UsageError
+from ..errors import OnnxPruneError, UsageError
 from .sparsifiers import Pruned, Sparsifier, wanda_scores  # noqa: F401  (wanda_scores: public here too)
 
 Result = dict[str, Pruned]

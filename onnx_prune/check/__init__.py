@@ -1,0 +1,1 @@
+"""Checking the written model: verification against the masked dense model, and the report."""

@@ -1,0 +1,1 @@
+"""Measuring: bench, baselines (onnxruntime int8), timing, machine facts, eval sweeps."""

@@ -1,0 +1,1 @@
+"""Running models: finding the SparseGemm library and opening onnxruntime sessions with it."""
