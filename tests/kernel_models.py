@@ -279,8 +279,23 @@ def weight_feeds(csr: Csr) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------- sessions
 
 
+# ONNX_PRUNE_ISA set when the tests start caps the variants, as on a CPU whose best is that one:
+# `ONNX_PRUNE_ISA=avx2 pytest` runs the suite as an AVX2-only machine would (.ci/run does, for each
+# variant below the best this CPU has). Read once: tests set the variable for their own sessions.
+ISA_CEILING = os.environ.get(ISA_ENV) or None
+
+
 def available_isas() -> list[str]:
-    """Kernel variants this CPU can execute (the names ONNX_PRUNE_ISA accepts), best last."""
+    """Kernel variants this CPU can execute (the names ONNX_PRUNE_ISA accepts), best last, up to
+    ISA_CEILING when it is set."""
+    isas = cpu_isas()
+    if ISA_CEILING in isas:
+        return isas[: isas.index(ISA_CEILING) + 1]
+    return isas
+
+
+def cpu_isas() -> list[str]:
+    """Kernel variants this CPU can execute, best last."""
     isas = ["portable"]
     try:
         text = Path("/proc/cpuinfo").read_text()

@@ -157,9 +157,14 @@ def run_forced(csr: Csr, a: np.ndarray, forced: Optional[str], monkeypatch: pyte
 
 @pytest.mark.parametrize("m", [1, 4, 64])
 def test_cost_model_picks_input_stationary_only_for_zero_inputs(m: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The paths sum in different orders, so their results differ in the last bits: the automatic
-    choice must reproduce the input-stationary result bit for bit on 94%-zero inputs (whole zero
-    rows) and the output-stationary one on inputs without zeros."""
+    """The automatic choice must reproduce the input-stationary result bit for bit on 94%-zero
+    inputs (whole zero rows) and the output-stationary one on inputs without zeros.
+
+    Where a kernel variant's two paths sum in different orders (their results differ in the last
+    bits) this pins which path the cost model took. Where they sum in the same order (the AVX2 and
+    portable tiled loops at M = 64 do) the choice leaves no trace in the result, and the contract
+    promises nothing more than equal results: the test then checks that, and never asserts that the
+    paths differ, which is an accident of one CPU's kernel variant."""
     rng = rng_for("cost-model", m)
     csr = random_csr(rng, 400, 300, 0.8)
     output_stationary = "gemv" if m <= 8 else "tiled"
@@ -169,9 +174,7 @@ def test_cost_model_picks_input_stationary_only_for_zero_inputs(m: int, monkeypa
     for a, expected_path in ((sparse_a, "input_stationary"), (dense_a, output_stationary)):
         auto = run_forced(csr, a, None, monkeypatch)
         np.testing.assert_array_equal(auto, run_forced(csr, a, expected_path, monkeypatch))
-    other = "input_stationary"
-    assert not np.array_equal(run_forced(csr, dense_a, other, monkeypatch),
-                              run_forced(csr, dense_a, output_stationary, monkeypatch))
+        assert_same_values(auto, masked_dense_reference(a, dense_of(csr), None, alpha=1.0, beta=1.0, relu=False))
 
 
 def test_unknown_path_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
