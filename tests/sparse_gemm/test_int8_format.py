@@ -26,7 +26,7 @@ from onnx_prune.sparse_gemm.formats import csr_int8
 
 from kernel_models import dense_of_int8, finish_model, int8_csr
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "mnist-mlp.onnx"
 DENSE_BYTES = 7_184_963
 needs_library = pytest.mark.skipif(find_library_path() is None, reason="the SparseGemm library is not built")

@@ -309,7 +309,7 @@ def uninferable_mlp() -> onnx.ModelProto:
 
 
 SHAPE_MODELS = {
-    "bundled_mnist": lambda: onnx.load(str(Path(__file__).resolve().parent.parent / "models" / "mnist-mlp.onnx")),
+    "bundled_mnist": lambda: onnx.load(str(Path(__file__).resolve().parents[2] / "models" / "mnist-mlp.onnx")),
     "nd_matmul_mlp": lambda: __import__("helpers_models").attention_block()[0],
     "uninferable": uninferable_mlp,
 }
