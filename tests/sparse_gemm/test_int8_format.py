@@ -102,7 +102,7 @@ def test_non_finite_kept_weight_is_refused() -> None:
 def test_int8_is_the_values_choice_of_this_format() -> None:
     fmt, dtype = formats.value_choices()["int8"]
     assert fmt.name == "csr_int8" and dtype == np.int8
-    assert formats.value_choices()["fp32"][0].name == "csr"  # the first format that stores fp32 wins
+    assert formats.value_choices()["fp32"][0].name == "csr"  # bcsr stores fp32 too: the table names csr
 
 
 def valid() -> csr_int8.CsrInt8Weight:
