@@ -10,7 +10,7 @@ The numerics live in masking.py (scores, masks, the floor rule) and sparsegpt.py
 gathers the statistics and drives the methods that need them.
 
 Adding a method: subclass Sparsifier, set ``name`` (and ``statistics`` when it uses calibration
-data), implement the hooks, decorate with ``@register``; --method and check_options follow.
+data), implement the hooks, decorate with ``@register``; --method and PruneOptions.validated follow.
 """
 from __future__ import annotations
 

@@ -295,7 +295,7 @@ def test_cli_prune_with_bcsr_verifies_runs_without_library_and_densifies(tmp_pat
 
 
 def test_an_rx1_pattern_picks_bcsr() -> None:
-    from onnx_prune.api import format_for_pattern, storage_format
+    from onnx_prune.options import format_for_pattern, storage_format
 
     assert format_for_pattern("4x1") == format_for_pattern("8x1") == bcsr.NAME
     assert format_for_pattern(None) is format_for_pattern("2:4") is format_for_pattern("3x1") is None
