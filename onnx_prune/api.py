@@ -1,8 +1,9 @@
 """The Python API: ``onnx_prune.prune(model_or_path, ratio=...) -> (ModelProto, PruneReport)``.
 
-Data flows one way: find eligible layers → select → decide per-layer ratios → sparsify (the
-method from sparsifiers.py; calibration.py drives those that need calibration data, and N:M
-patterns) → keep low-sparsity layers dense (auto_dense.py) → rewrite → verify.
+Data flows one way: options (options.py, validated once) → find eligible layers → select → decide
+per-layer ratios → sparsify (the method from sparsifiers.py; calibration.py drives those that need
+calibration data; patterns.py parses --pattern for the layers) → keep low-sparsity layers dense
+(auto_dense.py) → rewrite → verify.
 """
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Un
 import numpy as np
 import onnx
 
-from .pruning import masking, sparsifiers
-from .pruning.auto_dense import DENSE_KEEP_THRESHOLD, split_dense
+from .pruning import sparsifiers
+from .pruning.auto_dense import split_dense, stays_dense
+from .pruning.calibration import read_calibration, sparsify_calibrated
+from .pruning.patterns import layer_pattern
 from .errors import OnnxPruneError, first_line
 from .model.graph import opset_version
 from .model.layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
-from .model.modelio import PROTOBUF_LIMIT, load_external_data, load_model, read_npz
+from .model.modelio import PROTOBUF_LIMIT, load_external_data, load_model
 from .check.report import PruneReport
 from .options import PruneOptions, Settings
 from .sparse_gemm.rewrite import PrunedLayer, add_optional_parts, rewrite
@@ -75,13 +78,12 @@ def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options:
         say(f"scoring {len(chosen)} layers ({options.method}{', ' + options.pattern if options.pattern else ''})")
         calibration_counts = None
         if streams:
-            pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, method=options.method, fmt=fmt,
-                                                       values_dtype=values_dtype, auto_dense=options.auto_dense,
+            pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, options, fmt=fmt, values_dtype=values_dtype,
                                                        reference=reference)
         else:
             weights, calibration_counts = sparsify(model, chosen, ratios, options, calibration=calibration,
                                                    progress=progress)
-            pruned, dense_kept = split_dense(chosen, weights, options.auto_dense and not options.pattern)
+            pruned, dense_kept = split_dense(chosen, weights, options)
             _pack_all(pruned, fmt, values_dtype, reference)
         # the reference is the input model rewired to the masked weights: written before the rewrite changes it
         reference_path = reference.save(model, pruned) if reference and pruned else None
@@ -149,37 +151,26 @@ def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[st
     so that the report can say how much of the data went in. ``progress`` hears of every layer
     (and SparseGPT's blocks within it) of a method that prunes layer by layer on calibration data.
 
-    A method that needs no calibration statistics runs here; the others (and N:M patterns) belong
-    to onnx_prune.pruning.calibration.
+    A method that needs no calibration statistics runs on the weights alone
+    (sparsifiers.prune_by_weights, --pattern included); the others belong to pruning.calibration.
     """
-    method, pattern, scope = options.method, options.pattern, options.scope
-    sparsifier = sparsifiers.get(method)
-    if sparsifier.needs_calibration or pattern:
-        from .pruning.calibration import sparsify as calibration_sparsify
-
-        data, counts = None, None
-        if calibration is not None and sparsifier.needs_calibration:
-            data, counts = checked_calibration(load_calibration(calibration), model, options.calibration_samples)
-        result = calibration_sparsify(model, list(layers), dict(ratios), method=method, calibration=data,
-                                      samples=None, pattern=pattern, scope=scope,
-                                      bias_correction=options.bias_correction, progress=progress or False)
-    else:
-        counts = None
+    sparsifier = sparsifiers.get(options.method)
+    pattern = layer_pattern(options.pattern, layers, ratios)
+    counts = None
+    if sparsifier.needs_calibration:
+        data = None
         if calibration is not None:
-            warnings.warn(f"calibration data is not used by --method {method}", stacklevel=3)
-        result = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope)
+            data = read_calibration(calibration, model, options.calibration_samples)
+            counts = data.plan.samples, data.held
+        result = sparsify_calibrated(model, list(layers), dict(ratios), method=options.method, calibration=data,
+                                     pattern=pattern, scope=options.scope, bias_correction=options.bias_correction,
+                                     progress=progress or False)
+    else:
+        if calibration is not None:
+            warnings.warn(f"calibration data is not used by --method {options.method}", stacklevel=3)
+        result = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=options.scope, pattern=pattern)
     pairs = {node: (p.weight, p.mask) for node, p in result.items()}
     return {layer.node: sparsifiers.Pruned(*_checked(layer, pairs), result[layer.node].bias) for layer in layers}, counts
-
-
-def checked_calibration(data: Mapping[str, np.ndarray], model: onnx.ModelProto, samples: Optional[int]
-                        ) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
-    """The calibration arrays checked against the model and cut to the samples a method will use,
-    with (samples used, samples held)."""
-    from .pruning.calibration import checked_calibration as check
-
-    checked, plan = check(data, model, samples)
-    return checked, (plan.samples, int(np.shape(data[next(iter(checked))])[0]))
 
 
 def _streams(options: PruneOptions) -> bool:
@@ -188,17 +179,17 @@ def _streams(options: PruneOptions) -> bool:
     return not sparsifiers.get(options.method).needs_calibration and options.scope == "layer" and not options.pattern
 
 
-def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], *, method: str, fmt: SparseFormat,
-                          values_dtype: np.dtype, auto_dense: bool, reference: Optional["MaskedDenseReference"]
+def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], options: PruneOptions, *,
+                          fmt: SparseFormat, values_dtype: np.dtype, reference: Optional["MaskedDenseReference"]
                           ) -> tuple[list[PrunedLayer], list[Layer]]:
     """Choose, check and pack one layer at a time, so that at most one layer's dense weights and
     its keep mask are in memory besides the model; each layer's weights are dropped once packed,
     before its masked dense weight is unpacked and written to ``reference`` (when verifying)."""
-    sparsifier = sparsifiers.get(method)
+    sparsifier = sparsifiers.get(options.method)
     pruned, dense_kept = [], []
     for layer in layers:
         weight, mask = _packable(layer, sparsify_one(sparsifier, layer, ratios[layer.node]))
-        if auto_dense and np.count_nonzero(mask) / mask.size > DENSE_KEEP_THRESHOLD:
+        if stays_dense(mask, options):
             dense_kept.append(layer)
             layer.release()
             continue
@@ -245,14 +236,8 @@ def _verification_reference(verify: bool, source: Optional[str]) -> Optional["Ma
 
 def sparsify_one(sparsifier: sparsifiers.Sparsifier, layer: Layer, ratio: float) -> sparsifiers.Pruned:
     """One layer's answer from a method that needs no calibration statistics."""
-    return sparsifier.update_mask(layer, None, masking.removal_count(ratio, layer.size))
-
-
-def load_calibration(calibration: Calibration) -> dict[str, np.ndarray]:
-    """The calibration arrays, from a dict or an .npz file (one clear error when unreadable)."""
-    if isinstance(calibration, Mapping):
-        return {str(k): np.asarray(v) for k, v in calibration.items()}
-    return read_npz(calibration, "calibration data")
+    drop = sparsifiers.drop_counts([layer], {layer.node: ratio})[layer.node]
+    return sparsifier.update_mask(layer, None, drop)
 
 
 MIN_OPSET = 7  # onnxruntime implements the standard ops from opset 7 on
