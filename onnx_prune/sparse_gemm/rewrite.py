@@ -45,7 +45,7 @@ class PrunedLayer:
         return self.kept_count if self.kept_count is not None else int(np.count_nonzero(self.mask))
 
 
-def describe(layer: Layer, packed: PackedWeight) -> str:
+def node_doc_string(layer: Layer, packed: PackedWeight) -> str:
     """The node's doc_string: what netron users want to see at a glance."""
     shape = "x".join(str(d) for d in dense_shape(layer))
     fused = f", fused {' + '.join(layer.fused_nodes[1:])}" if len(layer.fused_nodes) > 1 else ""
@@ -66,7 +66,7 @@ def sparse_gemm_node(layer: Layer, packed: PackedWeight, names: Sequence[str], b
     if layer.activation:
         attrs[contract.ATTR_ACTIVATION] = layer.activation
     return make_sparse_gemm(layer.node, layer.input_name, packed, names, bias_name or layer.bias_name,
-                            layer.output_name, attrs, doc_string=describe(layer, packed))
+                            layer.output_name, attrs, doc_string=node_doc_string(layer, packed))
 
 
 def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dtype=np.float32,
