@@ -96,6 +96,10 @@ def test_keywords_and_options_build_the_same_run():
     assert mixed.settings == by_options.settings
 
 
+def test_the_package_exports_the_options():
+    assert onnx_prune.PruneOptions is PruneOptions
+
+
 def test_an_unknown_keyword_is_a_type_error_naming_it():
     with pytest.raises(TypeError, match="unexpected keyword argument 'ratoi'"):
         onnx_prune.prune(mlp(), ratoi=0.5)
