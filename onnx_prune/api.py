@@ -1,39 +1,37 @@
 """The Python API: ``onnx_prune.prune(model_or_path, ratio=...) -> (ModelProto, PruneReport)``.
 
-Data flows one way: find eligible layers → select → decide per-layer ratios → sparsify (the
-method from sparsifiers.py; calibration.py drives those that need calibration data, and N:M
-patterns) → keep low-sparsity layers dense (auto_dense.py) → rewrite → verify.
+Data flows one way: options (options.py, validated once) → find eligible layers → select → decide
+per-layer ratios → sparsify (the method from sparsifiers.py; calibration.py drives those that need
+calibration data; patterns.py parses --pattern for the layers) → keep low-sparsity layers dense
+(auto_dense.py) → rewrite → verify.
 """
 from __future__ import annotations
 
-import math
-import numbers
 import os
-import re
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 
-from .pruning import masking, sparsifiers
-from .pruning.auto_dense import DENSE_KEEP_THRESHOLD, split_dense
-from .pruning.bias import BIAS_CORRECTION
-from .errors import OnnxPruneError, UsageError, first_line
+from .pruning import sparsifiers
+from .pruning.auto_dense import split_dense, stays_dense
+from .pruning.calibration import read_calibration, sparsify_calibrated
+from .pruning.patterns import layer_pattern
+from .errors import OnnxPruneError, first_line
 from .model.graph import opset_version
 from .model.layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
-from .model.modelio import PROTOBUF_LIMIT, load_external_data, load_model, read_npz
+from .model.modelio import PROTOBUF_LIMIT, load_external_data, load_model
 from .check.report import PruneReport
+from .options import PruneOptions, Settings
 from .sparse_gemm.rewrite import PrunedLayer, add_optional_parts, rewrite
-from .sparse_gemm import formats, sparse_gemm_summary
-from .sparse_gemm.formats import SparseFormat, bcsr
+from .sparse_gemm import sparse_gemm_summary
+from .sparse_gemm.formats import SparseFormat
 
 if TYPE_CHECKING:
     from .check.verify import MaskedDenseReference
-
-SCOPES = ("layer", "global")
 
 ModelOrPath = Union[onnx.ModelProto, str, Path]
 Calibration = Union[None, str, Path, Mapping[str, np.ndarray]]
@@ -41,85 +39,75 @@ Progress = Callable[[str, int, int], None]  # (what is being done, steps done, s
 _STEPS = 5
 
 
-def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer",
-          include: Sequence[str] = (), exclude: Sequence[str] = (),
-          layer_ratios: Optional[Mapping[str, float]] = None, min_params: int = 0,
-          method: str = "magnitude", calibration: Calibration = None, calibration_samples: Optional[int] = None,
-          pattern: Optional[str] = None, bias_correction: bool = BIAS_CORRECTION, values: str = "fp32",
-          fallback: bool = True,
-          auto_dense: bool = True, verify: bool = False, verify_inputs=None,
-          progress: Optional[Progress] = None, format: Optional[str] = None, quantize: Optional[str] = None
-          ) -> tuple[onnx.ModelProto, PruneReport]:
+def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options: Optional[PruneOptions] = None,
+          calibration: Calibration = None, verify_inputs=None, progress: Optional[Progress] = None,
+          **settings: Any) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune the Gemm / constant-weight MatMul layers of a model.
 
     Returns the rewritten model and a report; the input (file or ModelProto) is not modified.
+    The settings are the fields of :class:`onnx_prune.options.PruneOptions` (ratio, scope, include,
+    exclude, layer_ratios, min_params, method, calibration_samples, pattern, bias_correction, values,
+    format, quantize, fallback, auto_dense, verify), given as keywords (``ratio`` also second), or
+    as ``options`` (keywords given too replace its fields).
     ``calibration`` is an .npz path or a dict of arrays keyed by graph input name (first axis =
     samples), needed by ``method="wanda"`` and ``"sparsegpt"``. ``bias_correction``: SparseGPT
     also updates the biases (bias.py; exact, or skipped with a warning). ``verify=True`` runs the result
     against the input with the same masks applied densely and raises OnnxPruneError when they
     differ by more than verify.VERIFY_TOLERANCE (``verify_inputs``: .npz path or dict; default
-    generated inputs). ``format`` names the storage format (default: see ``storage_format``).
+    generated inputs). ``format`` names the storage format (default: see ``options.storage_format``).
     """
-    check_options(ratio, scope=scope, method=method, values=values, layer_ratios=layer_ratios,
-                  min_params=min_params, calibration_samples=calibration_samples)
-    fmt, values_dtype = storage_format(values, format, pattern, quantize)
+    if ratio is not None:
+        settings["ratio"] = ratio
+    options = PruneOptions.of(options, **settings).validated()
+    fmt, values_dtype = options.storage()
     source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else None
-    streams = _streams(method, scope, pattern) and calibration is None
+    streams = _streams(options) and calibration is None
     # layer by layer, a model file's external tensors stay in their files until each layer reads its own
     folder = str(Path(source).parent) if source is not None and streams else None
     model = load_model(model_or_path, external_data=folder is None) if source is not None else _copy(model_or_path)
     say = _stepper(progress)
-    reference = _verification_reference(verify, source)
+    reference = _verification_reference(options.verify, source)
     try:
         check_supported_opset(model)
         say("finding prunable layers")
-        chosen, not_pruned = eligible_layers(model, include=include, exclude=exclude, min_params=min_params,
-                                             folder=folder)
-        ratios = {layer.node: float(ratio) for layer in chosen}
-        ratios.update(resolve_layer_ratios(chosen, dict(layer_ratios or {})))
+        chosen, not_pruned = eligible_layers(model, include=options.include, exclude=options.exclude,
+                                             min_params=options.min_params, folder=folder)
+        ratios = {layer.node: float(options.ratio) for layer in chosen}
+        ratios.update(resolve_layer_ratios(chosen, dict(options.layer_ratios)))
 
-        say(f"scoring {len(chosen)} layers ({method}{', ' + pattern if pattern else ''})")
+        say(f"scoring {len(chosen)} layers ({options.method}{', ' + options.pattern if options.pattern else ''})")
         calibration_counts = None
         if streams:
-            pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, method=method, fmt=fmt,
-                                                       values_dtype=values_dtype, auto_dense=auto_dense,
+            pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, options, fmt=fmt, values_dtype=values_dtype,
                                                        reference=reference)
         else:
-            weights, calibration_counts = sparsify(
-                model, chosen, ratios, scope=scope, method=method, calibration=calibration,
-                calibration_samples=calibration_samples, pattern=pattern, bias_correction=bias_correction,
-                progress=progress)
-            pruned, dense_kept = split_dense(chosen, weights, auto_dense and not pattern)
+            weights, calibration_counts = sparsify(model, chosen, ratios, options, calibration=calibration,
+                                                   progress=progress)
+            pruned, dense_kept = split_dense(chosen, weights, options)
             _pack_all(pruned, fmt, values_dtype, reference)
         # the reference is the input model rewired to the masked weights: written before the rewrite changes it
         reference_path = reference.save(model, pruned) if reference and pruned else None
 
-        settings = dict(ratio=ratio, scope=scope, method=method, pattern=pattern, values=values,
-                        layer_ratios=dict(layer_ratios or {}), include=list(include), exclude=list(exclude),
-                        min_params=min_params, auto_dense=auto_dense, fallback=fallback,
-                        calibration_samples=calibration_samples, quantize=quantize,
-                        bias_correction=bias_correction, format=fmt.name)
-        if calibration_counts is not None:
-            settings["calibration_samples_used"], settings["calibration_samples_held"] = calibration_counts
+        recorded = Settings(options, *(calibration_counts or ()))
         say(f"rewriting {len(pruned)} layers as SparseGemm")
         size_before = model.ByteSize() if source is None else None
         # the verification's reference is on disk by now: nothing reads the input model again, and a
         # model that is ours (loaded from a path) is rewritten in place instead of copied
-        out = rewrite(model, pruned, values_dtype=values_dtype, format=fmt.name, settings=settings,
+        out = rewrite(model, pruned, values_dtype=values_dtype, format=fmt.name, settings=recorded.to_dict(),
                       in_place=source is not None)
         if folder is not None:  # the tensors left alone (biases, layers kept dense) join the output
             load_external_data(out, folder, what=f"'{source}'")
-        add_optional_parts(out, fallback=fallback)
+        add_optional_parts(out, fallback=options.fallback)
         check_output_model(model, out)
 
-        report = PruneReport.build(model, out, pruned, dense_kept, not_pruned, settings, source=source)
+        report = PruneReport.build(model, out, pruned, dense_kept, not_pruned, recorded, source=source)
         if size_before is not None:
             report.size_before = size_before
         if reference_path is not None:
             from .check.verify import verify_pruned
 
             say("verifying against the masked dense model")
-            report.verification = verify_pruned(reference_path, out, values=values, inputs=verify_inputs,
+            report.verification = verify_pruned(reference_path, out, values=options.values, inputs=verify_inputs,
                                                 tolerance=fmt.verify_tolerance)
             if not report.verification.passed:
                 v = report.verification
@@ -155,64 +143,53 @@ def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), excl
     return chosen, [*ineligible, *unselected]
 
 
-def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[str, float], *, scope: str,
-             method: str, calibration: Calibration, calibration_samples: Optional[int],
-             pattern: Optional[str], bias_correction: bool = BIAS_CORRECTION, progress: Optional[Progress] = None
+def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[str, float], options: PruneOptions,
+             *, calibration: Calibration = None, progress: Optional[Progress] = None
              ) -> tuple[dict[str, sparsifiers.Pruned], Optional[tuple[int, int]]]:
     """node name -> Pruned (new weight [K, N] float32, keep mask [K, N] bool, new bias or None),
     for every layer; and (samples used, samples held) of the calibration data when a method read it,
     so that the report can say how much of the data went in. ``progress`` hears of every layer
     (and SparseGPT's blocks within it) of a method that prunes layer by layer on calibration data.
 
-    A method that needs no calibration statistics runs here; the others (and N:M patterns) belong
-    to onnx_prune.pruning.calibration.
+    A method that needs no calibration statistics runs on the weights alone
+    (sparsifiers.prune_by_weights, --pattern included); the others belong to pruning.calibration.
     """
-    sparsifier = sparsifiers.get(method)
-    if sparsifier.needs_calibration or pattern:
-        from .pruning.calibration import sparsify as calibration_sparsify
-
-        data, counts = None, None
-        if calibration is not None and sparsifier.needs_calibration:
-            data, counts = checked_calibration(load_calibration(calibration), model, calibration_samples)
-        result = calibration_sparsify(model, list(layers), dict(ratios), method=method, calibration=data,
-                                      samples=None, pattern=pattern, scope=scope, bias_correction=bias_correction,
-                                      progress=progress or False)
-    else:
-        counts = None
+    sparsifier = sparsifiers.get(options.method)
+    pattern = layer_pattern(options.pattern, layers, ratios)
+    counts = None
+    if sparsifier.needs_calibration:
+        data = None
         if calibration is not None:
-            warnings.warn(f"calibration data is not used by --method {method}", stacklevel=3)
-        result = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope)
+            data = read_calibration(calibration, model, options.calibration_samples)
+            counts = data.plan.samples, data.held
+        result = sparsify_calibrated(model, list(layers), dict(ratios), method=options.method, calibration=data,
+                                     pattern=pattern, scope=options.scope, bias_correction=options.bias_correction,
+                                     progress=progress or False)
+    else:
+        if calibration is not None:
+            warnings.warn(f"calibration data is not used by --method {options.method}", stacklevel=3)
+        result = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=options.scope, pattern=pattern)
     pairs = {node: (p.weight, p.mask) for node, p in result.items()}
     return {layer.node: sparsifiers.Pruned(*_checked(layer, pairs), result[layer.node].bias) for layer in layers}, counts
 
 
-def checked_calibration(data: Mapping[str, np.ndarray], model: onnx.ModelProto, samples: Optional[int]
-                        ) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
-    """The calibration arrays checked against the model and cut to the samples a method will use,
-    with (samples used, samples held)."""
-    from .pruning.calibration import checked_calibration as check
-
-    checked, plan = check(data, model, samples)
-    return checked, (plan.samples, int(np.shape(data[next(iter(checked))])[0]))
-
-
-def _streams(method: str, scope: str, pattern: Optional[str]) -> bool:
+def _streams(options: PruneOptions) -> bool:
     """Whether layers can be pruned one at a time: a method that reads only each layer's own
     weights, one ratio per layer, no N:M pattern (those go through sparsify)."""
-    return not sparsifiers.get(method).needs_calibration and scope == "layer" and not pattern
+    return not sparsifiers.get(options.method).needs_calibration and options.scope == "layer" and not options.pattern
 
 
-def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], *, method: str, fmt: SparseFormat,
-                          values_dtype: np.dtype, auto_dense: bool, reference: Optional["MaskedDenseReference"]
+def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], options: PruneOptions, *,
+                          fmt: SparseFormat, values_dtype: np.dtype, reference: Optional["MaskedDenseReference"]
                           ) -> tuple[list[PrunedLayer], list[Layer]]:
     """Choose, check and pack one layer at a time, so that at most one layer's dense weights and
     its keep mask are in memory besides the model; each layer's weights are dropped once packed,
     before its masked dense weight is unpacked and written to ``reference`` (when verifying)."""
-    sparsifier = sparsifiers.get(method)
+    sparsifier = sparsifiers.get(options.method)
     pruned, dense_kept = [], []
     for layer in layers:
         weight, mask = _packable(layer, sparsify_one(sparsifier, layer, ratios[layer.node]))
-        if auto_dense and np.count_nonzero(mask) / mask.size > DENSE_KEEP_THRESHOLD:
+        if stays_dense(mask, options):
             dense_kept.append(layer)
             layer.release()
             continue
@@ -259,68 +236,8 @@ def _verification_reference(verify: bool, source: Optional[str]) -> Optional["Ma
 
 def sparsify_one(sparsifier: sparsifiers.Sparsifier, layer: Layer, ratio: float) -> sparsifiers.Pruned:
     """One layer's answer from a method that needs no calibration statistics."""
-    return sparsifier.update_mask(layer, None, masking.removal_count(ratio, layer.size))
-
-
-def load_calibration(calibration: Calibration) -> dict[str, np.ndarray]:
-    """The calibration arrays, from a dict or an .npz file (one clear error when unreadable)."""
-    if isinstance(calibration, Mapping):
-        return {str(k): np.asarray(v) for k, v in calibration.items()}
-    return read_npz(calibration, "calibration data")
-
-
-def check_options(ratio: float, *, scope: str = "layer", method: str = "magnitude", values: str = "fp32",
-                  layer_ratios: Optional[Mapping[str, float]] = None, min_params: int = 0,
-                  calibration_samples: Optional[int] = None) -> None:
-    """Every option checked before any work, each with the CLI flag's name in its message."""
-    _check_ratio(ratio, "--ratio")
-    for name, r in (layer_ratios or {}).items():
-        _check_ratio(r, f"--layer-ratio {name}")
-    if scope not in SCOPES:
-        raise UsageError(f"--scope must be {_alternatives(SCOPES)}, got '{scope}'")
-    sparsifiers.get(method)
-    if values not in value_types():
-        raise UsageError(f"--values must be {_alternatives(value_types(), quote=False)}, got '{values}'")
-    if not isinstance(min_params, numbers.Integral) or min_params < 0:
-        raise UsageError(f"--min-params must be a non-negative integer, got {min_params}")
-    if calibration_samples is not None and calibration_samples < 1:
-        raise UsageError(f"--calibration-samples must be at least 1, got {calibration_samples}")
-
-
-QUANTIZE_FORMATS = {"dynamic": "csr_int8_dynamic"}  # --quantize choice -> format (int8 values implied)
-
-
-def format_for_pattern(pattern: Optional[str]) -> Optional[str]:
-    """bcsr for an R x 1 block pattern its kernels have (one activation load feeds R outputs), else none."""
-    blocks = re.fullmatch(r"(\d+)x1", pattern or "")
-    return bcsr.NAME if blocks and int(blocks.group(1)) in bcsr.BLOCK_SIZES else None
-
-
-def storage_format(values: str, format: Optional[str] = None, pattern: Optional[str] = None,
-                   quantize: Optional[str] = None) -> tuple[SparseFormat, np.dtype]:
-    """The format that stores the pruned weights and its values dtype: the one ``quantize``
-    (--quantize) selects, with int8 values; else ``format`` (--format); else the one an Rx1 block
-    pattern runs fastest in; else the first format that stores ``values``."""
-    if quantize not in (None, "none"):
-        if quantize not in QUANTIZE_FORMATS:
-            raise UsageError(f"--quantize must be {_alternatives(['none', *QUANTIZE_FORMATS])}, got '{quantize}'")
-        if format not in (None, QUANTIZE_FORMATS[quantize]):
-            raise UsageError(f"--quantize {quantize} stores in format {QUANTIZE_FORMATS[quantize]}; "
-                             f"it cannot be combined with --format {format}")
-        return formats.get(QUANTIZE_FORMATS[quantize]), np.dtype(np.int8)
-    name = format or format_for_pattern(pattern)
-    if name is None:
-        return formats.value_choices()[values]
-    fmt = formats.get(name)
-    if values not in fmt.value_types:
-        raise UsageError(f"--values {values} cannot be stored in format {name} (it stores: "
-                         f"{', '.join(fmt.value_types)})")
-    return fmt, np.dtype(fmt.value_types[values])
-
-
-def value_types() -> Mapping[str, np.dtype]:
-    """The --values choices (name -> stored dtype), as the storage formats declare them."""
-    return {choice: dtype for choice, (_, dtype) in formats.value_choices().items()}
+    drop = sparsifiers.drop_counts([layer], {layer.node: ratio})[layer.node]
+    return sparsifier.update_mask(layer, None, drop)
 
 
 MIN_OPSET = 7  # onnxruntime implements the standard ops from opset 7 on
@@ -348,11 +265,6 @@ def check_output_model(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
         except onnx.checker.ValidationError as input_exc:
             raise OnnxPruneError(f"the input model fails onnx.checker: {first_line(input_exc)}") from exc
         raise OnnxPruneError(f"internal error: the pruned model fails onnx.checker: {first_line(exc)}") from exc
-
-
-def _check_ratio(r: float, what: str) -> None:
-    if isinstance(r, bool) or not isinstance(r, numbers.Real) or math.isnan(r) or not 0.0 <= r < 1.0:
-        raise UsageError(f"{what} must be in [0, 1), got {r}")
 
 
 def _checked(layer: Layer, result: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -411,12 +323,6 @@ def _names(layers: Sequence[Layer]) -> str:
 
 def _worst_outputs(per_output: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {v:.2e}" for k, v in sorted(per_output.items(), key=lambda kv: -kv[1])[:3])
-
-
-def _alternatives(names: Sequence[str], quote: bool = True) -> str:
-    """'a' or 'b' / a, b or c: the choices of an option, for its error message."""
-    shown = [f"'{n}'" if quote else n for n in names]
-    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
 def _skip_summary(skipped: Sequence[Skipped]) -> str:

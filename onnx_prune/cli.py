@@ -18,7 +18,7 @@ import typer
 from ._version import __version__
 from .measure import baselines
 from .pruning import sparsifiers
-from .api import SCOPES, value_types
+from .options import SCOPES, PruneOptions, value_types
 from .pruning.auto_dense import DENSE_KEEP_THRESHOLD
 from .pruning.bias import BIAS_CORRECTION
 from .errors import OnnxPruneError, UsageError
@@ -190,14 +190,14 @@ def prune_command(
             modelio.check_output_path(input_path, report_json)
             if report_json.resolve() == output_path.resolve():
                 raise OnnxPruneError(f"--report-json '{report_json}' is the output model path; choose another")
-        layer_ratios = parse_layer_ratios(layer_ratio)
+        options = PruneOptions(
+            ratio=ratio, scope=scope, include=include, exclude=exclude, layer_ratios=parse_layer_ratios(layer_ratio),
+            min_params=min_params, method=method, calibration_samples=calibration_samples, pattern=pattern,
+            bias_correction=bias_correction, values=values, format=format, quantize=quantize, fallback=fallback,
+            auto_dense=auto_dense, verify=verify)
         with _warnings_as_lines(quiet), _progress_bar(quiet) as progress:
-            model, report = api.prune(
-                input_path, ratio, scope=scope, include=include, exclude=exclude, layer_ratios=layer_ratios,
-                min_params=min_params, method=method, calibration=calibration,
-                calibration_samples=calibration_samples, pattern=pattern, bias_correction=bias_correction,
-                values=values, fallback=fallback, auto_dense=auto_dense, verify=verify, verify_inputs=inputs,
-                progress=progress, format=format, quantize=quantize)
+            model, report = api.prune(input_path, options=options, calibration=calibration, verify_inputs=inputs,
+                                      progress=progress)
         modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
         report.size_after = modelio.written_size(output_path)
         if report_json is not None:

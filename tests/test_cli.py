@@ -223,12 +223,12 @@ def test_bench_bad_option_value_exit_2(mlp_file: Path, args, message):
 
 
 def test_help_lists_the_choices_of_the_registries(mlp_file: Path):
-    from onnx_prune import api
+    from onnx_prune import options
     from onnx_prune.pruning import sparsifiers
 
     done = cli("prune", "--help")
     assert done.returncode == 0
-    for names in (sparsifiers.names(), api.SCOPES, api.value_types()):
+    for names in (sparsifiers.names(), options.SCOPES, options.value_types()):
         assert f"[{'|'.join(names)}]" in done.stdout, done.stdout
     assert "[magnitude|wanda|sparsegpt]" in cli("eval", "--help").stdout
     assert "below 60%" in done.stdout
@@ -467,13 +467,14 @@ def test_csr_report_has_no_stored_values_column(mlp_file: Path, tmp_path: Path):
 
 def test_settings_line_names_calibration_and_pattern():
     from onnx_prune.check.report import settings_line
+    from onnx_prune.options import PruneOptions, Settings
 
-    line = settings_line(dict(method="sparsegpt", scope="layer", ratio=0.5, values="fp16", format="csr",
-                              pattern="2:4", calibration_samples=256, layer_ratios={"fc0.weight": 0.7},
-                              auto_dense=True, fallback=False))
+    line = settings_line(Settings(PruneOptions(method="sparsegpt", scope="layer", ratio=0.5, values="fp16",
+                                               format="csr", pattern="2:4", calibration_samples=256,
+                                               layer_ratios={"fc0.weight": 0.7}, auto_dense=True, fallback=False)))
     assert line == ("settings: method sparsegpt, scope layer, pattern 2:4, values fp16, format csr, "
                     "calibration samples 256, layer ratio fc0.weight=0.7, no fallback")
-    assert "calibration samples all" in settings_line(dict(method="wanda", ratio=0.5))
+    assert "calibration samples all" in settings_line(Settings(PruneOptions(method="wanda", ratio=0.5)))
 
 
 @pytest.mark.parametrize("cap,expected", [

@@ -7,7 +7,7 @@ node so the properties panel lists its type, name, description and attributes, a
 
     python tools/netron_screenshot.py pruned.onnx docs/netron.png --node fc1
 
-tests/test_netron.py uses :func:`open_in_netron` to check that pruned files load without error.
+tests/sparse_gemm/test_netron.py uses :func:`open_in_netron` to check that pruned files load without error.
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ import onnx
 from ..pruning.auto_dense import DENSE_KEEP_THRESHOLD
 from ..model.layers import Layer, Skipped
 from ..model.modelio import written_size
-from ..pruning.sparsifiers import REGISTRY
+from ..options import Settings
+from ..pruning import sparsifiers
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Verification:
 class PruneReport:
     layers: list[LayerReport]
     skipped: list[dict]
-    settings: dict
+    settings: Settings
     size_before: int
     size_after: int
     source: Optional[str] = None
@@ -58,7 +59,7 @@ class PruneReport:
 
     @staticmethod
     def build(before: onnx.ModelProto, after: onnx.ModelProto, pruned: Sequence, dense_kept: Sequence[Layer],
-              unselected: Sequence[Skipped], settings: dict, source: Optional[str] = None) -> "PruneReport":
+              unselected: Sequence[Skipped], settings: Settings, source: Optional[str] = None) -> "PruneReport":
         rows = []
         for p in pruned:
             layer = p.layer
@@ -83,7 +84,7 @@ class PruneReport:
         return {
             "layers": [asdict(l) for l in self.layers],
             "skipped": self.skipped,
-            "settings": self.settings,
+            "settings": self.settings.to_dict(),
             "file_size_before": self.size_before,
             "file_size_after": self.size_after,
             "total_params": sum(l.params for l in self.layers),
@@ -157,38 +158,38 @@ def human_size(nbytes: int) -> str:
     return f"{nbytes} B"
 
 
-def settings_line(settings: dict) -> str:
+def settings_line(settings: Settings) -> str:
     """The settings a rerun needs, in one line: always method, scope, ratio (or the N:M pattern, which
     replaces it), values and the storage format they selected; calibration samples, quantization and
     layer choices only when used."""
-    amount = f"pattern {settings['pattern']}" if settings.get("pattern") else f"ratio {settings.get('ratio')}"
-    parts = [f"method {settings.get('method')}", f"scope {settings.get('scope')}", amount,
-             f"values {settings.get('values')}", f"format {settings.get('format')}"]
-    if settings.get("quantize"):
-        parts.append(f"quantize {settings['quantize']}")
-    sparsifier = REGISTRY.get(settings.get("method"))
-    if sparsifier is not None and sparsifier.needs_calibration:
+    options = settings.options
+    amount = f"pattern {options.pattern}" if options.pattern else f"ratio {options.ratio}"
+    parts = [f"method {options.method}", f"scope {options.scope}", amount, f"values {options.values}",
+             f"format {options.format}"]
+    if options.quantize:
+        parts.append(f"quantize {options.quantize}")
+    if sparsifiers.get(options.method).needs_calibration:
         parts.append(_calibration_text(settings))
-    for name, value in settings.get("layer_ratios", {}).items():
+    for name, value in options.layer_ratios.items():
         parts.append(f"layer ratio {name}={value}")
-    if settings.get("include"):
-        parts.append(f"include {','.join(settings['include'])}")
-    if settings.get("exclude"):
-        parts.append(f"exclude {','.join(settings['exclude'])}")
-    if settings.get("min_params"):
-        parts.append(f"min params {settings['min_params']}")
-    if settings.get("auto_dense") is False:
+    if options.include:
+        parts.append(f"include {','.join(options.include)}")
+    if options.exclude:
+        parts.append(f"exclude {','.join(options.exclude)}")
+    if options.min_params:
+        parts.append(f"min params {options.min_params}")
+    if not options.auto_dense:
         parts.append("no auto dense")
-    if settings.get("fallback") is False:
+    if not options.fallback:
         parts.append("no fallback")
     return "settings: " + ", ".join(parts)
 
 
-def _calibration_text(settings: dict) -> str:
+def _calibration_text(settings: Settings) -> str:
     """How many calibration samples went in: all the file held, or the first N of them."""
-    used, held = settings.get("calibration_samples_used"), settings.get("calibration_samples_held")
-    if used is None:  # settings from before the counts were recorded: what was asked for
-        samples = settings.get("calibration_samples")
+    used, held = settings.calibration_samples_used, settings.calibration_samples_held
+    if used is None:  # no method read the data (settings built by hand): what was asked for
+        samples = settings.options.calibration_samples
         return f"calibration samples {samples if samples else 'all'}"
     if used == held:
         return f"calibration samples {used:,} (all)"

@@ -4,7 +4,8 @@ cores, onnxruntime version, and which SparseGemm kernel variant runs there.
 The variant follows the rule of the library's run-time dispatch (csrc/kernels/dispatch.cc): avx512
 needs avx512f + avx512bw + avx512vl on top of avx2 + fma, avx2 needs avx2 + fma, anything else runs
 the portable kernel; ONNX_PRUNE_ISA names a supported variant to force (an unsupported name is
-ignored, as the library ignores it).
+ignored, as the library ignores it). tests/measure/test_machine.py reads dispatch.cc and checks
+KERNEL_VARIANTS against it, so the two cannot drift apart.
 """
 from __future__ import annotations
 

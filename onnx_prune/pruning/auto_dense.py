@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+import numpy as np
+
 from ..model.layers import Layer
+from ..options import PruneOptions
 from ..sparse_gemm.rewrite import PrunedLayer
 
 if TYPE_CHECKING:
@@ -17,15 +20,20 @@ if TYPE_CHECKING:
 DENSE_KEEP_THRESHOLD = 0.4
 
 
+def stays_dense(mask: np.ndarray, options: PruneOptions) -> bool:
+    """The auto-dense rule: whether a layer whose keep ``mask`` this is stays a dense Gemm / MatMul
+    (--auto-dense on, no --pattern, more than DENSE_KEEP_THRESHOLD of its weights kept)."""
+    return options.auto_dense and not options.pattern and np.count_nonzero(mask) / mask.size > DENSE_KEEP_THRESHOLD
+
+
 def split_dense(layers: Sequence[Layer], weights: Mapping[str, "Pruned"],
-                auto_dense: bool) -> tuple[list[PrunedLayer], list[Layer]]:
+                options: PruneOptions) -> tuple[list[PrunedLayer], list[Layer]]:
     """Layers that become SparseGemm, and those kept dense (weights and bias as they were)
     because too few weights go."""
     pruned, dense_kept = [], []
     for layer in layers:
         p = weights[layer.node]
-        kept_fraction = float(p.mask.sum()) / p.mask.size
-        if auto_dense and kept_fraction > DENSE_KEEP_THRESHOLD:
+        if stays_dense(p.mask, options):
             dense_kept.append(layer)
         else:
             pruned.append(PrunedLayer(layer, p.weight, p.mask, bias=p.bias))

@@ -1,7 +1,9 @@
-"""Calibration-aware one-shot pruning: Wanda and SparseGPT, N:M patterns (docs/calibration.md).
+"""Calibration-aware one-shot pruning: Wanda and SparseGPT (docs/calibration.md).
 
-``sparsify`` drives the sparsifiers (sparsifiers.py) for api.py whenever a method needs
-calibration statistics or a pattern is set. Layers are pruned sequentially in graph order: each
+``read_calibration`` reads and checks the calibration data once; ``sparsify_calibrated`` drives
+the sparsifiers (sparsifiers.py) that need calibration statistics, for api.py (the methods that
+read only the weights, with or without a pattern, are sparsifiers.prune_by_weights; the parsed
+--pattern comes from patterns.py). Layers are pruned sequentially in graph order: each
 wave of layers (capture.layer_groups) sees activations computed by the model with every earlier
 layer already pruned, as in the SparseGPT paper, so later layers compensate for the damage done
 upstream.
@@ -10,14 +12,16 @@ Sparsity follows the floor rule of masking.py: a layer loses exactly ``floor(R *
 (``scope="global"``: all layers together lose ``floor(R * total)``). An N:M pattern instead fixes
 every layer's sparsity at ``1 - N/M``; an RxC pattern removes ``floor(R * blocks)`` whole blocks.
 
-``bias_correction``: SparseGPT also moves error into each layer's bias (bias.py); the next waves
-are then calibrated on the model with those biases too.
+``bias_correction``: a method that refits the kept weights (``Sparsifier.refits``: SparseGPT) also
+moves error into each layer's bias (bias.py); the next waves are then calibrated on the model with
+those biases too.
 """
 from __future__ import annotations
 
 import sys
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
@@ -25,7 +29,7 @@ import numpy as np
 import onnx
 
 from . import bias as bias_terms
-from . import capture, masking, sparsifiers
+from . import capture, sparsifiers
 from ..model import modelio
 from .capture import FeedPlan, InputStats
 from ..errors import OnnxPruneError, UsageError
@@ -36,12 +40,28 @@ Result = dict[str, Pruned]
 
 # ---------------------------------------------------------------------------- calibration data
 
-def load_calibration(path: Union[str, Path], model: onnx.ModelProto, samples: Optional[int] = None
-                     ) -> dict[str, np.ndarray]:
-    """The .npz at ``path`` (arrays keyed by graph input name, first axis = samples), checked
-    against the model's inputs and cut to the first ``samples`` samples."""
-    data, _ = checked_calibration(modelio.read_npz(path, "calibration data"), model, samples, source=f"'{path}'")
-    return data
+@dataclass(frozen=True)
+class CalibrationData:
+    """Calibration arrays checked against a model: ``arrays`` (graph input name -> the samples a
+    method uses), how to feed them (``plan``; ``plan.samples`` are used) and how many samples the
+    source ``held``, so that the report can say how much of the data went in."""
+
+    arrays: dict[str, np.ndarray]
+    plan: FeedPlan
+    held: int
+
+
+def read_calibration(source: Union[str, Path, Mapping[str, np.ndarray]], model: onnx.ModelProto,
+                     samples: Optional[int] = None) -> CalibrationData:
+    """The calibration data of a run, from a dict of arrays or an .npz file (arrays keyed by graph
+    input name, first axis = samples; one clear error when unreadable), checked against the
+    model's inputs and cut to the first ``samples`` samples."""
+    if isinstance(source, Mapping):
+        data = {str(k): np.asarray(v) for k, v in source.items()}
+    else:
+        data = modelio.read_npz(source, "calibration data")
+    arrays, plan = checked_calibration(data, model, samples)
+    return CalibrationData(arrays, plan, int(np.shape(data[next(iter(arrays))])[0]))
 
 
 def checked_calibration(data: Mapping[str, np.ndarray], model: onnx.ModelProto, samples: Optional[int] = None,
@@ -127,28 +147,31 @@ def _dims_text(dims) -> str:
 
 # ---------------------------------------------------------------------------- the sparsifier
 
-def sparsify(model: onnx.ModelProto, layers: list, ratios: dict[str, float], *, method: str,
-             calibration: Optional[Mapping[str, np.ndarray]], samples: Optional[int], pattern: Optional[str],
-             scope: str, bias_correction: bool = bias_terms.BIAS_CORRECTION, progress=False) -> Result:
+def sparsify_calibrated(model: onnx.ModelProto, layers: list, ratios: dict[str, float], *, method: str,
+                        calibration: Optional[CalibrationData], pattern: sparsifiers.Pattern = None,
+                        scope: str = "layer", bias_correction: bool = bias_terms.BIAS_CORRECTION,
+                        progress=False) -> Result:
     """node name -> Pruned (new weight [K, N] float32, keep mask [K, N] bool, new bias or None)
-    for every layer.
+    for every layer, by a method that needs calibration statistics.
 
-    ``method``: a sparsifiers name; those that use statistics need ``calibration``, arrays keyed by
-    graph input name, first axis = samples. ``bias_correction``: let the method (SparseGPT)
-    compensate through the biases where that is exact (a warning names the other layers).
-    ``progress``: True for a rich progress bar on stderr, a ``rich.progress.Progress`` to add
-    the tasks to, or a ``(message, done, total)`` callback (api.Progress, which the CLI draws)."""
+    ``method``: a sparsifiers name; ``calibration``: read_calibration's answer (None: the error
+    asking for --calibration); ``pattern``: patterns.layer_pattern's answer. ``bias_correction``:
+    let a refitting method compensate through the biases where that is exact (a warning names the
+    other layers). ``progress``: True for a rich progress bar on stderr, a ``rich.progress.Progress``
+    to add the tasks to, or a ``(message, done, total)`` callback (api.Progress, which the CLI draws)."""
     sparsifier = sparsifiers.get(method)
-    nm = _pattern(pattern, layers, ratios, scope)
-    if not sparsifier.needs_calibration:
-        return sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=scope, pattern=nm)
     if calibration is None:
         raise UsageError(f"--method {method} needs --calibration: an .npz of model inputs (first axis = samples)")
-    data, plan = checked_calibration(calibration, model, samples)
-    drops = _drop_counts(model, layers, ratios, sparsifier, data, plan, scope, nm)
-    biased = _bias_layers(layers, bias_correction and method == "sparsegpt")
+    data, plan = calibration.arrays, calibration.plan
+
+    def saliency() -> list[np.ndarray]:  # --scope global scores the weights on the unpruned model
+        stats = capture.capture_stats(model, layers, data, plan, hessian=sparsifier.statistics == sparsifiers.HESSIAN)
+        return [sparsifier.saliency(l, stats[l.node]) for l in layers]
+
+    drops = sparsifiers.drop_counts(layers, ratios, scope=scope, saliency=saliency, pattern=pattern)
+    biased = _bias_layers(layers, bias_correction and sparsifier.refits)
     with _progress(progress, method, len(layers)) as bar:
-        return _sequential(model, layers, drops, sparsifier, data, plan, nm, bar, biased)
+        return _sequential(model, layers, drops, sparsifier, data, plan, pattern, bar, biased)
 
 
 def _bias_layers(layers: Sequence, wanted: bool) -> set[str]:
@@ -164,43 +187,6 @@ def _bias_layers(layers: Sequence, wanted: bool) -> set[str]:
         else:
             exact.add(layer.node)
     return exact
-
-
-def _pattern(pattern: Optional[str], layers: Sequence, ratios: Mapping[str, float], scope: str
-             ) -> masking.Pattern:
-    if not pattern:
-        return None
-    try:
-        parsed = masking.parse_pattern(pattern)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if isinstance(parsed, masking.Blocks):
-        if scope == "global":
-            raise UsageError(f"--pattern {pattern} (blocks) cannot be combined with --scope global yet")
-        return parsed
-    n, m = parsed
-    try:
-        for layer in layers:
-            masking.check_pattern_fits(layer.K, m, layer.node)
-    except ValueError as exc:
-        raise OnnxPruneError(str(exc)) from None
-    if scope == "global":
-        raise UsageError(f"--pattern {pattern} fixes every layer's sparsity at {1 - n / m:g}; "
-                             "it cannot be combined with --scope global")
-    other = sorted({r for r in ratios.values() if abs(r - (1 - n / m)) > 1e-9})
-    if other:
-        warnings.warn(f"--pattern {pattern} removes exactly {m - n} of every {m} weights (sparsity {1 - n / m:g}); "
-                      f"the requested ratio {', '.join(f'{r:g}' for r in other)} is not used", stacklevel=3)
-    return n, m
-
-
-def _drop_counts(model, layers, ratios, sparsifier: Sparsifier, data, plan, scope, pattern) -> dict[str, int]:
-    """Weights each layer loses; the global allocation scores the weights on the unpruned model."""
-    def saliency() -> list[np.ndarray]:
-        stats = capture.capture_stats(model, layers, data, plan, hessian=sparsifier.statistics == sparsifiers.HESSIAN)
-        return [sparsifier.saliency(l, stats[l.node]) for l in layers]
-
-    return sparsifiers.drop_counts(layers, ratios, scope=scope, saliency=saliency, pattern=pattern)
 
 
 def _sequential(model, layers, drops, sparsifier: Sparsifier, data, plan, nm, bar, biased: set[str]) -> Result:
@@ -248,7 +234,7 @@ class _RichBar(_NoBar):
     def __init__(self, progress, method: str, layers: int) -> None:
         self.progress = progress
         self.layers = progress.add_task(f"{method}: layers", total=layers)
-        self.block_task = progress.add_task("blocks", total=1, visible=method == "sparsegpt")
+        self.block_task = progress.add_task("blocks", total=1, visible=sparsifiers.get(method).refits)
 
     def start_layer(self, name: str) -> None:
         self.progress.update(self.block_task, description=f"  {name}", completed=0, total=1)

@@ -15,13 +15,11 @@ After the walk, ``refit_kept`` refits the kept weights exactly given the mask (`
 Block patterns (masking.Blocks) are chosen like unstructured removals, per walk block, by the
 mean OBS error of each block's weights.
 
-``sparsegpt_prune_with_bias`` also moves error into the bias (a constant input appended to X);
-``reconstruction_curve`` measures a layer's output error at several sparsities, for
-allocation.py.
+``sparsegpt_prune_with_bias`` also moves error into the bias (a constant input appended to X).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -32,7 +30,6 @@ from ..errors import OnnxPruneError
 BLOCK_SIZE = 128
 PERCDAMP = 0.01
 REFIT = True    # refit_kept after the walk (docs/calibration.md: +0.8 to +4.5 points at 90 %)
-CURVE_GRID = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.96, 0.98)  # sparsities of reconstruction_curve
 _DAMP_RETRIES = 4
 _REFIT_BYTES = 64 * 2**20   # the batched systems of refit_kept, at most
 
@@ -235,27 +232,3 @@ def _prune_block(w: np.ndarray, factor: np.ndarray, dead: np.ndarray, keep: np.n
         block[i + 1:] -= np.outer(u[i, i + 1:], err)
         errors[i] = err
     return errors
-
-
-def reconstruction_curve(weight: np.ndarray, hessian: np.ndarray, input_sum: np.ndarray, rows: int,
-                         grid: Sequence[float] = CURVE_GRID, *, percdamp: float = PERCDAMP, layer: str = "?"
-                         ) -> list[float]:
-    """Relative squared output error ``‖X ΔW + 1 Δb‖² / ‖X W‖²`` of the layer after
-    sparsegpt_prune_with_bias at each sparsity of ``grid``: what allocation.error_driven_drops
-    needs to spread a total over the layers."""
-    w = np.asarray(weight, dtype=np.float64)
-    k, n = w.shape
-    h = np.asarray(hessian, dtype=np.float64)
-    s = np.asarray(input_sum, dtype=np.float64).reshape(k, 1)
-    augmented = np.block([[h, s], [s.T, np.full((1, 1), float(rows))]])
-    energy = float(np.einsum("kn,kj,jn->", w, h, w))
-    curve = []
-    for ratio in grid:
-        if ratio == 0:
-            curve.append(0.0)
-            continue
-        drop = masking.removal_count(ratio, w.size)
-        pruned, _, delta = sparsegpt_prune_with_bias(w, h, input_sum, rows, drop, percdamp=percdamp, layer=layer)
-        diff = np.vstack([w - pruned, -delta[None, :]])
-        curve.append(float(np.einsum("kn,kj,jn->", diff, augmented, diff)) / energy if energy > 0 else 0.0)
-    return curve

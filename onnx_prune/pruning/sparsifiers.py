@@ -9,8 +9,12 @@ for ``--scope global``, where one threshold over all layers sets each layer's re
 The numerics live in masking.py (scores, masks, the floor rule) and sparsegpt.py; calibration.py
 gathers the statistics and drives the methods that need them.
 
+A sparsifier says by attributes what it needs: ``statistics`` (calibration data) and ``refits``
+(it updates the kept weights, so it can take the bias correction and reports its blocks); nothing
+outside this module asks for a method by name.
+
 Adding a method: subclass Sparsifier, set ``name`` (and ``statistics`` when it uses calibration
-data), implement the hooks, decorate with ``@register``; --method and check_options follow.
+data, ``refits`` when it updates the kept weights), implement the hooks, decorate with ``@register``; --method and PruneOptions.validated follow.
 """
 from __future__ import annotations
 
@@ -61,6 +65,7 @@ class Sparsifier:
 
     name: ClassVar[str]
     statistics: ClassVar[Optional[str]] = None
+    refits: ClassVar[bool] = False  # updates the kept weights (and, with bias=True, the bias); prunes in blocks
 
     @property
     def needs_calibration(self) -> bool:
@@ -97,11 +102,12 @@ def get(name: str) -> Sparsifier:
     return REGISTRY[name]
 
 
-def drop_counts(layers: Sequence["Layer"], ratios: Mapping[str, float], *, scope: str,
-                saliency: Callable[[], Sequence[np.ndarray]], pattern: Pattern = None) -> dict[str, int]:
+def drop_counts(layers: Sequence["Layer"], ratios: Mapping[str, float], *, scope: str = "layer",
+                saliency: Optional[Callable[[], Sequence[np.ndarray]]] = None, pattern: Pattern = None
+                ) -> dict[str, int]:
     """Weights each layer loses: ``floor(R * size)`` per layer, or with ``scope="global"`` the
     share one threshold over all layers' ``saliency()`` (called only then) takes from each.
-    A block pattern counts blocks: ``floor(R * blocks)``."""
+    A block pattern counts blocks: ``floor(R * blocks)``. The one place a ratio becomes a count."""
     if isinstance(pattern, masking.Blocks):
         return {l.node: masking.removal_count(ratios[l.node], pattern.count(l.K, l.N)) for l in layers}
     if scope != "global":
@@ -177,6 +183,7 @@ class SparseGPT(Sparsifier):
 
     name = "sparsegpt"
     statistics = HESSIAN
+    refits = True
 
     def saliency(self, layer, stats) -> np.ndarray:
         # the OBS error of removing w alone, w² / [H⁻¹]_kk

@@ -77,7 +77,7 @@ def open_session(model: ModelOrPath, *, library: Optional[bool] = None, threads:
     """
     import onnxruntime as ort
 
-    error = error or f"onnxruntime cannot load {describe(model)}"
+    error = error or f"onnxruntime cannot load {model_name(model)}"
     if options is None:
         options = session_options(threads, library=_library_for(model, library), config=config, **settings)
     try:
@@ -98,7 +98,7 @@ def run(session, feeds: Mapping[str, np.ndarray], outputs: Optional[Sequence[str
         raise OnnxPruneError(f"{error}: {first_line(exc)}") from exc
 
 
-def describe(model: ModelOrPath) -> str:
+def model_name(model: ModelOrPath) -> str:
     """How a message names the model: its path, else its graph's name."""
     if isinstance(model, (str, Path)):
         return f"'{model}'"

@@ -1,7 +1,7 @@
 """Names and defaults of the SparseGemm op, as written in docs/sparse_gemm_op.md.
 
 Every module that writes or reads SparseGemm nodes takes its names from here (through
-sparse_gemm.node), so the document, the Python side and the C++ kernel cannot drift apart silently (tests/test_contract.py).
+sparse_gemm.node), so the document, the Python side and the C++ kernel cannot drift apart silently (tests/sparse_gemm/test_contract.py).
 """
 from __future__ import annotations
 

@@ -15,9 +15,12 @@ import onnx
 from onnx import helper
 
 from .._version import __version__
+from ..errors import OnnxPruneError
 from ..model.graph import NameScope, add_initializer, inferred_value_info, keep_known_shapes, remove_dead_tensors
 from ..model.layers import Layer, name_nodes
 from . import PackedWeight, contract, formats, formats_used, make_sparse_gemm, sparse_tensor_names
+from .fallback import add_fallback_functions
+from .netron_meta import netron_metadata_json
 
 
 @dataclass
@@ -42,7 +45,7 @@ class PrunedLayer:
         return self.kept_count if self.kept_count is not None else int(np.count_nonzero(self.mask))
 
 
-def describe(layer: Layer, packed: PackedWeight) -> str:
+def node_doc_string(layer: Layer, packed: PackedWeight) -> str:
     """The node's doc_string: what netron users want to see at a glance."""
     shape = "x".join(str(d) for d in dense_shape(layer))
     fused = f", fused {' + '.join(layer.fused_nodes[1:])}" if len(layer.fused_nodes) > 1 else ""
@@ -63,7 +66,7 @@ def sparse_gemm_node(layer: Layer, packed: PackedWeight, names: Sequence[str], b
     if layer.activation:
         attrs[contract.ATTR_ACTIVATION] = layer.activation
     return make_sparse_gemm(layer.node, layer.input_name, packed, names, bias_name or layer.bias_name,
-                            layer.output_name, attrs, doc_string=describe(layer, packed))
+                            layer.output_name, attrs, doc_string=node_doc_string(layer, packed))
 
 
 def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dtype=np.float32,
@@ -164,28 +167,16 @@ def _record_settings(model: onnx.ModelProto, settings: dict) -> None:
 
 def add_optional_parts(model: onnx.ModelProto, *, fallback: bool = True) -> None:
     """netron's description of SparseGemm (always) and the standard-op fallback function (unless
-    ``fallback`` is off), each only when its module is part of this installation and the model
-    has a SparseGemm node."""
+    ``fallback`` is off), when the model has a SparseGemm node."""
     used = formats_used(model.graph.node)
     if not used:
         return
-    try:
-        from .netron_meta import netron_metadata_json
-    except ImportError:
-        pass
-    else:
-        meta = {p.key: p.value for p in model.metadata_props}
-        known = [name for name in used if formats.is_known(name)]
-        meta["metadata.json"] = netron_metadata_json(known[0] if known else contract.DEFAULT_FORMAT)
-        helper.set_model_props(model, meta)
+    meta = {p.key: p.value for p in model.metadata_props}
+    known = [name for name in used if formats.is_known(name)]
+    meta["metadata.json"] = netron_metadata_json(known[0] if known else contract.DEFAULT_FORMAT)
+    helper.set_model_props(model, meta)
     if not fallback:
         return
-    try:
-        from .fallback import add_fallback_functions
-    except ImportError:
-        return
-    from ..errors import OnnxPruneError
-
     try:
         add_fallback_functions(model)
     except OnnxPruneError as exc:  # e.g. an opset too old for the fallback's standard ops

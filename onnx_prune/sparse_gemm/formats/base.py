@@ -107,22 +107,12 @@ _REGISTRY: dict[str, SparseFormat] = {}
 
 
 def register(fmt: SparseFormat) -> SparseFormat:
-    """Add ``fmt`` to the registry (one name, one format). Registration order matters: a --values
-    choice is written in the first registered format that stores it (see value_choices)."""
+    """Add ``fmt`` to the registry (one name, one format). Which format a --values choice is
+    written in by default is the table formats.DEFAULT_FORMAT_OF_VALUES, not the registration order."""
     if fmt.name in _REGISTRY:
         raise ValueError(f"format '{fmt.name}' is registered twice")
     _REGISTRY[fmt.name] = fmt
     return fmt
-
-
-def value_choices() -> dict[str, tuple[SparseFormat, np.dtype]]:
-    """Every --values choice -> (the first registered format that stores it, the dtype it stores):
-    the CLI's choices and the format a prune writes unless --format names another."""
-    choices: dict[str, tuple[SparseFormat, np.dtype]] = {}
-    for fmt in _REGISTRY.values():
-        for choice, dtype in fmt.value_types.items():
-            choices.setdefault(choice, (fmt, np.dtype(dtype)))
-    return choices
 
 
 def names() -> tuple[str, ...]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnx_prune import api, cli
+from onnx_prune import cli
 from onnx_prune.pruning import sparsifiers
 from onnx_prune.pruning.capture import InputStats
 from onnx_prune.errors import OnnxPruneError, UsageError
+from onnx_prune.options import PruneOptions
 from onnx_prune.model.layers import find_layers
 
 from helpers_models import global_keep_masks, keep_mask, mlp, mlp_weights_kn
@@ -25,14 +26,14 @@ def test_cli_choices_are_the_registry_names():
     options = {p.name: p for p in cli.typer.main.get_command(cli.app).commands["prune"].params}
     assert options["method"].metavar == "[" + "|".join(sparsifiers.names()) + "]"
     for name in sparsifiers.names():
-        api.check_options(0.5, method=name)
+        PruneOptions(0.5, method=name).validated()
 
 
 def test_unknown_method_is_a_usage_error_naming_the_choices():
     with pytest.raises(UsageError, match=r"^--method must be one of magnitude, wanda, sparsegpt, got 'obs'$"):
         sparsifiers.get("obs")
     with pytest.raises(UsageError, match="--method must be one of"):
-        api.check_options(0.5, method="obs")
+        PruneOptions(0.5, method="obs").validated()
 
 
 def test_magnitude_hook_follows_the_floor_rule_per_layer_and_globally():

@@ -18,7 +18,7 @@ from onnx_prune.sparse_gemm.formats import csr as csr_format
 from kernel_models import (Csr, assert_matches_reference, dense_of, finish_model, open_session, random_csr,
                            sparse_gemm_model)
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "sparse_gemm_op.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "sparse_gemm_op.md"
 
 CSR_INPUT_NAMES = (contract.INPUT_A, *formats.get(csr_format.NAME).tensor_names, contract.INPUT_C)
 

@@ -1,6 +1,9 @@
 """machine.py: /proc/cpuinfo parsing and the kernel-variant rule of csrc/kernels/dispatch.cc."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from onnx_prune.measure import machine
@@ -65,3 +68,34 @@ def test_machine_info_names_this_machine():
     assert info["kernel_isa"] in ("portable", "avx2", "avx512", "avx512vnni", "unknown")
     line = machine.describe(info)
     assert info["cpu"] in line and f"kernel {info['kernel_isa']}" in line and "\n" not in line
+
+
+DISPATCH = Path(__file__).resolve().parents[2] / "csrc" / "kernels" / "dispatch.cc"
+GCC_TO_CPUINFO = {"avx512vnni": "avx512_vnni"}  # __builtin_cpu_supports names -> /proc/cpuinfo flags
+
+
+def dispatch_rule() -> list[tuple[str, set]]:
+    """(variant, the CPU flags it needs) in the order csrc/kernels/dispatch.cc's supported_kernels()
+    adds them, read from its source: each cpu_has_*() check with the checks it calls, and each
+    table's ISA name."""
+    text = DISPATCH.read_text()
+    needs: dict[str, set] = {}
+    for check, body in re.findall(r"bool (cpu_has_\w+)\(\) \{(.*?)\n\}", text, re.S):
+        flags = {GCC_TO_CPUINFO.get(f, f) for f in re.findall(r'__builtin_cpu_supports\("(\w+)"\)', body)}
+        for called in re.findall(r"(cpu_has_\w+)\(\)", body):
+            flags |= needs[called]
+        needs[check] = flags
+    body = re.search(r"supported_kernels\(\) \{(.*?)\n\}", text, re.S).group(1)
+    rule = [(name, set()) for name in re.findall(r"tables\{&isa_(\w+)::kTable\}", body)]
+    for check, table in re.findall(r"if \((cpu_has_\w+)\(\)\) tables\.push_back\(&?(\w+)", body):
+        rule.append((re.fullmatch(r"isa_(\w+)|(\w+)_table", table).group(1) or table[:-len("_table")],
+                     needs[check]))
+    return rule
+
+
+def test_kernel_variants_are_the_rule_of_dispatch_cc():
+    """machine.KERNEL_VARIANTS restates the library's run-time dispatch: the same variants, in the
+    same order, each needing the same CPU flags."""
+    rule = dispatch_rule()
+    assert [name for name, _ in rule] == ["portable", "avx2", "avx512", "avx512vnni"]
+    assert [(name, set(flags)) for name, flags in machine.KERNEL_VARIANTS] == rule

@@ -26,7 +26,7 @@ from onnx_prune.sparse_gemm.formats import csr_int8
 
 from kernel_models import dense_of_int8, finish_model, int8_csr
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "mnist-mlp.onnx"
 DENSE_BYTES = 7_184_963
 needs_library = pytest.mark.skipif(find_library_path() is None, reason="the SparseGemm library is not built")
@@ -102,7 +102,7 @@ def test_non_finite_kept_weight_is_refused() -> None:
 def test_int8_is_the_values_choice_of_this_format() -> None:
     fmt, dtype = formats.value_choices()["int8"]
     assert fmt.name == "csr_int8" and dtype == np.int8
-    assert formats.value_choices()["fp32"][0].name == "csr"  # the first format that stores fp32 wins
+    assert formats.value_choices()["fp32"][0].name == "csr"  # bcsr stores fp32 too: the table names csr
 
 
 def valid() -> csr_int8.CsrInt8Weight:

@@ -274,7 +274,7 @@ def test_cli_prune_with_bcsr_verifies_runs_without_library_and_densifies(tmp_pat
 
     import onnxruntime as ort
 
-    bundled = Path(__file__).resolve().parents[1] / "models" / "mnist-mlp.onnx"
+    bundled = Path(__file__).resolve().parents[2] / "models" / "mnist-mlp.onnx"
     pruned, dense = tmp_path / "bcsr.onnx", tmp_path / "dense.onnx"
     done = subprocess.run([sys.executable, "-m", "onnx_prune.cli", "prune", str(bundled), str(pruned), "--format", "bcsr",
                            "--verify", "-q"], capture_output=True, text=True, timeout=300)
@@ -295,7 +295,7 @@ def test_cli_prune_with_bcsr_verifies_runs_without_library_and_densifies(tmp_pat
 
 
 def test_an_rx1_pattern_picks_bcsr() -> None:
-    from onnx_prune.api import format_for_pattern, storage_format
+    from onnx_prune.options import format_for_pattern, storage_format
 
     assert format_for_pattern("4x1") == format_for_pattern("8x1") == bcsr.NAME
     assert format_for_pattern(None) is format_for_pattern("2:4") is format_for_pattern("3x1") is None
@@ -312,7 +312,7 @@ def test_bench_kernel_block_times_bcsr_after_checking_its_result(tmp_path: Path)
     import sys
 
     out = tmp_path / "k.json"
-    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_kernel.py"
+    tool = Path(__file__).resolve().parents[2] / "tools" / "bench_kernel.py"
     done = subprocess.run([sys.executable, str(tool), "--quick", "--k", "64", "--n", "30", "--batch", "1", "20",
                            "--sparsity", "0.8", "--threads", "1", "--rounds", "1", "--block", "4", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)

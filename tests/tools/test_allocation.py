@@ -1,14 +1,20 @@
-"""allocation.py: per-layer removal counts that always sum to the floor rule's total, stay within
+"""tools/allocation.py: per-layer removal counts that always sum to the floor rule's total, stay within
 each layer, and follow the measured errors (error-driven) or outlier ratios (OWL)."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from onnx_prune.pruning import allocation
-from onnx_prune.pruning.sparsegpt import reconstruction_curve, sparsegpt_prune_with_bias
+from onnx_prune.pruning.sparsegpt import sparsegpt_prune_with_bias
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+
+import allocation  # noqa: E402
+from allocation import reconstruction_curve  # noqa: E402
 
 
 @pytest.mark.parametrize("total", [0, 1, 7, 500, 999, 1000])

@@ -10,7 +10,7 @@ import pytest
 
 import onnx_prune
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import compare_deployments  # noqa: E402

@@ -13,7 +13,9 @@ from onnx import helper
 import onnx_prune
 from helpers_models import f32, make_model, mlp, mlp_weights_kn
 from onnx_prune.pruning import masking
-from onnx_prune.pruning.calibration import load_calibration, sparsify, wanda_scores
+from onnx_prune import api
+from onnx_prune.options import PruneOptions
+from onnx_prune.pruning.calibration import read_calibration, wanda_scores
 from onnx_prune.errors import OnnxPruneError
 from onnx_prune.model.layers import find_layers
 from onnx_prune.pruning.sparsegpt import sparsegpt_prune
@@ -180,12 +182,13 @@ def _mlp_case(seed=0, samples=128):
     return model, layers, {"input": x}
 
 
-def _run(model, layers, data, ratio=0.7, **kw):
-    options = dict(method="sparsegpt", calibration=data, samples=None, pattern=None, scope="layer",
-                   bias_correction=False)
-    options.update(kw)
+def _run(model, layers, data, ratio=0.7, *, method="sparsegpt", samples=None, pattern=None, scope="layer",
+         bias_correction=False, progress=None):
+    """api.sparsify's answer (node -> Pruned) for ``layers`` at ``ratio`` (one for all, or a dict)."""
+    options = PruneOptions(method=method, calibration_samples=samples, pattern=pattern, scope=scope,
+                           bias_correction=bias_correction).validated()
     ratios = ratio if isinstance(ratio, dict) else {l.node: ratio for l in layers}
-    return sparsify(model, layers, ratios, **options)
+    return api.sparsify(model, layers, ratios, options, calibration=data, progress=progress)[0]
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
@@ -237,7 +240,7 @@ def test_n_m_holds_in_every_group(method):
     model, layers, data = _mlp_case()
     with pytest.warns(UserWarning, match="--pattern 2:4 removes exactly 2 of every 4 weights .sparsity 0.5.; "
                                          "the requested ratio 0.7 is not used"):
-        result = _run(model, layers, data, 0.7, method=method, pattern="2:4")
+        result = _run(model, layers, None if method == "magnitude" else data, 0.7, method=method, pattern="2:4")
     for layer in layers:
         weight, keep = result[layer.node].weight, result[layer.node].mask
         groups = keep.reshape(layer.K // 4, 4, layer.N)
@@ -292,7 +295,7 @@ def test_block_patterns_remove_whole_blocks_end_to_end(method, pattern):
     out, report = onnx_prune.prune(model, 0.6, method=method, pattern=pattern, auto_dense=False, verify=True,
                                    calibration=None if method == "magnitude" else data)
     assert report.verification.passed
-    result = _run(model, layers, data, 0.6, method=method, pattern=pattern)
+    result = _run(model, layers, None if method == "magnitude" else data, 0.6, method=method, pattern=pattern)
     for layer in layers:
         keep = result[layer.node].mask
         kept_blocks = blocks.block_scores(keep.astype(float))
@@ -380,16 +383,19 @@ def _save(tmp_path, **arrays):
     return path
 
 
-def test_load_calibration_reads_checks_and_cuts(tmp_path):
+def test_read_calibration_reads_checks_and_cuts(tmp_path):
     x, y = np.zeros((10, 4), np.float32), np.ones((10, 3), np.float32)
-    data = load_calibration(_save(tmp_path, X=x, Y=y), two_input_model(), samples=6)
-    assert data["X"].shape == (6, 4) and data["Y"].shape == (6, 3)
+    read = read_calibration(_save(tmp_path, X=x, Y=y), two_input_model(), samples=6)
+    assert read.arrays["X"].shape == (6, 4) and read.arrays["Y"].shape == (6, 3)
+    assert (read.plan.samples, read.held) == (6, 10)
+    same = read_calibration({"X": x, "Y": y}, two_input_model(), samples=6)  # a dict is read the same way
+    assert all(np.array_equal(same.arrays[k], read.arrays[k]) for k in "XY") and same.held == 10
 
 
 @pytest.mark.parametrize("arrays,message", [
-    (dict(X=np.zeros((5, 4), np.float32)), r"calib.npz' lacks the model input 'Y' \(its inputs: X, Y\)"),
+    (dict(X=np.zeros((5, 4), np.float32)), r"calibration data lacks the model input 'Y' \(its inputs: X, Y\)"),
     (dict(X=np.zeros((5, 4), np.float32), Z=np.zeros(1)),
-     r"calib.npz' lacks the model input 'Y' \(its inputs: X, Y; it also holds 'Z', not an input\)"),
+     r"calibration data lacks the model input 'Y' \(its inputs: X, Y; it also holds 'Z', not an input\)"),
     (dict(X=np.zeros((5, 4)), Y=np.zeros((5, 3), np.float32)), r"'X' is float64, the model input is float32"),
     (dict(X=np.zeros((5, 5), np.float32), Y=np.zeros((5, 3), np.float32)),
      r"'X' has shape \[5, 5\], which does not match the model input \[\?, 4\] \(first axis = samples\)"),
@@ -401,21 +407,27 @@ def test_load_calibration_reads_checks_and_cuts(tmp_path):
 ])
 def test_bad_calibration_files_are_one_clear_error(tmp_path, arrays, message):
     with pytest.raises(OnnxPruneError, match=message):
-        load_calibration(_save(tmp_path, **arrays), two_input_model())
+        read_calibration(_save(tmp_path, **arrays), two_input_model())
 
 
 def test_unreadable_calibration_files(tmp_path):
     model = two_input_model()
     with pytest.raises(OnnxPruneError, match="calibration data '.*missing.npz' does not exist"):
-        load_calibration(tmp_path / "missing.npz", model)
+        read_calibration(tmp_path / "missing.npz", model)
     text = tmp_path / "text.npz"
     text.write_text("not a zip archive")
     with pytest.raises(OnnxPruneError, match="calibration data '.*text.npz' is not a valid .npz"):
-        load_calibration(text, model)
+        read_calibration(text, model)
     single = tmp_path / "single.npy"
     np.save(single, np.zeros((2, 4), np.float32))
     with pytest.raises(OnnxPruneError, match="is not a valid .npz: it holds a single array, not named arrays"):
-        load_calibration(single, model)
+        read_calibration(single, model)
+
+
+def test_calibration_given_to_a_method_that_does_not_read_it_is_a_warning_with_a_pattern_too():
+    model, layers, data = _mlp_case()
+    with pytest.warns(UserWarning, match="calibration data is not used by --method magnitude"):
+        _run(model, layers, data, 0.75, method="magnitude", pattern="4x1")
 
 
 def test_api_checks_the_calibration_against_the_model(tmp_path):
@@ -428,10 +440,10 @@ def test_arrays_that_are_not_model_inputs_are_ignored_with_one_warning(tmp_path)
     x, y = np.zeros((10, 4), np.float32), np.ones((10, 3), np.float32)
     path = _save(tmp_path, X=x, labels=np.arange(10), Y=y, extra=np.zeros(3))
     with pytest.warns(UserWarning) as caught:
-        data = load_calibration(path, two_input_model(), samples=6)
+        data = read_calibration(path, two_input_model(), samples=6).arrays
     assert sorted(data) == ["X", "Y"] and data["X"].shape == (6, 4) and data["Y"].shape == (6, 3)
     assert [str(w.message) for w in caught] == [
-        f"'{path}': ignoring 'labels', 'extra', not an input of the model (its inputs: X, Y)"]
+        "calibration data: ignoring 'labels', 'extra', not an input of the model (its inputs: X, Y)"]
 
 
 def test_api_progress_callback_hears_every_sparsegpt_layer_and_block():

@@ -155,7 +155,7 @@ def test_real_sigint_never_leaves_a_mixed_pair_or_a_temp_file(tmp_path: Path, de
     """A writer rewrites a 16 MB external-data model in a loop; SIGINT lands wherever it lands."""
     dest = tmp_path / "out.onnx"
     save(1.0, dest)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(dest), str(Path(__file__).parent)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

@@ -364,7 +364,7 @@ def ops_per_call(model: onnx.ModelProto, feeds: dict, tmp_path: Path) -> list[st
 
 
 def _bundled_model():
-    path = Path(__file__).resolve().parent.parent / "models" / "mnist-mlp.onnx"
+    path = Path(__file__).resolve().parents[2] / "models" / "mnist-mlp.onnx"
     return onnx.load(str(path)), np.random.default_rng(2).standard_normal((4, 784)).astype(np.float32)
 
 

@@ -63,6 +63,16 @@ def test_value_types_are_the_stored_dtypes() -> None:
         assert formats.get("csr").pack(weight, keep, values_dtype=dtype).values_dtype == dtype
 
 
+def test_every_stored_kind_of_values_names_its_default_format() -> None:
+    """Each --values choice a format stores has a default format that stores it, named in one table
+    (not picked by the order the format modules are imported in)."""
+    stored = {choice for name in formats.names() for choice in formats.get(name).value_types}
+    assert set(formats.DEFAULT_FORMAT_OF_VALUES) == stored
+    for choice, (fmt, dtype) in formats.value_choices().items():
+        assert fmt.name == formats.DEFAULT_FORMAT_OF_VALUES[choice] and fmt.value_types[choice] == dtype
+    assert list(formats.value_choices()) == ["fp32", "fp16", "int8"]  # the order --help shows
+
+
 # ---------------------------------------------------------------------------- csr
 
 

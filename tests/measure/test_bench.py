@@ -54,7 +54,7 @@ def test_bench_cli_writes_json(tmp_path: Path):
 
 def test_bench_kernel_tool_smoke(tmp_path: Path):
     out = tmp_path / "k.json"
-    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_kernel.py"
+    tool = Path(__file__).resolve().parents[2] / "tools" / "bench_kernel.py"
     done = subprocess.run([sys.executable, str(tool), "--quick", "--k", "64", "--n", "32", "--batch", "1",
                            "--sparsity", "0.9", "--threads", "1", "--rounds", "1", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)

@@ -344,7 +344,7 @@ def test_omitted_weight_input_fails_at_creation(which: int) -> None:
 def test_unknown_format_lists_the_library_formats() -> None:
     csr = valid_csr()
     model = model_of(csr.values, csr.indices, csr.offsets, gemm_attributes(K, N, format="coo"))
-    known = ", ".join(formats.names())  # tests/test_contract.py checks the library has exactly these
+    known = ", ".join(formats.names())  # tests/sparse_gemm/test_contract.py checks the library has exactly these
     expect_error(model, {"A": a_batch()}, "create", f"unknown format 'coo' (this library supports: {known})")
 
 
@@ -398,7 +398,7 @@ def test_huge_k_with_tiny_weights_stays_small() -> None:
     pointers (GBs) and fail as node '<creating>'. Under a 3 GiB address-space limit (in a child
     process, so a regression cannot take the machine's memory) the session must now be created."""
     tests_dir = str(Path(__file__).resolve().parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(tests_dir).parent),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(tests_dir).parents[1]),
                                                                   os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "-c", _HUGE_K_SCRIPT, tests_dir], capture_output=True, text=True,
                           timeout=120, env=env)
@@ -433,7 +433,7 @@ def test_kernel_creation_memory_is_a_small_multiple_of_the_weights(tmp_path: Pat
     path.write_bytes(model.SerializeToString())
     stored = values.nbytes + indices.nbytes + offsets.nbytes
     del model, values, indices
-    repo = str(Path(__file__).resolve().parent.parent)
+    repo = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "-c", _CREATION_RSS_SCRIPT, str(path)], capture_output=True, text=True,
                           timeout=120, env=env)

@@ -14,7 +14,8 @@ from onnx import numpy_helper
 
 from helpers_models import mlp
 from onnx_prune.pruning import masking
-from onnx_prune.pruning.calibration import sparsify
+from onnx_prune.api import sparsify
+from onnx_prune.options import PruneOptions
 from onnx_prune.model.layers import find_layers
 from onnx_prune.pruning.sparsegpt import sparsegpt_prune, sparsegpt_prune_with_bias
 
@@ -126,8 +127,8 @@ def test_per_layer_sparsegpt_keeps_up_with_a_plain_reference(trained, ratio):
     model, ws, bs, calib, test_x, test_y = trained
     assert (calib[:, -16:] == 0).all(axis=0).sum() >= 8  # the case in point: inputs dead on calibration only
     layers = find_layers(model)[0]
-    result = sparsify(model, layers, {l.node: ratio for l in layers}, method="sparsegpt",
-                      calibration={"input": calib}, samples=None, pattern=None, scope="layer", bias_correction=False)
+    options = PruneOptions(method="sparsegpt", bias_correction=False).validated()
+    result = sparsify(model, layers, {l.node: ratio for l in layers}, options, calibration={"input": calib})[0]
     product = [result[l.node].weight.astype(np.float64) for l in layers]
     err, acc = held_out_error(ws, bs, product, test_x, test_y)
     ref_err, ref_acc = held_out_error(ws, bs, reference_prune(ws, bs, calib, ratio), test_x, test_y)

@@ -22,7 +22,7 @@ from onnx import helper
 from onnx_prune.sparse_gemm import contract, formats
 from onnx_prune.sparse_gemm.netron_meta import netron_metadata, netron_metadata_json
 
-_TOOL = Path(__file__).resolve().parent.parent / "tools" / "netron_screenshot.py"
+_TOOL = Path(__file__).resolve().parents[2] / "tools" / "netron_screenshot.py"
 
 
 def _load_tool():

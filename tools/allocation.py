@@ -1,10 +1,14 @@
 """Per-layer sparsity allocation: how many weights each layer loses, for one requested total.
 
+An experiment, not wired into onnx-prune (docs/calibration.md, "Bias compensation and per-layer
+allocation", has the measurements: neither rule beats --scope global's saliency on the MLPs
+measured). Run from the repository root with tools/ on sys.path.
+
 Two rules, both removing exactly ``floor(ratio · total)`` weights over all layers
 (``exact_counts`` turns target sparsities into integer counts with that sum):
 
 * ``error_driven_drops``: from each layer's measured reconstruction error at a few sparsities
-  (sparsegpt.reconstruction_curve), the counts that minimise the summed relative errors: weights
+  (``reconstruction_curve``), the counts that minimise the summed relative errors: weights
   are taken where the next removal costs the least error per weight.
 * ``outlier_weighted_drops``: OWL (Yin et al. 2023, "outlier weighted layerwise sparsity")
   gives layers with many outlier weights (Wanda score ``|w| · ‖x_k‖`` above ``threshold`` × the
@@ -18,8 +22,10 @@ from typing import Sequence
 
 import numpy as np
 
-from . import masking
+from onnx_prune.pruning import masking
+from onnx_prune.pruning.sparsegpt import PERCDAMP, sparsegpt_prune_with_bias
 
+CURVE_GRID = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.96, 0.98)  # sparsities of reconstruction_curve
 OUTLIER_THRESHOLD = 5.0
 SPREAD = 0.08
 
@@ -124,3 +130,27 @@ def _shift_to_total(sizes: np.ndarray, want: np.ndarray, total: int) -> float:
         else:
             high = mid
     return high
+
+
+def reconstruction_curve(weight: np.ndarray, hessian: np.ndarray, input_sum: np.ndarray, rows: int,
+                         grid: Sequence[float] = CURVE_GRID, *, percdamp: float = PERCDAMP, layer: str = "?"
+                         ) -> list[float]:
+    """Relative squared output error ``‖X ΔW + 1 Δb‖² / ‖X W‖²`` of the layer after
+    sparsegpt_prune_with_bias at each sparsity of ``grid``: what error_driven_drops
+    needs to spread a total over the layers."""
+    w = np.asarray(weight, dtype=np.float64)
+    k, n = w.shape
+    h = np.asarray(hessian, dtype=np.float64)
+    s = np.asarray(input_sum, dtype=np.float64).reshape(k, 1)
+    augmented = np.block([[h, s], [s.T, np.full((1, 1), float(rows))]])
+    energy = float(np.einsum("kn,kj,jn->", w, h, w))
+    curve = []
+    for ratio in grid:
+        if ratio == 0:
+            curve.append(0.0)
+            continue
+        drop = masking.removal_count(ratio, w.size)
+        pruned, _, delta = sparsegpt_prune_with_bias(w, h, input_sum, rows, drop, percdamp=percdamp, layer=layer)
+        diff = np.vstack([w - pruned, -delta[None, :]])
+        curve.append(float(np.einsum("kn,kj,jn->", diff, augmented, diff)) / energy if energy > 0 else 0.0)
+    return curve

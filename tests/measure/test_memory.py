@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_memory.py"
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "bench_memory.py"
 
 
 def _bench_memory():
