@@ -176,6 +176,15 @@ def test_dequantize_linear_weight_per_column_scale():
     assert_close(run(out, {"X": x})[0], x.astype(np.float64) @ masked(weight, 0.9))
 
 
+def test_activation_operand_is_named_as_computed_from_the_graph_input():
+    """Before: 'its weight is not a constant', with no hint of what it is computed from."""
+    model, _, _ = fixture("torch_transformer_block")
+    _, report = onnx_prune.prune(model, 0.8, fallback=False)
+    reasons = {s["reason"] for s in report.skipped}
+    assert reasons == {"its weight is not a constant: it is computed from graph input hidden"}
+    assert len(report.skipped) == 2  # Q.K^T and softmax.V
+
+
 # ----------------------------------------------------------------------------- subgraphs
 
 def test_layers_in_if_bodies_are_named_as_skipped_with_why():
@@ -260,3 +269,19 @@ def test_excluding_one_user_of_a_shared_weight_leaves_the_others_dense_with_why(
                                                 "pruning it would store the weight twice")
     x = np.random.default_rng(26).standard_normal((2, 16)).astype(np.float32)
     assert_close(run(out, {"X": x})[0], x.astype(np.float64) @ w @ w @ w @ masked(v, 0.8))
+
+
+def test_shared_weight_in_external_data_is_read_through_identity_and_transpose(tmp_path: Path):
+    """The layer-by-layer path reads each weight from the external data file, here through the chain."""
+    model, w = identity_shared_model(n=64, users=2)
+    model.graph.node.insert(0, helper.make_node("Transpose", ["W"], ["Wt"], name="t"))
+    model.graph.node[-1].CopyFrom(helper.make_node("MatMul", ["h1", "Wt"], ["Y"], name="mm_t"))
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    out, report = onnx_prune.prune(str(path), 0.8, fallback=False, verify=True)
+    assert set(sparse_nodes(out)) == {"mm0", "mm1", "mm_t"} and report.verification.passed
+    assert packed_inputs(sparse_nodes(out)["mm0"]) == packed_inputs(sparse_nodes(out)["mm1"])
+    assert [l.shares for l in report.layers] == [None, "mm0", None]
+    x = np.random.default_rng(27).standard_normal((2, 64)).astype(np.float32)
+    wm, wtm = masked(w, 0.8), masked(w.T, 0.8)
+    assert_close(run(out, {"X": x})[0], x.astype(np.float64) @ wm @ wm @ wtm)

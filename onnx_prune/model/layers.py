@@ -173,24 +173,30 @@ def _weight_problem(index: "GraphIndex", name: str, w: Optional[weight_sources.W
 
 
 def _not_constant(index: "GraphIndex", name: str) -> str:
-    """Says what the weight is computed from: a graph input, or a node that is not folded."""
-    node = index.producers.get(name)
-    if node is None:
-        return f"its weight is not a constant ({name} is a graph input)"
-    return (f"its weight is not a constant ({node.op_type} node {node.name} computes it from tensors "
-            "that are not constants (or from a chain of more than "
-            f"{weight_sources.MAX_CHAIN_NODES} nodes, which onnx-prune does not fold))")
+    """Says what the weight is computed from: a graph input, or constants through nodes not folded
+    (no node names: the same reason for many layers reads as one line)."""
+    if index.producers.get(name) is None:
+        return f"its weight is not a constant: it is graph input {name}"
+    source = _upstream_input(index, name)
+    if source is not None:
+        return f"its weight is not a constant: it is computed from graph input {source}"
+    return (f"its weight is not a constant: it is computed from constants through more than "
+            f"{weight_sources.MAX_CHAIN_NODES} nodes, or through an op onnx-prune does not fold")
 
 
-def _weight_reader(proto: onnx.TensorProto, trans_b: bool, folder: Optional[str]) -> Callable[[], np.ndarray]:
-    """Reads W [K, N] when asked: from the model's external data file when the tensor is still
-    there (a finished layer then costs nothing), else from the proto."""
-    def read() -> np.ndarray:
-        if proto.data_location == onnx.TensorProto.EXTERNAL and folder is not None:
-            return read_external_array(proto, folder, transpose=trans_b)
-        w = numpy_helper.to_array(proto)
-        return np.ascontiguousarray(w.T if trans_b else w, dtype=np.float32)
-    return read
+def _upstream_input(index: "GraphIndex", name: str) -> Optional[str]:
+    """A graph input (not an initializer) tensor ``name`` is computed from, or None."""
+    seen, stack = set(), [name]
+    while stack:
+        tensor = stack.pop()
+        if not tensor or tensor in seen or index.constant_proto(tensor) is not None:
+            continue
+        seen.add(tensor)
+        node = index.producers.get(tensor)
+        if node is None:
+            return tensor
+        stack.extend(node.input)
+    return None
 
 
 def find_layers(model: onnx.ModelProto, folder: Optional[str] = None) -> tuple[list[Layer], list[Skipped]]:

@@ -22,6 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .graph import ONNX_DOMAINS
+from .modelio import read_external_array
 
 MAX_CHAIN_NODES = 16  # producer chains longer than this are not folded (a weight is a few ops from its constants)
 # ops whose output is not a function of their inputs: never folded
@@ -180,6 +181,15 @@ def reader(source: WeightSource, trans_b: bool, folder: Optional[str]) -> Callab
         def computed() -> np.ndarray:
             return np.ascontiguousarray(value.T if transpose else value, dtype=np.float32)
         return computed
-    from .layers import _weight_reader
-
     return _weight_reader(source.proto, transpose, folder)
+
+
+def _weight_reader(proto: onnx.TensorProto, trans_b: bool, folder: Optional[str]) -> Callable[[], np.ndarray]:
+    """Reads W [K, N] when asked: from the model's external data file when the tensor is still
+    there (a finished layer then costs nothing), else from the proto."""
+    def read() -> np.ndarray:
+        if proto.data_location == onnx.TensorProto.EXTERNAL and folder is not None:
+            return read_external_array(proto, folder, transpose=trans_b)
+        w = numpy_helper.to_array(proto)
+        return np.ascontiguousarray(w.T if trans_b else w, dtype=np.float32)
+    return read
