@@ -285,3 +285,19 @@ def test_shared_weight_in_external_data_is_read_through_identity_and_transpose(t
     x = np.random.default_rng(27).standard_normal((2, 64)).astype(np.float32)
     wm, wtm = masked(w, 0.8), masked(w.T, 0.8)
     assert_close(run(out, {"X": x})[0], x.astype(np.float64) @ wm @ wm @ wtm)
+
+
+def test_densify_writes_a_shared_weight_once():
+    """Before: one dense copy per SparseGemm node reading the packed weight."""
+    from onnx_prune.sparse_gemm.densify import densify_model
+
+    model, w, feeds = fixture("torch_tied_identity")
+    pruned, _ = onnx_prune.prune(model, 0.8)
+    dense = densify_model(pruned)
+    weights = [t for t in dense.graph.initializer if list(t.dims) == [24, 24]]
+    assert len(weights) == 1
+    assert [n.input[1] for n in dense.graph.node if n.op_type == "MatMul"][:2] == [weights[0].name] * 2
+    fc, head = masked(w["onnx::MatMul_15"], 0.8), masked(w["onnx::MatMul_17"], 0.8)
+    h = relu(w["emb.weight"][feeds["ids"]].astype(np.float64) @ fc + w["fc.bias"])
+    session = ort.InferenceSession(dense.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert_close(session.run(None, feeds)[0], relu(h @ fc + w["fc.bias"]) @ head)
