@@ -91,7 +91,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
                 calibration_samples=calibration_samples, pattern=pattern, bias_correction=bias_correction,
                 progress=progress)
             pruned, dense_kept = split_dense(chosen, weights, auto_dense and not pattern)
-            pruned, dense_kept = _pack_all(pruned, dense_kept, fmt, values_dtype, reference, auto_dense, followers)
+            pruned, dense_kept = _pack_all(pruned, dense_kept, fmt, values_dtype, reference, auto_dense and not pattern,
+                                           followers)
         # the reference is the input model rewired to the masked weights: written before the rewrite changes it
         reference_path = reference.save(model, pruned) if reference and pruned else None
 
