@@ -23,7 +23,7 @@ from onnx_prune import cli as cli_module
 from onnx_prune.errors import OnnxPruneError
 from onnx_prune.sparse_gemm import contract
 
-from helpers_models import assert_close, f32, global_keep_masks, keep_mask, make_model, masked
+from helpers_models import assert_close, f32, global_keep_masks, make_model, masked
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
