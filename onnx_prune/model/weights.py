@@ -9,8 +9,8 @@ layer that reads the same matrix is grouped by :attr:`WeightSource.key`, pruned 
 once (onnx_prune.model.shared_weights).
 
 Identity and Transpose are followed without computing anything (the stored tensor is read, in the
-other orientation after a Transpose). Any other chain is computed once with onnx's own reference
-evaluator on those nodes only: a few small ops, not a graph-wide constant folding.
+other orientation after a Transpose). Any other chain is evaluated on its own (a few small ops, not
+a graph-wide constant folding) with onnxruntime, else onnx.reference, when the layer reads it.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import ONNX_DOMAINS
+from ..errors import OnnxPruneError
+from .graph import ONNX_DOMAINS, SMALL_TENSOR_ELEMENTS
 from .modelio import read_external_array
 
 MAX_CHAIN_NODES = 16  # producer chains longer than this are not folded (a weight is a few ops from its constants)
@@ -42,13 +43,13 @@ class WeightSource:
     data_type: int
     transposed: bool = False               # the node reads the transpose of the stored ``proto``
     proto: Optional[onnx.TensorProto] = None  # the stored tensor, when only Identity / Transpose lie between
-    value: Optional[np.ndarray] = None     # the computed tensor, when a chain was folded
+    compute: Optional[Callable[[], np.ndarray]] = field(default=None, repr=False)  # a folded chain's value
     chain: list[str] = field(default_factory=list)
     roots: list[str] = field(default_factory=list)
 
     @property
     def folded(self) -> bool:
-        return self.value is not None
+        return self.compute is not None
 
     def matrix_key(self, trans_b: bool) -> tuple[str, bool]:
         """Identifies the [K, N] matrix a layer multiplies by: Gemm(transB=1) on W and MatMul on
@@ -83,20 +84,57 @@ def _through(index, node: onnx.NodeProto, *, transpose: bool) -> Optional[Weight
         return None
     dims = tuple(reversed(inner.dims)) if transpose else inner.dims
     return WeightSource(key=inner.key, dims=dims, data_type=inner.data_type, transposed=inner.transposed != transpose,
-                        proto=inner.proto, value=inner.value, chain=[*inner.chain, node.name],
+                        proto=inner.proto, compute=inner.compute, chain=[*inner.chain, node.name],
                         roots=list(inner.roots))
 
 
 def _folded(index, name: str) -> Optional[WeightSource]:
-    """Compute ``name`` from the constants its producer chain reads, with onnx.reference."""
+    """``name`` as computed from the constants its producer chain reads. Its type and shape come
+    from onnx shape inference on the chain, and the values are computed when the layer reads them
+    (one layer's weight in memory at a time, as for stored weights); a chain shape inference cannot
+    type is computed now."""
     chain, roots = _producer_chain(index, name)
     if chain is None:
         return None
-    value = _evaluate(index, chain, roots, name)
-    if value is None:
+    header = _inferred_header(index, chain, roots, name)
+    if header is None:
+        value = _evaluate(index, chain, roots, name)
+        if value is None:
+            return None
+        header, compute = (tuple(value.shape), helper.np_dtype_to_tensor_dtype(value.dtype)), lambda: value
+    else:
+        def compute() -> np.ndarray:
+            value = _evaluate(index, chain, roots, name)
+            if value is None:
+                raise OnnxPruneError(f"cannot compute the weight {name} from its constants (nodes "
+                                     f"{', '.join(n.name for n in chain)}): onnxruntime and onnx.reference both fail")
+            return value
+    return WeightSource(key=name, dims=header[0], data_type=header[1], compute=compute,
+                        chain=[n.name for n in chain], roots=sorted(roots))
+
+
+def _inferred_header(index, chain, roots, name: str) -> Optional[tuple[tuple[int, ...], int]]:
+    """(dims, element type) of ``name`` by onnx shape inference on the chain, its large constants
+    given as typed inputs (no data copied), or None when inference cannot say."""
+    inputs, initializers = [], []
+    for root in sorted(roots):
+        proto = index.constant_proto(root)
+        if int(np.prod(proto.dims, dtype=np.int64)) > SMALL_TENSOR_ELEMENTS:
+            inputs.append(helper.make_tensor_value_info(root, proto.data_type, list(proto.dims)))
+        else:
+            initializers.append(numpy_helper.from_array(index.constant(root), root))
+    graph = helper.make_graph(list(chain), "weight_chain", inputs, [helper.make_value_info(name, onnx.TypeProto())],
+                              initializer=initializers)
+    model = helper.make_model(graph, opset_imports=list(index.opset_import))
+    model.ir_version = index.ir_version or model.ir_version
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception:  # noqa: BLE001 - inference is a shortcut, never a requirement
         return None
-    return WeightSource(key=name, dims=tuple(value.shape), data_type=helper.np_dtype_to_tensor_dtype(value.dtype),
-                        value=value, chain=[n.name for n in chain], roots=sorted(roots))
+    tensor = inferred.graph.output[0].type.tensor_type
+    if not tensor.elem_type or not tensor.HasField("shape") or not all(d.HasField("dim_value") for d in tensor.shape.dim):
+        return None
+    return tuple(int(d.dim_value) for d in tensor.shape.dim), int(tensor.elem_type)
 
 
 def _producer_chain(index, name: str):
@@ -176,9 +214,10 @@ def reader(source: WeightSource, trans_b: bool, folder: Optional[str]) -> Callab
     """Reads the layer's W [K, N] float32 from ``source`` when asked (``trans_b``: the node reads W as [N, K])."""
     transpose = trans_b != source.transposed
     if source.folded:
-        value = source.value
+        compute = source.compute
 
         def computed() -> np.ndarray:
+            value = compute()
             return np.ascontiguousarray(value.T if transpose else value, dtype=np.float32)
         return computed
     return _weight_reader(source.proto, transpose, folder)
