@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Un
 import numpy as np
 import onnx
 
-from .pruning import sparsifiers
+from .pruning import shared_weights, sparsifiers
 from .pruning.auto_dense import split_dense, stays_dense
 from .pruning.calibration import read_calibration, sparsify_calibrated
 from .pruning.patterns import layer_pattern
@@ -74,17 +74,18 @@ def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options:
                                              min_params=options.min_params, folder=folder)
         ratios = {layer.node: float(options.ratio) for layer in chosen}
         ratios.update(resolve_layer_ratios(chosen, dict(options.layer_ratios)))
+        chosen, followers = shared_weights.split(chosen)  # one weight, one mask: its first user decides
 
         say(f"scoring {len(chosen)} layers ({options.method}{', ' + options.pattern if options.pattern else ''})")
         calibration_counts = None
         if streams:
             pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, options, fmt=fmt, values_dtype=values_dtype,
-                                                       reference=reference)
+                                                       reference=reference, followers=followers)
         else:
             weights, calibration_counts = sparsify(model, chosen, ratios, options, calibration=calibration,
                                                    progress=progress)
             pruned, dense_kept = split_dense(chosen, weights, options)
-            _pack_all(pruned, fmt, values_dtype, reference)
+            pruned, dense_kept = _pack_all(pruned, dense_kept, fmt, values_dtype, reference, options, followers)
         # the reference is the input model rewired to the masked weights: written before the rewrite changes it
         reference_path = reference.save(model, pruned) if reference and pruned else None
 
@@ -134,9 +135,10 @@ def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), excl
         if already:
             raise OnnxPruneError(f"no prunable layer found: the model is already pruned, it has {already}; "
                                  "prune the original model, or densify this one first (onnx-prune densify)")
-        raise OnnxPruneError("no prunable layer found: the model has no Gemm or MatMul with a constant "
-                             "float32 2-D weight" + _skip_summary(ineligible))
+        raise OnnxPruneError("no prunable layer found: " + _none_eligible(ineligible))
     chosen, unselected = select_layers(found, include=include, exclude=exclude, min_params=min_params)
+    chosen, partly = shared_weights.whole_groups(chosen, found)
+    unselected += partly
     if not chosen:
         raise OnnxPruneError("no prunable layer left after --include/--exclude/--min-params "
                              f"({len(found)} eligible: {_names(found)})")
@@ -180,7 +182,8 @@ def _streams(options: PruneOptions) -> bool:
 
 
 def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], options: PruneOptions, *,
-                          fmt: SparseFormat, values_dtype: np.dtype, reference: Optional["MaskedDenseReference"]
+                          fmt: SparseFormat, values_dtype: np.dtype, reference: Optional["MaskedDenseReference"],
+                          followers: Optional[shared_weights.Followers] = None
                           ) -> tuple[list[PrunedLayer], list[Layer]]:
     """Choose, check and pack one layer at a time, so that at most one layer's dense weights and
     its keep mask are in memory besides the model; each layer's weights are dropped once packed,
@@ -197,10 +200,15 @@ def _prune_layer_by_layer(layers: Sequence[Layer], ratios: Mapping[str, float], 
         p.packed = fmt.pack(weight, mask, values_dtype=values_dtype)  # reads only the kept entries
         del weight, mask
         layer.release()
-        if reference is not None:
-            reference.add(p)
-        pruned.append(p)
-    return pruned, dense_kept
+        layer.dense_reason = shared_weights.larger_than_source(layer, p.packed, _auto_dense(options)) or ""
+        if layer.dense_reason:
+            dense_kept.append(layer)
+            continue
+        for each in shared_weights.follow([p], followers or {}):
+            if reference is not None:
+                reference.add(each)
+            pruned.append(each)
+    return pruned, shared_weights.dense_followers(dense_kept, followers or {})
 
 
 def _packable(layer: Layer, p: sparsifiers.Pruned) -> tuple[np.ndarray, np.ndarray]:
@@ -215,14 +223,27 @@ def _packable(layer: Layer, p: sparsifiers.Pruned) -> tuple[np.ndarray, np.ndarr
     return np.asarray(p.kept_from, dtype=np.float32), mask
 
 
-def _pack_all(pruned: Sequence[PrunedLayer], fmt: SparseFormat, values_dtype: np.dtype,
-              reference: Optional["MaskedDenseReference"]) -> None:
-    """Pack every layer now (rewrite reuses it), writing each one's masked dense weight to
-    ``reference`` when verifying."""
+def _pack_all(pruned: Sequence[PrunedLayer], dense_kept: Sequence[Layer], fmt: SparseFormat,
+              values_dtype: np.dtype, reference: Optional["MaskedDenseReference"], options: PruneOptions,
+              followers: shared_weights.Followers) -> tuple[list[PrunedLayer], list[Layer]]:
+    """Pack every layer now (rewrite reuses it), keep dense those whose packed form would be larger
+    than what they are read from, give the layers sharing a weight its packed tensors, and write
+    each one's masked dense weight to ``reference`` when verifying."""
+    packed, dense = [], list(dense_kept)
     for p in pruned:
         p.packed = fmt.pack(p.weight, p.mask, values_dtype=values_dtype)
-        if reference is not None:
+        p.layer.dense_reason = shared_weights.larger_than_source(p.layer, p.packed, _auto_dense(options)) or ""
+        (dense if p.layer.dense_reason else packed).append(p.layer if p.layer.dense_reason else p)
+    packed = shared_weights.follow(packed, followers)
+    if reference is not None:
+        for p in packed:
             reference.add(p)
+    return packed, shared_weights.dense_followers(dense, followers)
+
+
+def _auto_dense(options: PruneOptions) -> bool:
+    """Whether layers may stay dense by size (the auto-dense setting; never under a --pattern)."""
+    return options.auto_dense and not options.pattern
 
 
 def _verification_reference(verify: bool, source: Optional[str]) -> Optional["MaskedDenseReference"]:
@@ -323,6 +344,14 @@ def _names(layers: Sequence[Layer]) -> str:
 
 def _worst_outputs(per_output: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {v:.2e}" for k, v in sorted(per_output.items(), key=lambda kv: -kv[1])[:3])
+
+
+def _none_eligible(skipped: Sequence[Skipped]) -> str:
+    """What the model has instead of prunable layers, and why each is left alone."""
+    if not skipped:
+        return "the model has no Gemm or MatMul node (in its main graph or in any If / Loop / Scan body)"
+    return (f"the model's {len(skipped)} Gemm / MatMul node{'s are' if len(skipped) > 1 else ' is'} not "
+            "eligible" + _skip_summary(skipped))
 
 
 def _skip_summary(skipped: Sequence[Skipped]) -> str:

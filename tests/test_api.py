@@ -69,7 +69,7 @@ def test_gemm_with_non_constant_b_is_left_alone_and_reported():
     model.graph.output.append(f32("Z", [M, 5]))
     out, report = onnx_prune.prune(model, 0.75)
     assert [(n.name, n.op_type) for n in out.graph.node] == [("static", contract.OP_TYPE), ("dynamic", "Gemm")]
-    assert {"node": "dynamic", "reason": "its weight is not a constant"} in report.skipped
+    assert {"node": "dynamic", "reason": "its weight is not a constant: it is graph input B2"} in report.skipped
     a, b2 = a_input(3), np.random.default_rng(4).standard_normal((4, 5)).astype(np.float32)
     y = gemm_forward(a, masked(p["W"], 0.75), None)
     got = run(out, {"A": a, "B2": b2})
@@ -168,16 +168,17 @@ def test_shared_weight_read_by_gemm_and_matmul():
     assert [l["weight"] for l in json.loads(report.to_json())["layers"]] == ["W", "W"]
 
 
-def test_shared_weight_kept_while_another_node_reads_it():
+def test_weight_another_node_reads_densely_is_not_pruned_twice_stored():
+    """The Mul keeps W dense: a sparse copy beside it would only make the file larger (issue 20)."""
     rng = np.random.default_rng(7)
     w = rng.standard_normal((8, 8)).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["X", "W"], ["h"], name="mm"),
              helper.make_node("Mul", ["h", "W"], ["Y"], name="scale")]
     model = make_model(nodes, [f32("X", ["b", 8])], [f32("Y", ["b", 8])], [numpy_helper.from_array(w, "W")])
-    out, _ = onnx_prune.prune(model, 0.75)
-    assert [t.name for t in out.graph.initializer if t.name == "W"] == ["W"]
-    x = np.random.default_rng(8).standard_normal((8, 8)).astype(np.float32)
-    assert_close(run(out, {"X": x})[0], (x.astype(np.float64) @ masked(w, 0.75)) * w)
+    with pytest.raises(OnnxPruneError, match="no prunable layer found: the model's 1 Gemm / MatMul node is not "
+                                             r"eligible \(mm: its weight W is also read by node scale \(Mul\), "
+                                             r"which stays dense: pruning it would store the weight twice\)"):
+        onnx_prune.prune(model, 0.75)
 
 
 @pytest.mark.parametrize("opset", [7, 13, newest_opset()])
@@ -360,7 +361,7 @@ def test_report_json_contents():
     first = data["layers"][0]
     assert first == {"node": "/fc0/Gemm", "weight": "fc0.weight", "op": "Gemm", "shape": [20, 16], "params": 320,
                      "nnz": 32, "sparsity": pytest.approx(0.9), "bytes_before": 1280,
-                     "bytes_after": 32 * (2 + 2) + 4 * 17, "status": "sparse", "stored": 32}
+                     "bytes_after": 32 * (2 + 2) + 4 * 17, "status": "sparse", "stored": 32, "shares": None}
     assert data["layers"][2]["status"].startswith("dense:") and data["layers"][2]["nnz"] == 60
     assert data["settings"]["ratio"] == 0.9 and data["settings"]["values"] == "fp16"
     assert data["total_params"] == 320 + 192 + 60 and data["total_nnz"] == 32 + 20 + 60

@@ -12,7 +12,7 @@ import pytest
 FIXTURE_DIR = Path(__file__).parent / "fixtures"
 EXPECTED = "expected:"
 NAMES = ("torch_mlp", "torch_transformer_block", "sklearn_mlp", "torch_constant_weights", "gemm_opset7",
-         "torch_shared_weight")
+         "torch_shared_weight", "torch_tied_identity", "torch_tied_transpose", "torch_int8_weight", "torch_if_branch")
 
 
 def test_every_listed_fixture_is_committed_and_documented():

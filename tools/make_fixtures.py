@@ -197,10 +197,119 @@ def torch_shared_weight(out_dir: Path) -> None:
     save(out_dir, "torch_shared_weight", model, {"x": x.numpy()}, torch_outputs(module, (x,), ["y"]))
 
 
+class _TiedModel:
+    """Embedding -> Linear -> ReLU -> the same Linear -> ReLU -> the embedding table as output
+    projection (a tied language-model head), on token ids [batch, seq]."""
+
+    @staticmethod
+    def build():
+        import torch
+        from torch import nn
+
+        class Tied(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.emb = nn.Embedding(40, 24)
+                self.fc = nn.Linear(24, 24)
+
+            def forward(self, ids):
+                h = torch.relu(self.fc(self.emb(ids)))
+                return torch.relu(self.fc(h)) @ self.emb.weight.T
+
+        torch.manual_seed(5)
+        return Tied(), torch.randint(0, 40, (2, 6))
+
+
+def _consumers(model: onnx.ModelProto, op_type: str) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == op_type]
+
+
+def torch_tied_identity(out_dir: Path) -> None:
+    """(g) the tied model as exported by default (constant folding on): the Linear used twice
+    becomes one transposed initializer read by the first MatMul and, through an Identity, by the
+    second (the pattern of BERT-style encoders exported by torch.onnx); the tied head is folded
+    into an initializer of its own."""
+    module, ids = _TiedModel.build()
+    model = torch_export(module, (ids,), out_dir / "tmp.onnx", input_names=["ids"], output_names=["logits"],
+                         dynamic_axes={"ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}})
+    if len(_consumers(model, "Identity")) != 1 or len(_consumers(model, "MatMul")) != 3:
+        raise SystemExit("torch_tied_identity: expected one Identity feeding the second of 3 MatMuls")
+    save(out_dir, "torch_tied_identity", model, {"ids": ids.numpy()}, torch_outputs(module, (ids,), ["logits"]))
+
+
+def torch_tied_transpose(out_dir: Path) -> None:
+    """(h) the tied model with constant folding off: each use of the Linear reads Transpose(fc.weight),
+    and the head reads Transpose(emb.weight), whose table a Gather also reads."""
+    module, ids = _TiedModel.build()
+    model = torch_export(module, (ids,), out_dir / "tmp.onnx", input_names=["ids"], output_names=["logits"],
+                         dynamic_axes={"ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}},
+                         do_constant_folding=False)
+    transposed = [n.input[0] for n in _consumers(model, "Transpose")]
+    if sorted(transposed) != ["emb.weight", "fc.weight", "fc.weight"]:
+        raise SystemExit(f"torch_tied_transpose: expected Transpose(fc.weight) x2 and Transpose(emb.weight), got {transposed}")
+    save(out_dir, "torch_tied_transpose", model, {"ids": ids.numpy()}, torch_outputs(module, (ids,), ["logits"]))
+
+
+def torch_int8_weight(out_dir: Path) -> None:
+    """(i) weights stored as int8 with a float scale, dequantized in the graph: Cast(int8 W) * scale
+    feeding MatMul (constant folding off, as a weight-only quantized export leaves it)."""
+    import torch
+    from torch import nn
+
+    class Int8Linear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            g = torch.Generator().manual_seed(6)
+            self.register_buffer("w_q", torch.randint(-127, 128, (64, 48), generator=g, dtype=torch.int8))
+            self.register_buffer("w_scale", torch.tensor(0.01))
+            self.register_buffer("bias", torch.randn(48, generator=g) * 0.1)
+
+        def forward(self, x):
+            return torch.relu(x @ (self.w_q.float() * self.w_scale) + self.bias)
+
+    module = Int8Linear()
+    x = torch.rand(4, 64)
+    model = torch_export(module, (x,), out_dir / "tmp.onnx", input_names=["x"], output_names=["y"],
+                         dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, do_constant_folding=False)
+    ops = [n.op_type for n in model.graph.node]
+    if "Cast" not in ops or "Mul" not in ops:
+        raise SystemExit(f"torch_int8_weight: expected Cast and Mul before the MatMul, got {ops}")
+    save(out_dir, "torch_int8_weight", model, {"x": x.numpy()}, torch_outputs(module, (x,), ["y"]))
+
+
+def torch_if_branch(out_dir: Path) -> None:
+    """(j) a scripted `if`: one Linear in the main graph, then an If whose branches hold a Linear
+    each (Gemm nodes in the then / else bodies reading main-graph initializers)."""
+    import torch
+    from torch import nn
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pre, self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 8), nn.Linear(16, 8)
+
+        def forward(self, x):
+            h = torch.relu(self.pre(x))
+            if bool(h.sum() > 0):
+                return self.a(h)
+            return torch.relu(self.b(h))
+
+    torch.manual_seed(7)
+    module = torch.jit.script(Branchy().eval())
+    x = torch.randn(3, 16)
+    model = torch_export(module, (x,), out_dir / "tmp.onnx", input_names=["x"], output_names=["y"],
+                         dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    if not _consumers(model, "If"):
+        raise SystemExit("torch_if_branch: expected an If node")
+    save(out_dir, "torch_if_branch", model, {"x": x.numpy()}, torch_outputs(module, (x,), ["y"]))
+
+
 FIXTURES: dict[str, Callable[[Path], None]] = {
     "torch_mlp": torch_mlp, "torch_transformer_block": torch_transformer_block, "sklearn_mlp": sklearn_mlp,
     "torch_constant_weights": torch_constant_weights, "gemm_opset7": gemm_opset7,
-    "torch_shared_weight": torch_shared_weight,
+    "torch_shared_weight": torch_shared_weight, "torch_tied_identity": torch_tied_identity,
+    "torch_tied_transpose": torch_tied_transpose, "torch_int8_weight": torch_int8_weight,
+    "torch_if_branch": torch_if_branch,
 }
 
 

@@ -28,6 +28,7 @@ class LayerReport:
     bytes_after: int
     status: str  # "sparse" or "dense: <reason>"
     stored: int = -1  # values the format stores: nnz plus bcsr's zeros in partly kept blocks (-1: same as nnz)
+    shares: Optional[str] = None  # the layer whose weight this one reads: its bytes are counted there, once
 
     def __post_init__(self) -> None:
         if self.stored < 0:
@@ -62,18 +63,25 @@ class PruneReport:
               unselected: Sequence[Skipped], settings: Settings, source: Optional[str] = None) -> "PruneReport":
         rows = []
         for p in pruned:
-            layer = p.layer
+            layer, shares = p.layer, getattr(p, "shares", None)
+            stored_bytes = _stored_bytes(layer)
             rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,
                                     shape=[layer.K, layer.N], params=layer.size, nnz=p.kept,
-                                    sparsity=1.0 - p.kept / layer.size, bytes_before=4 * layer.size,
-                                    bytes_after=p.packed.nbytes, status="sparse", stored=p.nnz))
+                                    sparsity=1.0 - p.kept / layer.size, bytes_before=0 if shares else stored_bytes,
+                                    bytes_after=0 if shares else p.packed.nbytes, status="sparse", stored=p.nnz,
+                                    shares=shares))
+        counted: set = set()
         for layer in dense_kept:
+            key = getattr(layer, "weight_key", ()) or layer.node
+            stored_bytes = 0 if key in counted else _stored_bytes(layer)
+            counted.add(key)
             rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,
                                     shape=[layer.K, layer.N], params=layer.size, nnz=layer.size, sparsity=0.0,
-                                    bytes_before=4 * layer.size, bytes_after=4 * layer.size,
-                                    status=f"dense: it would keep more than {DENSE_KEEP_THRESHOLD:.0%} of its "
-                                           "weights, where the sparse kernel does not beat dense Gemm "
-                                           "(--no-auto-dense prunes it anyway)"))
+                                    bytes_before=stored_bytes, bytes_after=stored_bytes,
+                                    status=getattr(layer, "dense_reason", "") or
+                                    f"dense: it would keep more than {DENSE_KEEP_THRESHOLD:.0%} of its "
+                                    "weights, where the sparse kernel does not beat dense Gemm "
+                                    "(--no-auto-dense prunes it anyway)"))
         order = {n.name: i for i, n in enumerate(before.graph.node)}
         rows.sort(key=lambda r: order.get(r.node, 0))
         size_before = written_size(source) if source and os.path.isfile(source) else before.ByteSize()
@@ -206,3 +214,9 @@ def _skipped_lines(skipped: Sequence[dict]) -> list[str]:
         by_reason.setdefault(s["reason"], []).append(s["node"])
     return [f"{len(nodes)} nodes left alone ({reason}): {', '.join(nodes[:3])}{', …' if len(nodes) > 3 else ''}"
             for reason, nodes in by_reason.items()]
+
+
+def _stored_bytes(layer: Layer) -> int:
+    """What a layer's weight takes in the input file: the constants it is read from (an int8 weight
+    and its scale, say), float32 K x N where nothing is known."""
+    return getattr(layer, "source_bytes", 0) or 4 * layer.size

@@ -80,6 +80,22 @@ def remove_dead_tensors(model: onnx.ModelProto, candidates: Iterable[str]) -> se
     return dead
 
 
+def remove_dead_nodes(graph: onnx.GraphProto, candidates: Iterable[str]) -> set[str]:
+    """Remove the nodes named in ``candidates`` none of whose outputs anything reads, again until
+    none goes (a chain Identity -> Transpose -> Cast dies from its end); returns the names removed.
+    Nodes not named are untouched."""
+    removed: set[str] = set()
+    wanted = set(candidates)
+    while True:
+        read = read_names(graph)
+        dead = {n.name for n in graph.node
+                if n.name in wanted and n.name not in removed and not any(o in read for o in n.output if o)}
+        if not dead:
+            return removed
+        _keep(graph.node, lambda n: n.name not in dead)
+        removed |= dead
+
+
 def _keep(field, wanted) -> None:
     """Delete the entries of a repeated protobuf field for which ``wanted`` is false, in place
     (index by index: the kept entries, weights included, are never copied)."""

@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from ..errors import OnnxPruneError
 from .graph import ONNX_DOMAINS, NameScope, subgraph_reads
 from .modelio import read_external_array
+from . import weights as weight_sources
 
 
 @dataclass
@@ -41,6 +42,12 @@ class Layer:
     fused_nodes: list[str] = field(default_factory=list)  # the nodes one SparseGemm replaces, in order
     activation: str = ""                 # "relu" when a Relu is fused
     read_weight: Optional[Callable[[], np.ndarray]] = field(default=None, repr=False, compare=False)
+    # where W comes from (model.weights): layers with the same weight_key multiply by the same matrix
+    weight_key: tuple = ()
+    weight_chain: list[str] = field(default_factory=list)  # Identity / Transpose / folded nodes before the node
+    weight_roots: list[str] = field(default_factory=list)  # the stored constants W is read or computed from
+    source_bytes: int = 0                # bytes those constants take in the input model
+    dense_reason: str = ""               # why the layer was kept dense, when it was
     _weight: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     @property
@@ -86,6 +93,9 @@ class GraphIndex:
         self.graph = graph
         self.initializers = {t.name: t for t in graph.initializer}
         self.constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output}
+        self.opset_import = list(model.opset_import)
+        self.ir_version = int(model.ir_version)
+        self.producers = {o: n for n in graph.node for o in n.output if o}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in graph.node:
             for name in node.input:
@@ -148,10 +158,10 @@ def _is_onnx_op(node: onnx.NodeProto, op_type: str) -> bool:
     return node.op_type == op_type and node.domain in ONNX_DOMAINS
 
 
-def _weight_problem(node: onnx.NodeProto, w: Optional[onnx.TensorProto]) -> Optional[str]:
-    """Why a constant cannot be a prunable weight, read from its TensorProto's header (no data copied)."""
+def _weight_problem(index: "GraphIndex", name: str, w: Optional[weight_sources.WeightSource]) -> Optional[str]:
+    """Why a weight cannot be pruned, read from its header (no data copied unless a chain was folded)."""
     if w is None:
-        return "its weight is not a constant"
+        return _not_constant(index, name)
     if len(w.dims) != 2:
         return f"its weight has shape {list(w.dims)}, not 2-D"
     if w.data_type != onnx.TensorProto.FLOAT:
@@ -162,15 +172,31 @@ def _weight_problem(node: onnx.NodeProto, w: Optional[onnx.TensorProto]) -> Opti
     return None
 
 
-def _weight_reader(proto: onnx.TensorProto, trans_b: bool, folder: Optional[str]) -> Callable[[], np.ndarray]:
-    """Reads W [K, N] when asked: from the model's external data file when the tensor is still
-    there (a finished layer then costs nothing), else from the proto."""
-    def read() -> np.ndarray:
-        if proto.data_location == onnx.TensorProto.EXTERNAL and folder is not None:
-            return read_external_array(proto, folder, transpose=trans_b)
-        w = numpy_helper.to_array(proto)
-        return np.ascontiguousarray(w.T if trans_b else w, dtype=np.float32)
-    return read
+def _not_constant(index: "GraphIndex", name: str) -> str:
+    """Says what the weight is computed from: a graph input, or constants through nodes not folded
+    (no node names: the same reason for many layers reads as one line)."""
+    if index.producers.get(name) is None:
+        return f"its weight is not a constant: it is graph input {name}"
+    source = _upstream_input(index, name)
+    if source is not None:
+        return f"its weight is not a constant: it is computed from graph input {source}"
+    return (f"its weight is not a constant: it is computed from constants through more than "
+            f"{weight_sources.MAX_CHAIN_NODES} nodes, or through an op onnx-prune does not fold")
+
+
+def _upstream_input(index: "GraphIndex", name: str) -> Optional[str]:
+    """A graph input (not an initializer) tensor ``name`` is computed from, or None."""
+    seen, stack = set(), [name]
+    while stack:
+        tensor = stack.pop()
+        if not tensor or tensor in seen or index.constant_proto(tensor) is not None:
+            continue
+        seen.add(tensor)
+        node = index.producers.get(tensor)
+        if node is None:
+            return tensor
+        stack.extend(node.input)
+    return None
 
 
 def find_layers(model: onnx.ModelProto, folder: Optional[str] = None) -> tuple[list[Layer], list[Skipped]]:
@@ -184,21 +210,79 @@ def find_layers(model: onnx.ModelProto, folder: Optional[str] = None) -> tuple[l
         elif _is_onnx_op(node, "MatMul"):
             found = _matmul_layer(index, node)
         else:
+            skipped.extend(_layers_in_bodies(node))
             continue
         (layers if isinstance(found, Layer) else skipped).append(found)
-    return layers, skipped
+    kept, shared_elsewhere = _weights_read_only_by_layers(index, layers)
+    return kept, [*skipped, *shared_elsewhere]
+
+
+def _layers_in_bodies(node: onnx.NodeProto, where: str = "") -> list[Skipped]:
+    """Every Gemm / MatMul inside ``node``'s If / Loop / Scan bodies, at any depth, with why it is
+    left alone: the rewrite, the verification and the calibration capture work on the main graph."""
+    found = []
+    for attr in node.attribute:
+        bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for body in bodies:
+            place = f"{where}the {attr.name} body of {node.op_type} node {node.name}"
+            for inner in body.node:
+                if _is_onnx_op(inner, "Gemm") or _is_onnx_op(inner, "MatMul"):
+                    found.append(Skipped(inner.name or inner.op_type,
+                                         f"it is inside {place}: layers in If / Loop / Scan bodies are not pruned, "
+                                         "only those of the main graph"))
+                found.extend(_layers_in_bodies(inner, f"{place}, "))
+    return found
+
+
+def _weights_read_only_by_layers(index: GraphIndex, layers: list[Layer]) -> tuple[list[Layer], list[Skipped]]:
+    """The layers whose weight's stored constants nothing else reads, and the others (skipped, with
+    the node that reads it): pruning those would keep the dense weight beside the sparse one and
+    make the file larger. Small constants (a scale, a zero point) may be shared freely. Layers
+    reading the stored weight in the other orientation (Gemm transB=1 and MatMul on one W) are
+    pruned too, each orientation packed once."""
+    groups: dict[str, list[Layer]] = {}
+    for layer in layers:
+        groups.setdefault(layer.weight_key[0], []).append(layer)
+    blocked: dict[str, str] = {}
+    for group in groups.values():
+        allowed = {n for l in group for n in (*l.weight_chain, l.fused_nodes[0])}
+        for tensor in _weight_tensors(index, group[0]):
+            other = next((n for n in index.consumers.get(tensor, []) if n.name not in allowed), None)
+            if other is not None or tensor in index.graph_outputs:
+                what = f"node {other.name} ({other.op_type})" if other is not None else "a graph output or subgraph"
+                for l in group:
+                    blocked[l.node] = (f"its weight {tensor} is also read by {what}, which stays dense: pruning it "
+                                       "would store the weight twice")
+                break
+    return ([l for l in layers if l.node not in blocked],
+            [Skipped(l.node, blocked[l.node]) for l in layers if l.node in blocked])
+
+
+def _weight_tensors(index: GraphIndex, layer: Layer) -> list[str]:
+    """The stored constants holding the weight (at least as many values as it has) and the tensors
+    the chain computes from them: what must have no other reader."""
+    big = [r for r in layer.weight_roots if weight_sources.stored_bytes(index, [r]) and _elements(index, r) >= layer.size]
+    return big + [o for n in layer.weight_chain for o in index.nodes[n].output if o]
+
+
+def _elements(index: GraphIndex, name: str) -> int:
+    proto = index.constant_proto(name)
+    return int(np.prod(proto.dims, dtype=np.int64)) if proto is not None else 0
 
 
 def _gemm_layer(index: GraphIndex, node: onnx.NodeProto):
-    w = index.constant_proto(node.input[1]) if len(node.input) > 1 else None
-    problem = _weight_problem(node, w)
+    if len(node.input) < 2:
+        return Skipped(node.name, f"it has {len(node.input)} inputs, not 2 or 3")
+    w = weight_sources.resolve(index, node.input[1])
+    problem = _weight_problem(index, node.input[1], w)
     if problem:
         return Skipped(node.name, problem)
     trans_b = bool(_attr(node, "transB", 0))
     bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    rows, cols = (int(d) for d in w.dims)
+    rows, cols = w.dims
     layer = Layer(node=node.name, op="Gemm", weight_name=node.input[1], shape=(cols, rows) if trans_b else (rows, cols),
-                  read_weight=_weight_reader(w, trans_b, index.folder), trans_b=trans_b,
+                  read_weight=weight_sources.reader(w, trans_b, index.folder), trans_b=trans_b,
+                  **_source_fields(index, w, trans_b),
                   input_name=node.input[0], output_name=node.output[0],
                   trans_a=bool(_attr(node, "transA", 0)), alpha=float(_attr(node, "alpha", 1.0)),
                   beta=float(_attr(node, "beta", 1.0)), bias_name=bias_name,
@@ -210,18 +294,25 @@ def _gemm_layer(index: GraphIndex, node: onnx.NodeProto):
 def _matmul_layer(index: GraphIndex, node: onnx.NodeProto):
     if len(node.input) != 2:
         return Skipped(node.name, f"it has {len(node.input)} inputs, not 2")
-    w = index.constant_proto(node.input[1])
+    w = weight_sources.resolve(index, node.input[1])
     if index.constant_proto(node.input[0]) is not None and w is None:
         return Skipped(node.name, "its constant operand is A, not the weight B")
-    problem = _weight_problem(node, w)
+    problem = _weight_problem(index, node.input[1], w)
     if problem:
         return Skipped(node.name, problem)
-    layer = Layer(node=node.name, op="MatMul", weight_name=node.input[1], shape=(int(w.dims[0]), int(w.dims[1])),
-                  read_weight=_weight_reader(w, False, index.folder), trans_b=False, input_name=node.input[0], output_name=node.output[0],
-                  fused_nodes=[node.name])
+    layer = Layer(node=node.name, op="MatMul", weight_name=node.input[1], shape=w.dims,
+                  read_weight=weight_sources.reader(w, False, index.folder), trans_b=False,
+                  input_name=node.input[0], output_name=node.output[0], fused_nodes=[node.name],
+                  **_source_fields(index, w, False))
     _fuse_bias_add(index, layer)
     _fuse_relu(index, layer)
     return layer
+
+
+def _source_fields(index: GraphIndex, w: weight_sources.WeightSource, trans_b: bool) -> dict:
+    """The Layer fields that say where its weight comes from."""
+    return dict(weight_key=w.matrix_key(trans_b), weight_chain=list(w.chain), weight_roots=list(w.roots),
+                source_bytes=weight_sources.stored_bytes(index, w.roots))
 
 
 def _fuse_bias_add(index: GraphIndex, layer: Layer) -> None:

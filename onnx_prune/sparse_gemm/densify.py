@@ -71,13 +71,17 @@ def densify_model(model: onnx.ModelProto) -> onnx.ModelProto:
     ranks = _known_ranks(out)
     new_nodes: list[onnx.NodeProto] = []
     weight_inputs: set[str] = set()
+    dense_of: dict[tuple[str, ...], str] = {}  # packed tensors -> their dense weight: one per shared weight
     for node in graph.node:
         if not is_sparse_gemm(node):
             new_nodes.append(node)
             continue
         sparse = _read_sparse_node(node, target.constants)
         weight_inputs.update(sparse.node.tensor_inputs)
-        w_name = target.add(sparse.node.weight_stem(), sparse.packed.to_dense())
+        packed_names = tuple(sparse.node.tensor_inputs)
+        if packed_names not in dense_of:
+            dense_of[packed_names] = target.add(sparse.node.weight_stem(), sparse.packed.to_dense())
+        w_name = dense_of[packed_names]
         new_nodes.extend(_dense_nodes(sparse, w_name, ranks.get(sparse.node.a), target))
     del graph.node[:]
     graph.node.extend(new_nodes)

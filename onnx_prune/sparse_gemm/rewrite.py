@@ -16,7 +16,8 @@ from onnx import helper
 
 from .._version import __version__
 from ..errors import OnnxPruneError
-from ..model.graph import NameScope, add_initializer, inferred_value_info, keep_known_shapes, remove_dead_tensors
+from ..model.graph import (NameScope, add_initializer, inferred_value_info, keep_known_shapes, remove_dead_nodes,
+                           remove_dead_tensors)
 from ..model.layers import Layer, name_nodes
 from . import PackedWeight, contract, formats, formats_used, make_sparse_gemm, sparse_tensor_names
 from .fallback import add_fallback_functions
@@ -33,6 +34,7 @@ class PrunedLayer:
     packed: Optional[PackedWeight] = None  # set by rewrite: the stored tensors and their byte counts
     bias: Optional[np.ndarray] = None      # a compensated bias: the new C as the node reads it (bias.updated)
     kept_count: Optional[int] = None       # the mask's kept weights, when the mask itself is dropped early
+    shares: Optional[str] = None           # the layer whose weight (mask and packed tensors) this one reads
 
     @property
     def nnz(self) -> int:
@@ -83,17 +85,20 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
     graph = out.graph
     name_nodes(graph)  # the replacements are found by node name
     names = NameScope.of_graph(graph)
-    shared = _weights_read_by_several(pruned)
 
     replacement_at: dict[str, onnx.NodeProto] = {}  # name of the last fused node -> SparseGemm
     removed: set[str] = set()
+    stored: dict[int, list[str]] = {}  # id of a packed weight -> its initializers: one copy per weight
+    stems: set[str] = set()
     for p in pruned:
         if p.packed is None:
             p.packed = fmt.pack(p.weight, p.mask, values_dtype=values_dtype)
-        stem = p.layer.node if p.layer.weight_name in shared else p.layer.weight_name
-        tensor_names = [names.unique(n) for n in sparse_tensor_names(stem, fmt)]
-        for name, array in zip(tensor_names, p.packed.tensors):
-            add_initializer(out, name, array)
+        tensor_names = stored.get(id(p.packed))
+        if tensor_names is None:
+            stem = _stem(p.layer, stems)
+            tensor_names = stored[id(p.packed)] = [names.unique(n) for n in sparse_tensor_names(stem, fmt)]
+            for name, array in zip(tensor_names, p.packed.tensors):
+                add_initializer(out, name, array)
         bias_name = _new_bias(out, p, names) or _flat_bias(out, p.layer, names)
         replacement_at[p.layer.fused_nodes[-1]] = sparse_gemm_node(p.layer, p.packed, tensor_names, bias_name)
         removed.update(p.layer.fused_nodes)
@@ -106,7 +111,10 @@ def rewrite(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], *, values_dty
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
+    # the weight's Identity / Transpose / folded nodes, then the constants they read
+    remove_dead_nodes(graph, {n for p in pruned for n in p.layer.weight_chain})
     remove_dead_tensors(out, {p.layer.weight_name for p in pruned} |
+                        {r for p in pruned for r in p.layer.weight_roots} |
                         {p.layer.bias_name for p in pruned if p.layer.bias_name})
     _drop_stale_value_info(out)
     keep_known_shapes(out, known_shapes)
@@ -146,11 +154,14 @@ def _drop_stale_value_info(model: onnx.ModelProto) -> None:
     graph.value_info.extend(kept)
 
 
-def _weights_read_by_several(pruned: Sequence[PrunedLayer]) -> set[str]:
-    seen, shared = set(), set()
-    for p in pruned:
-        (shared if p.layer.weight_name in seen else seen).add(p.layer.weight_name)
-    return shared
+def _stem(layer: Layer, taken: set[str]) -> str:
+    """What a packed weight's tensors are named after: the stored weight it comes from (the
+    constant behind Identity / Transpose), or the layer's node when two different packed weights
+    come from the same tensor (layers pruned apart by a caller that did not group them)."""
+    stem = layer.weight_key[0] if layer.weight_key else layer.weight_name
+    stem = layer.node if stem in taken else stem
+    taken.add(stem)
+    return stem
 
 
 def _import_domain(model: onnx.ModelProto) -> None:

@@ -85,10 +85,14 @@ def test_row_shaped_matmul_bias_becomes_a_flat_c():
     assert "bias" not in {t.name for t in out.graph.initializer}
 
 
-def test_shared_weight_gets_per_node_sparse_names():
-    out, _ = onnx_prune.prune(mlp(dims=(12, 12, 12), shared=True), 0.8, fallback=False)
-    names = {t.name for t in out.graph.initializer}
-    assert {"/fc0/Gemm.sparse_values", "/fc1/Gemm.sparse_values"} <= names and "shared.weight" not in names
+def test_shared_weight_is_packed_once_and_read_by_both_nodes():
+    out, report = onnx_prune.prune(mlp(dims=(12, 12, 12), shared=True), 0.8, fallback=False)
+    names = [t.name for t in out.graph.initializer]
+    assert names.count("shared.weight.sparse_values") == 1 and "shared.weight" not in names
+    assert not any(n.startswith("/fc1/Gemm.sparse") for n in names)
+    first, second = (n for n in out.graph.node if n.op_type == "SparseGemm")
+    assert list(first.input[1:4]) == list(second.input[1:4])
+    assert [l.shares for l in report.layers] == [None, "/fc0/Gemm"]
 
 
 # ----------------------------------------------------------------------------- the rest of the graph
