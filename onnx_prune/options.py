@@ -26,6 +26,7 @@ from .sparse_gemm import formats
 from .sparse_gemm.formats import SparseFormat, bcsr
 
 SCOPES = ("layer", "global")
+DEFAULT_VALUES = "fp32"  # --values when not given: the only one --quantize (int8 values of its own) accepts
 QUANTIZE_FORMATS = {"dynamic": "csr_int8_dynamic"}  # --quantize choice -> format (int8 values implied)
 
 
@@ -43,7 +44,7 @@ class PruneOptions:
     calibration_samples: Optional[int] = None  # at most this many calibration samples (--calibration-samples)
     pattern: Optional[str] = None           # N:M or RxC structured sparsity (--pattern)
     bias_correction: bool = BIAS_CORRECTION  # a refitting method also updates the biases (--bias-correction)
-    values: str = "fp32"                    # stored weight values (--values)
+    values: str = DEFAULT_VALUES            # stored weight values (--values)
     format: Optional[str] = None            # storage format; None: the one the other options select (--format)
     quantize: Optional[str] = None          # "dynamic": int8 arithmetic at run time (--quantize)
     fallback: bool = True                   # embed the standard-op fallback (--fallback)
@@ -129,6 +130,8 @@ def storage_format(values: str, format: Optional[str] = None, pattern: Optional[
         if format not in (None, QUANTIZE_FORMATS[quantize]):
             raise UsageError(f"--quantize {quantize} stores in format {QUANTIZE_FORMATS[quantize]}; "
                              f"it cannot be combined with --format {format}")
+        if values != DEFAULT_VALUES:
+            raise UsageError(f"--quantize {quantize} stores int8 values; it cannot be combined with --values {values}")
         return formats.get(QUANTIZE_FORMATS[quantize]), np.dtype(np.int8)
     name = format or format_for_pattern(pattern)
     if name is None:
