@@ -18,7 +18,7 @@ import typer
 from ._version import __version__
 from .measure import baselines
 from .pruning import sparsifiers
-from .options import SCOPES, PruneOptions, value_types
+from .options import DEFAULT_RATIO, SCOPES, PruneOptions, value_types
 from .pruning.auto_dense import DENSE_KEEP_THRESHOLD
 from .pruning.bias import BIAS_CORRECTION
 from .errors import OnnxPruneError, UsageError
@@ -157,8 +157,8 @@ def _progress_bar(quiet: bool) -> Iterator[Optional[Callable[[str, int, int], No
 def prune_command(
     input_path: Path = typer.Argument(..., metavar="IN.onnx", help="Model to prune (never modified)."),
     output_path: Path = typer.Argument(..., metavar="OUT.onnx", help="Where to write the pruned model."),
-    ratio: float = typer.Option(0.8, "--ratio", "-r", help="Fraction of each layer's weights removed, in [0, 1): "
-                                "exactly floor(R x size) of the smallest-|w| weights (ties: first in row-major W[K,N])."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", "-r", show_default=False, help="Fraction of each layer's weights removed, in [0, 1): "
+                                f"exactly floor(R x size) of the smallest-|w| weights (ties: first in row-major W[K,N]). [default: {DEFAULT_RATIO}; with an N:M --pattern, its sparsity]"),
     scope: str = typer.Option("layer", "--scope", metavar=choices(SCOPES), help="layer: the ratio applies per layer; global: one threshold over all layers."),
     include: List[str] = typer.Option([], "--include", metavar="GLOB", help="Only layers whose node or weight name matches (glob; repeatable)."),
     exclude: List[str] = typer.Option([], "--exclude", metavar="GLOB", help="Leave matching layers dense (glob; repeatable)."),
@@ -211,7 +211,7 @@ def prune_command(
 def bench_command(
     input_path: Path = typer.Argument(..., metavar="IN.onnx", help="The dense model."),
     pruned_path: Optional[Path] = typer.Argument(None, metavar="PRUNED.onnx", help="Its pruned version (default: prune IN in memory at --ratio)."),
-    ratio: float = typer.Option(0.9, "--ratio", help="Ratio for the in-memory pruning when PRUNED is not given."),
+    ratio: float = typer.Option(DEFAULT_RATIO, "--ratio", help="Ratio for the in-memory pruning when PRUNED is not given."),
     batch: List[int] = typer.Option([1, 16, 64, 256], "--batch", "-b", metavar="N", help="Batch sizes (repeatable)."),
     threads: List[str] = typer.Option(["1"], "--threads", "-t", metavar="N|all", help="intra_op_num_threads values, or 'all' (repeatable)."),
     rounds: int = typer.Option(5, "--rounds", metavar="N", help="Interleaved timing rounds per configuration."),

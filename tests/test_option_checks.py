@@ -30,3 +30,45 @@ def test_quantize_dynamic_refuses_another_values_type(mlp_file: Path, tmp_path: 
     assert not out.exists()
     with pytest.raises(UsageError, match="cannot be combined with --values fp16"):
         onnx_prune.prune(str(mlp_file), 0.5, quantize="dynamic", values="fp16")
+
+
+def _warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("warning:")]
+
+
+def test_nm_pattern_without_ratio_warns_of_nothing(mlp_file: Path, tmp_path: Path):
+    """No --ratio: the N:M pattern sets the sparsity and no 'requested ratio' is mentioned."""
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--pattern", "2:4", "--no-verify")
+    assert done.exit_code == 0, done.stderr
+    assert _warnings(done.stderr) == []
+    assert "pattern 2:4" in done.stdout
+
+
+def test_nm_pattern_with_another_ratio_warns_once(mlp_file: Path, tmp_path: Path):
+    done = cli_inproc(str(mlp_file), str(tmp_path / "o.onnx"), "--pattern", "2:4", "--ratio", "0.8", "--no-verify")
+    assert done.exit_code == 0, done.stderr
+    assert _warnings(done.stderr) == ["warning: --pattern 2:4 removes exactly 2 of every 4 weights (sparsity 0.5); "
+                                      "the requested ratio 0.8 is not used"]
+
+
+def test_api_default_ratio_is_the_patterns_or_the_default():
+    from onnx_prune.options import DEFAULT_RATIO, default_ratio
+
+    assert default_ratio(None, None) == DEFAULT_RATIO == 0.8
+    assert default_ratio(None, "1:4") == 0.75 and default_ratio(None, "4x1") == DEFAULT_RATIO
+    assert default_ratio(0.3, "2:4") == 0.3 and default_ratio(None, "junk") == DEFAULT_RATIO
+
+
+def test_prune_and_bench_share_one_default_ratio(mlp_file: Path, tmp_path: Path):
+    """prune without --ratio writes what --ratio 0.8 writes; bench's --ratio default is the same 0.8."""
+    import typer
+
+    from onnx_prune import cli as cli_module
+
+    for name, args in (("default", ()), ("explicit", ("--ratio", "0.8"))):
+        done = cli_inproc(str(mlp_file), str(tmp_path / f"{name}.onnx"), "--no-verify", *args)
+        assert done.exit_code == 0, done.stderr
+    assert (tmp_path / "default.onnx").read_bytes() == (tmp_path / "explicit.onnx").read_bytes()
+    command = typer.main.get_command(cli_module.app)
+    bench_ratio = next(p for p in command.commands["bench"].params if p.name == "ratio")
+    assert bench_ratio.default == 0.8
