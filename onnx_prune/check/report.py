@@ -15,6 +15,12 @@ from ..options import Settings
 from ..pruning import sparsifiers
 
 
+SPARSE = "sparse"  # LayerReport.status: the layer is a SparseGemm now
+KEPT_DENSE = "kept_dense"  # LayerReport.status: auto-dense kept the layer's Gemm / MatMul as it was
+KEPT_DENSE_REASON = (f"it would keep more than {DENSE_KEEP_THRESHOLD:.0%} of its weights, where the sparse kernel "
+                     "does not beat dense Gemm (--no-auto-dense prunes it anyway)")
+
+
 @dataclass
 class LayerReport:
     node: str
@@ -26,8 +32,9 @@ class LayerReport:
     sparsity: float
     bytes_before: int
     bytes_after: int
-    status: str  # "sparse" or "dense: <reason>"
+    status: str  # a stable code for scripts: SPARSE or KEPT_DENSE
     stored: int = -1  # values the format stores: nnz plus bcsr's zeros in partly kept blocks (-1: same as nnz)
+    reason: str = ""  # why a layer has the status it has, in words ("" for a sparse layer)
 
     def __post_init__(self) -> None:
         if self.stored < 0:
@@ -55,7 +62,7 @@ class PruneReport:
 
     @property
     def sparse_layers(self) -> list[LayerReport]:
-        return [l for l in self.layers if l.status == "sparse"]
+        return [l for l in self.layers if l.status == SPARSE]
 
     @staticmethod
     def build(before: onnx.ModelProto, after: onnx.ModelProto, pruned: Sequence, dense_kept: Sequence[Layer],
@@ -66,14 +73,12 @@ class PruneReport:
             rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,
                                     shape=[layer.K, layer.N], params=layer.size, nnz=p.kept,
                                     sparsity=1.0 - p.kept / layer.size, bytes_before=4 * layer.size,
-                                    bytes_after=p.packed.nbytes, status="sparse", stored=p.nnz))
+                                    bytes_after=p.packed.nbytes, status=SPARSE, stored=p.nnz))
         for layer in dense_kept:
             rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,
                                     shape=[layer.K, layer.N], params=layer.size, nnz=layer.size, sparsity=0.0,
                                     bytes_before=4 * layer.size, bytes_after=4 * layer.size,
-                                    status=f"dense: it would keep more than {DENSE_KEEP_THRESHOLD:.0%} of its "
-                                           "weights, where the sparse kernel does not beat dense Gemm "
-                                           "(--no-auto-dense prunes it anyway)"))
+                                    status=KEPT_DENSE, reason=KEPT_DENSE_REASON))
         order = {n.name: i for i, n in enumerate(before.graph.node)}
         rows.sort(key=lambda r: order.get(r.node, 0))
         size_before = written_size(source) if source and os.path.isfile(source) else before.ByteSize()
@@ -114,7 +119,7 @@ class PruneReport:
         for column in ("K×N", "kept\nweights", *stored, "sparsity", "size\nbefore", "size\nafter"):
             table.add_column(column, justify="right", no_wrap=True)
         for l in self.layers:
-            sparsity = f"{l.sparsity:.1%}" if l.status == "sparse" else "[yellow]kept dense[/yellow]"
+            sparsity = f"{l.sparsity:.1%}" if l.status == SPARSE else "[yellow]kept dense[/yellow]"
             table.add_row(escape(l.node), l.op, f"{l.shape[0]}×{l.shape[1]}", f"{l.nnz:,}",
                           *([f"{l.stored:,}"] if padded else []), sparsity,
                           human_size(l.bytes_before), human_size(l.bytes_after))
@@ -131,8 +136,8 @@ class PruneReport:
             console.print(f"stored values: the format stores whole blocks, {total_s - total_k:,} of its values "
                           "are zeros of blocks only partly kept")
         for l in self.layers:
-            if l.status != "sparse":
-                console.print(f"[yellow]{escape(l.node)}[/yellow] {escape(l.status)}")
+            if l.status != SPARSE:
+                console.print(f"[yellow]{escape(l.node)}[/yellow] kept dense: {escape(l.reason)}")
         for line in _skipped_lines(self.skipped):
             console.print(f"[dim]{escape(line)}[/dim]")
         console.print(escape(settings_line(self.settings)))
