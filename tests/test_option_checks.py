@@ -72,3 +72,26 @@ def test_prune_and_bench_share_one_default_ratio(mlp_file: Path, tmp_path: Path)
     command = typer.main.get_command(cli_module.app)
     bench_ratio = next(p for p in command.commands["bench"].params if p.name == "ratio")
     assert bench_ratio.default == 0.8
+
+
+def test_a_run_that_prunes_nothing_says_so_in_one_line(mlp_file: Path, tmp_path: Path):
+    """--ratio 0.4: auto-dense keeps every layer; the user is told plainly, with the flags that change it."""
+    out = tmp_path / "o.onnx"
+    done = cli_inproc(str(mlp_file), str(out), "--ratio", "0.4")
+    assert done.exit_code == 0, done.stderr
+    assert _warnings(done.stderr) == [
+        "warning: nothing was pruned: at ratio 0.4 all 3 layers would keep more than 40% of their weights, where "
+        "the sparse kernel does not beat dense Gemm, so auto-dense kept them as they were; use --ratio 0.6 or "
+        "more, or --no-auto-dense to prune them anyway"]
+    assert not [n for n in onnx.load(str(out)).graph.node if n.op_type == "SparseGemm"]
+    for args in (("--ratio", "0.6"), ("--ratio", "0.4", "--no-auto-dense")):
+        done = cli_inproc(str(mlp_file), str(tmp_path / "p.onnx"), *args)
+        assert done.exit_code == 0 and _warnings(done.stderr) == [], done.stderr
+
+
+def test_api_warns_when_nothing_is_pruned(mlp_file: Path):
+    from onnx_prune.api import NothingPruned
+
+    with pytest.warns(NothingPruned, match="nothing was pruned: at ratios 0.1, 0.3 all 3 layers"):
+        _, report = onnx_prune.prune(str(mlp_file), 0.3, layer_ratios={"/fc0/Gemm": 0.1})
+    assert not report.sparse_layers
