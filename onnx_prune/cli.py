@@ -240,6 +240,7 @@ def eval_command(
     batch: int = typer.Option(64, "--batch", metavar="N", help="Batch size for the latency column."),
     threads: int = typer.Option(1, "--threads", metavar="N", help="intra_op_num_threads."),
     baseline: List[str] = typer.Option(["int8"], "--baseline", metavar=choices([*baselines.names(), "none"]), help="onnxruntime quantize_dynamic points to compare with (int8: per-tensor weights, onnxruntime's default). Repeatable or comma-separated."),
+    auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help=f"As in prune: keep layers dense whose sparsity would be below {1 - DENSE_KEEP_THRESHOLD:.0%} (such points are marked 'kept dense')."),
     png: Optional[Path] = typer.Option(None, "--png", metavar="PATH", help="Save the plots here (needs matplotlib)."),
     json_path: Optional[Path] = typer.Option(None, "--json", metavar="PATH", help="Save the table as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no warnings (the table still prints)."),
@@ -253,7 +254,7 @@ def eval_command(
             run_eval_cli(str(model), str(data), ratios=ratio, methods=method, batch=batch, threads=threads,
                          png=str(png) if png else None, json_path=str(json_path) if json_path else None,
                          calibration=str(calibration) if calibration else None, baselines=baseline,
-                         progress=progress)
+                         progress=progress, auto_dense=auto_dense)
 
 
 @app.command("densify", short_help="SparseGemm back to standard Gemm / MatMul.")
