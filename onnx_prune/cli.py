@@ -222,6 +222,7 @@ def bench_command(
 ) -> None:
     """Time the dense model against the pruned one (and baselines) in one onnxruntime process."""
     with _errors_as_one_line(debug, outputs=[json_path]):
+        _check_output_folders(input_path, json_path)
         from .measure.bench import run_bench_cli
 
         with _warnings_as_lines(quiet):
@@ -248,6 +249,7 @@ def eval_command(
 ) -> None:
     """Accuracy and latency of the pruned model across ratios (and methods), next to onnxruntime int8."""
     with _errors_as_one_line(debug, outputs=[png, json_path]):
+        _check_output_folders(model, png, json_path)
         from .measure.evaluate import run_eval_cli
 
         with _warnings_as_lines(quiet), _progress_bar(quiet) as progress:
@@ -283,6 +285,16 @@ def densify_command(
         modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
         if not quiet:
             typer.echo(f"wrote {output_path}")
+
+
+def _check_output_folders(input_path: Path, *outputs: Optional[Path]) -> None:
+    """Each output path given can be written (its folder exists and is writable, it is not the
+    input): checked before a run of minutes, not after it."""
+    from .model import modelio
+
+    for path in outputs:
+        if path is not None:
+            modelio.check_output_path(input_path, path)
 
 
 def _version_callback(value: bool) -> None:

@@ -95,3 +95,29 @@ def test_api_warns_when_nothing_is_pruned(mlp_file: Path):
     with pytest.warns(NothingPruned, match="nothing was pruned: at ratios 0.1, 0.3 all 3 layers"):
         _, report = onnx_prune.prune(str(mlp_file), 0.3, layer_ratios={"/fc0/Gemm": 0.1})
     assert not report.sparse_layers
+
+
+@pytest.mark.parametrize("command,option", [("eval", "--png"), ("eval", "--json"), ("bench", "--json")])
+@pytest.mark.parametrize("folder", ["missing", "locked"])
+def test_output_folder_is_checked_before_any_work(mlp_file: Path, tmp_path: Path, monkeypatch, command: str,
+                                                  option: str, folder: str):
+    """A missing or unwritable folder fails at once, before a model is loaded or pruned."""
+    import onnx_prune.api as api
+    import onnx_prune.model.modelio as modelio
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the run started before the output folder was checked")
+
+    monkeypatch.setattr(api, "prune", no_work)
+    monkeypatch.setattr(modelio, "load_model", no_work)
+    target = tmp_path / folder
+    if folder == "locked":
+        target.mkdir()
+        monkeypatch.setattr(modelio.os, "access", lambda path, mode: Path(path) != target)  # as if read-only
+    data = tmp_path / "data.npz"
+    np.savez(data, input=np.zeros((4, 20), np.float32), labels=np.zeros(4, np.int64))
+    args = ["--data", str(data)] if command == "eval" else []
+    done = cli_inproc(command, str(mlp_file), *args, option, str(target / "out.file"))
+    assert done.exit_code == 1, done.stdout
+    reason = "does not exist" if folder == "missing" else "is not writable"
+    one_line_error(done.stderr, f"cannot write '{target / 'out.file'}': folder '{target}' {reason}")
