@@ -270,3 +270,12 @@ def test_csr_from_formats_runs_in_the_kernel() -> None:
     for m in (1, 4, 50):
         a = rng.standard_normal((m, 70)).astype(np.float32)
         assert_matches_reference(session.run(None, {"A": a})[0], a, dense.astype(np.float64))
+
+
+def test_errors_section_says_each_thing_once() -> None:
+    """The Errors section once repeated half a sentence (an editing slip); it names C's rank check."""
+    section = doc_section("Errors")
+    sentences = [s.strip() for s in " ".join(section.split()).split(". ") if s.strip()]
+    assert len(sentences) == len(set(sentences)), sentences
+    assert section.count("the list naming every format the library has") == 1
+    assert "`C`'s rank" in section
