@@ -130,7 +130,7 @@ def attribute_value(name: str, doc_type: str, csr: Csr):
              contract.ATTR_ALPHA: 0.5, contract.ATTR_BETA: 2.0, contract.ATTR_TRANS_A: 0,
              contract.ATTR_ACTIVATION: contract.ACTIVATION_RELU, contract.ATTR_NNZ: csr.nnz,
              contract.ATTR_ORIGINAL_OP: "Gemm", contract.ATTR_DENSE_SHAPE: [csr.N, csr.K],
-             contract.ATTR_SPARSITY: 1.0 - csr.nnz / (csr.K * csr.N)}
+             contract.ATTR_SPARSITY: contract.sparsity_text(1.0 - csr.nnz / (csr.K * csr.N))}
     value = valid[name]
     python_type = {"int": int, "float": float, "string": str, "ints": list}[doc_type]
     assert isinstance(value, python_type), (name, doc_type, value)
