@@ -3,7 +3,11 @@
 ``onnx-prune IN.onnx OUT.onnx --ratio 0.8`` prunes (the ``prune`` subcommand is implied); ``bench``,
 ``eval`` and ``densify`` are subcommands whose work lives in bench.py, evaluate.py and densify.py.
 Errors are one line ``error: ...`` on stderr with exit code 1 (2 for command-line usage errors);
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. Ctrl-C and SIGTERM stop a running command cleanly (no
+temporary file left, each output whole or untouched) with one line naming the outputs already
+written and exit 130 / 143. Once prune or densify has written all its outputs it has succeeded:
+an interrupt after that (while it prints the report and ``wrote``, or while Python shuts down)
+ends the process at once with exit 0 (interrupts.py).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 
 import typer
 
+from . import interrupts
 from ._version import __version__
 from .measure import baselines
 from .pruning import sparsifiers
@@ -35,7 +40,6 @@ SUBCOMMANDS = ("prune", "bench", "eval", "densify")
 ROOT_OPTIONS = ("-h", "--help", "--version")
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # what typer uses for its own usage errors
-EXIT_INTERRUPTED = 130
 
 
 @contextmanager
@@ -43,30 +47,44 @@ def _errors_as_one_line(debug: bool, outputs: Sequence[Optional[Path]] = ()) -> 
     """OnnxPruneError → ``error: message``; anything unexpected → one line naming its type.
     An interrupt says which of ``outputs`` were already written. ``debug`` also lets onnxruntime
     log its own warnings."""
-    from .runtime import session as runtime
-
-    runtime.set_verbose(debug)
     before = {path: _file_identity(path) for path in outputs if path is not None}
+    interrupts.command_over(None)
     try:
-        yield
-    except typer.Exit:
+        with interrupts.terminate_as_interrupt():
+            from .runtime import session as runtime
+
+            runtime.set_verbose(debug)
+            yield
+        interrupts.command_over(0)
+    except typer.Exit as done:
+        interrupts.command_over(done.exit_code)
         raise
     except OnnxPruneError as exc:
         if debug:
             raise
         _print_error(str(exc))
-        raise typer.Exit(EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR) from None
-    except KeyboardInterrupt:
+        raise _exit(EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR) from None
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (interrupts.Terminated)
         if debug:
             raise
-        _print_error(_interrupted(before))
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        _print_error(_interrupted(before, interrupts.what(interrupt)))
+        raise _exit(interrupts.exit_code(interrupt)) from None
     except Exception as exc:  # a bug or an environment problem: still one line, details with --debug
         if debug:
             raise
+        interrupt = interrupts.interrupt_in(exc)  # e.g. ImportError: initialization failed, from Ctrl-C
+        if interrupt is not None:
+            _print_error(_interrupted(before, interrupts.what(interrupt)))
+            raise _exit(interrupts.exit_code(interrupt)) from None
         text = (str(exc).strip() or "").splitlines()
         _print_error(f"unexpected {type(exc).__name__}: {text[0] if text else ''} (run with --debug for details)")
-        raise typer.Exit(EXIT_ERROR) from None
+        raise _exit(EXIT_ERROR) from None
+
+
+def _exit(code: int) -> typer.Exit:
+    """The command's end with ``code``, recorded first so that a late interrupt keeps it."""
+    interrupts.command_over(code)
+    return typer.Exit(code)
 
 
 def _file_identity(path: Path) -> Optional[tuple[int, int, int]]:
@@ -78,13 +96,15 @@ def _file_identity(path: Path) -> Optional[tuple[int, int, int]]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _interrupted(before: dict[Path, Optional[tuple[int, int, int]]]) -> str:
-    """The interrupt message: what was written before Ctrl-C landed, and what was not."""
+def _interrupted(before: dict[Path, Optional[tuple[int, int, int]]], what: str = "interrupted") -> str:
+    """The interrupt message: what was written (whole: writes are atomic) before Ctrl-C or SIGTERM
+    landed, and what was not."""
     written = [str(p) for p, identity in before.items() if _file_identity(p) not in (None, identity)]
     if not written:
-        return "interrupted; nothing was written"
+        return f"{what}; nothing was written"
     missing = [str(p) for p in before if str(p) not in written]
-    return f"interrupted after writing {', '.join(written)}" + (f"; {', '.join(missing)} not written" if missing else "")
+    return (f"{what} after writing {', '.join(written)} (complete)"
+            + (f"; {', '.join(missing)} not written" if missing else ""))
 
 
 @contextmanager
@@ -202,6 +222,7 @@ def prune_command(
         report.size_after = modelio.written_size(output_path)
         if report_json is not None:
             modelio.write_text_atomic(report_json, report.to_json())
+        interrupts.command_over(0)  # every output is whole: an interrupt from here on keeps the success
         if not quiet:
             report.print()
             typer.echo(f"wrote {output_path}")
@@ -283,6 +304,7 @@ def densify_command(
         elif not quiet:
             typer.echo(f"warning: '{input_path}' has no SparseGemm node; {output_path} is an unchanged copy", err=True)
         modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
+        interrupts.command_over(0)
         if not quiet:
             typer.echo(f"wrote {output_path}")
 
@@ -312,7 +334,19 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: ``onnx-prune IN OUT ...`` means ``onnx-prune prune IN OUT ...``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    app(args=with_default_subcommand(args), prog_name="onnx-prune")
+    interrupts.handle_signals()
+    try:
+        app(args=with_default_subcommand(args), prog_name="onnx-prune")
+    except SystemExit as done:  # usage errors end here too: an interrupt from now on keeps the outcome
+        interrupts.command_over(_exit_status(done.code))
+        raise
+
+
+def _exit_status(code: object) -> int:
+    """The status the process exits with for ``SystemExit(code)``."""
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
 
 
 def with_default_subcommand(args: List[str]) -> List[str]:
