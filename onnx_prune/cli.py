@@ -26,7 +26,7 @@ from .pruning import sparsifiers
 from .options import DEFAULT_RATIO, SCOPES, PruneOptions, value_types
 from .pruning.auto_dense import DENSE_KEEP_THRESHOLD
 from .pruning.bias import BIAS_CORRECTION
-from .errors import OnnxPruneError, UsageError
+from .errors import OnnxPruneError, UsageError, import_failure
 from .sparse_gemm import formats
 
 # --help is click's plain layout: it wraps every option's text under its name and keeps flag pairs
@@ -76,6 +76,9 @@ def _errors_as_one_line(debug: bool, outputs: Sequence[Optional[Path]] = ()) -> 
         if interrupt is not None:
             _print_error(_interrupted(before, interrupts.what(interrupt)))
             raise _exit(interrupts.exit_code(interrupt)) from None
+        if isinstance(exc, ImportError):  # a broken installation: which module, why, and the versions
+            _print_error(import_failure(exc))
+            raise _exit(EXIT_ERROR) from None
         text = (str(exc).strip() or "").splitlines()
         _print_error(f"unexpected {type(exc).__name__}: {text[0] if text else ''} (run with --debug for details)")
         raise _exit(EXIT_ERROR) from None
