@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from .pruning import shared_weights, sparsifiers
-from .pruning.auto_dense import split_dense, stays_dense
+from .pruning.auto_dense import DENSE_KEEP_THRESHOLD, split_dense, stays_dense
 from .pruning.calibration import read_calibration, sparsify_calibrated
 from .pruning.patterns import layer_pattern
 from .errors import OnnxPruneError, first_line
@@ -86,6 +86,8 @@ def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options:
                                                    progress=progress)
             pruned, dense_kept = split_dense(chosen, weights, options)
             pruned, dense_kept = _pack_all(pruned, dense_kept, fmt, values_dtype, reference, options, followers)
+        if not pruned:
+            warnings.warn(NothingPruned(nothing_pruned_message(dense_kept, ratios)), stacklevel=2)
         # the reference is the input model rewired to the masked weights: written before the rewrite changes it
         reference_path = reference.save(model, pruned) if reference and pruned else None
 
@@ -119,6 +121,20 @@ def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options:
     finally:
         if reference is not None:
             reference.close()
+
+
+class NothingPruned(UserWarning):
+    """Every chosen layer was kept dense by auto-dense: the output computes what the input does."""
+
+
+def nothing_pruned_message(dense_kept: Sequence[Layer], ratios: Mapping[str, float]) -> str:
+    """One plain line: nothing was pruned, why, and which flags change that."""
+    asked = sorted({ratios[layer.node] for layer in dense_kept})
+    at = f"ratio {asked[0]:g}" if len(asked) == 1 else f"ratios {', '.join(f'{r:g}' for r in asked)}"
+    return (f"nothing was pruned: at {at} all {len(dense_kept)} layers would keep more than "
+            f"{DENSE_KEEP_THRESHOLD:.0%} of their weights, where the sparse kernel does not beat dense Gemm, so "
+            f"auto-dense kept them as they were; use --ratio {1 - DENSE_KEEP_THRESHOLD:g} or more, "
+            "or --no-auto-dense to prune them anyway")
 
 
 def eligible_layers(model: onnx.ModelProto, *, include: Sequence[str] = (), exclude: Sequence[str] = (),

@@ -3,7 +3,11 @@
 ``onnx-prune IN.onnx OUT.onnx --ratio 0.8`` prunes (the ``prune`` subcommand is implied); ``bench``,
 ``eval`` and ``densify`` are subcommands whose work lives in bench.py, evaluate.py and densify.py.
 Errors are one line ``error: ...`` on stderr with exit code 1 (2 for command-line usage errors);
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. Ctrl-C and SIGTERM stop a running command cleanly (no
+temporary file left, each output whole or untouched) with one line naming the outputs already
+written and exit 130 / 143. Once prune or densify has written all its outputs it has succeeded:
+an interrupt after that (while it prints the report and ``wrote``, or while Python shuts down)
+ends the process at once with exit 0 (interrupts.py).
 """
 from __future__ import annotations
 
@@ -15,13 +19,14 @@ from typing import Callable, Iterator, List, Optional, Sequence
 
 import typer
 
+from . import interrupts
 from ._version import __version__
 from .measure import baselines
 from .pruning import sparsifiers
-from .options import SCOPES, PruneOptions, value_types
+from .options import DEFAULT_RATIO, SCOPES, PruneOptions, value_types
 from .pruning.auto_dense import DENSE_KEEP_THRESHOLD
 from .pruning.bias import BIAS_CORRECTION
-from .errors import OnnxPruneError, UsageError
+from .errors import OnnxPruneError, UsageError, import_failure
 from .sparse_gemm import formats
 
 # --help is click's plain layout: it wraps every option's text under its name and keeps flag pairs
@@ -35,7 +40,6 @@ SUBCOMMANDS = ("prune", "bench", "eval", "densify")
 ROOT_OPTIONS = ("-h", "--help", "--version")
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # what typer uses for its own usage errors
-EXIT_INTERRUPTED = 130
 
 
 @contextmanager
@@ -43,30 +47,47 @@ def _errors_as_one_line(debug: bool, outputs: Sequence[Optional[Path]] = ()) -> 
     """OnnxPruneError → ``error: message``; anything unexpected → one line naming its type.
     An interrupt says which of ``outputs`` were already written. ``debug`` also lets onnxruntime
     log its own warnings."""
-    from .runtime import session as runtime
-
-    runtime.set_verbose(debug)
     before = {path: _file_identity(path) for path in outputs if path is not None}
+    interrupts.command_over(None)
     try:
-        yield
-    except typer.Exit:
+        with interrupts.terminate_as_interrupt():
+            from .runtime import session as runtime
+
+            runtime.set_verbose(debug)
+            yield
+        interrupts.command_over(0)
+    except typer.Exit as done:
+        interrupts.command_over(done.exit_code)
         raise
     except OnnxPruneError as exc:
         if debug:
             raise
         _print_error(str(exc))
-        raise typer.Exit(EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR) from None
-    except KeyboardInterrupt:
+        raise _exit(EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR) from None
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (interrupts.Terminated)
         if debug:
             raise
-        _print_error(_interrupted(before))
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        _print_error(_interrupted(before, interrupts.what(interrupt)))
+        raise _exit(interrupts.exit_code(interrupt)) from None
     except Exception as exc:  # a bug or an environment problem: still one line, details with --debug
         if debug:
             raise
+        interrupt = interrupts.interrupt_in(exc)  # e.g. ImportError: initialization failed, from Ctrl-C
+        if interrupt is not None:
+            _print_error(_interrupted(before, interrupts.what(interrupt)))
+            raise _exit(interrupts.exit_code(interrupt)) from None
+        if isinstance(exc, ImportError):  # a broken installation: which module, why, and the versions
+            _print_error(import_failure(exc))
+            raise _exit(EXIT_ERROR) from None
         text = (str(exc).strip() or "").splitlines()
         _print_error(f"unexpected {type(exc).__name__}: {text[0] if text else ''} (run with --debug for details)")
-        raise typer.Exit(EXIT_ERROR) from None
+        raise _exit(EXIT_ERROR) from None
+
+
+def _exit(code: int) -> typer.Exit:
+    """The command's end with ``code``, recorded first so that a late interrupt keeps it."""
+    interrupts.command_over(code)
+    return typer.Exit(code)
 
 
 def _file_identity(path: Path) -> Optional[tuple[int, int, int]]:
@@ -78,13 +99,15 @@ def _file_identity(path: Path) -> Optional[tuple[int, int, int]]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _interrupted(before: dict[Path, Optional[tuple[int, int, int]]]) -> str:
-    """The interrupt message: what was written before Ctrl-C landed, and what was not."""
+def _interrupted(before: dict[Path, Optional[tuple[int, int, int]]], what: str = "interrupted") -> str:
+    """The interrupt message: what was written (whole: writes are atomic) before Ctrl-C or SIGTERM
+    landed, and what was not."""
     written = [str(p) for p, identity in before.items() if _file_identity(p) not in (None, identity)]
     if not written:
-        return "interrupted; nothing was written"
+        return f"{what}; nothing was written"
     missing = [str(p) for p in before if str(p) not in written]
-    return f"interrupted after writing {', '.join(written)}" + (f"; {', '.join(missing)} not written" if missing else "")
+    return (f"{what} after writing {', '.join(written)} (complete)"
+            + (f"; {', '.join(missing)} not written" if missing else ""))
 
 
 @contextmanager
@@ -157,8 +180,8 @@ def _progress_bar(quiet: bool) -> Iterator[Optional[Callable[[str, int, int], No
 def prune_command(
     input_path: Path = typer.Argument(..., metavar="IN.onnx", help="Model to prune (never modified)."),
     output_path: Path = typer.Argument(..., metavar="OUT.onnx", help="Where to write the pruned model."),
-    ratio: float = typer.Option(0.8, "--ratio", "-r", help="Fraction of each layer's weights removed, in [0, 1): "
-                                "exactly floor(R x size) of the smallest-|w| weights (ties: first in row-major W[K,N])."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", "-r", show_default=False, help="Fraction of each layer's weights removed, in [0, 1): "
+                                f"exactly floor(R x size) of the smallest-|w| weights (ties: first in row-major W[K,N]). [default: {DEFAULT_RATIO}; an N:M pattern sets its own sparsity]"),
     scope: str = typer.Option("layer", "--scope", metavar=choices(SCOPES), help="layer: the ratio applies per layer; global: one threshold over all layers."),
     include: List[str] = typer.Option([], "--include", metavar="GLOB", help="Only layers whose node or weight name matches (glob; repeatable)."),
     exclude: List[str] = typer.Option([], "--exclude", metavar="GLOB", help="Leave matching layers dense (glob; repeatable)."),
@@ -202,6 +225,7 @@ def prune_command(
         report.size_after = modelio.written_size(output_path)
         if report_json is not None:
             modelio.write_text_atomic(report_json, report.to_json())
+        interrupts.command_over(0)  # every output is whole: an interrupt from here on keeps the success
         if not quiet:
             report.print()
             typer.echo(f"wrote {output_path}")
@@ -211,7 +235,7 @@ def prune_command(
 def bench_command(
     input_path: Path = typer.Argument(..., metavar="IN.onnx", help="The dense model."),
     pruned_path: Optional[Path] = typer.Argument(None, metavar="PRUNED.onnx", help="Its pruned version (default: prune IN in memory at --ratio)."),
-    ratio: float = typer.Option(0.9, "--ratio", help="Ratio for the in-memory pruning when PRUNED is not given."),
+    ratio: float = typer.Option(DEFAULT_RATIO, "--ratio", help="Ratio for the in-memory pruning when PRUNED is not given."),
     batch: List[int] = typer.Option([1, 16, 64, 256], "--batch", "-b", metavar="N", help="Batch sizes (repeatable)."),
     threads: List[str] = typer.Option(["1"], "--threads", "-t", metavar="N|all", help="intra_op_num_threads values, or 'all' (repeatable)."),
     rounds: int = typer.Option(5, "--rounds", metavar="N", help="Interleaved timing rounds per configuration."),
@@ -222,6 +246,7 @@ def bench_command(
 ) -> None:
     """Time the dense model against the pruned one (and baselines) in one onnxruntime process."""
     with _errors_as_one_line(debug, outputs=[json_path]):
+        _check_output_folders(input_path, json_path)
         from .measure.bench import run_bench_cli
 
         with _warnings_as_lines(quiet):
@@ -240,6 +265,7 @@ def eval_command(
     batch: int = typer.Option(64, "--batch", metavar="N", help="Batch size for the latency column."),
     threads: int = typer.Option(1, "--threads", metavar="N", help="intra_op_num_threads."),
     baseline: List[str] = typer.Option(["int8"], "--baseline", metavar=choices([*baselines.names(), "none"]), help="onnxruntime quantize_dynamic points to compare with (int8: per-tensor weights, onnxruntime's default). Repeatable or comma-separated."),
+    auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help=f"As in prune: keep layers dense whose sparsity would be below {1 - DENSE_KEEP_THRESHOLD:.0%} (such points are marked 'kept dense')."),
     png: Optional[Path] = typer.Option(None, "--png", metavar="PATH", help="Save the plots here (needs matplotlib)."),
     json_path: Optional[Path] = typer.Option(None, "--json", metavar="PATH", help="Save the table as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no warnings (the table still prints)."),
@@ -247,13 +273,14 @@ def eval_command(
 ) -> None:
     """Accuracy and latency of the pruned model across ratios (and methods), next to onnxruntime int8."""
     with _errors_as_one_line(debug, outputs=[png, json_path]):
+        _check_output_folders(model, png, json_path)
         from .measure.evaluate import run_eval_cli
 
         with _warnings_as_lines(quiet), _progress_bar(quiet) as progress:
             run_eval_cli(str(model), str(data), ratios=ratio, methods=method, batch=batch, threads=threads,
                          png=str(png) if png else None, json_path=str(json_path) if json_path else None,
                          calibration=str(calibration) if calibration else None, baselines=baseline,
-                         progress=progress)
+                         progress=progress, auto_dense=auto_dense)
 
 
 @app.command("densify", short_help="SparseGemm back to standard Gemm / MatMul.")
@@ -280,8 +307,19 @@ def densify_command(
         elif not quiet:
             typer.echo(f"warning: '{input_path}' has no SparseGemm node; {output_path} is an unchanged copy", err=True)
         modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
+        interrupts.command_over(0)
         if not quiet:
             typer.echo(f"wrote {output_path}")
+
+
+def _check_output_folders(input_path: Path, *outputs: Optional[Path]) -> None:
+    """Each output path given can be written (its folder exists and is writable, it is not the
+    input): checked before a run of minutes, not after it."""
+    from .model import modelio
+
+    for path in outputs:
+        if path is not None:
+            modelio.check_output_path(input_path, path)
 
 
 def _version_callback(value: bool) -> None:
@@ -299,7 +337,19 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: ``onnx-prune IN OUT ...`` means ``onnx-prune prune IN OUT ...``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    app(args=with_default_subcommand(args), prog_name="onnx-prune")
+    interrupts.handle_signals()
+    try:
+        app(args=with_default_subcommand(args), prog_name="onnx-prune")
+    except SystemExit as done:  # usage errors end here too: an interrupt from now on keeps the outcome
+        interrupts.command_over(_exit_status(done.code))
+        raise
+
+
+def _exit_status(code: object) -> int:
+    """The status the process exits with for ``SystemExit(code)``."""
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
 
 
 def with_default_subcommand(args: List[str]) -> List[str]:

@@ -26,6 +26,8 @@ from .sparse_gemm import formats
 from .sparse_gemm.formats import SparseFormat, bcsr
 
 SCOPES = ("layer", "global")
+DEFAULT_RATIO = 0.8  # --ratio when none is given (prune and bench), unless an N:M --pattern fixes it
+DEFAULT_VALUES = "fp32"  # --values when not given: the only one --quantize (int8 values of its own) accepts
 QUANTIZE_FORMATS = {"dynamic": "csr_int8_dynamic"}  # --quantize choice -> format (int8 values implied)
 
 
@@ -33,7 +35,8 @@ QUANTIZE_FORMATS = {"dynamic": "csr_int8_dynamic"}  # --quantize choice -> forma
 class PruneOptions:
     """The settings of one prune run (the CLI flag of each is in brackets)."""
 
-    ratio: float = 0.8                      # fraction of each layer's weights removed, in [0, 1) (--ratio)
+    ratio: Optional[float] = None           # fraction of each layer's weights removed, in [0, 1) (--ratio);
+    #                                         None: DEFAULT_RATIO, or the sparsity an N:M pattern fixes
     scope: str = "layer"                    # "layer": the ratio per layer; "global": one threshold (--scope)
     include: Sequence[str] = ()             # only layers whose node or weight name matches a glob (--include)
     exclude: Sequence[str] = ()             # layers left dense (--exclude)
@@ -43,7 +46,7 @@ class PruneOptions:
     calibration_samples: Optional[int] = None  # at most this many calibration samples (--calibration-samples)
     pattern: Optional[str] = None           # N:M or RxC structured sparsity (--pattern)
     bias_correction: bool = BIAS_CORRECTION  # a refitting method also updates the biases (--bias-correction)
-    values: str = "fp32"                    # stored weight values (--values)
+    values: str = DEFAULT_VALUES            # stored weight values (--values)
     format: Optional[str] = None            # storage format; None: the one the other options select (--format)
     quantize: Optional[str] = None          # "dynamic": int8 arithmetic at run time (--quantize)
     fallback: bool = True                   # embed the standard-op fallback (--fallback)
@@ -69,8 +72,10 @@ class PruneOptions:
 
     def validated(self) -> "PruneOptions":
         """These options checked (each error names the CLI flag), with ``format`` set to the storage
-        format they select; checking validated options again changes nothing."""
-        _check_ratio(self.ratio, "--ratio")
+        format they select, and ``ratio`` set (default_ratio); checking validated options again
+        changes nothing."""
+        ratio = default_ratio(self.ratio, self.pattern)
+        _check_ratio(ratio, "--ratio")
         for name, r in self.layer_ratios.items():
             _check_ratio(r, f"--layer-ratio {name}")
         if self.scope not in SCOPES:
@@ -84,7 +89,7 @@ class PruneOptions:
             raise UsageError(f"--calibration-samples must be at least 1, got {self.calibration_samples}")
         _check_pattern(self.pattern, self.scope)
         fmt, _ = storage_format(self.values, self.format, self.pattern, self.quantize)
-        return replace(self, format=fmt.name)
+        return replace(self, format=fmt.name, ratio=ratio)
 
     def storage(self) -> tuple[SparseFormat, np.dtype]:
         """The format that stores the pruned weights and its values dtype."""
@@ -112,6 +117,21 @@ class Settings:
         return record
 
 
+def default_ratio(ratio: Optional[float], pattern: Optional[str]) -> float:
+    """The ratio given, else the one an N:M pattern fixes (so that a ratio nobody asked for is not
+    reported as overridden by the pattern), else DEFAULT_RATIO."""
+    if ratio is not None:
+        return ratio
+    try:
+        parsed = masking.parse_pattern(pattern) if pattern else None
+    except ValueError:
+        parsed = None  # _check_pattern says what is wrong with it
+    if parsed is not None and masking.is_nm(parsed):
+        n, m = parsed
+        return 1 - n / m
+    return DEFAULT_RATIO
+
+
 def format_for_pattern(pattern: Optional[str]) -> Optional[str]:
     """bcsr for an R x 1 block pattern its kernels have (one activation load feeds R outputs), else none."""
     blocks = re.fullmatch(r"(\d+)x1", pattern or "")
@@ -129,6 +149,8 @@ def storage_format(values: str, format: Optional[str] = None, pattern: Optional[
         if format not in (None, QUANTIZE_FORMATS[quantize]):
             raise UsageError(f"--quantize {quantize} stores in format {QUANTIZE_FORMATS[quantize]}; "
                              f"it cannot be combined with --format {format}")
+        if values != DEFAULT_VALUES:
+            raise UsageError(f"--quantize {quantize} stores int8 values; it cannot be combined with --values {values}")
         return formats.get(QUANTIZE_FORMATS[quantize]), np.dtype(np.int8)
     name = format or format_for_pattern(pattern)
     if name is None:

@@ -307,7 +307,9 @@ def test_auto_dense_threshold_and_report_reason():
     out, report = onnx_prune.prune(model, 0.9, layer_ratios={"/fc1/Gemm": 0.5, "/fc2/Gemm": 0.6})
     status = {l.node: l.status for l in report.layers}
     assert status["/fc0/Gemm"] == "sparse" and status["/fc2/Gemm"] == "sparse"  # 60% sparse: pruned
-    assert status["/fc1/Gemm"].startswith("dense: it would keep more than 40%")
+    assert status["/fc1/Gemm"] == "kept_dense"
+    reasons = {l.node: l.reason for l in report.layers}
+    assert reasons["/fc1/Gemm"].startswith("it would keep more than 40% of its weights") and reasons["/fc0/Gemm"] == ""
     assert [n.op_type for n in out.graph.node] == [contract.OP_TYPE, "Gemm", "Relu", contract.OP_TYPE]
     x = np.random.default_rng(13).standard_normal((2, 20)).astype(np.float32)
     weights = mlp_weights_kn(model)
@@ -361,8 +363,10 @@ def test_report_json_contents():
     first = data["layers"][0]
     assert first == {"node": "/fc0/Gemm", "weight": "fc0.weight", "op": "Gemm", "shape": [20, 16], "params": 320,
                      "nnz": 32, "sparsity": pytest.approx(0.9), "bytes_before": 1280,
-                     "bytes_after": 32 * (2 + 2) + 4 * 17, "status": "sparse", "stored": 32, "shares": None}
-    assert data["layers"][2]["status"].startswith("dense:") and data["layers"][2]["nnz"] == 60
+                     "bytes_after": 32 * (2 + 2) + 4 * 17, "status": "sparse", "stored": 32, "shares": None,
+                     "reason": ""}
+    assert data["layers"][2]["status"] == "kept_dense" and data["layers"][2]["nnz"] == 60
+    assert "--no-auto-dense" in data["layers"][2]["reason"]
     assert data["settings"]["ratio"] == 0.9 and data["settings"]["values"] == "fp16"
     assert data["total_params"] == 320 + 192 + 60 and data["total_nnz"] == 32 + 20 + 60
     assert data["file_size_before"] == model.ByteSize() and data["verification"] is None

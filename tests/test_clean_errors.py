@@ -149,7 +149,7 @@ def test_interrupt_after_writing_the_model_says_so(mlp_file: Path, tmp_path: Pat
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"
     done = cli_inproc(str(mlp_file), str(out), "--report-json", str(report))
     assert done.exit_code == 130 and out.exists() and not report.exists()
-    one_line_error(done.stderr, f"interrupted after writing {out}; {report} not written")
+    one_line_error(done.stderr, f"interrupted after writing {out} (complete); {report} not written")
 
 
 def test_interrupt_message_sees_a_replaced_output(mlp_file: Path, tmp_path: Path, monkeypatch):
@@ -163,7 +163,7 @@ def test_interrupt_message_sees_a_replaced_output(mlp_file: Path, tmp_path: Path
 
     monkeypatch.setattr(modelio, "write_text_atomic", interrupted)
     done = cli_inproc(str(mlp_file), str(out), "--report-json", str(tmp_path / "r.json"))
-    one_line_error(done.stderr, f"interrupted after writing {out};")
+    one_line_error(done.stderr, f"interrupted after writing {out} (complete);")
 
 
 def test_eval_warnings_are_warning_lines(tmp_path: Path):

@@ -283,6 +283,15 @@ OrtStatus* dtype_status(const Kernel* k, const TensorSpec& spec, ONNXTensorEleme
                                          allowed_dtypes(spec));
 }
 
+// C broadcasts to [M, N] as Gemm's C does (unidirectionally): rank 3 or more is never valid, not even
+// [1, 1, N].
+OrtStatus* bias_rank_status(const Kernel* k, const TensorMeta& c) {
+  if (c.dims.size() <= 2) return nullptr;
+  return node_error(k->api, k->node, "C has shape " + dims_to_string(c.dims) + ": rank " +
+                                         std::to_string(c.dims.size()) + ", but C must have rank <= 2 (it broadcasts "
+                                         "to [M, N] as Gemm's C)");
+}
+
 // Checks the declared type (and static shape, where known) of input `i` at kernel creation.
 OrtStatus* check_declared_input(const OrtKernelInfo* info, const Kernel* k, size_t i) {
   const OrtApi* api = k->api;
@@ -301,6 +310,7 @@ OrtStatus* check_declared_input(const OrtKernelInfo* info, const Kernel* k, size
   const TensorSpec spec = input_spec(k, i);
   if (tensor_info == nullptr) return node_error(api, k->node, std::string("input ") + spec.name + " must be a tensor");
   OP_RETURN_IF_ERROR(dtype_status(k, spec, meta.type));
+  if (i == k->c_index()) return bias_rank_status(k, meta);  // a known rank: check it now
   if (i == kA && !meta.dims.empty()) {  // a known shape: check A against K now
     const int64_t inner = k->trans_a ? meta.dims.front() : meta.dims.back();
     if (k->trans_a && meta.dims.size() != 2)
@@ -403,9 +413,8 @@ OrtStatus* check_a(const Kernel* k, const TensorMeta& a, RunShapes* s) {
 }
 
 OrtStatus* check_bias(const Kernel* k, const TensorMeta& c, int64_t M, BiasView* bias) {
-  size_t lead = 0;
-  while (c.dims.size() - lead > 2 && c.dims[lead] == 1) ++lead;
-  const std::vector<int64_t> d(c.dims.begin() + lead, c.dims.end());
+  OP_RETURN_IF_ERROR(bias_rank_status(k, c));
+  const std::vector<int64_t>& d = c.dims;
   const int64_t rows = d.size() == 2 ? d[0] : 1;
   const int64_t cols = d.empty() ? 1 : d.back();
   const int64_t N = k->shape.N;

@@ -15,6 +15,12 @@ from ..options import Settings
 from ..pruning import sparsifiers
 
 
+SPARSE = "sparse"  # LayerReport.status: the layer is a SparseGemm now
+KEPT_DENSE = "kept_dense"  # LayerReport.status: auto-dense kept the layer's Gemm / MatMul as it was
+KEPT_DENSE_REASON = (f"it would keep more than {DENSE_KEEP_THRESHOLD:.0%} of its weights, where the sparse kernel "
+                     "does not beat dense Gemm (--no-auto-dense prunes it anyway)")
+
+
 @dataclass
 class LayerReport:
     node: str
@@ -26,9 +32,10 @@ class LayerReport:
     sparsity: float
     bytes_before: int
     bytes_after: int
-    status: str  # "sparse" or "dense: <reason>"
+    status: str  # a stable code for scripts: SPARSE or KEPT_DENSE
     stored: int = -1  # values the format stores: nnz plus bcsr's zeros in partly kept blocks (-1: same as nnz)
     shares: Optional[str] = None  # the layer whose weight this one reads: its bytes are counted there, once
+    reason: str = ""  # why a layer has the status it has, in words ("" for a sparse layer)
 
     def __post_init__(self) -> None:
         if self.stored < 0:
@@ -56,7 +63,7 @@ class PruneReport:
 
     @property
     def sparse_layers(self) -> list[LayerReport]:
-        return [l for l in self.layers if l.status == "sparse"]
+        return [l for l in self.layers if l.status == SPARSE]
 
     @staticmethod
     def build(before: onnx.ModelProto, after: onnx.ModelProto, pruned: Sequence, dense_kept: Sequence[Layer],
@@ -68,7 +75,7 @@ class PruneReport:
             rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,
                                     shape=[layer.K, layer.N], params=layer.size, nnz=p.kept,
                                     sparsity=1.0 - p.kept / layer.size, bytes_before=0 if shares else stored_bytes,
-                                    bytes_after=0 if shares else p.packed.nbytes, status="sparse", stored=p.nnz,
+                                    bytes_after=0 if shares else p.packed.nbytes, status=SPARSE, stored=p.nnz,
                                     shares=shares))
         counted: set = set()
         for layer in dense_kept:
@@ -78,10 +85,7 @@ class PruneReport:
             rows.append(LayerReport(node=layer.node, weight=layer.weight_name, op=layer.op,
                                     shape=[layer.K, layer.N], params=layer.size, nnz=layer.size, sparsity=0.0,
                                     bytes_before=stored_bytes, bytes_after=stored_bytes,
-                                    status=getattr(layer, "dense_reason", "") or
-                                    f"dense: it would keep more than {DENSE_KEEP_THRESHOLD:.0%} of its "
-                                    "weights, where the sparse kernel does not beat dense Gemm "
-                                    "(--no-auto-dense prunes it anyway)"))
+                                    status=KEPT_DENSE, reason=getattr(layer, "dense_reason", "") or KEPT_DENSE_REASON))
         order = {n.name: i for i, n in enumerate(before.graph.node)}
         rows.sort(key=lambda r: order.get(r.node, 0))
         size_before = written_size(source) if source and os.path.isfile(source) else before.ByteSize()
@@ -122,7 +126,7 @@ class PruneReport:
         for column in ("K×N", "kept\nweights", *stored, "sparsity", "size\nbefore", "size\nafter"):
             table.add_column(column, justify="right", no_wrap=True)
         for l in self.layers:
-            sparsity = f"{l.sparsity:.1%}" if l.status == "sparse" else "[yellow]kept dense[/yellow]"
+            sparsity = f"{l.sparsity:.1%}" if l.status == SPARSE else "[yellow]kept dense[/yellow]"
             table.add_row(escape(l.node), l.op, f"{l.shape[0]}×{l.shape[1]}", f"{l.nnz:,}",
                           *([f"{l.stored:,}"] if padded else []), sparsity,
                           human_size(l.bytes_before), human_size(l.bytes_after))
@@ -139,8 +143,8 @@ class PruneReport:
             console.print(f"stored values: the format stores whole blocks, {total_s - total_k:,} of its values "
                           "are zeros of blocks only partly kept")
         for l in self.layers:
-            if l.status != "sparse":
-                console.print(f"[yellow]{escape(l.node)}[/yellow] {escape(l.status)}")
+            if l.status != SPARSE:
+                console.print(f"[yellow]{escape(l.node)}[/yellow] kept dense: {escape(l.reason)}")
         for line in _skipped_lines(self.skipped):
             console.print(f"[dim]{escape(line)}[/dim]")
         console.print(escape(settings_line(self.settings)))

@@ -16,6 +16,7 @@ from ..runtime import session as runtime
 from ..pruning.bias import write_dense
 from ..errors import OnnxPruneError
 from ..model.modelio import external_span, external_tensors, read_npz
+from .input_shapes import check_input_shapes
 from .report import Verification
 from ..model.graph import remove_dead_tensors as drop_unused_constants
 from ..sparse_gemm.rewrite import dense_shape
@@ -249,6 +250,7 @@ def verify_pruned(reference: Union[str, Path], pruned_model: onnx.ModelProto, *,
     else:
         feeds = generated_inputs(pruned_model)
         described = "generated inputs (" + ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items()) + ")"
+    check_input_shapes(feeds, pruned_model, f"--inputs '{inputs}'" if isinstance(inputs, (str, Path)) else described)
     _check_compares_something(feeds, described)
     expected = _run(str(reference), feeds, "the input model (with the masks applied densely)", library=False,
                     config=REFERENCE_SESSION_CONFIG)

@@ -17,6 +17,8 @@ from . import baselines as baseline_models
 from ..runtime import session as runtime
 from . import timing
 from .baselines import Baseline
+from ..check.report import KEPT_DENSE
+from ..pruning.auto_dense import DENSE_KEEP_THRESHOLD
 from ..errors import OnnxPruneError
 from .machine import describe, machine_info
 
@@ -26,7 +28,7 @@ LABELS = "labels"
 EVAL_CHUNK = 1000  # rows per onnxruntime call while scoring accuracy: bounds memory on big test sets
 ROUNDS = 15  # interleaved dense/pruned timing rounds per sweep row
 ROW_KEYS = ("method", "ratio", "dense_accuracy", "pruned_accuracy", "accuracy_drop", "dense_ms", "pruned_ms",
-            "speedup", "sparse_layers", "sparsity", "size_before", "size_after", "batch", "threads")
+            "speedup", "sparse_layers", "dense_layers", "sparsity", "size_before", "size_after", "batch", "threads")
 BASELINE_KEYS = ("baseline", "what", "accuracy", "accuracy_drop", "dense_ms", "ms", "speedup", "max_rel_error",
                  "size", "batch", "threads")
 Progress = Callable[[str, int, int], None]  # (what is being done, steps done, steps in all)
@@ -137,14 +139,19 @@ def paired_latency_ms(dense, pruned, feeds: Mapping[str, np.ndarray], *, rounds:
 def sweep(model_path: Union[str, Path], data_npz: Data, ratios: Sequence[float],
           methods: Sequence[str] = ("magnitude",), batch: int = 64, threads: int = 1,
           calibration: Optional[Union[str, Path, Mapping[str, np.ndarray]]] = None, *,
-          rounds: int = ROUNDS, runs: int = timing.MIN_RUNS, progress: Optional[Progress] = None) -> list[dict]:
+          rounds: int = ROUNDS, runs: int = timing.MIN_RUNS, progress: Optional[Progress] = None,
+          auto_dense: bool = True) -> list[dict]:
     """One row per method x ratio with the keys in ROW_KEYS.
 
     Accuracy on the whole data set; latency (ms per call of ``batch`` samples) of dense vs pruned
     sessions in this process with ``threads`` intra-op threads. Calibration (for wanda/sparsegpt)
     is passed through to ``api.prune``. ``progress`` hears of each setting before it runs.
+    ``auto_dense`` as in api.prune: a row's ``dense_layers`` counts the layers it kept unpruned (a
+    row with no sparse layer times the input model against itself).
     """
-    from ..api import prune
+    import warnings
+
+    from ..api import NothingPruned, prune
 
     if not ratios or not methods:
         raise OnnxPruneError("sweep needs at least one ratio and one method")
@@ -155,7 +162,10 @@ def sweep(model_path: Union[str, Path], data_npz: Data, ratios: Sequence[float],
     for done, (method, ratio) in enumerate(settings):
         if progress:
             progress(f"{method} {ratio:g}: pruning, scoring, timing", done, len(settings))
-        pruned_model, report = prune(model_path, ratio=ratio, method=method, calibration=calibration)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NothingPruned)  # the row's dense_layers says it
+            pruned_model, report = prune(model_path, ratio=ratio, method=method, calibration=calibration,
+                                         auto_dense=auto_dense)
         pruned = runtime.open_session(pruned_model, library=True, threads=threads)
         pruned_accuracy = _accuracy(pruned, dense.feeds, dense.labels)
         dense_ms, pruned_ms = paired_latency_ms(dense.session, pruned, dense.timing_feeds, rounds=rounds, runs=runs)
@@ -217,11 +227,13 @@ def baseline_points(model_path: Union[str, Path], data_npz: Data, baselines: Seq
 def _row(method: str, ratio: float, dense_accuracy: float, pruned_accuracy: float, dense_ms: float,
          pruned_ms: float, report, batch: int, threads: int) -> dict:
     sparse = report.sparse_layers
+    kept_dense = [l for l in report.layers if l.status == KEPT_DENSE]
     params = sum(l.params for l in report.layers)
     kept = sum(l.nnz for l in report.layers)
     return dict(method=method, ratio=ratio, dense_accuracy=dense_accuracy, pruned_accuracy=pruned_accuracy,
                 accuracy_drop=dense_accuracy - pruned_accuracy, dense_ms=dense_ms, pruned_ms=pruned_ms,
                 speedup=dense_ms / pruned_ms if pruned_ms > 0 else float("inf"), sparse_layers=len(sparse),
+                dense_layers=len(kept_dense),
                 sparsity=(1 - kept / params) if params else 0.0, size_before=int(report.size_before),
                 size_after=int(report.size_after), batch=int(batch), threads=int(threads))
 
@@ -238,13 +250,24 @@ def check_plotting() -> None:
 
 def plot_sweep(rows: Sequence[Mapping], png_path: Union[str, Path], baselines: Sequence[Mapping] = ()) -> None:
     """Three panels: top-1 accuracy vs ratio per method (dense as a dashed line), speedup vs ratio,
-    and accuracy against latency (one point per method and ratio, dense and each baseline marked)."""
+    and accuracy against latency (one point per method and ratio, dense and each baseline marked).
+    Points where auto-dense kept layers unpruned are drawn hollow (KEPT_DENSE_LABEL)."""
     check_plotting()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig = sweep_figure(plt, rows, baselines)
+    fig.savefig(str(png_path), dpi=110)
+    plt.close(fig)
+
+
+KEPT_DENSE_LABEL = "layers kept dense (auto-dense)"
+
+
+def sweep_figure(plt, rows: Sequence[Mapping], baselines: Sequence[Mapping] = ()):
+    """plot_sweep's figure (pyplot passed in, its backend chosen by the caller)."""
     if not rows:
         raise OnnxPruneError("nothing to plot: the sweep has no rows")
     fig, (acc_ax, speed_ax, trade_ax) = plt.subplots(1, 3, figsize=(15, 4))
@@ -257,6 +280,7 @@ def plot_sweep(rows: Sequence[Mapping], png_path: Union[str, Path], baselines: S
         for r in mine:
             trade_ax.annotate(f"{r['ratio']:g}", (r["pruned_ms"], 100 * r["pruned_accuracy"]), fontsize=7,
                               textcoords="offset points", xytext=(3, 3))
+    _mark_kept_dense(rows, acc_ax, speed_ax, trade_ax)
     acc_ax.axhline(100 * rows[0]["dense_accuracy"], color="gray", ls="--", label="dense")
     speed_ax.axhline(1.0, color="gray", ls="--", label="dense")
     dense_ms = float(np.median([r["dense_ms"] for r in [*rows, *baselines]]))
@@ -272,8 +296,21 @@ def plot_sweep(rows: Sequence[Mapping], png_path: Union[str, Path], baselines: S
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(str(png_path), dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def _mark_kept_dense(rows: Sequence[Mapping], acc_ax, speed_ax, trade_ax) -> None:
+    """Hollow markers over the points where auto-dense kept layers unpruned: such a point is (partly)
+    the input model, not a pruned one."""
+    marked = [r for r in rows if r.get("dense_layers")]
+    if not marked:
+        return
+    style = dict(linestyle="none", marker="o", markersize=10, markerfacecolor="none", color="black")
+    acc_ax.plot([r["ratio"] for r in marked], [100 * r["pruned_accuracy"] for r in marked], label=KEPT_DENSE_LABEL,
+                **style)
+    speed_ax.plot([r["ratio"] for r in marked], [r["speedup"] for r in marked], label=KEPT_DENSE_LABEL, **style)
+    trade_ax.plot([r["pruned_ms"] for r in marked], [100 * r["pruned_accuracy"] for r in marked],
+                  label=KEPT_DENSE_LABEL, **style)
 
 
 def _load_average() -> Optional[list[float]]:
@@ -297,7 +334,7 @@ def sweep_table(rows: Sequence[Mapping], title: str = "", baselines: Sequence[Ma
         table.add_row(r["method"], f"{r['ratio']:.2f}", f"{100 * r['sparsity']:.1f}%",
                       f"{100 * r['pruned_accuracy']:.2f}%", f"{100 * (r['pruned_accuracy'] - r['dense_accuracy']):+.2f}",
                       f"{r['dense_ms']:.3f}", f"{r['pruned_ms']:.3f}", f"{r['speedup']:.2f}x",
-                      str(r["sparse_layers"]), f"{r['size_after'] / 1e6:.2f} MB")
+                      _layers_cell(r), f"{r['size_after'] / 1e6:.2f} MB")
     for b in baselines:
         table.add_row(f"onnxruntime {b['baseline']}", "-", "-", f"{100 * b['accuracy']:.2f}%",
                       f"{-100 * b['accuracy_drop'] + 0.0:+.2f}", f"{b['dense_ms']:.3f}", f"{b['ms']:.3f}",
@@ -305,10 +342,16 @@ def sweep_table(rows: Sequence[Mapping], title: str = "", baselines: Sequence[Ma
     return table
 
 
+def _layers_cell(row: Mapping) -> str:
+    """Sparse layers, and those auto-dense kept dense when there are any."""
+    dense = row.get("dense_layers", 0)
+    return f"{row['sparse_layers']}" + (f" ({dense} kept dense)" if dense else "")
+
+
 def run_eval_cli(model: str, data: str, ratios: Sequence[float], methods: Sequence[str] = ("magnitude",),
                  batch: int = 64, threads: int = 1, png: Optional[str] = None, json_path: Optional[str] = None,
                  calibration: Optional[str] = None, baselines: Sequence[str] = ("int8",),
-                 progress: Optional[Progress] = None) -> list[dict]:
+                 progress: Optional[Progress] = None, auto_dense: bool = True) -> list[dict]:
     """What ``onnx-prune eval`` does: sweep (and time the baselines), print the table, optionally
     save PNG and JSON."""
     import json
@@ -321,7 +364,7 @@ def run_eval_cli(model: str, data: str, ratios: Sequence[float], methods: Sequen
         check_plotting()
     chosen = baseline_models.parse(baselines)
     rows = sweep(model, data, ratios, methods=methods, batch=batch, threads=threads, calibration=calibration,
-                 progress=progress)
+                 progress=progress, auto_dense=auto_dense)
     points = baseline_points(model, data, chosen, batch=batch, threads=threads, progress=progress)
     machine = describe(machine_info())
     title = (f"{Path(model).name}: dense accuracy {100 * rows[0]['dense_accuracy']:.2f}%, batch {batch}, "
@@ -330,6 +373,10 @@ def run_eval_cli(model: str, data: str, ratios: Sequence[float], methods: Sequen
     console.print(sweep_table(rows, title, points))
     for point in points:
         console.print(f"{point['baseline']}: {point['what']}")
+    if any(r["dense_layers"] for r in rows):
+        console.print(f"kept dense: layers auto-dense left unpruned (they would keep more than "
+                      f"{DENSE_KEEP_THRESHOLD:.0%} of their weights); --no-auto-dense prunes them", markup=False,
+                      highlight=False, soft_wrap=True)
     if png:
         plot_sweep(rows, png, points)
         console.print(f"wrote {png}", markup=False, highlight=False, soft_wrap=True)

@@ -74,5 +74,5 @@ def larger_than_source(layer: Layer, packed: PackedWeight, auto_dense: bool) -> 
     compressed = layer.source_bytes < 4 * layer.size
     if packed.nbytes < layer.source_bytes or not (auto_dense or compressed):
         return None
-    return (f"dense: its packed form ({packed.nbytes:,} bytes) would be larger than the constants it is "
+    return (f"its packed form ({packed.nbytes:,} bytes) would be larger than the constants it is "
             f"read from ({layer.source_bytes:,} bytes)")

@@ -34,3 +34,8 @@ ATTR_NNZ = "nnz"
 ATTR_ORIGINAL_OP = "original_op"
 ATTR_DENSE_SHAPE = "dense_shape"
 ATTR_SPARSITY = "sparsity"
+def sparsity_text(sparsity: float) -> str:
+    """The ``sparsity`` attribute: a string, so that viewers show 0.9 as "0.9" (a float attribute is
+    float32, and netron shows 0.9f as 0.8999999761581421). Python's shortest round-trip text of the
+    float64 value: exact, and never rounded to "1" while a weight is kept."""
+    return repr(float(sparsity))

@@ -31,7 +31,7 @@ _ATTRIBUTES = [
     (contract.ATTR_NNZ, "int64", False, None, "Number of stored (kept) weights."),
     (contract.ATTR_ORIGINAL_OP, "string", False, None, "The op this node replaces: Gemm or MatMul."),
     (contract.ATTR_DENSE_SHAPE, "int64[]", False, None, "Shape of the original weight initializer."),
-    (contract.ATTR_SPARSITY, "float32", False, None, "1 - nnz / (K * N): the fraction of weights pruned."),
+    (contract.ATTR_SPARSITY, "string", False, None, "1 - nnz / (K * N): the fraction of weights pruned, in decimal."),
 ]
 
 _INPUT_A = (contract.INPUT_A, "T", None, "Activations [..., K] (transA = 0) or [K, M] (transA = 1).")

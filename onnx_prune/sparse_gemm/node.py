@@ -54,7 +54,7 @@ def make_sparse_gemm(name: str, a: str, packed: PackedWeight, tensor_names: Sequ
     format, K, N, nnz and sparsity attributes come from ``packed``."""
     inputs = [a, *tensor_names] + ([c] if c else [])
     attrs = {contract.ATTR_K: packed.K, contract.ATTR_N: packed.N, contract.ATTR_FORMAT: packed.format,
-             **attributes, contract.ATTR_NNZ: packed.nnz, contract.ATTR_SPARSITY: float(packed.sparsity)}
+             **attributes, contract.ATTR_NNZ: packed.nnz, contract.ATTR_SPARSITY: contract.sparsity_text(packed.sparsity)}
     return helper.make_node(contract.OP_TYPE, inputs, [y], name=name, domain=contract.DOMAIN,
                             doc_string=doc_string, **attrs)
 

@@ -157,7 +157,8 @@ def test_int8_weight_stays_dense_when_packing_it_would_grow_the_file():
     out, report = onnx_prune.prune(model, 0.8, fallback=False)  # 20% of 64x48 as fp32 + indices > 3 kB int8
     assert not sparse_nodes(out) and "w_q" in {t.name for t in out.graph.initializer}
     (row,) = report.layers
-    assert row.status.startswith("dense: its packed form (") and "larger than the constants it is read from (3,076 bytes)" in row.status
+    assert row.status == "kept_dense" and row.reason.startswith("its packed form (")
+    assert "larger than the constants it is read from (3,076 bytes)" in row.reason
 
 
 def test_dequantize_linear_weight_per_column_scale():

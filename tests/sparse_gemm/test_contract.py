@@ -130,7 +130,7 @@ def attribute_value(name: str, doc_type: str, csr: Csr):
              contract.ATTR_ALPHA: 0.5, contract.ATTR_BETA: 2.0, contract.ATTR_TRANS_A: 0,
              contract.ATTR_ACTIVATION: contract.ACTIVATION_RELU, contract.ATTR_NNZ: csr.nnz,
              contract.ATTR_ORIGINAL_OP: "Gemm", contract.ATTR_DENSE_SHAPE: [csr.N, csr.K],
-             contract.ATTR_SPARSITY: 1.0 - csr.nnz / (csr.K * csr.N)}
+             contract.ATTR_SPARSITY: contract.sparsity_text(1.0 - csr.nnz / (csr.K * csr.N))}
     value = valid[name]
     python_type = {"int": int, "float": float, "string": str, "ints": list}[doc_type]
     assert isinstance(value, python_type), (name, doc_type, value)
@@ -270,3 +270,12 @@ def test_csr_from_formats_runs_in_the_kernel() -> None:
     for m in (1, 4, 50):
         a = rng.standard_normal((m, 70)).astype(np.float32)
         assert_matches_reference(session.run(None, {"A": a})[0], a, dense.astype(np.float64))
+
+
+def test_errors_section_says_each_thing_once() -> None:
+    """The Errors section once repeated half a sentence (an editing slip); it names C's rank check."""
+    section = doc_section("Errors")
+    sentences = [s.strip() for s in " ".join(section.split()).split(". ") if s.strip()]
+    assert len(sentences) == len(set(sentences)), sentences
+    assert section.count("the list naming every format the library has") == 1
+    assert "`C`'s rank" in section

@@ -277,7 +277,8 @@ def test_transa_with_runtime_non_2d_a_fails_at_run(a_shape: tuple) -> None:
     expect_error(model, {"A": np.ones(a_shape, np.float32)}, "run", "transA = 1 needs a 2-D A", shape)
 
 
-BAD_BIAS_SHAPES = [(N + 1,), (0,), (2, N), (3, N + 1), (4, N), (2, 3, N), (N, 1, 1)]
+BAD_BIAS_SHAPES = [(N + 1,), (0,), (2, N), (3, N + 1), (4, N)]
+RANK_3_BIAS_SHAPES = [(1, 1, N), (1, 3, N), (2, 3, N), (N, 1, 1)]  # rank > 2: never valid, [1, 1, N] included
 
 
 @pytest.mark.parametrize("as_input", [False, True])
@@ -293,6 +294,38 @@ def test_bias_that_does_not_broadcast_fails_at_run(c_shape: tuple, as_input: boo
         feeds = {"A": a_batch(3)}
     shape = "[" + ", ".join(map(str, c_shape)) + "]"
     expect_error(model, feeds, "run", f"C has shape {shape}", f"[M, N] = [3, {N}]")
+
+
+@pytest.mark.parametrize("as_input", [False, True])
+@pytest.mark.parametrize("c_shape", RANK_3_BIAS_SHAPES)
+def test_bias_of_rank_3_fails_at_creation(c_shape: tuple, as_input: bool) -> None:
+    """The contract allows C of rank <= 2 (as Gemm's C); a known rank 3 is refused when the session is made."""
+    csr = valid_csr()
+    c = np.ones(c_shape, dtype=np.float32)
+    if as_input:
+        model = model_of(csr.values, csr.indices, csr.offsets, c_shape=list(c_shape))
+        feeds = {"A": a_batch(3), "C": c}
+    else:
+        model = model_of(csr.values, csr.indices, csr.offsets, c=c)
+        feeds = {"A": a_batch(3)}
+    shape = "[" + ", ".join(map(str, c_shape)) + "]"
+    expect_error(model, feeds, "create", f"C has shape {shape}: rank 3, but C must have rank <= 2")
+
+
+def test_bias_of_unknown_rank_is_checked_at_run() -> None:
+    csr = valid_csr()
+    model = model_of(csr.values, csr.indices, csr.offsets, c_shape=[N])
+    model.graph.input[-1].type.tensor_type.ClearField("shape")  # C's rank unknown until Run
+    feeds = {"A": a_batch(3), "C": np.ones((1, 1, N), np.float32)}
+    expect_error(model, feeds, "run", f"C has shape [1, 1, {N}]: rank 3, but C must have rank <= 2")
+    # the same model runs with a C of rank 2 (W^T's row n holds output n's entries)
+    w = np.zeros((K, N), np.float64)
+    for n in range(N):
+        start, end = int(csr.offsets[n]), int(csr.offsets[n + 1])
+        w[csr.indices[start:end], n] = csr.values[start:end]
+    c = np.arange(N, dtype=np.float32).reshape(1, N)
+    y = quiet_session(model).run(None, {"A": feeds["A"], "C": c})[0]
+    np.testing.assert_allclose(y, feeds["A"].astype(np.float64) @ w + c, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- attribute types

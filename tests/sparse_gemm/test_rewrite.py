@@ -51,7 +51,7 @@ def test_sparse_gemm_node_follows_the_contract():
     a = attrs(node)
     nnz = 360 - 324
     assert a == {"K": 30, "N": 12, "format": b"csr", "alpha": 0.5, "beta": 2.0, "transA": 0, "nnz": nnz,
-                 "original_op": b"Gemm", "dense_shape": [12, 30], "sparsity": pytest.approx(0.9)}
+                 "original_op": b"Gemm", "dense_shape": [12, 30], "sparsity": b"0.9"}
     assert node.doc_string.startswith(f"pruned Gemm 12x30 -> nnz {nnz} (90.0% sparse)")
     values, indices, offsets = (initializer(out, f"B.sparse_{k}") for k in ("values", "indices", "offsets"))
     assert (values.dtype, indices.dtype, offsets.dtype) == (np.float32, np.uint16, np.int32)
@@ -348,3 +348,13 @@ def test_pruned_file_keeps_the_intermediate_shapes_the_original_knew(name: str, 
         assert all(before.get(e) is None for e in edges)
     else:
         assert all(before.get(e) for e in edges)
+
+
+def test_sparsity_attribute_reads_as_written() -> None:
+    """A string, the shortest text of the float64 value: 0.9 shows as "0.9", not as float32's 0.8999999761581421."""
+    model, _ = gemm(30, 12, trans_b=1, bias_shape=(12,), node_name="/fc/Gemm")
+    out, _ = onnx_prune.prune(model, 0.9, fallback=False)
+    (attribute,) = [a for a in out.graph.node[0].attribute if a.name == contract.ATTR_SPARSITY]
+    assert attribute.type == onnx.AttributeProto.STRING and attribute.s == b"0.9"
+    assert contract.sparsity_text(172 / 192) == "0.8958333333333334" and contract.sparsity_text(0.0) == "0.0"
+    assert contract.sparsity_text(1 - 1 / 3_000_000) != "1.0"  # a weight kept never reads as all pruned
