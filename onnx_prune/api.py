@@ -25,6 +25,7 @@ from .errors import OnnxPruneError, UsageError, first_line
 from .model.graph import opset_version
 from .model.layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
 from .model.modelio import PROTOBUF_LIMIT, load_external_data, load_model, read_npz
+from .check.inputs import SEQ_LEN_FOR_GENERATED, check_seq_len
 from .check.report import PruneReport
 from .sparse_gemm.rewrite import PrunedLayer, add_optional_parts, rewrite
 from .sparse_gemm import formats, sparse_gemm_summary
@@ -47,7 +48,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
           method: str = "magnitude", calibration: Calibration = None, calibration_samples: Optional[int] = None,
           pattern: Optional[str] = None, bias_correction: bool = BIAS_CORRECTION, values: str = "fp32",
           fallback: bool = True,
-          auto_dense: bool = True, verify: bool = False, verify_inputs=None,
+          auto_dense: bool = True, verify: bool = False, verify_inputs=None, seq_len: int = SEQ_LEN_FOR_GENERATED,
           progress: Optional[Progress] = None, format: Optional[str] = None, quantize: Optional[str] = None
           ) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune the Gemm / constant-weight MatMul layers of a model.
@@ -58,10 +59,13 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     also updates the biases (bias.py; exact, or skipped with a warning). ``verify=True`` runs the result
     against the input with the same masks applied densely and raises OnnxPruneError when they
     differ by more than verify.VERIFY_TOLERANCE (``verify_inputs``: .npz path or dict; default
-    generated inputs). ``format`` names the storage format (default: see ``storage_format``).
+    generated inputs, sequence dimensions at ``seq_len``), and reports the pruned model's fidelity to
+    the original on the same inputs (report.fidelity; a warning when it is poor, see
+    check/fidelity.py). ``format`` names the storage format (default: see ``storage_format``).
     """
     check_options(ratio, scope=scope, method=method, values=values, layer_ratios=layer_ratios,
                   min_params=min_params, calibration_samples=calibration_samples)
+    check_seq_len(seq_len)
     fmt, values_dtype = storage_format(values, format, pattern, quantize)
     source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else None
     streams = _streams(method, scope, pattern) and calibration is None
@@ -75,6 +79,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
         say("finding prunable layers")
         chosen, not_pruned = eligible_layers(model, include=include, exclude=exclude, min_params=min_params,
                                              folder=folder)
+        original = _original_outputs(source if source is not None else model, model, verify_inputs, seq_len) \
+            if verify else None
         ratios = {layer.node: float(ratio) for layer in chosen}
         ratios.update(resolve_layer_ratios(chosen, dict(layer_ratios or {})))
 
@@ -118,13 +124,17 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
         if reference_path is not None:
             from .check.verify import verify_pruned
 
-            say("verifying against the masked dense model")
-            report.verification = verify_pruned(reference_path, out, values=values, inputs=verify_inputs,
-                                                tolerance=fmt.verify_tolerance)
+            say("verifying: kernel check, fidelity to the original")
+            inputs, original_values = original
+            report.verification = verify_pruned(reference_path, out, values=values, inputs=inputs,
+                                                tolerance=fmt.verify_tolerance, original=original_values)
             if not report.verification.passed:
                 v = report.verification
-                raise OnnxPruneError(f"verification failed: max relative error {v.max_rel_error:.2e} exceeds "
-                                     f"{v.tolerance:.0e} (outputs: {_worst_outputs(v.per_output)})")
+                raise OnnxPruneError(f"verification failed: max relative error {v.max_rel_error:.2e} of the kernel "
+                                     f"check (against the input model with the same masks) exceeds {v.tolerance:.0e} "
+                                     f"(outputs: {_worst_outputs(v.per_output)})")
+            if report.fidelity is not None and report.fidelity.poor:
+                warnings.warn(report.fidelity.warning(), stacklevel=2)
         say("done")
         return out, report
     finally:
@@ -246,6 +256,16 @@ def _pack_all(pruned: Sequence[PrunedLayer], fmt: SparseFormat, values_dtype: np
         p.packed = fmt.pack(p.weight, p.mask, values_dtype=values_dtype)
         if reference is not None:
             reference.add(p)
+
+
+def _original_outputs(model_or_path: Union[str, onnx.ModelProto], model: onnx.ModelProto, verify_inputs,
+                      seq_len: int) -> tuple:
+    """(the verification inputs, the input model's outputs on them), computed once before pruning
+    so that the fidelity to the original costs no second dense model later."""
+    from .check.verify import original_outputs, verification_inputs
+
+    inputs = verification_inputs(verify_inputs, model, seq_len)
+    return inputs, original_outputs(model_or_path, inputs)
 
 
 def _verification_reference(verify: bool, source: Optional[str]) -> Optional["MaskedDenseReference"]:

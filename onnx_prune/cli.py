@@ -174,8 +174,9 @@ def prune_command(
     quantize: Optional[str] = typer.Option(None, "--quantize", metavar=choices(["dynamic"]), help="dynamic: int8 weights and int8 arithmetic on activations quantized per row at run time (format csr_int8_dynamic)."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback", help="Embed a standard-op fallback so the file also runs without the library."),
     auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help=f"Keep layers dense whose sparsity would be below {1 - DENSE_KEEP_THRESHOLD:.0%} (the sparse kernel does not win there; not applied with --pattern)."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare OUT with the masked dense model in onnxruntime before writing."),
-    inputs: Optional[Path] = typer.Option(None, "--inputs", metavar="NPZ", help=".npz of inputs for the verification (default: generated)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Before writing, check OUT against the input model with the same masks (kernel check) and report its fidelity to the original model (cosine, max relative error, top-1 agreement; a warning when poor)."),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", metavar="NPZ", help=".npz of real inputs for the verification, keyed by graph input name (default: generated: token ids inside the embedding's vocabulary, masks of ones, normal floats)."),
+    seq_len: int = typer.Option(128, "--seq-len", metavar="N", help="Length of the generated inputs' symbolic non-batch dimensions (tokens of a transformer)."),
     report_json: Optional[Path] = typer.Option(None, "--report-json", metavar="PATH", help="Write the report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
@@ -197,7 +198,7 @@ def prune_command(
                 min_params=min_params, method=method, calibration=calibration,
                 calibration_samples=calibration_samples, pattern=pattern, bias_correction=bias_correction,
                 values=values, fallback=fallback, auto_dense=auto_dense, verify=verify, verify_inputs=inputs,
-                progress=progress, format=format, quantize=quantize)
+                seq_len=seq_len, progress=progress, format=format, quantize=quantize)
         modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
         report.size_after = modelio.written_size(output_path)
         if report_json is not None:
