@@ -212,8 +212,10 @@ def prune_command(
 def bench_command(
     input_path: Path = typer.Argument(..., metavar="IN.onnx", help="The dense model."),
     pruned_path: Optional[Path] = typer.Argument(None, metavar="PRUNED.onnx", help="Its pruned version (default: prune IN in memory at --ratio)."),
-    ratio: float = typer.Option(0.9, "--ratio", help="Ratio for the in-memory pruning when PRUNED is not given."),
-    batch: List[int] = typer.Option([1, 16, 64, 256], "--batch", "-b", metavar="N", help="Batch sizes (repeatable)."),
+    ratio: float = typer.Option(0.8, "--ratio", help="Ratio for the in-memory pruning when PRUNED is not given (as prune's default)."),
+    batch: List[int] = typer.Option([1, 16, 64, 256], "--batch", "-b", metavar="N", help="Batch sizes (repeatable); a model whose batch dimension is fixed gets that batch only."),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", metavar="NPZ", help=".npz of real inputs keyed by graph input name; each batch is its first N rows (default: generated, like prune's)."),
+    seq_len: int = typer.Option(128, "--seq-len", metavar="N", help="Length of the generated inputs' symbolic non-batch dimensions (tokens of a transformer)."),
     threads: List[str] = typer.Option(["1"], "--threads", "-t", metavar="N|all", help="intra_op_num_threads values, or 'all' (repeatable)."),
     rounds: int = typer.Option(5, "--rounds", metavar="N", help="Interleaved timing rounds per configuration."),
     baseline: List[str] = typer.Option([], "--baseline", metavar=choices(baselines.names()), help="Also time onnxruntime's quantize_dynamic of IN (int8: per-tensor weights, onnxruntime's default; int8-per-channel). Repeatable or comma-separated."),
@@ -227,7 +229,7 @@ def bench_command(
 
         with _warnings_as_lines(quiet):
             run_bench_cli(str(input_path), str(pruned_path) if pruned_path else None, ratio=ratio, batches=batch,
-                          threads=threads, rounds=rounds,
+                          threads=threads, rounds=rounds, inputs=str(inputs) if inputs else None, seq_len=seq_len,
                           json_path=str(json_path) if json_path else None, quiet=quiet, baselines=baseline)
 
 
