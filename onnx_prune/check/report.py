@@ -93,7 +93,7 @@ class PruneReport:
             "total_params": sum(l.params for l in self.layers),
             "total_nnz": sum(l.nnz for l in self.layers),
             "verification": _kernel_check(self.verification),
-            "fidelity": {**asdict(self.fidelity), "poor_outputs": self.fidelity.poor_outputs} if self.fidelity else None,
+            "fidelity": _fidelity(self.fidelity),
         }
 
     @property
@@ -163,6 +163,10 @@ class PruneReport:
 
 
 SKIPPED_SHOWN = 5
+
+
+def _fidelity(fidelity: Optional[Fidelity]) -> Optional[dict]:
+    return {**asdict(fidelity), "poor_outputs": fidelity.poor_outputs} if fidelity else None
 
 
 def _kernel_check(verification: Optional[Verification]) -> Optional[dict]:

@@ -268,7 +268,8 @@ def verify_pruned(reference: Union[str, Path], pruned_model: onnx.ModelProto, *,
     result = Verification(max_rel_error=worst, tolerance=tolerance, per_output=per_output,
                           passed=bool(worst <= tolerance), inputs=chosen.described)
     if original is not None:
-        result.fidelity = Fidelity(inputs=chosen.described, generated=chosen.generated, outputs=compare_outputs(names, original, actual))
+        result.fidelity = Fidelity(inputs=chosen.described, generated=chosen.generated,
+                                   outputs=compare_outputs(names, original, actual))
     return result
 
 
@@ -287,8 +288,8 @@ def _check_has_finite_values(names: Sequence[str], expected: Sequence[np.ndarray
         value = np.asarray(value)
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).any():
             raise OnnxPruneError(f"verification with {described} compares nothing: output '{name}' has no finite "
-                                 f"value (shape {list(value.shape)}); pass inputs with finite values with --inputs data.npz "
-                                 "(or --no-verify)")
+                                 f"value (shape {list(value.shape)}); pass inputs with finite values with "
+                                 "--inputs data.npz (or --no-verify)")
 
 
 def _run(model: Union[str, onnx.ModelProto], inputs: VerificationInputs, what: str, *, library: Optional[bool],

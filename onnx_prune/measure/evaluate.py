@@ -323,7 +323,8 @@ def sweep_table(rows: Sequence[Mapping], title: str = "", baselines: Sequence[Ma
     for r in rows:
         table.add_row(r["method"], f"{r['ratio']:.2f}", f"{100 * r['sparsity']:.1f}%",
                       f"{100 * r['pruned_accuracy']:.2f}%", f"{100 * (r['pruned_accuracy'] - r['dense_accuracy']):+.2f}",
-                      f"{100 * r['top1_agreement']:.1f}%", f"{r['cosine']:.4f}", f"{r['dense_ms']:.3f}", f"{r['pruned_ms']:.3f}", f"{r['speedup']:.2f}x",
+                      f"{100 * r['top1_agreement']:.1f}%", f"{r['cosine']:.4f}", f"{r['dense_ms']:.3f}",
+                      f"{r['pruned_ms']:.3f}", f"{r['speedup']:.2f}x",
                       str(r["sparse_layers"]), f"{r['size_after'] / 1e6:.2f} MB")
     for b in baselines:
         table.add_row(f"onnxruntime {b['baseline']}", "-", "-", f"{100 * b['accuracy']:.2f}%",
