@@ -263,14 +263,14 @@ def print_table(result: BenchResult, title: str = "dense vs pruned") -> None:
         columns += [f"{name} µs", f"{name} vs dense", f"pruned vs {name}"]
     for column in columns:
         table.add_column(column, justify="right")
-    notes: dict[str, str] = {}
+    not_timed: dict[tuple[str, str], list[str]] = {}  # (baseline, why) -> the rows it was not timed in
     for r in result.rows:
         cells = [str(r.threads), str(r.batch), f"{r.dense_us:.1f}", f"{r.pruned_us:.1f}", f"{r.speedup:.2f}x"]
         for name in names:
             b = r.baselines[name]
             if b.error is not None:
                 cells += ["[red]not timed[/red]", "-", "-"]
-                notes.setdefault(f"{name}: not timed ({b.error})", "")
+                not_timed.setdefault((name, b.error), []).append(f"{r.batch}")
             else:
                 cells += [f"{b.us:.1f}", f"{b.speedup:.2f}x", f"{b.pruned_vs:.2f}x"]
         table.add_row(*cells)
@@ -281,8 +281,8 @@ def print_table(result: BenchResult, title: str = "dense vs pruned") -> None:
             worst = max(b["max_rel_error"].values(), default=0.0)
             console.print(f"{b['name']}: {b['what']}; its outputs within {worst:.1e} (relative) of dense",
                           markup=False)
-    for note in notes:
-        console.print(note, markup=False)
+    for (name, why), batches in not_timed.items():
+        console.print(f"{name}: not timed at batch {', '.join(batches)} ({why})", markup=False)
     if result.settings.get("inputs"):
         console.print(f"inputs: {result.settings['inputs']}", markup=False)
     console.print(describe(result.machine))
