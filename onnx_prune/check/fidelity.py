@@ -4,7 +4,8 @@ The kernel check (verify.py) compares the pruned model with the input model carr
 so it passes at any ratio: it says the kernel computes what the masks define, not that the pruned
 model still does the original's job. This module measures the latter, per float output:
 
-- ``max_rel_error``: max |pruned - original| / max |original| (verify.max_relative_error);
+- ``max_rel_error``: max |pruned - original| / max |original| (max_relative_error, which the kernel
+  check uses too);
 - ``cosine``: the mean, over the output's vectors along its last axis (a sample's logits, a token's
   embedding), of the cosine similarity between the pruned and the original vector;
 - ``top1_agreement``: for classifier-like outputs (2-D, last dimension > 1), the fraction of rows
@@ -85,8 +86,6 @@ class Fidelity:
 def compare(names: Sequence[str], original: Sequence[np.ndarray], pruned: Sequence[np.ndarray]
             ) -> dict[str, OutputFidelity]:
     """OutputFidelity of every float output (by name), pruned against original."""
-    from .verify import max_relative_error
-
     out = {}
     for name, o, p in zip(names, original, pruned):
         o, p = np.asarray(o), np.asarray(p)
@@ -95,6 +94,27 @@ def compare(names: Sequence[str], original: Sequence[np.ndarray], pruned: Sequen
         out[name] = OutputFidelity(max_rel_error=max_relative_error(o, p), cosine=mean_cosine(o, p),
                                    top1_agreement=top1_agreement(o, p))
     return out
+
+
+def max_relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
+    """max |reference - actual| / max(max |reference|, tiny) over the finite entries; a
+    non-finite value counts as equal only where the other side has the same one (NaN for NaN,
+    inf for inf of the same sign), otherwise the error is infinite."""
+    reference = np.asarray(reference, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    if reference.shape != actual.shape:
+        return float("inf")
+    if reference.size == 0:
+        return 0.0
+    finite = np.isfinite(reference) & np.isfinite(actual)
+    same_special = (np.isnan(reference) & np.isnan(actual)) | \
+        (np.isinf(reference) & (reference == actual))
+    if not np.all(finite | same_special):
+        return float("inf")
+    if not finite.any():
+        return 0.0
+    scale = max(float(np.max(np.abs(reference[finite]))), 1e-12)
+    return float(np.max(np.abs(reference[finite] - actual[finite]))) / scale
 
 
 def mean_cosine(original: np.ndarray, pruned: np.ndarray) -> float:

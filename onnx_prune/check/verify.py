@@ -19,7 +19,7 @@ from ..errors import OnnxPruneError
 from ..model.modelio import external_span, external_tensors, read_npz
 from . import inputs as generated
 from .inputs import BATCH_FOR_GENERATED, SEQ_LEN_FOR_GENERATED
-from .fidelity import Fidelity, compare as compare_outputs
+from .fidelity import Fidelity, compare as compare_outputs, max_relative_error
 from .report import Verification
 from ..model.graph import remove_dead_tensors as drop_unused_constants
 from ..sparse_gemm.rewrite import dense_shape
@@ -190,27 +190,6 @@ def load_inputs(path: Union[str, Path], model: onnx.ModelProto) -> dict[str, np.
     if missing:
         raise OnnxPruneError(f"inputs '{path}' lack {', '.join(missing)} (the model's inputs: {', '.join(wanted)})")
     return {n: arrays[n] for n in wanted}
-
-
-def max_relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
-    """max |reference - actual| / max(max |reference|, tiny) over the finite entries; a
-    non-finite value counts as equal only where the other side has the same one (NaN for NaN,
-    inf for inf of the same sign), otherwise the error is infinite."""
-    reference = np.asarray(reference, dtype=np.float64)
-    actual = np.asarray(actual, dtype=np.float64)
-    if reference.shape != actual.shape:
-        return float("inf")
-    if reference.size == 0:
-        return 0.0
-    finite = np.isfinite(reference) & np.isfinite(actual)
-    same_special = (np.isnan(reference) & np.isnan(actual)) | \
-        (np.isinf(reference) & (reference == actual))
-    if not np.all(finite | same_special):
-        return float("inf")
-    if not finite.any():
-        return 0.0
-    scale = max(float(np.max(np.abs(reference[finite]))), 1e-12)
-    return float(np.max(np.abs(reference[finite] - actual[finite]))) / scale
 
 
 @dataclass

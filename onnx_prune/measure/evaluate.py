@@ -123,8 +123,7 @@ def _scores(session, feeds: Mapping[str, np.ndarray], count: int) -> np.ndarray:
 def _fidelity(dense_scores: np.ndarray, pruned_scores: np.ndarray) -> dict:
     """The pruned scores against the dense ones on the whole data set (check/fidelity.py): top-1
     agreement, mean cosine of each sample's scores, max relative error."""
-    from ..check.fidelity import mean_cosine
-    from ..check.verify import max_relative_error
+    from ..check.fidelity import max_relative_error, mean_cosine
 
     agreement = float(np.mean(dense_scores.argmax(axis=-1) == pruned_scores.argmax(axis=-1)))
     return dict(top1_agreement=agreement, cosine=mean_cosine(dense_scores, pruned_scores),
