@@ -24,6 +24,7 @@ from .errors import OnnxPruneError, first_line
 from .model.graph import opset_version
 from .model.layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
 from .model.modelio import PROTOBUF_LIMIT, load_external_data, load_model
+from .check.inputs import SEQ_LEN_FOR_GENERATED, check_seq_len
 from .check.report import PruneReport
 from .options import PruneOptions, Settings
 from .sparse_gemm.rewrite import PrunedLayer, add_optional_parts, rewrite
@@ -40,8 +41,8 @@ _STEPS = 5
 
 
 def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options: Optional[PruneOptions] = None,
-          calibration: Calibration = None, verify_inputs=None, progress: Optional[Progress] = None,
-          **settings: Any) -> tuple[onnx.ModelProto, PruneReport]:
+          calibration: Calibration = None, verify_inputs=None, seq_len: int = SEQ_LEN_FOR_GENERATED,
+          progress: Optional[Progress] = None, **settings: Any) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune the Gemm / constant-weight MatMul layers of a model.
 
     Returns the rewritten model and a report; the input (file or ModelProto) is not modified.
@@ -54,11 +55,14 @@ def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options:
     also updates the biases (bias.py; exact, or skipped with a warning). ``verify=True`` runs the result
     against the input with the same masks applied densely and raises OnnxPruneError when they
     differ by more than verify.VERIFY_TOLERANCE (``verify_inputs``: .npz path or dict; default
-    generated inputs). ``format`` names the storage format (default: see ``options.storage_format``).
+    generated inputs, sequence dimensions at ``seq_len``), and reports the pruned model's fidelity to
+    the original on the same inputs (report.fidelity; a warning when it is poor, see
+    check/fidelity.py). ``format`` names the storage format (default: see ``options.storage_format``).
     """
     if ratio is not None:
         settings["ratio"] = ratio
     options = PruneOptions.of(options, **settings).validated()
+    check_seq_len(seq_len)
     fmt, values_dtype = options.storage()
     source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else None
     streams = _streams(options) and calibration is None
@@ -72,6 +76,8 @@ def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options:
         say("finding prunable layers")
         chosen, not_pruned = eligible_layers(model, include=options.include, exclude=options.exclude,
                                              min_params=options.min_params, folder=folder)
+        original = _original_outputs(source if source is not None else model, model, verify_inputs, seq_len) \
+            if options.verify else None
         ratios = {layer.node: float(options.ratio) for layer in chosen}
         ratios.update(resolve_layer_ratios(chosen, dict(options.layer_ratios)))
         chosen, followers = shared_weights.split(chosen)  # one weight, one mask: its first user decides
@@ -109,13 +115,17 @@ def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options:
         if reference_path is not None:
             from .check.verify import verify_pruned
 
-            say("verifying against the masked dense model")
-            report.verification = verify_pruned(reference_path, out, values=options.values, inputs=verify_inputs,
-                                                tolerance=fmt.verify_tolerance)
+            say("verifying: kernel check, fidelity to the original")
+            inputs, original_values = original
+            report.verification = verify_pruned(reference_path, out, values=options.values, inputs=inputs,
+                                                tolerance=fmt.verify_tolerance, original=original_values)
             if not report.verification.passed:
                 v = report.verification
-                raise OnnxPruneError(f"verification failed: max relative error {v.max_rel_error:.2e} exceeds "
-                                     f"{v.tolerance:.0e} (outputs: {_worst_outputs(v.per_output)})")
+                raise OnnxPruneError(f"verification failed: max relative error {v.max_rel_error:.2e} of the kernel "
+                                     f"check (against the input model with the same masks) exceeds {v.tolerance:.0e} "
+                                     f"(outputs: {_worst_outputs(v.per_output)})")
+            if report.fidelity is not None and report.fidelity.poor:
+                warnings.warn(report.fidelity.warning(), stacklevel=2)
         say("done")
         return out, report
     finally:
@@ -260,6 +270,16 @@ def _pack_all(pruned: Sequence[PrunedLayer], dense_kept: Sequence[Layer], fmt: S
 def _auto_dense(options: PruneOptions) -> bool:
     """Whether layers may stay dense by size (the auto-dense setting; never under a --pattern)."""
     return options.auto_dense and not options.pattern
+
+
+def _original_outputs(model_or_path: Union[str, onnx.ModelProto], model: onnx.ModelProto, verify_inputs,
+                      seq_len: int) -> tuple:
+    """(the verification inputs, the input model's outputs on them), computed once before pruning
+    so that the fidelity to the original costs no second dense model later."""
+    from .check.verify import original_outputs, verification_inputs
+
+    inputs = verification_inputs(verify_inputs, model, seq_len)
+    return inputs, original_outputs(model_or_path, inputs)
 
 
 def _verification_reference(verify: bool, source: Optional[str]) -> Optional["MaskedDenseReference"]:

@@ -24,6 +24,7 @@ from ._version import __version__
 from .measure import baselines
 from .pruning import sparsifiers
 from .options import DEFAULT_RATIO, SCOPES, PruneOptions, value_types
+from .check.inputs import SEQ_LEN_FOR_GENERATED
 from .pruning.auto_dense import DENSE_KEEP_THRESHOLD
 from .pruning.bias import BIAS_CORRECTION
 from .errors import OnnxPruneError, UsageError, import_failure
@@ -197,8 +198,9 @@ def prune_command(
     quantize: Optional[str] = typer.Option(None, "--quantize", metavar=choices(["dynamic"]), help="dynamic: int8 weights and int8 arithmetic on activations quantized per row at run time (format csr_int8_dynamic)."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback", help="Embed a standard-op fallback so the file also runs without the library."),
     auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help=f"Keep layers dense whose sparsity would be below {1 - DENSE_KEEP_THRESHOLD:.0%} (the sparse kernel does not win there; not applied with --pattern)."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare OUT with the masked dense model in onnxruntime before writing."),
-    inputs: Optional[Path] = typer.Option(None, "--inputs", metavar="NPZ", help=".npz of inputs for the verification (default: generated)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Before writing, check OUT against the input model with the same masks (kernel check) and report its fidelity to the original model (cosine, max relative error, top-1 agreement; a warning when poor)."),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", metavar="NPZ", help=".npz of real inputs for the verification, keyed by graph input name (default: generated: token ids inside the embedding's vocabulary, masks of ones, normal floats)."),
+    seq_len: int = typer.Option(SEQ_LEN_FOR_GENERATED, "--seq-len", metavar="N", help="Length of the generated inputs' symbolic non-batch dimensions (tokens of a transformer)."),
     report_json: Optional[Path] = typer.Option(None, "--report-json", metavar="PATH", help="Write the report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
@@ -220,7 +222,7 @@ def prune_command(
             auto_dense=auto_dense, verify=verify)
         with _warnings_as_lines(quiet), _progress_bar(quiet) as progress:
             model, report = api.prune(input_path, options=options, calibration=calibration, verify_inputs=inputs,
-                                      progress=progress)
+                                      seq_len=seq_len, progress=progress)
         modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
         report.size_after = modelio.written_size(output_path)
         if report_json is not None:
@@ -235,8 +237,10 @@ def prune_command(
 def bench_command(
     input_path: Path = typer.Argument(..., metavar="IN.onnx", help="The dense model."),
     pruned_path: Optional[Path] = typer.Argument(None, metavar="PRUNED.onnx", help="Its pruned version (default: prune IN in memory at --ratio)."),
-    ratio: float = typer.Option(DEFAULT_RATIO, "--ratio", help="Ratio for the in-memory pruning when PRUNED is not given."),
-    batch: List[int] = typer.Option([1, 16, 64, 256], "--batch", "-b", metavar="N", help="Batch sizes (repeatable)."),
+    ratio: float = typer.Option(DEFAULT_RATIO, "--ratio", help="Ratio for the in-memory pruning when PRUNED is not given (as prune's default)."),
+    batch: List[int] = typer.Option([1, 16, 64, 256], "--batch", "-b", metavar="N", help="Batch sizes (repeatable); a model whose batch dimension is fixed gets that batch only."),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", metavar="NPZ", help=".npz of real inputs keyed by graph input name; each batch is its first N rows (default: generated, like prune's)."),
+    seq_len: int = typer.Option(SEQ_LEN_FOR_GENERATED, "--seq-len", metavar="N", help="Length of the generated inputs' symbolic non-batch dimensions (tokens of a transformer)."),
     threads: List[str] = typer.Option(["1"], "--threads", "-t", metavar="N|all", help="intra_op_num_threads values, or 'all' (repeatable)."),
     rounds: int = typer.Option(5, "--rounds", metavar="N", help="Interleaved timing rounds per configuration."),
     baseline: List[str] = typer.Option([], "--baseline", metavar=choices(baselines.names()), help="Also time onnxruntime's quantize_dynamic of IN (int8: per-tensor weights, onnxruntime's default; int8-per-channel). Repeatable or comma-separated."),
@@ -251,7 +255,7 @@ def bench_command(
 
         with _warnings_as_lines(quiet):
             run_bench_cli(str(input_path), str(pruned_path) if pruned_path else None, ratio=ratio, batches=batch,
-                          threads=threads, rounds=rounds,
+                          threads=threads, rounds=rounds, inputs=str(inputs) if inputs else None, seq_len=seq_len,
                           json_path=str(json_path) if json_path else None, quiet=quiet, baselines=baseline)
 
 

@@ -82,7 +82,7 @@ def test_prune_writes_model_report_and_json(mlp_file: Path, tmp_path: Path):
     out, report_path = tmp_path / "out.onnx", tmp_path / "report.json"
     done = cli(str(mlp_file), str(out), "--ratio", "0.9", "--report-json", str(report_path))
     assert done.returncode == 0, done.stderr
-    assert "verification passed" in done.stdout and "/fc0/Gemm" in done.stdout and "total" in done.stdout
+    assert "kernel check passed" in done.stdout and "/fc0/Gemm" in done.stdout and "total" in done.stdout
     assert f"wrote {out}" in done.stdout
     assert digest(mlp_file) == before
     report = json.loads(report_path.read_text())
@@ -252,7 +252,8 @@ def test_calibration_labels_next_to_the_inputs_are_ignored_with_one_warning(mlp_
     for name in ("clean", "labelled"):
         report = tmp_path / f"{name}.json"
         done = cli_inproc(str(mlp_file), str(tmp_path / f"{name}.onnx"), "--method", "sparsegpt", "--calibration",
-                          str(tmp_path / f"{name}.npz"), "--report-json", str(report))
+                          str(tmp_path / f"{name}.npz"), "--report-json", str(report),
+                          "--no-verify")  # only the calibration's warning: no fidelity warning
         assert done.exit_code == 0, done.stderr
         reports.append(json.loads(report.read_text())["layers"])
         if name == "labelled":

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import onnx
 
+from .fidelity import Fidelity
 from ..pruning.auto_dense import DENSE_KEEP_THRESHOLD
 from ..model.layers import Layer, Skipped
 from ..model.modelio import written_size
@@ -44,11 +45,14 @@ class LayerReport:
 
 @dataclass
 class Verification:
+    """The kernel check (the pruned model against the input model with the same masks applied
+    densely) and, when the original outputs were computed, the fidelity to the original model."""
     max_rel_error: float
     tolerance: float
     per_output: dict[str, float]
     passed: bool
     inputs: str
+    fidelity: Optional[Fidelity] = None
 
 
 @dataclass
@@ -101,8 +105,15 @@ class PruneReport:
             "file_size_after": self.size_after,
             "total_params": sum(l.params for l in self.layers),
             "total_nnz": sum(l.nnz for l in self.layers),
-            "verification": asdict(self.verification) if self.verification else None,
+            "verification": _kernel_check(self.verification),
+            "fidelity": _fidelity(self.fidelity),
         }
+
+    @property
+    def fidelity(self) -> Optional[Fidelity]:
+        """How far the pruned model is from the original on the verification inputs (None
+        without verification)."""
+        return self.verification.fidelity if self.verification else None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -153,11 +164,29 @@ class PruneReport:
         if self.verification:
             v = self.verification
             verdict = "[green]passed[/green]" if v.passed else "[red]FAILED[/red]"
-            console.print(f"verification {verdict}: max relative error {v.max_rel_error:.2e} "
-                          f"(tolerance {v.tolerance:.0e}) vs the masked dense model, on {escape(v.inputs)}")
+            console.print(f"kernel check {verdict}: max relative error {v.max_rel_error:.2e} "
+                          f"(tolerance {v.tolerance:.0e}) against the input model with the same masks, "
+                          f"on {escape(v.inputs)}")
+        if self.fidelity:
+            for line in self.fidelity.lines():
+                console.print(escape(line))
+            if self.fidelity.poor:
+                console.print("[red]fidelity poor[/red]: " + escape(", ".join(self.fidelity.poor_outputs))
+                              + " far from the original (see the warning)")
 
 
 SKIPPED_SHOWN = 5
+
+
+def _fidelity(fidelity: Optional[Fidelity]) -> Optional[dict]:
+    return {**asdict(fidelity), "poor_outputs": fidelity.poor_outputs} if fidelity else None
+
+
+def _kernel_check(verification: Optional[Verification]) -> Optional[dict]:
+    """The JSON of the kernel check; its fidelity is the report's own "fidelity" key."""
+    if verification is None:
+        return None
+    return {k: v for k, v in asdict(verification).items() if k != "fidelity"}
 
 
 def human_size(nbytes: int) -> str:

@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
@@ -16,7 +17,10 @@ from ..runtime import session as runtime
 from ..pruning.bias import write_dense
 from ..errors import OnnxPruneError
 from ..model.modelio import external_span, external_tensors, read_npz
+from . import inputs as generated
 from .input_shapes import check_input_shapes
+from .inputs import BATCH_FOR_GENERATED, SEQ_LEN_FOR_GENERATED
+from .fidelity import Fidelity, compare as compare_outputs, max_relative_error
 from .report import Verification
 from ..model.graph import remove_dead_tensors as drop_unused_constants
 from ..sparse_gemm.rewrite import dense_shape
@@ -27,8 +31,6 @@ VERIFY_TOLERANCE = 1e-4
 # With --values fp16 the reference uses the same fp16-rounded weights; the looser bound leaves room
 # for however the kernel widens fp16 values to fp32 before accumulating.
 VERIFY_TOLERANCE_FP16 = 1e-3
-BATCH_FOR_GENERATED = 4
-OTHER_DIM_FOR_GENERATED = 3
 
 Inputs = Union[None, str, Path, Mapping[str, np.ndarray]]
 # The reference session reads its weights where they lie (onnxruntime maps aligned external data)
@@ -173,33 +175,11 @@ def reference_weight(p) -> np.ndarray:
     return np.asarray(p.packed.to_dense(), dtype=np.float32)
 
 
-def generated_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = BATCH_FOR_GENERATED) -> dict[str, np.ndarray]:
-    """Random float inputs (zeros for integer ones) from the graph's declared input shapes; a
-    symbolic first dimension gets ``batch``."""
-    rng = np.random.default_rng(seed)
-    initializers = {t.name for t in model.graph.initializer}
-    feeds: dict[str, np.ndarray] = {}
-    symbols: dict[str, int] = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        t = value.type.tensor_type
-        dims = []
-        for axis, d in enumerate(t.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(d.dim_value)
-            else:  # one size per symbolic name, so inputs sharing "batch" or "seq" agree
-                default = batch if axis == 0 else OTHER_DIM_FOR_GENERATED
-                dims.append(symbols.setdefault(d.dim_param, default) if d.dim_param else default)
-        if not value.type.HasField("tensor_type") or t.elem_type in (0, onnx.TensorProto.STRING):
-            raise OnnxPruneError(f"cannot generate a value for input '{value.name}' (not a numeric tensor); "
-                                 "pass --inputs data.npz or --no-verify")
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
-        if np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(dims).astype(dtype)
-        else:
-            feeds[value.name] = np.zeros(dims, dtype=dtype)
-    return feeds
+def generated_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = BATCH_FOR_GENERATED,
+                     seq_len: int = SEQ_LEN_FOR_GENERATED) -> dict[str, np.ndarray]:
+    """Inputs that look like real ones (token ids inside the vocabulary, masks of ones, float
+    inputs standard normal) from the graph's declared shapes; see onnx_prune.check.inputs."""
+    return generated.generated_inputs(model, seed=seed, batch=batch, seq_len=seq_len)
 
 
 def load_inputs(path: Union[str, Path], model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -213,55 +193,65 @@ def load_inputs(path: Union[str, Path], model: onnx.ModelProto) -> dict[str, np.
     return {n: arrays[n] for n in wanted}
 
 
-def max_relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
-    """max |reference - actual| / max(max |reference|, tiny) over the finite entries; a
-    non-finite value counts as equal only where the other side has the same one (NaN for NaN,
-    inf for inf of the same sign), otherwise the error is infinite."""
-    reference = np.asarray(reference, dtype=np.float64)
-    actual = np.asarray(actual, dtype=np.float64)
-    if reference.shape != actual.shape:
-        return float("inf")
-    if reference.size == 0:
-        return 0.0
-    finite = np.isfinite(reference) & np.isfinite(actual)
-    same_special = (np.isnan(reference) & np.isnan(actual)) | \
-        (np.isinf(reference) & (reference == actual))
-    if not np.all(finite | same_special):
-        return float("inf")
-    if not finite.any():
-        return 0.0
-    scale = max(float(np.max(np.abs(reference[finite]))), 1e-12)
-    return float(np.max(np.abs(reference[finite] - actual[finite]))) / scale
+@dataclass
+class VerificationInputs:
+    """The inputs every run of a verification gets, and how the report names them."""
+    feeds: dict[str, np.ndarray]
+    described: str
+    generated: bool
+
+
+def verification_inputs(inputs: Inputs, model: onnx.ModelProto,
+                        seq_len: int = SEQ_LEN_FOR_GENERATED) -> VerificationInputs:
+    """``inputs`` (an .npz path or a dict) checked against the model's inputs, or generated ones."""
+    if isinstance(inputs, VerificationInputs):
+        return inputs
+    if isinstance(inputs, (str, Path)):
+        chosen = VerificationInputs(load_inputs(inputs, model), str(inputs), generated=False)
+    elif inputs is not None:
+        chosen = VerificationInputs(dict(inputs), "given inputs", generated=False)
+    else:
+        plans = generated.input_plans(model, seq_len=seq_len)
+        chosen = VerificationInputs(generated.make(plans), generated.describe(plans), generated=True)
+    check_input_shapes(chosen.feeds, model, f"--inputs '{inputs}'" if isinstance(inputs, (str, Path)) else chosen.described)
+    _check_compares_something(chosen.feeds, chosen.described)
+    return chosen
+
+
+def original_outputs(model: Union[str, Path, onnx.ModelProto], inputs: VerificationInputs) -> list[np.ndarray]:
+    """The input model's outputs on the verification inputs, computed once before pruning (the
+    session is gone before any pruned weight is made)."""
+    return _run(str(model) if isinstance(model, (str, Path)) else model, inputs, "the input model",
+                library=None, config=REFERENCE_SESSION_CONFIG)
 
 
 def verify_pruned(reference: Union[str, Path], pruned_model: onnx.ModelProto, *, values: str = "fp32",
-                  inputs: Inputs = None, tolerance: Optional[float] = None) -> Verification:
-    """Run the masked dense ``reference`` (a model file, see MaskedDenseReference) and the pruned
-    model on the same inputs; the result says whether every float output agrees within
-    ``tolerance`` (default: VERIFY_TOLERANCE, or VERIFY_TOLERANCE_FP16 for fp16 values). The
-    reference runs first and its session is gone before the pruned model's opens."""
+                  inputs: Union[Inputs, VerificationInputs] = None, tolerance: Optional[float] = None,
+                  original: Optional[Sequence[np.ndarray]] = None,
+                  seq_len: int = SEQ_LEN_FOR_GENERATED) -> Verification:
+    """The kernel check: run the masked dense ``reference`` (a model file, see MaskedDenseReference)
+    and the pruned model on the same inputs; the result says whether every float output agrees
+    within ``tolerance`` (default: VERIFY_TOLERANCE, or VERIFY_TOLERANCE_FP16 for fp16 values).
+    With the ``original`` model's outputs on those inputs, the result also carries the pruned
+    model's fidelity to it (fidelity.py). The reference runs first and its session is gone before
+    the pruned model's opens."""
     if tolerance is None:
         tolerance = VERIFY_TOLERANCE_FP16 if values == "fp16" else VERIFY_TOLERANCE
-
-    if isinstance(inputs, (str, Path)):
-        feeds, described = load_inputs(inputs, pruned_model), str(inputs)
-    elif inputs is not None:
-        feeds, described = dict(inputs), "given inputs"
-    else:
-        feeds = generated_inputs(pruned_model)
-        described = "generated inputs (" + ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items()) + ")"
-    check_input_shapes(feeds, pruned_model, f"--inputs '{inputs}'" if isinstance(inputs, (str, Path)) else described)
-    _check_compares_something(feeds, described)
-    expected = _run(str(reference), feeds, "the input model (with the masks applied densely)", library=False,
+    chosen = verification_inputs(inputs, pruned_model, seq_len)
+    expected = _run(str(reference), chosen, "the input model (with the masks applied densely)", library=False,
                     config=REFERENCE_SESSION_CONFIG)
-    actual = _run(pruned_model, feeds, "the pruned model", library=True)
+    actual = _run(pruned_model, chosen, "the pruned model", library=True)
     names = [o.name for o in pruned_model.graph.output]
-    _check_has_finite_values(names, expected, described)
+    _check_has_finite_values(names, expected, chosen.described)
     per_output = {n: max_relative_error(e, a) for n, e, a in zip(names, expected, actual)
                   if np.issubdtype(np.asarray(e).dtype, np.floating)}
     worst = max(per_output.values(), default=0.0)
-    return Verification(max_rel_error=worst, tolerance=tolerance, per_output=per_output,
-                        passed=bool(worst <= tolerance), inputs=described)
+    result = Verification(max_rel_error=worst, tolerance=tolerance, per_output=per_output,
+                          passed=bool(worst <= tolerance), inputs=chosen.described)
+    if original is not None:
+        result.fidelity = Fidelity(inputs=chosen.described, generated=chosen.generated,
+                                   outputs=compare_outputs(names, original, actual))
+    return result
 
 
 def _check_compares_something(feeds: Mapping[str, np.ndarray], described: str) -> None:
@@ -269,7 +259,7 @@ def _check_compares_something(feeds: Mapping[str, np.ndarray], described: str) -
     empty = [f"'{n}' {list(np.shape(v))}" for n, v in feeds.items() if np.size(v) == 0]
     if empty:
         raise OnnxPruneError(f"verification inputs ({described}) are empty: {', '.join(empty)}; "
-                             "give inputs with at least one sample")
+                             "give --inputs data.npz with at least one sample")
 
 
 def _check_has_finite_values(names: Sequence[str], expected: Sequence[np.ndarray], described: str) -> None:
@@ -279,11 +269,19 @@ def _check_has_finite_values(names: Sequence[str], expected: Sequence[np.ndarray
         value = np.asarray(value)
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).any():
             raise OnnxPruneError(f"verification with {described} compares nothing: output '{name}' has no finite "
-                                 f"value (shape {list(value.shape)}); give inputs with finite values")
+                                 f"value (shape {list(value.shape)}); pass inputs with finite values with "
+                                 "--inputs data.npz (or --no-verify)")
 
 
-def _run(model: Union[str, onnx.ModelProto], feeds: Mapping[str, np.ndarray], what: str, *, library: bool,
+def _run(model: Union[str, onnx.ModelProto], inputs: VerificationInputs, what: str, *, library: Optional[bool],
          config: Optional[Mapping[str, str]] = None) -> list[np.ndarray]:
-    """One onnxruntime run; its failure becomes one line naming the model that failed."""
+    """One onnxruntime run; its failure becomes one line naming the model that failed (and, on
+    generated inputs, how to give real ones)."""
     error = f"verification could not run {what}"
-    return runtime.run(runtime.open_session(model, library=library, error=error, config=config), feeds, error=error)
+    try:
+        session = runtime.open_session(model, library=library, error=error, config=config)
+        return runtime.run(session, inputs.feeds, error=f"{error} on {inputs.described}")
+    except OnnxPruneError as exc:
+        if not inputs.generated:
+            raise
+        raise OnnxPruneError(f"{exc}; pass the model's real inputs with --inputs data.npz (or --no-verify)") from exc

@@ -27,10 +27,11 @@ Data = Union[str, Path, Mapping[str, np.ndarray]]
 LABELS = "labels"
 EVAL_CHUNK = 1000  # rows per onnxruntime call while scoring accuracy: bounds memory on big test sets
 ROUNDS = 15  # interleaved dense/pruned timing rounds per sweep row
-ROW_KEYS = ("method", "ratio", "dense_accuracy", "pruned_accuracy", "accuracy_drop", "dense_ms", "pruned_ms",
-            "speedup", "sparse_layers", "dense_layers", "sparsity", "size_before", "size_after", "batch", "threads")
-BASELINE_KEYS = ("baseline", "what", "accuracy", "accuracy_drop", "dense_ms", "ms", "speedup", "max_rel_error",
-                 "size", "batch", "threads")
+ROW_KEYS = ("method", "ratio", "dense_accuracy", "pruned_accuracy", "accuracy_drop", "top1_agreement", "cosine",
+            "max_rel_error", "dense_ms", "pruned_ms", "speedup", "sparse_layers", "dense_layers", "sparsity",
+            "size_before", "size_after", "batch", "threads")
+BASELINE_KEYS = ("baseline", "what", "accuracy", "accuracy_drop", "top1_agreement", "cosine", "dense_ms", "ms",
+                 "speedup", "max_rel_error", "size", "batch", "threads")
 Progress = Callable[[str, int, int], None]  # (what is being done, steps done, steps in all)
 
 
@@ -98,18 +99,37 @@ def evaluate_accuracy(model: ModelOrPath, data_npz: Data, *, session_options=Non
 
 
 def _accuracy(session, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
-    if len(labels) == 0:
+    return _accuracy_of(_scores(session, feeds, len(labels)), labels)
+
+
+def _accuracy_of(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float((scores.argmax(axis=-1) == labels).sum()) / len(labels)
+
+
+def _scores(session, feeds: Mapping[str, np.ndarray], count: int) -> np.ndarray:
+    """The first output over the whole data set, [samples, classes], computed in chunks."""
+    if count == 0:
         raise OnnxPruneError("evaluation data has no samples")
     first = session.get_outputs()[0].name
-    hits = 0
-    for start in range(0, len(labels), EVAL_CHUNK):
+    parts = []
+    for start in range(0, count, EVAL_CHUNK):
         chunk = {k: v[start:start + EVAL_CHUNK] for k, v in feeds.items()}
         scores = session.run([first], chunk)[0]
         if scores.ndim < 2 or scores.shape[0] != len(next(iter(chunk.values()))):
             raise OnnxPruneError(f"first output '{first}' has shape {list(scores.shape)}; "
                                  "expected [samples, classes]")
-        hits += int((scores.argmax(axis=-1) == labels[start:start + EVAL_CHUNK]).sum())
-    return hits / len(labels)
+        parts.append(scores)
+    return np.concatenate(parts)
+
+
+def _fidelity(dense_scores: np.ndarray, pruned_scores: np.ndarray) -> dict:
+    """The pruned scores against the dense ones on the whole data set (check/fidelity.py): top-1
+    agreement, mean cosine of each sample's scores, max relative error."""
+    from ..check.fidelity import max_relative_error, mean_cosine
+
+    agreement = float(np.mean(dense_scores.argmax(axis=-1) == pruned_scores.argmax(axis=-1)))
+    return dict(top1_agreement=agreement, cosine=mean_cosine(dense_scores, pruned_scores),
+                max_rel_error=max_relative_error(dense_scores, pruned_scores))
 
 
 # ----------------------------------------------------------------------------- latency
@@ -167,9 +187,11 @@ def sweep(model_path: Union[str, Path], data_npz: Data, ratios: Sequence[float],
             pruned_model, report = prune(model_path, ratio=ratio, method=method, calibration=calibration,
                                          auto_dense=auto_dense)
         pruned = runtime.open_session(pruned_model, library=True, threads=threads)
-        pruned_accuracy = _accuracy(pruned, dense.feeds, dense.labels)
+        pruned_scores = _scores(pruned, dense.feeds, len(dense.labels))
+        pruned_accuracy = _accuracy_of(pruned_scores, dense.labels)
         dense_ms, pruned_ms = paired_latency_ms(dense.session, pruned, dense.timing_feeds, rounds=rounds, runs=runs)
-        rows.append(_row(method, ratio, dense.accuracy, pruned_accuracy, dense_ms, pruned_ms, report, batch, threads))
+        rows.append(_row(method, ratio, dense.accuracy, pruned_accuracy, dense_ms, pruned_ms, report, batch, threads,
+                         _fidelity(dense.scores, pruned_scores)))
     if progress:
         progress("done", len(settings), len(settings))
     return rows
@@ -181,7 +203,8 @@ class _Dense:
     def __init__(self, session, feeds: dict, labels: np.ndarray, batch: int) -> None:
         self.session, self.feeds, self.labels = session, feeds, labels
         self.timing_feeds = batch_feeds(feeds, batch)
-        self.accuracy = _accuracy(session, feeds, labels)
+        self.scores = _scores(session, feeds, len(labels))  # what each pruned model's fidelity is measured against
+        self.accuracy = _accuracy_of(self.scores, labels)
 
     @classmethod
     def open(cls, model_path: Union[str, Path], data_npz: Data, batch: int, threads: int) -> "_Dense":
@@ -215,23 +238,26 @@ def baseline_points(model_path: Union[str, Path], data_npz: Data, baselines: Seq
         names = [o.name for o in dense.session.get_outputs()]
         errors = {n: max_relative_error(d, c) for n, d, c in
                   zip(names, runtime.run(dense.session, dense.timing_feeds), runtime.run(session, dense.timing_feeds))}
-        accuracy = _accuracy(session, dense.feeds, dense.labels)
+        scores = _scores(session, dense.feeds, len(dense.labels))
+        accuracy = _accuracy_of(scores, dense.labels)
+        fidelity = _fidelity(dense.scores, scores)
         dense_ms, ms = paired_latency_ms(dense.session, session, dense.timing_feeds, rounds=rounds, runs=runs)
         points.append(dict(baseline=baseline.name, what=baseline.label, accuracy=accuracy,
-                           accuracy_drop=dense.accuracy - accuracy, dense_ms=dense_ms, ms=ms,
+                           accuracy_drop=dense.accuracy - accuracy, top1_agreement=fidelity["top1_agreement"],
+                           cosine=fidelity["cosine"], dense_ms=dense_ms, ms=ms,
                            speedup=dense_ms / ms if ms > 0 else float("inf"), max_rel_error=errors,
                            size=model.ByteSize(), batch=int(batch), threads=int(threads)))
     return points
 
 
 def _row(method: str, ratio: float, dense_accuracy: float, pruned_accuracy: float, dense_ms: float,
-         pruned_ms: float, report, batch: int, threads: int) -> dict:
+         pruned_ms: float, report, batch: int, threads: int, fidelity: Mapping[str, float]) -> dict:
     sparse = report.sparse_layers
     kept_dense = [l for l in report.layers if l.status == KEPT_DENSE]
     params = sum(l.params for l in report.layers)
     kept = sum(l.nnz for l in report.layers)
     return dict(method=method, ratio=ratio, dense_accuracy=dense_accuracy, pruned_accuracy=pruned_accuracy,
-                accuracy_drop=dense_accuracy - pruned_accuracy, dense_ms=dense_ms, pruned_ms=pruned_ms,
+                accuracy_drop=dense_accuracy - pruned_accuracy, **fidelity, dense_ms=dense_ms, pruned_ms=pruned_ms,
                 speedup=dense_ms / pruned_ms if pruned_ms > 0 else float("inf"), sparse_layers=len(sparse),
                 dense_layers=len(kept_dense),
                 sparsity=(1 - kept / params) if params else 0.0, size_before=int(report.size_before),
@@ -327,17 +353,19 @@ def sweep_table(rows: Sequence[Mapping], title: str = "", baselines: Sequence[Ma
     from rich.table import Table
 
     table = Table(title=title or None)
-    for header in ("method", "ratio", "sparsity", "accuracy", "Δ acc", "dense ms", "pruned ms", "speedup",
-                   "sparse layers", "size"):
+    for header in ("method", "ratio", "sparsity", "accuracy", "Δ acc", "agree", "cosine", "dense ms", "pruned ms",
+                   "speedup", "sparse layers", "size"):
         table.add_column(header, justify="left" if header == "method" else "right")
     for r in rows:
         table.add_row(r["method"], f"{r['ratio']:.2f}", f"{100 * r['sparsity']:.1f}%",
                       f"{100 * r['pruned_accuracy']:.2f}%", f"{100 * (r['pruned_accuracy'] - r['dense_accuracy']):+.2f}",
-                      f"{r['dense_ms']:.3f}", f"{r['pruned_ms']:.3f}", f"{r['speedup']:.2f}x",
+                      f"{100 * r['top1_agreement']:.1f}%", f"{r['cosine']:.4f}", f"{r['dense_ms']:.3f}",
+                      f"{r['pruned_ms']:.3f}", f"{r['speedup']:.2f}x",
                       _layers_cell(r), f"{r['size_after'] / 1e6:.2f} MB")
     for b in baselines:
         table.add_row(f"onnxruntime {b['baseline']}", "-", "-", f"{100 * b['accuracy']:.2f}%",
-                      f"{-100 * b['accuracy_drop'] + 0.0:+.2f}", f"{b['dense_ms']:.3f}", f"{b['ms']:.3f}",
+                      f"{-100 * b['accuracy_drop'] + 0.0:+.2f}", f"{100 * b['top1_agreement']:.1f}%",
+                      f"{b['cosine']:.4f}", f"{b['dense_ms']:.3f}", f"{b['ms']:.3f}",
                       f"{b['speedup']:.2f}x", "-", f"{b['size'] / 1e6:.2f} MB")
     return table
 
@@ -369,8 +397,10 @@ def run_eval_cli(model: str, data: str, ratios: Sequence[float], methods: Sequen
     machine = describe(machine_info())
     title = (f"{Path(model).name}: dense accuracy {100 * rows[0]['dense_accuracy']:.2f}%, batch {batch}, "
              f"{threads} thread(s), {machine}")
-    console = Console(width=max(120, Console().width))
+    console = Console(width=max(150, Console().width))
     console.print(sweep_table(rows, title, points))
+    console.print("fidelity to the dense model on the same data: agree = top-1 agreement with its answers, "
+                  "cosine = mean cosine of each sample's scores to its scores", markup=False, highlight=False)
     for point in points:
         console.print(f"{point['baseline']}: {point['what']}")
     if any(r["dense_layers"] for r in rows):

@@ -25,7 +25,8 @@ def test_sweep_marks_points_auto_dense_kept_and_no_auto_dense_prunes_them(mlp_an
     assert pruned[0]["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert pruned[1]["pruned_accuracy"] == kept[1]["pruned_accuracy"]
 
-    cells = [row.cells for row in [sweep_table(kept).columns[8]]][0]
+    (layers,) = [column for column in sweep_table(kept).columns if column.header == "sparse layers"]
+    cells = layers.cells
     assert list(cells) == ["0 (3 kept dense)", "3"]
 
     import matplotlib
