@@ -180,8 +180,11 @@ class _Session:
     bytes its last run returned (to size the next batches)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        # log_severity_level 3: the replaced dense weights are unused, no warning for each
+        # log_severity_level 3: the replaced dense weights are unused, no warning for each;
+        # no spinning: between runs the numpy accumulation and solves need the cores onnxruntime's
+        # idle workers would otherwise spin on
         self._session = runtime.open_session(model, log_severity_level=3,
+                                             config={"session.intra_op.allow_spinning": "0"},
                                              error="calibration: onnxruntime cannot load the model")
         self.last_bytes = 0
         self.input_names = [i.name for i in self._session.get_inputs()]
