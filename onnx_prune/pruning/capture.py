@@ -29,6 +29,7 @@ from ..errors import OnnxPruneError
 CAPTURE_BYTES = 256 * 2**20     # activations captured per onnxruntime run, at most (after the first)
 FIRST_BATCH = 8                 # samples in the first run, which measures the bytes per sample
 MAX_BATCH = 1024
+ACCUMULATE_ROWS = 4096          # rows of X converted to float64 and accumulated at a time
 
 
 @dataclass
@@ -66,19 +67,20 @@ Cached = list[dict[str, np.ndarray]]   # per calibration batch: tensor name -> v
 
 def capture_stats_from(model: onnx.ModelProto, layers: Sequence, calibration: Mapping[str, np.ndarray],
                        plan: FeedPlan, *, hessian: bool, outputs: Sequence[str], cached: Optional[Cached] = None,
-                       keep: Collection[str] = (), ranges: Optional[Sequence[tuple[int, int]]] = None
-                       ) -> tuple[dict[str, InputStats], list[tuple[tuple[int, int], dict[str, np.ndarray]]]]:
+                       keep: Collection[str] = (), ranges: Optional[Sequence[tuple[int, int]]] = None,
+                       max_batch: int = MAX_BATCH) -> tuple[dict[str, InputStats], list[tuple[tuple[int, int], dict[str, np.ndarray]]]]:
     """capture_stats on a ``model`` whose graph outputs are ``outputs`` (the layer inputs first),
     fed the calibration inputs and, per batch, the tensors of ``cached`` it reads. Returns the
     stats, and per batch its sample range and the values of the ``keep`` tensors (from the cache
-    or from this run). ``ranges``: the batches to use (those of an earlier call with a cache)."""
+    or from this run). ``ranges``: the batches to use (those of an earlier call with a cache);
+    else batches of at most ``max_batch`` samples."""
     keys = {layer.node: (layer.input_name, bool(layer.trans_a)) for layer in layers}
     sizes = {keys[layer.node]: layer.K for layer in layers}
     session = _Session(model) if outputs else None
     wanted = set(session.input_names) if session is not None else set()
     acc = {key: _Accumulator(k, hessian) for key, k in sizes.items()}
     kept = []
-    for index, (span, feeds) in enumerate(_batches(calibration, plan, session, ranges)):
+    for index, (span, feeds) in enumerate(_batches(calibration, plan, session, ranges, max_batch)):
         known = {**feeds, **(cached[index] if cached else {})}
         values = dict(zip(outputs, session.run(outputs, {n: v for n, v in known.items() if n in wanted})))\
             if session is not None else {}
@@ -101,12 +103,15 @@ class _Accumulator:
         self.h = np.zeros((k, k), dtype=np.float64) if hessian else None
 
     def add(self, x: np.ndarray) -> None:
-        x = x.astype(np.float64, copy=False)
-        self.rows += x.shape[0]
-        self.sq += np.einsum("ij,ij->j", x, x)
-        self.sum += x.sum(axis=0)
-        if self.h is not None:
-            self.h += x.T @ x
+        # in slices of ACCUMULATE_ROWS rows: the float64 copy of a whole batch of wide activations
+        # (32k tokens x 1536) alone would take 400 MB
+        for start in range(0, x.shape[0], ACCUMULATE_ROWS):
+            part = x[start:start + ACCUMULATE_ROWS].astype(np.float64)
+            self.rows += part.shape[0]
+            self.sq += np.einsum("ij,ij->j", part, part)
+            self.sum += part.sum(axis=0)
+            if self.h is not None:
+                self.h += part.T @ part    # numpy takes this as one syrk
 
     def result(self) -> InputStats:
         return InputStats(self.rows, self.sq, self.h, self.sum)
@@ -133,7 +138,7 @@ def _check_finite(stats: InputStats, node: str) -> None:
 
 
 def _batches(calibration: Mapping[str, np.ndarray], plan: FeedPlan, session,
-             ranges: Optional[Sequence[tuple[int, int]]] = None
+             ranges: Optional[Sequence[tuple[int, int]]] = None, max_batch: int = MAX_BATCH
              ) -> Iterator[tuple[tuple[int, int], dict[str, np.ndarray]]]:
     """(sample range, feeds) covering every sample once: the given ``ranges``, or with no fixed
     step a small first run that measures how many samples fit in CAPTURE_BYTES of captured
@@ -154,7 +159,7 @@ def _batches(calibration: Mapping[str, np.ndarray], plan: FeedPlan, session,
             feeds[name] = part.reshape(part.shape[1:]) if name in plan.per_sample else part
         yield (start, stop), feeds
         if plan.step is None and start == 0:
-            step = _batch_for_budget(session, feeds, stop - start)
+            step = min(max_batch, _batch_for_budget(session, feeds, stop - start))
         start = stop
 
 

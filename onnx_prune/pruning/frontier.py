@@ -29,6 +29,10 @@ from .capture import FeedPlan, InputStats
 from ..model.graph import node_reads
 
 FRONTIER_BYTES = 1 << 30   # cached activations of all calibration samples, at most
+FRONTIER_BATCH = 64        # samples per onnxruntime run, at most: the batches are fixed by the first
+                           # wave, whose outputs can be much smaller than a later wave's (a transformer's
+                           # FFN activation is 4x its residual), and onnxruntime's own intermediates
+                           # (attention scores) grow with them
 
 
 class FrontierCapture:
@@ -64,7 +68,7 @@ class FrontierCapture:
         sub = _written(_submodel(self.model, nodes, available, outputs, self.types), self.layers, pruned)
         stats, cache = capture.capture_stats_from(sub, wave, self.calibration, self.plan, hessian=self.hessian,
                                                   cached=self.cache, outputs=outputs, keep=keep,
-                                                  ranges=self.ranges)
+                                                  ranges=self.ranges, max_batch=FRONTIER_BATCH)
         self.ranges = self.ranges or [span for span, _ in cache]
         self.cache = [values for _, values in cache]
         self.done = done
