@@ -157,13 +157,18 @@ def parse_layer_ratios(items: List[str]) -> dict[str, float]:
 @contextmanager
 def _progress_bar(quiet: bool) -> Iterator[Optional[Callable[[str, int, int], None]]]:
     """A rich progress bar on stderr fed by a (message, done, total) progress callback (api.prune's,
-    evaluate's; nothing when quiet or when stderr is not a terminal, so logs and pipes get no bar
-    drawings)."""
+    evaluate's); when stderr is not a terminal (logs, pipes), rate-limited plain lines instead
+    (progress_lines.py); nothing when quiet."""
     from rich.console import Console
 
     console = Console(stderr=True)
-    if quiet or not console.is_terminal:
+    if quiet:
         yield None
+        return
+    if not console.is_terminal:
+        from .progress_lines import ProgressLines
+
+        yield ProgressLines(sys.stderr)
         return
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 

@@ -32,6 +32,7 @@ from . import bias as bias_terms
 from . import capture, sparsifiers
 from ..model import modelio
 from .capture import FeedPlan, InputStats
+from .frontier import FrontierCapture
 from ..errors import OnnxPruneError, UsageError
 from .sparsifiers import Pruned, Sparsifier, wanda_scores  # noqa: F401  (wanda_scores: public here too)
 
@@ -193,11 +194,9 @@ def _sequential(model, layers, drops, sparsifier: Sparsifier, data, plan, nm, ba
     """Prune wave by wave, each wave calibrated on the model with all earlier waves pruned (and
     their biases compensated)."""
     result: Result = {}
-    hessian = sparsifier.statistics == sparsifiers.HESSIAN
+    capturing = FrontierCapture(model, layers, data, plan, hessian=sparsifier.statistics == sparsifiers.HESSIAN)
     for wave in capture.layer_groups(model, layers):
-        current = capture.with_weights(model, layers, {n: p.weight for n, p in result.items()},
-                                       {n: p.bias for n, p in result.items() if p.bias is not None})
-        stats = capture.capture_stats(current, wave, data, plan, hessian=hessian)
+        stats = capturing.capture(wave, result)
         for layer in wave:
             result[layer.node] = _prune_layer(sparsifier, layer, stats[layer.node], drops[layer.node], nm, bar,
                                               layer.node in biased)

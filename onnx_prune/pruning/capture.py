@@ -13,8 +13,9 @@ weights, as masked dense tensors, into a copy of the model for the next wave's c
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Collection, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -28,6 +29,7 @@ from ..errors import OnnxPruneError
 CAPTURE_BYTES = 256 * 2**20     # activations captured per onnxruntime run, at most (after the first)
 FIRST_BATCH = 8                 # samples in the first run, which measures the bytes per sample
 MAX_BATCH = 1024
+ACCUMULATE_ROWS = 4096          # rows of X converted to float64 and accumulated at a time
 
 
 @dataclass
@@ -53,21 +55,44 @@ class FeedPlan:
 def capture_stats(model: onnx.ModelProto, layers: Sequence, calibration: Mapping[str, np.ndarray],
                   plan: FeedPlan, *, hessian: bool) -> dict[str, InputStats]:
     """Run ``model`` over all calibration samples; node name -> stats of that layer's input."""
+    graph_inputs = {v.name for v in model.graph.input}
+    exposed = sorted({layer.input_name for layer in layers} - graph_inputs)
+    stats, _ = capture_stats_from(_exposing(model, exposed) if exposed else model, layers, calibration, plan,
+                                  hessian=hessian, outputs=exposed)
+    return stats
+
+
+Cached = list[dict[str, np.ndarray]]   # per calibration batch: tensor name -> value (frontier.py)
+
+
+def capture_stats_from(model: onnx.ModelProto, layers: Sequence, calibration: Mapping[str, np.ndarray],
+                       plan: FeedPlan, *, hessian: bool, outputs: Sequence[str], cached: Optional[Cached] = None,
+                       keep: Collection[str] = (), ranges: Optional[Sequence[tuple[int, int]]] = None,
+                       max_batch: int = MAX_BATCH) -> tuple[dict[str, InputStats], list[tuple[tuple[int, int], dict[str, np.ndarray]]]]:
+    """capture_stats on a ``model`` whose graph outputs are ``outputs`` (the layer inputs first),
+    fed the calibration inputs and, per batch, the tensors of ``cached`` it reads. Returns the
+    stats, and per batch its sample range and the values of the ``keep`` tensors (from the cache
+    or from this run). ``ranges``: the batches to use (those of an earlier call with a cache);
+    else batches of at most ``max_batch`` samples."""
     keys = {layer.node: (layer.input_name, bool(layer.trans_a)) for layer in layers}
     sizes = {keys[layer.node]: layer.K for layer in layers}
-    graph_inputs = {v.name for v in model.graph.input}
-    exposed = sorted({name for name, _ in sizes if name not in graph_inputs})
-    session = _Session(_exposing(model, exposed)) if exposed else None
+    session = _Session(model) if outputs else None
+    wanted = set(session.input_names) if session is not None else set()
     acc = {key: _Accumulator(k, hessian) for key, k in sizes.items()}
-    for feeds in _batches(calibration, plan, session):
-        values = dict(zip(exposed, session.run(exposed, feeds))) if session is not None else {}
+    kept = []
+    for index, (span, feeds) in enumerate(_batches(calibration, plan, session, ranges, max_batch)):
+        known = {**feeds, **(cached[index] if cached else {})}
+        values = dict(zip(outputs, session.run(outputs, {n: v for n, v in known.items() if n in wanted})))\
+            if session is not None else {}
         for (name, trans_a), a in acc.items():
-            tensor = values[name] if name in values else feeds[name]
+            tensor = values[name] if name in values else known[name]
             a.add(_as_rows(tensor, trans_a, sizes[(name, trans_a)], name))
+        kept.append((span, {n: values[n] if n in values else known[n] for n in keep}))
+        del values, known
     stats = {key: a.result() for key, a in acc.items()}
     for layer in layers:
         _check_finite(stats[keys[layer.node]], layer.node)
-    return {layer.node: stats[keys[layer.node]] for layer in layers}
+    return {layer.node: stats[keys[layer.node]] for layer in layers}, kept
 
 
 class _Accumulator:
@@ -78,12 +103,15 @@ class _Accumulator:
         self.h = np.zeros((k, k), dtype=np.float64) if hessian else None
 
     def add(self, x: np.ndarray) -> None:
-        x = x.astype(np.float64, copy=False)
-        self.rows += x.shape[0]
-        self.sq += np.einsum("ij,ij->j", x, x)
-        self.sum += x.sum(axis=0)
-        if self.h is not None:
-            self.h += x.T @ x
+        # in slices of ACCUMULATE_ROWS rows: the float64 copy of a whole batch of wide activations
+        # (32k tokens x 1536) alone would take 400 MB
+        for start in range(0, x.shape[0], ACCUMULATE_ROWS):
+            part = x[start:start + ACCUMULATE_ROWS].astype(np.float64)
+            self.rows += part.shape[0]
+            self.sq += np.einsum("ij,ij->j", part, part)
+            self.sum += part.sum(axis=0)
+            if self.h is not None:
+                self.h += part.T @ part    # numpy takes this as one syrk
 
     def result(self) -> InputStats:
         return InputStats(self.rows, self.sq, self.h, self.sum)
@@ -109,19 +137,29 @@ def _check_finite(stats: InputStats, node: str) -> None:
         raise OnnxPruneError(f"calibration: layer {node} received no input rows")
 
 
-def _batches(calibration: Mapping[str, np.ndarray], plan: FeedPlan, session) -> Iterator[dict[str, np.ndarray]]:
-    """Feeds covering every sample once; with no fixed step the first run is small and measures
-    how many samples fit in CAPTURE_BYTES of captured activations."""
+def _batches(calibration: Mapping[str, np.ndarray], plan: FeedPlan, session,
+             ranges: Optional[Sequence[tuple[int, int]]] = None, max_batch: int = MAX_BATCH
+             ) -> Iterator[tuple[tuple[int, int], dict[str, np.ndarray]]]:
+    """(sample range, feeds) covering every sample once: the given ``ranges``, or with no fixed
+    step a small first run that measures how many samples fit in CAPTURE_BYTES of captured
+    activations."""
     start, step = 0, plan.step or FIRST_BATCH
-    while start < plan.samples:
-        stop = min(start + step, plan.samples)
+    for number in itertools.count():
+        if ranges is not None:
+            if number == len(ranges):
+                return
+            start, stop = ranges[number]
+        elif start >= plan.samples:
+            return
+        else:
+            stop = min(start + step, plan.samples)
         feeds = {}
         for name, array in calibration.items():
             part = array[start:stop]
             feeds[name] = part.reshape(part.shape[1:]) if name in plan.per_sample else part
-        yield feeds
+        yield (start, stop), feeds
         if plan.step is None and start == 0:
-            step = _batch_for_budget(session, feeds, stop - start)
+            step = min(max_batch, _batch_for_budget(session, feeds, stop - start))
         start = stop
 
 
@@ -147,10 +185,14 @@ class _Session:
     bytes its last run returned (to size the next batches)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        # log_severity_level 3: the replaced dense weights are unused, no warning for each
+        # log_severity_level 3: the replaced dense weights are unused, no warning for each;
+        # no spinning: between runs the numpy accumulation and solves need the cores onnxruntime's
+        # idle workers would otherwise spin on
         self._session = runtime.open_session(model, log_severity_level=3,
+                                             config={"session.intra_op.allow_spinning": "0"},
                                              error="calibration: onnxruntime cannot load the model")
         self.last_bytes = 0
+        self.input_names = [i.name for i in self._session.get_inputs()]
 
     def run(self, names, feeds):
         values = runtime.run(self._session, feeds, names,

@@ -19,7 +19,9 @@ mean OBS error of each block's weights.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -31,7 +33,8 @@ BLOCK_SIZE = 128
 PERCDAMP = 0.01
 REFIT = True    # refit_kept after the walk (docs/calibration.md: +0.8 to +4.5 points at 90 %)
 _DAMP_RETRIES = 4
-_REFIT_BYTES = 64 * 2**20   # the batched systems of refit_kept, at most
+_REFIT_BYTES = 64 * 2**20   # the batched systems of refit_kept, at most (per worker)
+REFIT_WORKERS = 4           # threads solving refit_kept's batches, at most (refit_workers)
 
 BlockDone = Callable[[int, int], None]  # (blocks done, blocks in all)
 
@@ -147,12 +150,37 @@ def refit_kept(weight: np.ndarray, hessian: np.ndarray, keep: np.ndarray) -> np.
     ``(w - ŵ)ᵀ H (w - ŵ)`` over weights zero outside S. SparseGPT's sequential updates
     approximate this (each removal fixes the weights before it); given the mask it is the optimum.
     The outputs are solved in batches of similar kept counts, each output's system padded to the
-    batch's largest count with identity rows (the pads solve to 0)."""
+    batch's largest count with identity rows (the pads solve to 0). The batches are independent
+    and go to ``refit_workers()`` threads, each solving with one BLAS thread: every system is
+    solved the same way whatever the thread count, so the result does not depend on it (BLAS's
+    own threads would split each solve, differently by thread count, and spin against a loaded
+    machine: blas_threads.py)."""
     w = np.asarray(weight, dtype=np.float64)
     h = np.asarray(hessian, dtype=np.float64)
     target = h @ w
     out = np.zeros_like(w)
-    counts = keep.sum(axis=0)
+    batches = list(_refit_batches(keep.sum(axis=0)))
+    workers = min(refit_workers(), len(batches))
+    if workers <= 1:
+        for cols in batches:
+            _refit_batch(h, target, keep, cols, out)
+        return out
+    with ThreadPoolExecutor(workers) as pool:   # numpy's solve and take release the GIL
+        list(pool.map(lambda cols: _refit_batch(h, target, keep, cols, out), batches))
+    return out
+
+
+def refit_workers() -> int:
+    """Threads for refit_kept: the CPUs this process may use, at most REFIT_WORKERS."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(REFIT_WORKERS, cpus))
+
+
+def _refit_batches(counts: np.ndarray) -> Iterator[np.ndarray]:
+    """The outputs in batches of similar kept counts, each batch's systems under _REFIT_BYTES."""
     by_count = np.argsort(counts, kind="stable")
     start = 0
     while start < len(by_count):
@@ -161,22 +189,31 @@ def refit_kept(weight: np.ndarray, hessian: np.ndarray, keep: np.ndarray) -> np.
         while stop < len(by_count) and counts[by_count[stop]] <= width * 1.1 + 2 and \
                 (stop - start + 1) * 8 * int(counts[by_count[stop]]) ** 2 <= _REFIT_BYTES:
             stop += 1
-        _refit_batch(h, target, keep, by_count[start:stop], out)
+        yield by_count[start:stop]
         start = stop
-    return out
 
 
 def _refit_batch(h: np.ndarray, target: np.ndarray, keep: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
-    """refit_kept for the outputs ``cols``, one batched solve."""
+    """refit_kept for the outputs ``cols``, one batched solve. The systems are gathered from the
+    flattened H in one ``take`` (a 2-D fancy index and a masked ``where`` over the whole stack
+    cost as much as the solve itself on 768-wide systems), then each output's padding rows and
+    columns are set to the identity."""
     counts = keep[:, cols].sum(axis=0)
     width = int(counts.max())
     if width == 0:
         return
     idx = np.argsort(~keep[:, cols], axis=0, kind="stable")[:width].T   # [cols, width]: kept inputs first
-    valid = np.arange(width)[None, :] < counts[:, None]
-    a = np.where(valid[:, :, None] & valid[:, None, :], h[idx[:, :, None], idx[:, None, :]], np.eye(width))
-    b = np.where(valid, target[idx, cols[:, None]], 0.0)
+    k = len(h)
+    a = np.take(h.ravel(), idx[:, :, None] * k + idx[:, None, :])
+    b = np.take_along_axis(target[:, cols].T, idx, axis=1)
+    for j, count in enumerate(counts):
+        if count < width:
+            a[j, count:, :] = 0.0
+            a[j, :, count:] = 0.0
+            a[j, range(count, width), range(count, width)] = 1.0
+            b[j, count:] = 0.0
     solved = np.linalg.solve(a, b[..., None])[..., 0]
+    valid = np.arange(width)[None, :] < counts[:, None]
     out[idx[valid], np.broadcast_to(cols[:, None], idx.shape)[valid]] = solved[valid]
 
 

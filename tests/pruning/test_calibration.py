@@ -462,3 +462,27 @@ def test_api_progress_callback_hears_every_sparsegpt_layer_and_block():
     assert ("sparsegpt: layer 2/2 /fc1/Gemm", 2, 2) in calls
     assert calls.index(("sparsegpt: layer 2/2 /fc1/Gemm", 2, 2)) < [m for m, _, _ in calls].index(
         "rewriting 2 layers as SparseGemm")
+
+
+def test_refit_gives_the_same_bits_with_any_number_of_worker_threads(monkeypatch):
+    """refit_kept's batches go to threads, each system solved alone: the result must not depend
+    on how many threads there are (nor equal a sloppier solve: checked against numpy per output)."""
+    from onnx_prune.pruning import sparsegpt
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((200, 40))
+    h = x.T @ x + 0.1 * np.eye(40)
+    w = rng.standard_normal((40, 300))
+    keep = rng.random((40, 300)) < rng.uniform(0.1, 0.9, 300)[None, :]   # kept counts differ per output
+    monkeypatch.setattr(sparsegpt, "_REFIT_BYTES", 8 * 40 ** 2 * 5)      # many small batches
+    results = []
+    for workers in (1, 2, 3):
+        monkeypatch.setattr(sparsegpt, "REFIT_WORKERS", workers)
+        results.append(sparsegpt.refit_kept(w, h, keep))
+    assert np.array_equal(results[0], results[1]) and np.array_equal(results[0], results[2])
+    for n in range(0, 300, 37):
+        s = keep[:, n]
+        expected = np.zeros(40)
+        if s.any():
+            expected[s] = np.linalg.solve(h[np.ix_(s, s)], (h @ w[:, n])[s])
+        np.testing.assert_allclose(results[0][:, n], expected, rtol=1e-9, atol=1e-9)
