@@ -16,5 +16,6 @@ from . import csr  # noqa: F401
 from . import csr_int8  # noqa: F401
 from . import bcsr  # noqa: F401
 from . import csr_int8_dynamic  # noqa: F401
+from . import bcsr_int8_dynamic  # noqa: F401
 
 __all__ = ["PackedWeight", "SparseFormat", "get", "is_known", "keep_mask", "names", "register", "value_choices"]
