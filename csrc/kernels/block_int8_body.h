@@ -40,34 +40,46 @@ struct Job : GemmArgs {
   int64_t n_tiles = 0;
   uint8_t* tiles = nullptr;     // n_tiles blocks of [K][TW] bytes
   float* row_scales = nullptr;  // [M]
-  float* columns = nullptr;     // n_tiles blocks of K floats (a column of A when trans_a)
+  float* columns = nullptr;     // n_tiles blocks of K floats (a column of A when trans_a) + [TW][K] bytes
 };
 
-// Pass 1 for one tile: every row's scale and its bytes q + kBias (kBias for rows past M, q = 0).
+// Pass 1 for one tile: every row's scale and its bytes q + kBias (kBias for lanes past M, q = 0),
+// first row by row into `rows` (contiguous: the division vectorises), then transposed into the
+// tile 16 rows of W at a time (the 16 tile rows written stay in L1).
 template <class Q>
 void quantize_task(void* data, size_t tile) {
   const Job<Q>& g = *static_cast<const Job<Q>*>(data);
   const int64_t K = g.w.K, TW = g.tile_rows;
   uint8_t* bytes = g.tiles + static_cast<int64_t>(tile) * K * TW;
-  float* col = g.columns + static_cast<int64_t>(tile) * K;
-  for (int64_t c = 0; c < TW; ++c) {
-    const int64_t m = static_cast<int64_t>(tile) * TW + c;
-    uint8_t* out = bytes + position_of(c / Q::W, c % Q::W);
-    float scale = 0.f;
+  float* col = g.columns + static_cast<int64_t>(tile) * (K + (K * TW + 3) / 4);
+  uint8_t* rows = reinterpret_cast<uint8_t*>(col + K);  // [TW][K]
+  const int64_t m0 = static_cast<int64_t>(tile) * TW, real = min_i64(TW, g.M - m0);
+  if (real < TW) {  // lanes past M compute nothing that is written out; q = 0 there
+    for (int64_t i = 0; i < K * TW; ++i) bytes[i] = static_cast<uint8_t>(Q::kBias);
+  }
+  for (int64_t c = 0; c < real; ++c) {
+    const int64_t m = m0 + c;
+    uint8_t* row = rows + c * K;
     const float* x = g.a + m * K;
-    if (m < g.M) {
-      if (g.trans_a) {
-        for (int64_t k = 0; k < K; ++k) col[k] = g.a[k * g.M + m];
-        x = col;
-      }
-      scale = int8_dynamic::row_scale(x, K);
-      g.row_scales[m] = scale;
+    if (g.trans_a) {
+      for (int64_t k = 0; k < K; ++k) col[k] = g.a[k * g.M + m];
+      x = col;
     }
-    if (scale > 0.f) {  // false past M, for a zero scale and for NaN: q = 0
-      for (int64_t k = 0; k < K; ++k)
-        out[k * TW] = static_cast<uint8_t>(int8_dynamic::quantized(x[k], scale) + Q::kBias);
+    const float scale = int8_dynamic::row_scale(x, K);
+    g.row_scales[m] = scale;
+    if (scale > 0.f) {  // false for a zero scale and for NaN: q = 0
+      for (int64_t k = 0; k < K; ++k) row[k] = static_cast<uint8_t>(int8_dynamic::quantized(x[k], scale) + Q::kBias);
     } else {
-      for (int64_t k = 0; k < K; ++k) out[k * TW] = static_cast<uint8_t>(Q::kBias);
+      for (int64_t k = 0; k < K; ++k) row[k] = static_cast<uint8_t>(Q::kBias);
+    }
+  }
+  constexpr int64_t kStep = 16;
+  for (int64_t k0 = 0; k0 < K; k0 += kStep) {
+    const int64_t k1 = min_i64(K, k0 + kStep);
+    for (int64_t c = 0; c < real; ++c) {
+      const uint8_t* src = rows + c * K;
+      uint8_t* dst = bytes + position_of(c / Q::W, c % Q::W);
+      for (int64_t k = k0; k < k1; ++k) dst[k * TW] = src[k];
     }
   }
 }
@@ -102,6 +114,52 @@ inline void dot_groups(const Job<Q>& g, const uint8_t* tile, int64_t b, int64_t 
   }
 }
 
+// The contract's dequantization of a chunk of outputs n0 .. n0 + count of every row of the tile,
+// vectorisable: products only (d = alpha · ((float(acc) · s_m) · s_n)), then a compiler barrier, so
+// no multiply can be fused with the bias add that follows; written out row by row, count floats each.
+template <class Q, int RC>
+inline void write_outputs(const Job<Q>& g, const int32_t* acc, int64_t n0, int64_t count, int64_t m0, int64_t rows) {
+  const int64_t TW = g.tile_rows, N = g.w.N;
+  alignas(64) float d[RC * 4 * Q::W];
+  const float alpha = g.alpha;
+  const float* row_scales = g.row_scales + m0;
+  for (int64_t r = 0; r < count; ++r) {
+    const int32_t sum = g.w.weight_sums[n0 + r];
+    const float out_scale = g.w.scales[n0 + r];
+    const int32_t* a = acc + r * TW;
+    float* out = d + r * TW;
+    for (int64_t c = 0; c < rows; ++c) {
+      out[c] = alpha * ((static_cast<float>(unbiased<Q>(a[c], sum)) * row_scales[c]) * out_scale);
+    }
+  }
+  __asm__ volatile("" ::: "memory");
+  if (g.bias.data == nullptr) {
+    for (int64_t c = 0; c < rows; ++c) {
+      float* y = g.y + (m0 + c) * N + n0;
+      for (int64_t r = 0; r < count; ++r) y[r] = d[r * TW + c];
+    }
+  } else if (g.bias.rows == 1) {  // one bias per output: beta · C once per chunk
+    float beta_c[RC];
+    for (int64_t r = 0; r < count; ++r) beta_c[r] = int8_dynamic::rounded(g.beta * int8_dynamic::bias_of(g.bias, 0, n0 + r));
+    for (int64_t c = 0; c < rows; ++c) {
+      float* y = g.y + (m0 + c) * N + n0;
+      for (int64_t r = 0; r < count; ++r) y[r] = d[r * TW + c] + beta_c[r];
+    }
+  } else {
+    for (int64_t c = 0; c < rows; ++c) {
+      float* y = g.y + (m0 + c) * N + n0;
+      for (int64_t r = 0; r < count; ++r)
+        y[r] = d[r * TW + c] + int8_dynamic::rounded(g.beta * int8_dynamic::bias_of(g.bias, m0 + c, n0 + r));
+    }
+  }
+  if (g.relu) {
+    for (int64_t c = 0; c < rows; ++c) {
+      float* y = g.y + (m0 + c) * N + n0;
+      for (int64_t r = 0; r < count; ++r) y[r] = y[r] < 0.f ? 0.f : y[r];  // NaN passes through
+    }
+  }
+}
+
 // Pass 2 for one (tile, block-row range).
 template <class Q, int RC>
 void product_task(void* data, size_t i) {
@@ -115,16 +173,8 @@ void product_task(void* data, size_t i) {
   for (int64_t b = g.w.parts[part]; b < g.w.parts[part + 1]; ++b) {
     for (int64_t r0 = 0; r0 < R; r0 += RC) {
       for (int h = 0; h < halves; ++h) dot_groups<Q, RC>(g, bytes, b, r0, h, acc);
-      for (int r = 0; r < RC; ++r) {
-        const int64_t n = b * R + r0 + r;
-        if (n >= N) break;
-        const int32_t sum = g.w.weight_sums[n];
-        const float out_scale = g.w.scales[n];
-        for (int64_t c = 0; c < rows; ++c) {
-          g.y[(m0 + c) * N + n] = int8_dynamic::dequantized(g, unbiased<Q>(acc[r * TW + c], sum),
-                                                            g.row_scales[m0 + c], out_scale, m0 + c, n);
-        }
-      }
+      const int64_t n0 = b * R + r0;
+      if (n0 < N) write_outputs<Q, RC>(g, acc, n0, min_i64(RC, N - n0), m0, rows);
     }
   }
 }
@@ -139,7 +189,7 @@ void run(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& p
   const int64_t tile_bytes = w.K * g.tile_rows;
   Buffer tiles(g.scratch, static_cast<size_t>((g.n_tiles * tile_bytes + 3) / 4));
   Buffer scales(g.scratch, static_cast<size_t>(g.M));
-  Buffer columns(g.scratch, static_cast<size_t>(g.trans_a ? g.n_tiles * w.K : 0));
+  Buffer columns(g.scratch, static_cast<size_t>(g.n_tiles * (w.K + (w.K * g.tile_rows + 3) / 4)));
   g.tiles = reinterpret_cast<uint8_t*>(tiles.p);
   g.row_scales = scales.p;
   g.columns = columns.p;
