@@ -200,7 +200,7 @@ def prune_command(
     bias_correction: bool = typer.Option(BIAS_CORRECTION, "--bias-correction/--no-bias-correction", help="sparsegpt also updates each layer's bias to absorb the mean error (skipped, with a warning, where not exact)."),
     values: str = typer.Option("fp32", "--values", metavar=choices(value_types()), help="Stored weight values (fp16: a smaller file)."),
     format: Optional[str] = typer.Option(None, "--format", metavar=choices(formats.names()), help="Storage format of the pruned weights (default: bcsr for an Rx1 --pattern, else csr)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", metavar=choices(["dynamic"]), help="dynamic: int8 weights and int8 arithmetic on activations quantized per row at run time (format csr_int8_dynamic)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", metavar=choices(["dynamic"]), help="dynamic: int8 weights and int8 arithmetic on activations quantized per row at run time (format csr_int8_dynamic; bcsr_int8_dynamic for an Rx1 --pattern)."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback", help="Embed a standard-op fallback so the file also runs without the library."),
     auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help=f"Keep layers dense whose sparsity would be below {1 - DENSE_KEEP_THRESHOLD:.0%} (the sparse kernel does not win there; not applied with --pattern)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Before writing, check OUT against the input model with the same masks (kernel check) and report its fidelity to the original model (cosine, max relative error, top-1 agreement; a warning when poor)."),

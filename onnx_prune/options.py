@@ -29,6 +29,8 @@ SCOPES = ("layer", "global")
 DEFAULT_RATIO = 0.8  # --ratio when none is given (prune and bench), unless an N:M --pattern fixes it
 DEFAULT_VALUES = "fp32"  # --values when not given: the only one --quantize (int8 values of its own) accepts
 QUANTIZE_FORMATS = {"dynamic": "csr_int8_dynamic"}  # --quantize choice -> format (int8 values implied)
+# --quantize choice with an R x 1 block pattern -> the block format with that arithmetic
+BLOCK_QUANTIZE_FORMATS = {"dynamic": "bcsr_int8_dynamic"}
 
 
 @dataclass(frozen=True)
@@ -141,17 +143,19 @@ def format_for_pattern(pattern: Optional[str]) -> Optional[str]:
 def storage_format(values: str, format: Optional[str] = None, pattern: Optional[str] = None,
                    quantize: Optional[str] = None) -> tuple[SparseFormat, np.dtype]:
     """The format that stores the pruned weights and its values dtype: the one ``quantize``
-    (--quantize) selects, with int8 values; else ``format`` (--format); else the one an Rx1 block
+    (--quantize) selects, with int8 values (its block format for an Rx1 block pattern); else ``format`` (--format); else the one an Rx1 block
     pattern runs fastest in; else the default format of ``values`` (formats.DEFAULT_FORMAT_OF_VALUES)."""
     if quantize not in (None, "none"):
         if quantize not in QUANTIZE_FORMATS:
             raise UsageError(f"--quantize must be {alternatives(['none', *QUANTIZE_FORMATS])}, got '{quantize}'")
-        if format not in (None, QUANTIZE_FORMATS[quantize]):
-            raise UsageError(f"--quantize {quantize} stores in format {QUANTIZE_FORMATS[quantize]}; "
+        allowed = (QUANTIZE_FORMATS[quantize], BLOCK_QUANTIZE_FORMATS[quantize])
+        if format not in (None, *allowed):
+            raise UsageError(f"--quantize {quantize} stores in format {' or '.join(allowed)}; "
                              f"it cannot be combined with --format {format}")
         if values != DEFAULT_VALUES:
             raise UsageError(f"--quantize {quantize} stores int8 values; it cannot be combined with --values {values}")
-        return formats.get(QUANTIZE_FORMATS[quantize]), np.dtype(np.int8)
+        name = format or (allowed[1] if format_for_pattern(pattern) else allowed[0])
+        return formats.get(name), np.dtype(np.int8)
     name = format or format_for_pattern(pattern)
     if name is None:
         return formats.value_choices()[values]

@@ -140,7 +140,7 @@ def test_help_reads_well_at_80_columns(command):
     if command == "prune":
         for pair in ("--verify / --no-verify", "--fallback / --no-fallback", "--auto-dense / --no-auto-dense",
                      "--bias-correction / --no-bias-correction", "--calibration-samples N",
-                     "--format [csr|csr_int8|bcsr|csr_int8_dynamic]", "--quantize [dynamic]", "--pattern N:M|RxC"):
+                     "--format [csr|csr_int8|bcsr|csr_int8_dynamic|bcsr_int8_dynamic]", "--quantize [dynamic]", "--pattern N:M|RxC"):
             assert pair in text, pair
 
 

@@ -54,9 +54,13 @@ QUICK_BATCHES = (1, 64)
 OURS, INT8, DENSE, ORT_INT8, S2D, SCIPY = ("SparseGemm", "SparseGemm int8", "dense Gemm", "onnxruntime int8 dynamic",
                                            "SparseToDenseMatMul", "scipy CSR")
 BCSR = "SparseGemm bcsr"  # the R x 1 block format, timed with --block R
-CANDIDATES = (OURS, INT8, DENSE, ORT_INT8, S2D, SCIPY, BCSR)
-SHORT = {OURS: "ours", INT8: "int8", DENSE: "dense", ORT_INT8: "ort-int8", S2D: "s2d", SCIPY: "scipy", BCSR: "bcsr"}
-BLOCK_RATIOS = {"dense/bcsr": (DENSE, BCSR), "csr/bcsr": (OURS, BCSR)}  # shown with --block: other / bcsr
+BCSR_INT8 = "SparseGemm bcsr int8 dynamic"  # the same blocks in format bcsr_int8_dynamic, with --block R
+CANDIDATES = (OURS, INT8, DENSE, ORT_INT8, S2D, SCIPY, BCSR, BCSR_INT8)
+SHORT = {OURS: "ours", INT8: "int8", DENSE: "dense", ORT_INT8: "ort-int8", S2D: "s2d", SCIPY: "scipy", BCSR: "bcsr",
+         BCSR_INT8: "bcsr-i8"}
+# shown with --block: other / bcsr, and the int8 blocks against the fp32 blocks and onnxruntime's int8
+BLOCK_RATIOS = {"dense/bcsr": (DENSE, BCSR), "csr/bcsr": (OURS, BCSR), "bcsr/bcsr-i8": (BCSR, BCSR_INT8),
+                "ort-int8/bcsr-i8": (ORT_INT8, BCSR_INT8)}
 PATHS = ("gemv", "input_stationary", "tiled", "input_stationary_rows")  # --paths times each, forced
 PATH_ENV = "ONNX_PRUNE_PATH"
 # onnxruntime's int8 dynamic quantization is not exact: its result must be within this fraction of
@@ -98,6 +102,7 @@ class Layer:
     sparsity: float
     int8: PackedWeight  # the same kept weights in format csr_int8
     bcsr: Optional[PackedWeight] = None  # with --block R: the same weights in R x 1 blocks
+    bcsr_int8: Optional[PackedWeight] = None  # with --block R: those blocks in format bcsr_int8_dynamic
 
     @property
     def K(self) -> int:
@@ -115,7 +120,8 @@ def make_layer(K: int, N: int, sparsity: float, seed: int, block: int = 0) -> La
     weight = np.where(mask, weight, np.float32(0))
     return Layer(weight=weight, csr=csr_format.dense_to_csr(weight, mask), sparsity=sparsity,
                  int8=formats.value_choices()["int8"][0].pack(weight, mask, np.int8),
-                 bcsr=bcsr_format.dense_to_bcsr(weight, mask, block) if block else None)
+                 bcsr=bcsr_format.dense_to_bcsr(weight, mask, block) if block else None,
+                 bcsr_int8=formats.get("bcsr_int8_dynamic").pack(weight, mask) if block else None)
 
 
 def random_block_mask(K: int, N: int, sparsity: float, R: int, rng: np.random.Generator) -> np.ndarray:
@@ -316,7 +322,13 @@ def make_candidates(layer: Layer, x: np.ndarray, threads: int, sessions: dict, p
             sessions[BCSR] = session(sparse_gemm_model(layer.bcsr), threads)
         return sessions[BCSR], {"X": x}
 
-    blocked = [ort_candidate(BCSR, bcsr)] if layer.bcsr is not None else []
+    def bcsr_int8():
+        if BCSR_INT8 not in sessions:
+            sessions[BCSR_INT8] = session(sparse_gemm_model(layer.bcsr_int8), threads)
+        return sessions[BCSR_INT8], {"X": x}
+
+    blocked = ([ort_candidate(BCSR, bcsr), ort_candidate(BCSR_INT8, bcsr_int8, layer.bcsr_int8.to_dense())]
+               if layer.bcsr is not None else [])
     return ([ort_candidate(OURS, ours), ort_candidate(INT8, ours_int8, layer.int8.to_dense()),
              ort_candidate(DENSE, dense), ort_candidate(ORT_INT8, ort_int8), ort_candidate(S2D, s2d),
              Candidate(SCIPY, run=scipy_run)] + blocked
@@ -340,7 +352,7 @@ def verify(candidate: Candidate, x: np.ndarray, layer: Layer) -> None:
         return
     scale = float((np.abs(x).astype(np.float64) @ np.abs(weight).astype(np.float64)).max(initial=0.0))
     tol = 1e-5 * float(np.abs(expected).max(initial=0.0)) + 4 * np.finfo(np.float32).eps * np.sqrt(layer.K) * scale
-    if candidate.name == ORT_INT8:  # quantized per call: close, not exact
+    if candidate.name in (ORT_INT8, BCSR_INT8):  # activations quantized per call: close, not exact
         tol = ORT_INT8_TOLERANCE * float(np.abs(expected).max(initial=0.0))
     if y.shape != expected.shape:
         candidate.run, candidate.problem = None, f"wrong shape {list(y.shape)}, expected {list(expected.shape)}"

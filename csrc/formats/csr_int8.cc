@@ -30,6 +30,8 @@ int64_t offset_at(const TensorView& offsets, int64_t i) {
                                                              : static_cast<const int32_t*>(offsets.data)[i];
 }
 
+}  // namespace
+
 std::string check_scales(const TensorView& scales, int64_t N) {
   std::ostringstream err;
   if (scales.dims[0] != N) {
@@ -45,6 +47,8 @@ std::string check_scales(const TensorView& scales, int64_t N) {
   }
   return {};
 }
+
+namespace {
 
 std::string check_offsets(const TensorView& offsets, int64_t rows, int64_t nnz) {
   std::ostringstream err;

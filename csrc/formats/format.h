@@ -64,8 +64,14 @@ std::string format_names();
 
 // The formats (one unit each; registry.cc lists them).
 namespace format_csr { extern const Format kFormat; }
-namespace format_csr_int8 { extern const Format kFormat; }
+namespace format_csr_int8 {
+extern const Format kFormat;
+// The contract's rule on csr_int8's scales (N entries, each finite, positive, <= FLT_MAX / 128);
+// shared by the int8 formats. Empty when they hold, else the first violation.
+std::string check_scales(const TensorView& scales, int64_t N);
+}
 namespace format_bcsr { extern const Format kFormat; }
 namespace format_csr_int8_dynamic { extern const Format kFormat; }
+namespace format_bcsr_int8_dynamic { extern const Format kFormat; }
 
 }  // namespace onnx_prune

@@ -7,7 +7,7 @@ namespace onnx_prune {
 namespace {
 
 const Format* const kFormats[] = {&format_csr::kFormat, &format_csr_int8::kFormat, &format_bcsr::kFormat,
-                                  &format_csr_int8_dynamic::kFormat};
+                                  &format_csr_int8_dynamic::kFormat, &format_bcsr_int8_dynamic::kFormat};
 
 }  // namespace
 

@@ -32,6 +32,7 @@ const KernelTable* avx512vnni_table() {
     t.isa = "avx512vnni";
     t.int8_dynamic_gemm = &isa_avx512vnni::int8_dynamic_gemm;
     t.int8_dynamic_quad_gemm = &isa_avx512vnni::int8_dynamic_quad_gemm;
+    t.block_int8_dynamic_gemm = &isa_avx512vnni::block_int8_dynamic_gemm;
     return t;
   }();
   return &table;

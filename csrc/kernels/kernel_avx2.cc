@@ -26,14 +26,17 @@ struct IV {
   }
 };
 
+using BQ = Avx2QuadProduct;  // bcsr_int8_dynamic
+
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 #include "kernel_body.h"
 #include "block_kernel_body.h"
 #include "kernel_int8_dynamic_body.h"
+#include "block_int8_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 
 const KernelTable kTable{"avx2", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite,
-                          &bcsr_gemm, &int8_dynamic_gemm_of};
+                          &bcsr_gemm, &int8_dynamic_gemm_of, nullptr, &block_int8_dynamic_gemm_of};
 
 }  // namespace isa_avx2
 }  // namespace onnx_prune

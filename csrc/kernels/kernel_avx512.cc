@@ -37,14 +37,59 @@ struct IV {
   }
 };
 
+// bcsr_int8_dynamic's quad product on 16 lanes: Avx2QuadProduct's sign transfer (|q| as
+// vpmaddubsw's unsigned operand, so no pair saturates) with the weight negated under the mask of
+// negative q (AVX-512 has no vpsignb); for few batch rows the 8-lane AVX2 form (block_int8_dynamic_gemm).
+struct Avx512QuadProduct {
+  using reg = __m512i;
+  struct Prepared {
+    __mmask64 negative;
+    __m512i magnitude;
+  };
+  static constexpr int W = 16;
+  static constexpr int kBias = 0;
+  static constexpr int kMaxOutputs = 8;
+  static reg zero() { return _mm512_setzero_si512(); }
+  static void store(int32_t* p, reg v) { _mm512_storeu_si512(p, v); }
+  static Prepared prepare(reg q) { return {_mm512_movepi8_mask(q), _mm512_abs_epi8(q)}; }
+  static reg dot4(reg acc, const Prepared& x, int32_t word) {
+    const __m512i w = _mm512_set1_epi32(word);
+    const __m512i signed_w = _mm512_mask_sub_epi8(w, x.negative, _mm512_setzero_si512(), w);
+    const __m512i pairs = _mm512_maddubs_epi16(x.magnitude, signed_w);
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)));
+  }
+  static void interleave(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3, int half,
+                         reg out[2]) {
+    const __m512i a = _mm512_loadu_si512(r0), b = _mm512_loadu_si512(r1);
+    const __m512i c = _mm512_loadu_si512(r2), d = _mm512_loadu_si512(r3);
+    const __m512i ab = half ? _mm512_unpackhi_epi8(a, b) : _mm512_unpacklo_epi8(a, b);
+    const __m512i cd = half ? _mm512_unpackhi_epi8(c, d) : _mm512_unpacklo_epi8(c, d);
+    out[0] = _mm512_unpacklo_epi16(ab, cd);
+    out[1] = _mm512_unpackhi_epi16(ab, cd);
+  }
+};
+
+using BQ = Avx512QuadProduct;
+constexpr int64_t kYmmRows = 16;  // batch rows up to which the 8-lane form runs
+
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 #include "kernel_body.h"
 #include "block_kernel_body.h"
 #include "kernel_int8_dynamic_body.h"
+#include "block_int8_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 
+void block_int8_dynamic_gemm(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
+  if (args.M == 0 || w.N == 0) return;
+  if (args.M <= kYmmRows) {
+    block_int8::run<Avx2QuadProduct>(w, args, parallel);
+  } else {
+    block_int8::run<Avx512QuadProduct>(w, args, parallel);
+  }
+}
+
 const KernelTable kTable{"avx512", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite,
-                          &bcsr_gemm, &int8_dynamic_gemm_of};
+                          &bcsr_gemm, &int8_dynamic_gemm_of, nullptr, &block_int8_dynamic_gemm};
 
 }  // namespace isa_avx512
 }  // namespace onnx_prune

@@ -39,9 +39,70 @@ struct IV {
   }
 };
 
+// bcsr_int8_dynamic's quad product (block_int8_body.h) on vpdpbusd: activation bytes u8 = q + 128
+// (kBias) times the broadcast s8 weight word, four products summed into each int32 lane; `Bits`
+// picks the width (ymm for few batch rows: a tile of 32 rows, zmm otherwise: 64).
+template <int Bits>
+struct VnniQuads;
+
+template <>
+struct VnniQuads<512> {
+  using reg = __m512i;
+  using Prepared = __m512i;
+  static constexpr int W = 16;
+  static constexpr int kBias = 128;
+  static constexpr int kMaxOutputs = 8;  // 8 x 2 accumulators of 32 registers
+  static reg zero() { return _mm512_setzero_si512(); }
+  static void store(int32_t* p, reg v) { _mm512_storeu_si512(p, v); }
+  static Prepared prepare(reg x) { return x; }
+  static reg dot4(reg acc, const Prepared& x, int32_t word) {
+    return _mm512_dpbusd_epi32(acc, x, _mm512_set1_epi32(word));
+  }
+  static void interleave(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3, int half,
+                         reg out[2]) {
+    const __m512i a = _mm512_loadu_si512(r0), b = _mm512_loadu_si512(r1);
+    const __m512i c = _mm512_loadu_si512(r2), d = _mm512_loadu_si512(r3);
+    const __m512i ab = half ? _mm512_unpackhi_epi8(a, b) : _mm512_unpacklo_epi8(a, b);
+    const __m512i cd = half ? _mm512_unpackhi_epi8(c, d) : _mm512_unpacklo_epi8(c, d);
+    out[0] = _mm512_unpacklo_epi16(ab, cd);
+    out[1] = _mm512_unpackhi_epi16(ab, cd);
+  }
+};
+
+template <>
+struct VnniQuads<256> {
+  using reg = __m256i;
+  using Prepared = __m256i;
+  static constexpr int W = 8;
+  static constexpr int kBias = 128;
+  static constexpr int kMaxOutputs = 8;
+  static reg zero() { return _mm256_setzero_si256(); }
+  static void store(int32_t* p, reg v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  static Prepared prepare(reg x) { return x; }
+  static reg dot4(reg acc, const Prepared& x, int32_t word) {
+    return _mm256_dpbusd_epi32(acc, x, _mm256_set1_epi32(word));
+  }
+  static void interleave(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3, int half,
+                         reg out[2]) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1));
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r2));
+    const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r3));
+    const __m256i ab = half ? _mm256_unpackhi_epi8(a, b) : _mm256_unpacklo_epi8(a, b);
+    const __m256i cd = half ? _mm256_unpackhi_epi8(c, d) : _mm256_unpacklo_epi8(c, d);
+    out[0] = _mm256_unpacklo_epi16(ab, cd);
+    out[1] = _mm256_unpackhi_epi16(ab, cd);
+  }
+};
+
+using BQ = VnniQuads<512>;
+// Batch rows up to which the 32-row ymm tile runs (one half of it: 16 rows in two vectors).
+constexpr int64_t kYmmRows = 16;
+
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 #define ONNX_PRUNE_INT8_QUAD_KERNEL
 #include "kernel_int8_dynamic_body.h"
+#include "block_int8_body.h"
 #undef ONNX_PRUNE_INT8_QUAD_KERNEL
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 
@@ -51,6 +112,15 @@ void int8_dynamic_gemm(const Int8PairArrays& w, const GemmArgs& args, const Para
 
 void int8_dynamic_quad_gemm(const Int8QuadArrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
   int8_dynamic_quad_gemm_of(w, args, parallel);
+}
+
+void block_int8_dynamic_gemm(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
+  if (args.M == 0 || w.N == 0) return;
+  if (args.M <= kYmmRows) {
+    block_int8::run<VnniQuads<256>>(w, args, parallel);
+  } else {
+    block_int8::run<VnniQuads<512>>(w, args, parallel);
+  }
 }
 
 }  // namespace isa_avx512vnni

@@ -144,12 +144,16 @@ inline float bias_of(const BiasView& c, int64_t m, int64_t n) {
   return c.data[(c.rows == 1 ? 0 : m) * c.cols + (c.cols == 1 ? 0 : n)];
 }
 
-// The contract's dequantization and epilogue of output (m, n).
-inline float dequantize(const Job& g, int32_t acc, int64_t m, int64_t n) {
-  const float d = rounded(static_cast<float>(acc) * g.row_scales[m]) * g.w.scales[n];
+// The contract's dequantization and epilogue of output (m, n) (every int8 dynamic format's).
+inline float dequantized(const GemmArgs& g, int32_t acc, float row_scale, float out_scale, int64_t m, int64_t n) {
+  const float d = rounded(static_cast<float>(acc) * row_scale) * out_scale;
   float y = rounded(g.alpha * d);
   if (g.bias.data) y = y + rounded(g.beta * bias_of(g.bias, m, n));
   return g.relu && y < 0.f ? 0.f : y;  // NaN passes through
+}
+
+inline float dequantize(const Job& g, int32_t acc, int64_t m, int64_t n) {
+  return dequantized(g, acc, g.row_scales[m], g.w.scales[n], m, n);
 }
 
 // Pass 2 for one (tile, output range).
@@ -288,10 +292,7 @@ inline int32_t unshift(int32_t acc, int32_t weight_sum) {
 }
 
 inline float dequantize(const Job& g, int32_t acc, int64_t m, int64_t n) {
-  const float d = int8_dynamic::rounded(static_cast<float>(acc) * g.row_scales[m]) * g.w.scales[n];
-  float y = int8_dynamic::rounded(g.alpha * d);
-  if (g.bias.data) y = y + int8_dynamic::rounded(g.beta * int8_dynamic::bias_of(g.bias, m, n));
-  return g.relu && y < 0.f ? 0.f : y;  // NaN passes through
+  return int8_dynamic::dequantized(g, acc, g.row_scales[m], g.w.scales[n], m, n);
 }
 
 // Σ_e dpbusd(row[quads[e]], words[e]) for one row's quad words, W entries per step.

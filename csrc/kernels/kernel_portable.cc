@@ -60,14 +60,50 @@ struct IV {
   }
 };
 
+// bcsr_int8_dynamic's quad product: 8 int32 lanes of four signed activation bytes (kBias 0),
+// each lane's four byte products summed exactly in int32.
+struct BQ {
+  typedef int32_t reg __attribute__((vector_size(32)));
+  typedef uint32_t ureg __attribute__((vector_size(32)));
+  using Prepared = reg;
+  static constexpr int W = 8;
+  static constexpr int kBias = 0;
+  static constexpr int kMaxOutputs = 4;
+  static reg zero() { return reg{0, 0, 0, 0, 0, 0, 0, 0}; }
+  static void store(int32_t* p, reg v) { std::memcpy(p, &v, sizeof v); }
+  static Prepared prepare(reg x) { return x; }
+  // Byte i of every lane, sign-extended (shifts on unsigned lanes, then an arithmetic shift).
+  template <int i>
+  static reg byte(reg x) {
+    return reinterpret_cast<reg>(reinterpret_cast<ureg>(x) << (24 - 8 * i)) >> 24;
+  }
+  static int32_t weight(int32_t word, int i) { return static_cast<int8_t>(static_cast<uint32_t>(word) >> (8 * i)); }
+  static reg dot4(reg acc, const Prepared& x, int32_t word) {
+    return acc + byte<0>(x) * weight(word, 0) + byte<1>(x) * weight(word, 1) + byte<2>(x) * weight(word, 2) +
+           byte<3>(x) * weight(word, 3);
+  }
+  // Vectors 2 · half and 2 · half + 1 of the group's rows in VNNI order (block_int8_body.h's positions).
+  static void interleave(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3, int half,
+                         reg out[2]) {
+    for (int t = 0; t < 2; ++t) {
+      for (int j = 0; j < W; ++j) {
+        const int p = 16 * (j / 4) + 4 * (2 * half + t) + (j % 4);
+        out[t][j] = static_cast<int32_t>(static_cast<uint32_t>(r0[p]) | (static_cast<uint32_t>(r1[p]) << 8) |
+                                         (static_cast<uint32_t>(r2[p]) << 16) | (static_cast<uint32_t>(r3[p]) << 24));
+      }
+    }
+  }
+};
+
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 #include "kernel_body.h"
 #include "block_kernel_body.h"
 #include "kernel_int8_dynamic_body.h"
+#include "block_int8_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 
 const KernelTable kTable{"portable", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite,
-                          &bcsr_gemm, &int8_dynamic_gemm_of};
+                          &bcsr_gemm, &int8_dynamic_gemm_of, nullptr, &block_int8_dynamic_gemm_of};
 
 }  // namespace isa_portable
 }  // namespace onnx_prune

@@ -116,6 +116,27 @@ struct Int8QuadArrays {
   int64_t n_parts = 0;
 };
 
+// W (K x N) for the integer product of format bcsr_int8_dynamic: R x 1 blocks of int8 weights
+// (block row b holds outputs [b * R, b * R + R)), each block row's blocks taken in groups of four
+// (any four rows of W, in increasing order). Group g of block row b (group_ptr[b] <= g <
+// group_ptr[b + 1]) has the rows rows[4 g + i] and, per output r, the int32 word words[g * R + r]
+// whose byte i is the weight W[rows[4 g + i], b * R + r] (a group of fewer than four blocks is
+// padded with zero bytes at a repeated row). weight_sums[b * R + r] is the sum of output b * R + r's
+// weights (for the u8 shift of vpdpbusd); scales[n] dequantizes output n < N.
+struct BlockInt8Arrays {
+  int64_t K = 0;
+  int64_t N = 0;
+  int64_t R = 0;                         // 4 or 8
+  int64_t n_block_rows = 0;              // ceil(N / R)
+  const int32_t* rows = nullptr;         // [n_groups][4]
+  const int32_t* words = nullptr;        // [n_groups][R]
+  const int64_t* group_ptr = nullptr;    // [n_block_rows + 1]
+  const int32_t* weight_sums = nullptr;  // [n_block_rows * R]
+  const float* scales = nullptr;         // [N]
+  const int64_t* parts = nullptr;        // block-row ranges with about equal groups
+  int64_t n_parts = 0;
+};
+
 // Per-Run scratch memory. The op glue backs it with onnxruntime's allocator (an arena that reuses
 // memory, where fresh pages would cost a page fault each call); without one, aligned_alloc.
 struct ScratchAllocator {
@@ -170,6 +191,9 @@ struct KernelTable {
   // csr_int8_dynamic packs quads only for a table that has this entry).
   void (*int8_dynamic_quad_gemm)(const Int8QuadArrays& w, const GemmArgs& args,
                                  const ParallelRunner& parallel) = nullptr;
+  // Format bcsr_int8_dynamic: csr_int8_dynamic's arithmetic on R x 1 blocks (block_int8_body.h).
+  void (*block_int8_dynamic_gemm)(const BlockInt8Arrays& w, const GemmArgs& args,
+                                  const ParallelRunner& parallel) = nullptr;
 };
 
 // The best variant this CPU supports (called once per kernel creation). ONNX_PRUNE_ISA=portable|avx2|avx512|avx512vnni
@@ -187,6 +211,7 @@ namespace isa_avx512 { extern const KernelTable kTable; }
 namespace isa_avx512vnni {
 void int8_dynamic_gemm(const Int8PairArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
 void int8_dynamic_quad_gemm(const Int8QuadArrays& w, const GemmArgs& args, const ParallelRunner& parallel);
+void block_int8_dynamic_gemm(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel);
 }
 #endif
 

@@ -108,3 +108,40 @@ inline float vector_row_dot(const Val* values, const Idx* idx, int64_t count, co
   for (; j < count; ++j) tail += static_cast<float>(values[j]) * x[idx[j]];
   return hsum8(_mm256_add_ps(a0, a1)) + tail;
 }
+
+// bcsr_int8_dynamic's quad product without VNNI (block_int8_body.h): 8 int32 lanes of four signed
+// activation bytes q. vpmaddubsw multiplies u8 x s8 into int16 pair sums that saturate above 32767;
+// here its unsigned operand is |q| <= 127 and its signed one w · sign(q) (vpsignb), so a pair sums
+// to at most 2 · 127 · 127 = 32258 and never saturates; vpmaddwd with ones adds the pairs into int32.
+// Exact like the int16-pair layout (two vpmaddwd per quad) at the same multiplier count, and the
+// activation tile stays one byte per value.
+struct Avx2QuadProduct {
+  using reg = __m256i;
+  struct Prepared {
+    __m256i q, magnitude;
+  };
+  static constexpr int W = 8;
+  static constexpr int kBias = 0;
+  static constexpr int kMaxOutputs = 4;  // 4 x 2 accumulators + operands in 16 registers
+  static reg zero() { return _mm256_setzero_si256(); }
+  static void store(int32_t* p, reg v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  static Prepared prepare(reg q) { return {q, _mm256_abs_epi8(q)}; }
+  static reg dot4(reg acc, const Prepared& x, int32_t word) {
+    const __m256i signed_w = _mm256_sign_epi8(_mm256_set1_epi32(word), x.q);
+    const __m256i pairs = _mm256_maddubs_epi16(x.magnitude, signed_w);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  }
+  // Vectors 2 · half and 2 · half + 1 of the group's rows in VNNI order: byte unpacks pair rows
+  // 0 / 1 and 2 / 3, word unpacks make the quads (within 128-bit lanes: block_int8_body.h's positions).
+  static void interleave(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3, int half,
+                         reg out[2]) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1));
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r2));
+    const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r3));
+    const __m256i ab = half ? _mm256_unpackhi_epi8(a, b) : _mm256_unpacklo_epi8(a, b);
+    const __m256i cd = half ? _mm256_unpackhi_epi8(c, d) : _mm256_unpacklo_epi8(c, d);
+    out[0] = _mm256_unpacklo_epi16(ab, cd);
+    out[1] = _mm256_unpackhi_epi16(ab, cd);
+  }
+};

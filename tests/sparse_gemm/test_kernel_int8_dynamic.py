@@ -36,17 +36,26 @@ def int_weight(w: Int8Csr) -> np.ndarray:
 def contract_reference(a: np.ndarray, w: Int8Csr, c: Optional[np.ndarray] = None, *, alpha: float = 1.0,
                        beta: float = 1.0, trans_a: int = 0, relu: bool = False) -> np.ndarray:
     """The contract, step by step in float32 / exact integers."""
+    return dynamic_reference(a, int_weight(w), np.asarray(w.tensors["scales"], np.float32), c, alpha=alpha,
+                             beta=beta, trans_a=trans_a, relu=relu)
+
+
+def dynamic_reference(a: np.ndarray, int_w: np.ndarray, scales: np.ndarray, c: Optional[np.ndarray] = None, *,
+                      alpha: float = 1.0, beta: float = 1.0, trans_a: int = 0, relu: bool = False) -> np.ndarray:
+    """The int8 dynamic formats' arithmetic (docs/sparse_gemm_op.md, csr_int8_dynamic) for the stored
+    integers ``int_w [K, N]`` and per-output ``scales``, step by step in float32 / exact integers."""
+    K, N = int_w.shape
     a2 = np.asarray(a, np.float32)
-    a2 = a2.T if trans_a else a2.reshape(-1, w.K)
+    a2 = a2.T if trans_a else a2.reshape(-1, K)
     with np.errstate(all="ignore"):
         finite = np.isfinite(a2).all(axis=1, keepdims=True)
         peak = np.where(finite, np.abs(np.where(np.isfinite(a2), a2, 0)), 0).max(axis=1, keepdims=True, initial=0)
         s = (peak.astype(np.float32) / np.float32(127)).astype(np.float32)
         q = np.where(s > 0, np.clip(np.rint(a2 / np.where(s > 0, s, 1)), -127, 127), 0).astype(np.int64)
         s = np.where(finite, s, np.float32(np.nan)).astype(np.float32)
-        acc = q @ int_weight(w)
+        acc = q @ int_w
         assert np.abs(acc).max(initial=0) < 2**31
-        d = (acc.astype(np.float32) * s) * np.asarray(w.tensors["scales"], np.float32)
+        d = (acc.astype(np.float32) * s) * scales
         y = np.float32(alpha) * d
         if c is not None:
             y = y + np.float32(beta) * np.asarray(c, np.float32)
@@ -54,7 +63,7 @@ def contract_reference(a: np.ndarray, w: Int8Csr, c: Optional[np.ndarray] = None
             y = np.where(y < 0, np.float32(0), y)
     y = y.astype(np.float32)
     lead = a.shape[1:-1] if trans_a else a.shape[:-1]
-    return y.reshape(*(lead if not trans_a else (a.shape[1],)), w.N)
+    return y.reshape(*(lead if not trans_a else (a.shape[1],)), N)
 
 
 def dyn_model(w: Int8Csr, *, a_shape, c: Optional[np.ndarray] = None, node_name: str = "sparse_gemm",

@@ -18,6 +18,7 @@ from . import csr  # noqa: F401
 from . import csr_int8  # noqa: F401
 from . import bcsr  # noqa: F401
 from . import csr_int8_dynamic  # noqa: F401
+from . import bcsr_int8_dynamic  # noqa: F401
 
 # The format each --values choice is written in unless --format, --quantize or an Rx1 --pattern
 # selects another; it is also the order of the --values choices. A format storing a new kind of

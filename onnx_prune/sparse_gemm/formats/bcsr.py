@@ -107,15 +107,18 @@ def bcsr_to_dense(w: BcsrWeight) -> np.ndarray:
     return dense.reshape(w.K, -1)[:, :w.N].copy()
 
 
-def check_bcsr(w: BcsrWeight, where: str) -> None:
-    """The contract's validity rules (the same as csrc/formats/bcsr.cc), one line each."""
+def check_bcsr(w: BcsrWeight, where: str,
+               value_dtypes: tuple[type, ...] = (np.float32, np.float16)) -> None:
+    """The contract's validity rules (the same as csrc/formats/bcsr.cc), one line each; ``value_dtypes``
+    are the dtypes ``values`` may have (bcsr_int8_dynamic shares the block rules with int8 values)."""
     if w.K <= 0 or w.N <= 0:
         raise OnnxPruneError(f"{where}: K and N must be positive, got K={w.K}, N={w.N}")
     if w.values.ndim != 2 or w.values.shape[1] not in BLOCK_SIZES:
         raise OnnxPruneError(f"{where}: values has shape {list(w.values.shape)}, expected [n_blocks, R] "
                              f"with R in {list(BLOCK_SIZES)}")
-    if w.values.dtype not in (np.float32, np.float16):
-        raise OnnxPruneError(f"{where}: values must be float32 or float16, got {w.values.dtype}")
+    if w.values.dtype not in value_dtypes:
+        names = " or ".join(str(np.dtype(t)) for t in value_dtypes)
+        raise OnnxPruneError(f"{where}: values must be {names}, got {w.values.dtype}")
     n_blocks = w.values.shape[0]
     if w.indices.shape != (n_blocks,):
         raise OnnxPruneError(f"{where}: indices has shape {list(w.indices.shape)}, expected [{n_blocks}]")

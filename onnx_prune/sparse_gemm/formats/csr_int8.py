@@ -127,11 +127,7 @@ class CsrInt8Format(SparseFormat):
         if w.values.ndim != 1 or w.indices.shape != w.values.shape:
             raise OnnxPruneError(f"{where}: values {list(w.values.shape)} and indices "
                                  f"{list(w.indices.shape)} must be 1-D of the same length")
-        if w.scales.shape != (w.N,):
-            raise OnnxPruneError(f"{where}: scales has shape {list(w.scales.shape)}, expected [{w.N}]")
-        scales = w.scales.astype(np.float64)
-        if not np.all(np.isfinite(scales) & (scales > 0) & (scales <= MAX_SCALE)):
-            raise OnnxPruneError(f"{where}: every scale must be finite, positive and at most FLT_MAX / 128")
+        check_scales(w, where)
         rows = w.N * n_blocks(w.K)
         if w.offsets.shape != (rows + 1,):
             raise OnnxPruneError(f"{where}: offsets has shape {list(w.offsets.shape)}, expected "
@@ -147,6 +143,15 @@ class CsrInt8Format(SparseFormat):
         """W [K, N] float32: zeros with ``W[256 (r mod B) + indices[j], r div B] += values[j] * scales[r div B]``,
         r being the (output, block) row that entry j belongs to (csr's column-id nodes on the blocked offsets)."""
         return fallback_scatter_nodes(b, opset, scaled=True)
+
+
+def check_scales(w: PackedWeight, where: str) -> None:
+    """``scales`` [N], every one finite, positive and at most FLT_MAX / 128 (every int8 format's rule)."""
+    if w.scales.shape != (w.N,):
+        raise OnnxPruneError(f"{where}: scales has shape {list(w.scales.shape)}, expected [{w.N}]")
+    scales = w.scales.astype(np.float64)
+    if not np.all(np.isfinite(scales) & (scales > 0) & (scales <= MAX_SCALE)):
+        raise OnnxPruneError(f"{where}: every scale must be finite, positive and at most FLT_MAX / 128")
 
 
 def fallback_scatter_nodes(b: FunctionBody, opset: int, *, scaled: bool) -> str:

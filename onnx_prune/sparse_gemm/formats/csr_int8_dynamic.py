@@ -67,6 +67,10 @@ class CsrInt8DynamicFormat(CsrInt8Format):
             raise OnnxPruneError(f"{where}: an output's sum |values| is {int(per_output.max())}, more than "
                                  f"(2^31 - 1) / 127 = {MAX_ABS_WEIGHT_SUM} (its int32 sums could overflow)")
 
+    def integer_weight_nodes(self, b: FunctionBody, opset: int) -> str:
+        """The stored integers as a dense float32 ``[K, N]`` (unscaled), for the fallback's MatMulInteger."""
+        return fallback_scatter_nodes(b, opset, scaled=False)
+
     def fallback_output(self, b: FunctionBody, opset: int) -> Optional[str]:
         """The contract's computation in standard ops: A' quantized per row, MatMulInteger with the
         int8 W (constant-folded), dequantized, bias and relu; shaped like the output."""
@@ -80,7 +84,7 @@ class CsrInt8DynamicFormat(CsrInt8Format):
         safe = b.node("Where", [b.node("Equal", [scale, zero]), b.const(np.array(1.0, np.float32)), scale])
         q = b.node("Clip", [b.node("Round", [b.node("Div", [a_rows, safe])]),
                             b.const(np.array(-QMAX, np.float32)), b.const(np.array(QMAX, np.float32))])
-        w_int8 = b.node("Cast", [fallback_scatter_nodes(b, opset, scaled=False)], to=TensorProto.INT8)
+        w_int8 = b.node("Cast", [self.integer_weight_nodes(b, opset)], to=TensorProto.INT8)
         acc = b.node("MatMulInteger", [b.node("Cast", [q], to=TensorProto.INT8), w_int8])
         rows_scaled = b.node("Mul", [b.node("Cast", [acc], to=TensorProto.FLOAT), scale])
         # NaN for a row holding inf or NaN (x * 0 is NaN exactly there), 0 elsewhere: the row's outputs
