@@ -31,6 +31,8 @@ from .sparse_gemm import formats, sparse_gemm_summary
 from .sparse_gemm.formats import SparseFormat, bcsr
 
 if TYPE_CHECKING:
+    from .recover import RecoverOptions, RecoveryReport
+    from .recover.options import RecoverSetting
     from .verify import MaskedDenseReference
 
 SCOPES = ("layer", "global")
@@ -48,8 +50,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
           pattern: Optional[str] = None, bias_correction: bool = BIAS_CORRECTION, values: str = "fp32",
           fallback: bool = True,
           auto_dense: bool = True, verify: bool = False, verify_inputs=None,
-          progress: Optional[Progress] = None, format: Optional[str] = None, quantize: Optional[str] = None
-          ) -> tuple[onnx.ModelProto, PruneReport]:
+          progress: Optional[Progress] = None, format: Optional[str] = None, quantize: Optional[str] = None,
+          recover: "RecoverSetting" = None) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune the Gemm / constant-weight MatMul layers of a model.
 
     Returns the rewritten model and a report; the input (file or ModelProto) is not modified.
@@ -59,10 +61,14 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     against the input with the same masks applied densely and raises OnnxPruneError when they
     differ by more than verify.VERIFY_TOLERANCE (``verify_inputs``: .npz path or dict; default
     generated inputs). ``format`` names the storage format (default: see ``storage_format``).
+    ``recover``: True or a RecoverOptions (or a dict of its fields) trains the kept weights toward
+    the dense model's outputs on ``calibration`` after the pruning (needs the extra
+    onnx-prune[recover]; see onnx_prune.recover).
     """
     check_options(ratio, scope=scope, method=method, values=values, layer_ratios=layer_ratios,
                   min_params=min_params, calibration_samples=calibration_samples)
     fmt, values_dtype = storage_format(values, format, pattern, quantize)
+    recovery = _recovery_options(recover, calibration)
     source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else None
     streams = _streams(method, scope, pattern) and calibration is None
     # layer by layer, a model file's external tensors stay in their files until each layer reads its own
@@ -85,11 +91,15 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
                                                        values_dtype=values_dtype, auto_dense=auto_dense,
                                                        reference=reference)
         else:
+            one_shot_data = None if recovery and not sparsifiers.get(method).needs_calibration else calibration
             weights, calibration_counts = sparsify(
-                model, chosen, ratios, scope=scope, method=method, calibration=calibration,
+                model, chosen, ratios, scope=scope, method=method, calibration=one_shot_data,
                 calibration_samples=calibration_samples, pattern=pattern, bias_correction=bias_correction,
                 progress=progress)
             pruned, dense_kept = split_dense(chosen, weights, auto_dense and not pattern)
+            if recovery is not None:
+                say(f"recovering {len(pruned)} layers toward the dense model")
+                recovered = _recover(model, pruned, calibration, calibration_samples, recovery, progress)
             _pack_all(pruned, fmt, values_dtype, reference)
         # the reference is the input model rewired to the masked weights: written before the rewrite changes it
         reference_path = reference.save(model, pruned) if reference and pruned else None
@@ -98,7 +108,8 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
                         layer_ratios=dict(layer_ratios or {}), include=list(include), exclude=list(exclude),
                         min_params=min_params, auto_dense=auto_dense, fallback=fallback,
                         calibration_samples=calibration_samples, quantize=quantize,
-                        bias_correction=bias_correction, format=fmt.name)
+                        bias_correction=bias_correction, format=fmt.name,
+                        recover=vars(recovery) if recovery is not None else None)
         if calibration_counts is not None:
             settings["calibration_samples_used"], settings["calibration_samples_held"] = calibration_counts
         say(f"rewriting {len(pruned)} layers as SparseGemm")
@@ -113,6 +124,7 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
         check_output_model(model, out)
 
         report = PruneReport.build(model, out, pruned, dense_kept, not_pruned, settings, source=source)
+        report.recovery = recovered if recovery is not None else None
         if size_before is not None:
             report.size_before = size_before
         if reference_path is not None:
@@ -197,6 +209,31 @@ def checked_calibration(data: Mapping[str, np.ndarray], model: onnx.ModelProto, 
 
     checked, plan = check(data, model, samples)
     return checked, (plan.samples, int(np.shape(data[next(iter(checked))])[0]))
+
+
+def _recovery_options(recover: "RecoverSetting", calibration: Calibration) -> Optional["RecoverOptions"]:
+    """The checked recovery settings (None: off); its calibration data and torch checked first."""
+    from . import recover as recovery
+
+    options = recovery.resolve(recover)
+    if options is not None:
+        if calibration is None:
+            raise UsageError("--recover needs --calibration (the inputs whose dense outputs the pruned model learns)")
+        recovery.require_torch()
+    return options
+
+
+def _recover(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], calibration: Calibration,
+             samples: Optional[int], options: "RecoverOptions", progress: Optional[Progress]) -> "RecoveryReport":
+    """Train the pruned layers' kept weights toward the dense model (onnx_prune.recover)."""
+    from .calibration import checked_calibration as check
+    from .recover import recover_layers
+
+    data, plan = check(load_calibration(calibration), model, samples)
+    if plan.per_sample:
+        raise OnnxPruneError("--recover needs calibration arrays whose first axis is the model's batch axis "
+                             f"(these hold one whole input per sample: {', '.join(sorted(plan.per_sample))})")
+    return recover_layers(model, pruned, data, options, progress)
 
 
 def _streams(method: str, scope: str, pattern: Optional[str]) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import onnx
 
@@ -51,6 +51,7 @@ class PruneReport:
     size_after: int
     source: Optional[str] = None
     verification: Optional[Verification] = None
+    recovery: Optional[Any] = None  # recover.RecoveryReport, with --recover
 
     @property
     def sparse_layers(self) -> list[LayerReport]:
@@ -89,6 +90,7 @@ class PruneReport:
             "total_params": sum(l.params for l in self.layers),
             "total_nnz": sum(l.nnz for l in self.layers),
             "verification": asdict(self.verification) if self.verification else None,
+            "recovery": self.recovery.to_dict() if self.recovery else None,
         }
 
     def to_json(self) -> str:
@@ -137,6 +139,8 @@ class PruneReport:
         console.print(escape(settings_line(self.settings)))
         console.print(f"file size: {self.size_before:,} → {self.size_after:,} bytes "
                       f"({self.size_after / max(self.size_before, 1):.1%})")
+        for line in self.recovery.lines() if self.recovery else []:
+            console.print(escape(line))
         if self.verification:
             v = self.verification
             verdict = "[green]passed[/green]" if v.passed else "[red]FAILED[/red]"
