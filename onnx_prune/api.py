@@ -78,6 +78,10 @@ def prune(model_or_path: ModelOrPath, ratio: float = 0.8, *, scope: str = "layer
     reference = _verification_reference(verify, source)
     try:
         check_supported_opset(model)
+        if recovery is not None:
+            from .recover import check_convertible
+
+            check_convertible(model)
         say("finding prunable layers")
         chosen, not_pruned = eligible_layers(model, include=include, exclude=exclude, min_params=min_params,
                                              folder=folder)

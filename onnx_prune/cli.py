@@ -21,6 +21,7 @@ from .api import SCOPES, value_types
 from .auto_dense import DENSE_KEEP_THRESHOLD
 from .bias import BIAS_CORRECTION
 from .errors import OnnxPruneError, UsageError
+from .recover.options import LOSSES, RecoverOptions, worth_a_line
 from .sparse_gemm import formats
 
 # --help is click's plain layout: it wraps every option's text under its name and keeps flag pairs
@@ -152,6 +153,12 @@ def _progress_bar(quiet: bool) -> Iterator[Optional[Callable[[str, int, int], No
         yield update
 
 
+def _progress_lines(message: str, done: int, total: int) -> None:
+    """Progress as plain lines on stderr where no bar is drawn (a long --recover in a log)."""
+    if worth_a_line(message):
+        typer.echo(message, err=True)
+
+
 @app.command("prune", short_help="Prune IN.onnx into OUT.onnx (the default command).")
 def prune_command(
     input_path: Path = typer.Argument(..., metavar="IN.onnx", help="Model to prune (never modified)."),
@@ -173,6 +180,14 @@ def prune_command(
     quantize: Optional[str] = typer.Option(None, "--quantize", metavar=choices(["dynamic"]), help="dynamic: int8 weights and int8 arithmetic on activations quantized per row at run time (format csr_int8_dynamic)."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback", help="Embed a standard-op fallback so the file also runs without the library."),
     auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help=f"Keep layers dense whose sparsity would be below {1 - DENSE_KEEP_THRESHOLD:.0%} (the sparse kernel does not win there; not applied with --pattern)."),
+    recover: bool = typer.Option(False, "--recover", help="After pruning, train the kept weights (masks fixed) so the outputs match the dense model's on the --calibration inputs (distillation, no labels; needs onnx-prune[recover])."),
+    recover_epochs: int = typer.Option(RecoverOptions.epochs, "--recover-epochs", metavar="N", help="Passes over the calibration data (fewer when the held-out loss stops improving)."),
+    recover_steps: Optional[int] = typer.Option(None, "--recover-steps", metavar="N", help="At most N optimizer steps."),
+    recover_lr: float = typer.Option(RecoverOptions.lr, "--recover-lr", metavar="LR", help="Adam learning rate (cosine decay to zero)."),
+    recover_batch: int = typer.Option(RecoverOptions.batch_size, "--recover-batch", metavar="N", help="Calibration samples per step."),
+    recover_held_out: float = typer.Option(RecoverOptions.held_out, "--recover-held-out", metavar="F", help="Fraction of the calibration samples held out to pick the best epoch and stop early."),
+    recover_loss: str = typer.Option(RecoverOptions.loss, "--recover-loss", metavar=choices(LOSSES), help="auto: KL on Softmax outputs, else mean squared error; kl: also softmax of logits."),
+    recover_threads: int = typer.Option(RecoverOptions.threads, "--recover-threads", metavar="N", help="torch threads for recovery (0: all cores)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare OUT with the masked dense model in onnxruntime before writing."),
     inputs: Optional[Path] = typer.Option(None, "--inputs", metavar="NPZ", help=".npz of inputs for the verification (default: generated)."),
     report_json: Optional[Path] = typer.Option(None, "--report-json", metavar="PATH", help="Write the report as JSON."),
@@ -189,13 +204,17 @@ def prune_command(
             if report_json.resolve() == output_path.resolve():
                 raise OnnxPruneError(f"--report-json '{report_json}' is the output model path; choose another")
         layer_ratios = parse_layer_ratios(layer_ratio)
+        recovery = RecoverOptions(epochs=recover_epochs, steps=recover_steps, lr=recover_lr, batch_size=recover_batch,
+                                  held_out=recover_held_out, loss=recover_loss, threads=recover_threads) if recover else None
         with _warnings_as_lines(quiet), _progress_bar(quiet) as progress:
+            if progress is None and recover and not quiet:
+                progress = _progress_lines
             model, report = api.prune(
                 input_path, ratio, scope=scope, include=include, exclude=exclude, layer_ratios=layer_ratios,
                 min_params=min_params, method=method, calibration=calibration,
                 calibration_samples=calibration_samples, pattern=pattern, bias_correction=bias_correction,
                 values=values, fallback=fallback, auto_dense=auto_dense, verify=verify, verify_inputs=inputs,
-                progress=progress, format=format, quantize=quantize)
+                progress=progress, format=format, quantize=quantize, recover=recovery)
         modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
         report.size_after = modelio.written_size(output_path)
         if report_json is not None:

@@ -14,7 +14,8 @@ from .options import EXTRA_HINT, LOSSES, RecoverOptions, RecoveryReport, resolve
 if TYPE_CHECKING:
     from ..rewrite import PrunedLayer
 
-__all__ = ["RecoverOptions", "RecoveryReport", "LOSSES", "resolve", "require_torch", "recover_layers"]
+__all__ = ["RecoverOptions", "RecoveryReport", "LOSSES", "resolve", "require_torch", "check_convertible",
+           "recover_layers"]
 
 
 def require_torch() -> None:
@@ -23,6 +24,14 @@ def require_torch() -> None:
         import torch  # noqa: F401
     except ImportError:
         raise OnnxPruneError(f"--recover needs torch: {EXTRA_HINT}") from None
+
+
+def check_convertible(model: onnx.ModelProto) -> None:
+    """One line naming the first op recovery's torch converter lacks (before any pruning work)."""
+    require_torch()
+    from .training import check_convertible as check
+
+    check(model)
 
 
 def recover_layers(model: onnx.ModelProto, pruned: Sequence["PrunedLayer"], data: Mapping[str, np.ndarray],

@@ -49,6 +49,17 @@ class RecoverOptions:
         return self
 
 
+def worth_a_line(message: str) -> bool:
+    """Whether a progress message is worth a line of its own in a log (no progress bar):
+    recovery's start and its epoch summaries, not its per-step loss updates nor the other steps."""
+    return message.startswith(RECOVERY_PREFIX) and (not message.startswith(STEP_PREFIX) or EPOCH_SUMMARY in message)
+
+
+RECOVERY_PREFIX = "recovering"     # api.prune's step message, then training.recover's
+STEP_PREFIX = "recovering: epoch"  # training.recover's progress messages start so
+EPOCH_SUMMARY = "held-out"         # ... and its end-of-epoch ones contain this
+
+
 RecoverSetting = Union[None, bool, RecoverOptions, Mapping[str, Any]]
 
 

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import OnnxPruneError
 from ..rewrite import PrunedLayer
-from .options import RecoverOptions, RecoveryReport
+from .options import EPOCH_SUMMARY, STEP_PREFIX, RecoverOptions, RecoveryReport
 from .torch_graph import TorchGraph, unsupported_ops
 
 Progress = Callable[[str, int, int], None]
@@ -116,12 +116,12 @@ def _train(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], data: Mapping[
             step += 1
             running.append(float(loss.detach()))
             if progress is not None:
-                progress(f"recovering: epoch {epoch}, loss {np.mean(running[-20:]):.4g}", step, total)
+                progress(f"{STEP_PREFIX} {epoch}, loss {np.mean(running[-20:]):.4g}", step, total)
         current = held_out_loss(held_out_outputs())
         report.epochs.append({"epoch": epoch, "steps": step, "train_loss": float(np.mean(running)),
                               "held_out_loss": current})
         if progress is not None:
-            progress(f"recovering: epoch {epoch}, loss {np.mean(running):.4g}, held-out {current:.4g} "
+            progress(f"{STEP_PREFIX} {epoch}, loss {np.mean(running):.4g}, {EPOCH_SUMMARY} {current:.4g} "
                      f"(one-shot {report.held_out_loss_before:.4g})", step, total)
         if current < best_loss:
             best_loss, best_state, best_epoch, stale = current, _state(trainables), epoch, 0
@@ -301,9 +301,11 @@ def _check_faithful(model: onnx.ModelProto, teacher: TorchGraph, data: Mapping[s
 # ----------------------------------------------------------------------------- loss and fidelity
 
 class _Losses:
-    """The distillation loss summed over the float outputs: KL divergence for an output a
+    """The distillation loss summed over the float outputs. auto: KL divergence for an output a
     Softmax / LogSoftmax produces (probabilities), mean squared error relative to the dense
-    output's mean square otherwise (logits, embeddings, regression), or 1 - cosine per sample."""
+    output's mean square otherwise (logits, embeddings, regression). kl: KL divergence, of the
+    softmax over the last axis for outputs that are not probabilities already (logits). mse,
+    cosine (1 - cosine per sample): for every float output."""
 
     def __init__(self, model: onnx.ModelProto, names: Sequence[str], kind: str) -> None:
         producers = {o: n.op_type for n in model.graph.node for o in n.output}
@@ -314,10 +316,12 @@ class _Losses:
         for name in names:
             if name not in floats:
                 self.kinds.append(None)
-            elif kind != "auto":
-                self.kinds.append(kind)
             else:
-                self.kinds.append({"Softmax": "kl", "LogSoftmax": "kl-log"}.get(producers.get(name, ""), "mse"))
+                probabilities = {"Softmax": "kl-probabilities", "LogSoftmax": "kl-log"}.get(producers.get(name, ""))
+                if kind == "auto":
+                    self.kinds.append(probabilities or "mse")
+                else:  # kl: on the probabilities a Softmax made, else on the softmax of the outputs (logits)
+                    self.kinds.append(probabilities or "kl-logits" if kind == "kl" else kind)
 
     def __call__(self, got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> torch.Tensor:
         total = torch.zeros(())
@@ -333,8 +337,12 @@ def _loss(kind: str, got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
     if kind == "cosine":
         return torch.mean(1 - torch.nn.functional.cosine_similarity(got.reshape(len(got), -1),
                                                                     want.reshape(len(want), -1), dim=1))
-    log_got = got if kind == "kl-log" else torch.log(got.clamp_min(1e-12))
-    log_want = want if kind == "kl-log" else torch.log(want.clamp_min(1e-12))
+    if kind == "kl-logits":
+        log_got, log_want = torch.log_softmax(got, dim=-1), torch.log_softmax(want, dim=-1)
+    elif kind == "kl-log":
+        log_got, log_want = got, want
+    else:
+        log_got, log_want = torch.log(got.clamp_min(1e-12)), torch.log(want.clamp_min(1e-12))
     return torch.mean(torch.sum(log_want.exp() * (log_want - log_got), dim=-1))
 
 
