@@ -95,12 +95,14 @@ def main() -> None:
     parser.add_argument("--method", default="sparsegpt")
     parser.add_argument("--only", action="append", default=[], help="run only this setting label (repeatable)")
     parser.add_argument("--epochs", type=int, default=RecoverOptions.epochs)
+    parser.add_argument("--loss", default="kl", help="kl: the MLPs' outputs are logits")
     parser.add_argument("--lr", type=float, default=RecoverOptions.lr)
     parser.add_argument("--batch", type=int, default=RecoverOptions.batch_size)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for recovery (1: the machine is shared)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    options = RecoverOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch, threads=args.threads)
+    options = RecoverOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch, threads=args.threads,
+                             loss=args.loss)
     result = run(args.which, args.model, options, args.method, args.only)
     print(table(result))
     if args.json:

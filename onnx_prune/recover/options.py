@@ -18,10 +18,10 @@ class RecoverOptions:
     best epoch, and training stops after ``patience`` epochs without a better held-out loss.
     The learning rate follows a cosine decay to zero over the planned steps (Adam)."""
 
-    epochs: int = 20
+    epochs: int = 10
     steps: Optional[int] = None
-    lr: float = 1e-3
-    batch_size: int = 64
+    lr: float = 2e-3
+    batch_size: int = 128
     held_out: float = 0.1
     patience: int = 3
     loss: str = "auto"
