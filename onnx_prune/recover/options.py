@@ -97,6 +97,7 @@ class RecoveryReport:
     best_epoch: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of this process meanwhile (all threads): what a loaded machine does not inflate
     epochs: list = field(default_factory=list)
     options: dict = field(default_factory=dict)
 
@@ -106,7 +107,8 @@ class RecoveryReport:
     def lines(self) -> list[str]:
         """The report's text: one line for the run, one per output."""
         kept = f"best epoch {self.best_epoch}" if self.best_epoch else "no epoch beat the one-shot weights: kept them"
-        head = (f"recovery: {self.steps} steps on {self.train_samples} samples in {self.seconds:.1f} s, {kept}"
+        head = (f"recovery: {self.steps} steps on {self.train_samples} samples in {self.seconds:.1f} s "
+                f"({self.cpu_seconds:.1f} s CPU), {kept}"
                 f"{', stopped early' if self.stopped_early else ''}; held-out loss "
                 f"{self.held_out_loss_before:.4g} -> {self.held_out_loss_after:.4g}")
         lines = [head]
