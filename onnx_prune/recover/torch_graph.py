@@ -266,6 +266,7 @@ OPS: dict[str, Op] = {
     "Shape": lambda i, a, o: [torch.tensor(i[0].shape[a.get("start", 0):a.get("end", None)], dtype=torch.int64)],
     "Cast": _cast, "Constant": _constant, "ConstantOfShape": _constant_of_shape, "Range": _range,
     "Identity": lambda i, a, o: [i[0]],
+    "Split": lambda i, a, o: _split(i, a, o, 2),  # TorchGraph.forward passes the node's output count
     "Dropout": lambda i, a, o: [i[0], torch.ones_like(i[0], dtype=torch.bool)],  # inference: identity
 }
 
@@ -287,8 +288,8 @@ class TorchGraph(torch.nn.Module):
     tensor that node reads instead (a trainable weight); ``add_to_outputs`` maps a tensor name to a
     tensor added to it where it is produced (a trainable bias delta). Constants are frozen buffers."""
 
-    def __init__(self, model: onnx.ModelProto, replace_inputs: Mapping[tuple[str, int], Tensor] = {},
-                 add_to_outputs: Mapping[str, Tensor] = {}) -> None:
+    def __init__(self, model: onnx.ModelProto, replace_inputs: Optional[Mapping[tuple[str, int], Tensor]] = None,
+                 add_to_outputs: Optional[Mapping[str, Tensor]] = None) -> None:
         super().__init__()
         self.opset = opset_version(model) or 1
         self.nodes = [(n.name, n.op_type, list(n.input), list(n.output), _attributes(n)) for n in model.graph.node]
@@ -296,8 +297,8 @@ class TorchGraph(torch.nn.Module):
         produced = {o for n in model.graph.node for o in n.output} | set(self.constants)
         self.input_names = [i.name for i in model.graph.input if i.name not in produced]
         self.output_names = [o.name for o in model.graph.output]
-        self.replace_inputs = dict(replace_inputs)
-        self.add_to_outputs = dict(add_to_outputs)
+        self.replace_inputs = dict(replace_inputs or {})
+        self.add_to_outputs = dict(add_to_outputs or {})
         self._last_use = _last_uses(self.nodes, self.output_names)
 
     def forward(self, feeds: Mapping[str, Tensor]) -> list[Tensor]:
@@ -305,17 +306,16 @@ class TorchGraph(torch.nn.Module):
         values.update(feeds)
         for position, (name, op, inputs, outputs, attrs) in enumerate(self.nodes):
             args = [self.replace_inputs.get((name, i), values.get(t)) if t else None for i, t in enumerate(inputs)]
-            run = OPS[op]
-            results = _split(args, attrs, self.opset, len(outputs)) if op == "Split" else run(args, attrs, self.opset)
+            if op == "Split":  # the one op whose result count is its node's output count
+                results = _split(args, attrs, self.opset, len(outputs))
+            else:
+                results = OPS[op](args, attrs, self.opset)
             for out, value in zip(outputs, results):
                 if out:
                     values[out] = value + self.add_to_outputs[out] if out in self.add_to_outputs else value
             for t in self._last_use.get(position, ()):  # free what no later node reads
                 values.pop(t, None)
         return [values[o] for o in self.output_names]
-
-
-OPS["Split"] = lambda i, a, o: _split(i, a, o, 2)  # listed for unsupported_ops; forward passes the output count
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
