@@ -187,6 +187,7 @@ def prune_command(
     recover_batch: int = typer.Option(RecoverOptions.batch_size, "--recover-batch", metavar="N", help="Calibration samples per step."),
     recover_held_out: float = typer.Option(RecoverOptions.held_out, "--recover-held-out", metavar="F", help="Fraction of the calibration samples held out to pick the best epoch and stop early."),
     recover_loss: str = typer.Option(RecoverOptions.loss, "--recover-loss", metavar=choices(LOSSES), help="auto: KL on Softmax outputs, else mean squared error; kl: also softmax of logits."),
+    recover_layer_weight: float = typer.Option(RecoverOptions.layer_weight, "--recover-layer-weight", metavar="W", help="Also match each pruned layer's output to the dense one's, with weight W."),
     recover_threads: int = typer.Option(RecoverOptions.threads, "--recover-threads", metavar="N", help="torch threads for recovery (0: all cores)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare OUT with the masked dense model in onnxruntime before writing."),
     inputs: Optional[Path] = typer.Option(None, "--inputs", metavar="NPZ", help=".npz of inputs for the verification (default: generated)."),
@@ -205,7 +206,8 @@ def prune_command(
                 raise OnnxPruneError(f"--report-json '{report_json}' is the output model path; choose another")
         layer_ratios = parse_layer_ratios(layer_ratio)
         recovery = RecoverOptions(epochs=recover_epochs, steps=recover_steps, lr=recover_lr, batch_size=recover_batch,
-                                  held_out=recover_held_out, loss=recover_loss, threads=recover_threads) if recover else None
+                                  held_out=recover_held_out, loss=recover_loss, threads=recover_threads,
+                                  layer_weight=recover_layer_weight) if recover else None
         with _warnings_as_lines(quiet), _progress_bar(quiet) as progress:
             if progress is None and recover and not quiet:
                 progress = _progress_lines

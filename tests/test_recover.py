@@ -90,15 +90,18 @@ def test_recovery_brings_outputs_closer_to_the_dense_model(wide_mlp, settings):
     assert report.verification.passed
 
 
-def test_recovery_of_a_transformer_block_and_its_masks(tmp_path: Path):
-    """MatMul + Add projections, attention MatMuls between activations, Softmax, a residual."""
+@pytest.mark.parametrize("layer_weight", [0.0, 1.0])
+def test_recovery_of_a_transformer_block_and_its_masks(layer_weight: float):
+    """MatMul + Add projections, attention MatMuls between activations, Softmax, a residual; with
+    and without matching each pruned layer's output too."""
     model, p = attention_block(d=16, ff=32, seed=1)
     rng = np.random.default_rng(4)
     calibration = {"X": rng.standard_normal((256, 6, 16)).astype(np.float32)}
     test = rng.standard_normal((64, 6, 16)).astype(np.float32)
     dense = run_model(model, {"X": test})[0]
     one_shot, _ = onnx_prune.prune(model, 0.7, auto_dense=False)
-    recovered, report = onnx_prune.prune(model, 0.7, auto_dense=False, calibration=calibration, recover=FEW_STEPS)
+    options = RecoverOptions(**{**vars(FEW_STEPS), "layer_weight": layer_weight})
+    recovered, report = onnx_prune.prune(model, 0.7, auto_dense=False, calibration=calibration, recover=options)
     before = relative_error(run_model(one_shot, {"X": test})[0], dense)
     after = relative_error(run_model(recovered, {"X": test})[0], dense)
     assert after < 0.8 * before, (before, after)
@@ -106,7 +109,7 @@ def test_recovery_of_a_transformer_block_and_its_masks(tmp_path: Path):
     masks = {t.name: numpy_helper.to_array(t) != 0 for t in densify_model(one_shot).graph.initializer}
     for name in ("Wq", "Wk", "Wv", "Wo", "W1", "W2"):
         assert np.all(kept[name][~masks[name]] == 0), name
-    assert report.recovery.steps > 0
+    assert report.recovery.steps > 0 and list(report.recovery.fidelity_after) == ["Y"]
 
 
 def test_no_better_epoch_keeps_the_one_shot_weights(wide_mlp):

@@ -52,6 +52,7 @@ def test_recover_without_torch_names_the_extra(files, tmp_path: Path, monkeypatc
     ("--recover-epochs", "0", "--recover-epochs must be at least 1, got 0"),
     ("--recover-batch", "0", "--recover-batch must be at least 1, got 0"),
     ("--recover-held-out", "1", "--recover-held-out must be in (0, 1), got 1.0"),
+    ("--recover-layer-weight", "-1", "--recover-layer-weight must be 0 or more, got -1.0"),
     ("--recover-loss", "l1", "--recover-loss must be one of auto, mse, kl, cosine, got 'l1'"),
 ])
 def test_bad_recover_settings_are_usage_errors(files, tmp_path: Path, option: str, value: str, message: str):

@@ -27,6 +27,7 @@ class RecoverOptions:
     loss: str = "auto"
     seed: int = 0
     threads: int = 0  # torch's intra-op threads; 0: torch's default (all cores)
+    layer_weight: float = 0.0  # also match each pruned layer's output (relative MSE), with this weight
 
     def check(self) -> "RecoverOptions":
         """Each bad value named by its CLI flag."""
@@ -42,6 +43,8 @@ class RecoverOptions:
             raise UsageError(f"--recover-held-out must be in (0, 1), got {self.held_out}")
         if self.patience < 1:
             raise UsageError(f"recover patience must be at least 1, got {self.patience}")
+        if not self.layer_weight >= 0:
+            raise UsageError(f"--recover-layer-weight must be 0 or more, got {self.layer_weight}")
         if self.threads < 0:
             raise UsageError(f"--recover-threads must be 0 (all cores) or more, got {self.threads}")
         if self.loss not in LOSSES:

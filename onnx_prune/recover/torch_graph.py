@@ -286,17 +286,18 @@ def unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, str]]:
 class TorchGraph(torch.nn.Module):
     """``model``'s graph as a torch module. ``replace_inputs`` maps (node name, input index) to a
     tensor that node reads instead (a trainable weight); ``add_to_outputs`` maps a tensor name to a
-    tensor added to it where it is produced (a trainable bias delta). Constants are frozen buffers."""
+    tensor added to it where it is produced (a trainable bias delta); ``extra_outputs``: inner
+    tensors returned after the graph outputs. Constants are frozen buffers."""
 
     def __init__(self, model: onnx.ModelProto, replace_inputs: Optional[Mapping[tuple[str, int], Tensor]] = None,
-                 add_to_outputs: Optional[Mapping[str, Tensor]] = None) -> None:
+                 add_to_outputs: Optional[Mapping[str, Tensor]] = None, extra_outputs: Sequence[str] = ()) -> None:
         super().__init__()
         self.opset = opset_version(model) or 1
         self.nodes = [(n.name, n.op_type, list(n.input), list(n.output), _attributes(n)) for n in model.graph.node]
         self.constants = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in model.graph.initializer}
         produced = {o for n in model.graph.node for o in n.output} | set(self.constants)
         self.input_names = [i.name for i in model.graph.input if i.name not in produced]
-        self.output_names = [o.name for o in model.graph.output]
+        self.output_names = [o.name for o in model.graph.output] + [t for t in extra_outputs]
         self.replace_inputs = dict(replace_inputs or {})
         self.add_to_outputs = dict(add_to_outputs or {})
         self._last_use = _last_uses(self.nodes, self.output_names)

@@ -69,11 +69,13 @@ def _train(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], data: Mapping[
     """recover's work, with torch's thread count set."""
     samples = len(next(iter(data.values())))
     train_idx, held_idx = _split(samples, options)
-    teacher = TorchGraph(model).eval()
     trainables = [_trainable(model, p) for p in pruned]
+    hidden = _layer_outputs(model, trainables) if options.layer_weight > 0 else []
+    teacher = TorchGraph(model, extra_outputs=hidden).eval()
     student = TorchGraph(model, replace_inputs=_weight_inputs(model, trainables),
-                         add_to_outputs=_bias_outputs(model, trainables)).eval()
-    losses = _Losses(model, teacher.output_names, options.loss)
+                         add_to_outputs=_bias_outputs(model, trainables), extra_outputs=hidden).eval()
+    losses = _Losses(model, teacher.output_names, options.loss, hidden, options.layer_weight)
+    shown = len(model.graph.output)  # fidelity is reported for the graph outputs
     targets = _Targets(teacher, data, options.batch_size)
     _check_faithful(model, teacher, data, held_idx[:options.batch_size])
 
@@ -91,7 +93,7 @@ def _train(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], data: Mapping[
 
     before = held_out_outputs()
     report = RecoveryReport(train_samples=len(train_idx), held_out_samples=len(held_idx),
-                            fidelity_before=fidelity(losses.names, *before), held_out_loss_before=held_out_loss(before))
+                            fidelity_before=fidelity(losses.names[:shown], *(o[:shown] for o in before)), held_out_loss_before=held_out_loss(before))
     best_loss, best_state, best_epoch, stale = report.held_out_loss_before, _state(trainables), 0, 0
     params = [t.weight for t in trainables] + [t.delta for t in trainables if t.delta is not None]
     optimizer = torch.optim.Adam(params, lr=options.lr)
@@ -130,7 +132,7 @@ def _train(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], data: Mapping[
     _load_state(trainables, best_state)
     after = held_out_outputs()
     report.steps, report.best_epoch, report.stopped_early = step, best_epoch, step < total
-    report.fidelity_after, report.held_out_loss_after = fidelity(losses.names, *after), held_out_loss(after)
+    report.fidelity_after, report.held_out_loss_after = fidelity(losses.names[:shown], *(o[:shown] for o in after)), held_out_loss(after)
     _write_back(trainables)
     report.seconds = time.perf_counter() - started[0]
     report.cpu_seconds = time.process_time() - started[1]
@@ -168,6 +170,15 @@ def _weight_inputs(model: onnx.ModelProto, trainables: Sequence[_Trainable]) -> 
             index = list(bias_node.input).index(layer.bias_name, 1 if layer.add_node is None else 0)
             replaced[(bias_node.name, index)] = torch.from_numpy(np.asarray(p.bias, dtype=np.float32))
     return replaced
+
+
+def _layer_outputs(model: onnx.ModelProto, trainables: Sequence[_Trainable]) -> list[str]:
+    """Each pruned layer's output with its bias (before a fused Relu), matched with layer_weight;
+    not the graph outputs (matched already)."""
+    nodes = {n.name: n for n in model.graph.node}
+    outputs = {o.name for o in model.graph.output}
+    names = [nodes[t.pruned.layer.add_node or t.pruned.layer.node].output[0] for t in trainables]
+    return [n for n in names if n not in outputs]
 
 
 def _bias_outputs(model: onnx.ModelProto, trainables: Sequence[_Trainable]) -> dict[str, torch.Tensor]:
@@ -287,10 +298,11 @@ def _check_faithful(model: onnx.ModelProto, teacher: TorchGraph, data: Mapping[s
 
     feeds = {k: np.ascontiguousarray(v[idx]) for k, v in data.items()}
     session = open_session(model, library=False, error="--recover: onnxruntime cannot load the dense model")
-    want = run(session, feeds, teacher.output_names)
+    names = [o.name for o in model.graph.output]
+    want = run(session, feeds, names)
     with torch.no_grad():
         got = [t.numpy() for t in teacher(_feeds(data, idx))]
-    for name, g, w in zip(teacher.output_names, got, want):
+    for name, g, w in zip(names, got, want):
         if not np.issubdtype(np.asarray(w).dtype, np.floating):
             continue
         error = _relative_error(g, w)
@@ -308,14 +320,17 @@ class _Losses:
     softmax over the last axis for outputs that are not probabilities already (logits). mse,
     cosine (1 - cosine per sample): for every float output."""
 
-    def __init__(self, model: onnx.ModelProto, names: Sequence[str], kind: str) -> None:
+    def __init__(self, model: onnx.ModelProto, names: Sequence[str], kind: str, hidden: Sequence[str] = (),
+                 hidden_weight: float = 0.0) -> None:
         producers = {o: n.op_type for n in model.graph.node for o in n.output}
         floats = {o.name for o in model.graph.output if o.type.tensor_type.elem_type in
                   (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)}
         self.names = list(names)
-        self.kinds = []
+        self.kinds, self.weights = [], [hidden_weight if name in hidden else 1.0 for name in names]
         for name in names:
-            if name not in floats:
+            if name in hidden:  # a pruned layer's output (layer_weight): mean squared error
+                self.kinds.append("mse")
+            elif name not in floats:
                 self.kinds.append(None)
             else:
                 probabilities = {"Softmax": "kl-probabilities", "LogSoftmax": "kl-log"}.get(producers.get(name, ""))
@@ -326,9 +341,9 @@ class _Losses:
 
     def __call__(self, got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> torch.Tensor:
         total = torch.zeros(())
-        for kind, g, w in zip(self.kinds, got, want):
+        for kind, weight, g, w in zip(self.kinds, self.weights, got, want):
             if kind is not None:
-                total = total + _loss(kind, g.float(), w.float())
+                total = total + weight * _loss(kind, g.float(), w.float())
         return total
 
 
