@@ -126,6 +126,7 @@ def test_no_better_epoch_keeps_the_one_shot_weights(wide_mlp):
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+@pytest.mark.filterwarnings("ignore:no standard-op fallback embedded")  # gemm_opset7: expected, tested elsewhere
 @pytest.mark.parametrize("name", ["torch_mlp", "torch_shared_weight", "torch_constant_weights",
                                   "torch_transformer_block", "gemm_opset7"])
 def test_recovery_of_exported_models(name: str):
