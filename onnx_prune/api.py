@@ -20,7 +20,7 @@ from .pruning import shared_weights, sparsifiers
 from .pruning.auto_dense import DENSE_KEEP_THRESHOLD, split_dense, stays_dense
 from .pruning.calibration import read_calibration, sparsify_calibrated
 from .pruning.patterns import layer_pattern
-from .errors import OnnxPruneError, first_line
+from .errors import OnnxPruneError, UsageError, first_line
 from .model.graph import opset_version
 from .model.layers import Layer, Skipped, find_layers, resolve_layer_ratios, select_layers
 from .model.modelio import PROTOBUF_LIMIT, load_external_data, load_model
@@ -33,6 +33,8 @@ from .sparse_gemm.formats import SparseFormat
 
 if TYPE_CHECKING:
     from .check.verify import MaskedDenseReference
+    from .recover import RecoverOptions, RecoveryReport
+    from .recover.options import RecoverSetting
 
 ModelOrPath = Union[onnx.ModelProto, str, Path]
 Calibration = Union[None, str, Path, Mapping[str, np.ndarray]]
@@ -42,7 +44,8 @@ _STEPS = 5
 
 def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options: Optional[PruneOptions] = None,
           calibration: Calibration = None, verify_inputs=None, seq_len: int = SEQ_LEN_FOR_GENERATED,
-          progress: Optional[Progress] = None, **settings: Any) -> tuple[onnx.ModelProto, PruneReport]:
+          recover: "RecoverSetting" = None, progress: Optional[Progress] = None,
+          **settings: Any) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune the Gemm / constant-weight MatMul layers of a model.
 
     Returns the rewritten model and a report; the input (file or ModelProto) is not modified.
@@ -58,12 +61,16 @@ def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options:
     generated inputs, sequence dimensions at ``seq_len``), and reports the pruned model's fidelity to
     the original on the same inputs (report.fidelity; a warning when it is poor, see
     check/fidelity.py). ``format`` names the storage format (default: see ``options.storage_format``).
+    ``recover``: True or a RecoverOptions (or a dict of its fields) trains the kept weights toward
+    the dense model's outputs on ``calibration`` after the pruning (needs the extra
+    onnx-prune[recover]; see onnx_prune.recover).
     """
     if ratio is not None:
         settings["ratio"] = ratio
     options = PruneOptions.of(options, **settings).validated()
     check_seq_len(seq_len)
     fmt, values_dtype = options.storage()
+    recovery = _recovery_options(recover, calibration)
     source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else None
     streams = _streams(options) and calibration is None
     # layer by layer, a model file's external tensors stay in their files until each layer reads its own
@@ -73,6 +80,10 @@ def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options:
     reference = _verification_reference(options.verify, source)
     try:
         check_supported_opset(model)
+        if recovery is not None:
+            from .recover import check_convertible
+
+            check_convertible(model)
         say("finding prunable layers")
         chosen, not_pruned = eligible_layers(model, include=options.include, exclude=options.exclude,
                                              min_params=options.min_params, folder=folder)
@@ -83,14 +94,19 @@ def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options:
         chosen, followers = shared_weights.split(chosen)  # one weight, one mask: its first user decides
 
         say(f"scoring {len(chosen)} layers ({options.method}{', ' + options.pattern if options.pattern else ''})")
-        calibration_counts = None
+        calibration_counts, recovered = None, None
         if streams:
             pruned, dense_kept = _prune_layer_by_layer(chosen, ratios, options, fmt=fmt, values_dtype=values_dtype,
                                                        reference=reference, followers=followers)
         else:
-            weights, calibration_counts = sparsify(model, chosen, ratios, options, calibration=calibration,
+            # a method that reads no calibration data prunes without it, also when --recover trains on it
+            one_shot_data = None if recovery and not sparsifiers.get(options.method).needs_calibration else calibration
+            weights, calibration_counts = sparsify(model, chosen, ratios, options, calibration=one_shot_data,
                                                    progress=progress)
             pruned, dense_kept = split_dense(chosen, weights, options)
+            if recovery is not None:
+                say(f"recovering {len(pruned)} layers toward the dense model")
+                recovered = _recover(model, pruned, calibration, options.calibration_samples, recovery, progress)
             pruned, dense_kept = _pack_all(pruned, dense_kept, fmt, values_dtype, reference, options, followers)
         if not pruned:
             warnings.warn(NothingPruned(nothing_pruned_message(dense_kept, ratios)), stacklevel=2)
@@ -110,6 +126,7 @@ def prune(model_or_path: ModelOrPath, ratio: Optional[float] = None, *, options:
         check_output_model(model, out)
 
         report = PruneReport.build(model, out, pruned, dense_kept, not_pruned, recorded, source=source)
+        report.recovery = recovered
         if size_before is not None:
             report.size_before = size_before
         if reference_path is not None:
@@ -199,6 +216,30 @@ def sparsify(model: onnx.ModelProto, layers: Sequence[Layer], ratios: Mapping[st
         result = sparsifiers.prune_by_weights(sparsifier, layers, ratios, scope=options.scope, pattern=pattern)
     pairs = {node: (p.weight, p.mask) for node, p in result.items()}
     return {layer.node: sparsifiers.Pruned(*_checked(layer, pairs), result[layer.node].bias) for layer in layers}, counts
+
+
+def _recovery_options(recover: "RecoverSetting", calibration: Calibration) -> Optional["RecoverOptions"]:
+    """The checked recovery settings (None: off); its calibration data and torch checked first."""
+    from . import recover as recovery
+
+    options = recovery.resolve(recover)
+    if options is not None:
+        if calibration is None:
+            raise UsageError("--recover needs --calibration (the inputs whose dense outputs the pruned model learns)")
+        recovery.require_torch()
+    return options
+
+
+def _recover(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], calibration: Calibration,
+             samples: Optional[int], options: "RecoverOptions", progress: Optional[Progress]) -> "RecoveryReport":
+    """Train the pruned layers' kept weights toward the dense model (onnx_prune.recover)."""
+    from .recover import recover_layers
+
+    data = read_calibration(calibration, model, samples)
+    if data.plan.per_sample:
+        raise OnnxPruneError("--recover needs calibration arrays whose first axis is the model's batch axis "
+                             f"(these hold one whole input per sample: {', '.join(sorted(data.plan.per_sample))})")
+    return recover_layers(model, pruned, data.arrays, options, progress)
 
 
 def _streams(options: PruneOptions) -> bool:

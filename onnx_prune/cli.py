@@ -28,6 +28,7 @@ from .check.inputs import SEQ_LEN_FOR_GENERATED
 from .pruning.auto_dense import DENSE_KEEP_THRESHOLD
 from .pruning.bias import BIAS_CORRECTION
 from .errors import OnnxPruneError, UsageError, import_failure
+from .recover.options import LOSSES, RecoverOptions
 from .sparse_gemm import formats
 
 # --help is click's plain layout: it wraps every option's text under its name and keeps flag pairs
@@ -203,6 +204,15 @@ def prune_command(
     quantize: Optional[str] = typer.Option(None, "--quantize", metavar=choices(["dynamic"]), help="dynamic: int8 weights and int8 arithmetic on activations quantized per row at run time (format csr_int8_dynamic; bcsr_int8_dynamic for an Rx1 --pattern)."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback", help="Embed a standard-op fallback so the file also runs without the library."),
     auto_dense: bool = typer.Option(True, "--auto-dense/--no-auto-dense", help=f"Keep layers dense whose sparsity would be below {1 - DENSE_KEEP_THRESHOLD:.0%} (the sparse kernel does not win there; not applied with --pattern)."),
+    recover: bool = typer.Option(False, "--recover", help="After pruning, train the kept weights (masks fixed) so the outputs match the dense model's on the --calibration inputs (distillation, no labels; needs onnx-prune[recover])."),
+    recover_epochs: int = typer.Option(RecoverOptions.epochs, "--recover-epochs", metavar="N", help="Passes over the calibration data (fewer when the held-out loss stops improving)."),
+    recover_steps: Optional[int] = typer.Option(None, "--recover-steps", metavar="N", help="At most N optimizer steps."),
+    recover_lr: float = typer.Option(RecoverOptions.lr, "--recover-lr", metavar="LR", help="Adam learning rate (cosine decay to zero)."),
+    recover_batch: int = typer.Option(RecoverOptions.batch_size, "--recover-batch", metavar="N", help="Calibration samples per step."),
+    recover_held_out: float = typer.Option(RecoverOptions.held_out, "--recover-held-out", metavar="F", help="Fraction of the calibration samples held out to pick the best epoch and stop early."),
+    recover_loss: str = typer.Option(RecoverOptions.loss, "--recover-loss", metavar=choices(LOSSES), help="auto: KL on Softmax outputs, else mean squared error; kl: also softmax of logits."),
+    recover_layer_weight: float = typer.Option(RecoverOptions.layer_weight, "--recover-layer-weight", metavar="W", help="Also match each pruned layer's output to the dense one's, with weight W."),
+    recover_threads: int = typer.Option(RecoverOptions.threads, "--recover-threads", metavar="N", help="torch threads for recovery (0: all cores)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Before writing, check OUT against the input model with the same masks (kernel check) and report its fidelity to the original model (cosine, max relative error, top-1 agreement; a warning when poor)."),
     inputs: Optional[Path] = typer.Option(None, "--inputs", metavar="NPZ", help=".npz of real inputs for the verification, keyed by graph input name (default: generated: token ids inside the embedding's vocabulary, masks of ones, normal floats)."),
     seq_len: int = typer.Option(SEQ_LEN_FOR_GENERATED, "--seq-len", metavar="N", help="Length of the generated inputs' symbolic non-batch dimensions (tokens of a transformer)."),
@@ -225,9 +235,12 @@ def prune_command(
             min_params=min_params, method=method, calibration_samples=calibration_samples, pattern=pattern,
             bias_correction=bias_correction, values=values, format=format, quantize=quantize, fallback=fallback,
             auto_dense=auto_dense, verify=verify)
+        recovery = RecoverOptions(epochs=recover_epochs, steps=recover_steps, lr=recover_lr, batch_size=recover_batch,
+                                  held_out=recover_held_out, loss=recover_loss, threads=recover_threads,
+                                  layer_weight=recover_layer_weight) if recover else None
         with _warnings_as_lines(quiet), _progress_bar(quiet) as progress:
             model, report = api.prune(input_path, options=options, calibration=calibration, verify_inputs=inputs,
-                                      seq_len=seq_len, progress=progress)
+                                      seq_len=seq_len, recover=recovery, progress=progress)
         modelio.save_model_atomic(model, output_path, external_data=modelio.file_uses_external_data(input_path))
         report.size_after = modelio.written_size(output_path)
         if report_json is not None:

@@ -22,7 +22,10 @@ from test_cli import cli_inproc
 
 FIELDS = [f.name for f in fields(PruneOptions)]
 # prune's CLI parameters that are not settings: the files it reads and writes, and how it talks
-NOT_SETTINGS = {"input_path", "output_path", "calibration", "inputs", "seq_len", "report_json", "quiet", "debug"}  # the files and the verification inputs (--inputs, or generated at --seq-len)
+NOT_SETTINGS = {"input_path", "output_path", "calibration", "inputs", "seq_len", "report_json", "quiet", "debug",
+                # the --recover group: a RecoverOptions of its own (onnx_prune.recover), reported under 'recovery'
+                "recover", "recover_epochs", "recover_steps", "recover_lr", "recover_batch", "recover_held_out",
+                "recover_loss", "recover_layer_weight", "recover_threads"}  # the files and the verification inputs (--inputs, or generated at --seq-len)
 CLI_NAME_OF = {"layer_ratios": "layer_ratio"}  # the CLI parameter is repeatable, one NAME=R each
 # every field set away from the CLI's default, by its flag
 NON_DEFAULT_FLAGS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import onnx
 
@@ -64,6 +64,7 @@ class PruneReport:
     size_after: int
     source: Optional[str] = None
     verification: Optional[Verification] = None
+    recovery: Optional[Any] = None  # recover.RecoveryReport, with --recover
 
     @property
     def sparse_layers(self) -> list[LayerReport]:
@@ -107,6 +108,7 @@ class PruneReport:
             "total_nnz": sum(l.nnz for l in self.layers),
             "verification": _kernel_check(self.verification),
             "fidelity": _fidelity(self.fidelity),
+            "recovery": self.recovery.to_dict() if self.recovery else None,
         }
 
     @property
@@ -161,6 +163,8 @@ class PruneReport:
         console.print(escape(settings_line(self.settings)))
         console.print(f"file size: {self.size_before:,} → {self.size_after:,} bytes "
                       f"({self.size_after / max(self.size_before, 1):.1%})")
+        for line in self.recovery.lines() if self.recovery else []:
+            console.print(escape(line))
         if self.verification:
             v = self.verification
             verdict = "[green]passed[/green]" if v.passed else "[red]FAILED[/red]"
