@@ -82,11 +82,24 @@ def open_session(model: ModelOrPath, *, library: Optional[bool] = None, threads:
         options = session_options(threads, library=_library_for(model, library), config=config, **settings)
     try:
         with _loadable(model) as source:
-            return ort.InferenceSession(source, options, providers=PROVIDERS)
+            return ort.InferenceSession(source, options, providers=PROVIDERS,
+                                        disabled_optimizers=broken_optimizers(ort.__version__))
     except OnnxPruneError:
         raise
     except Exception as exc:  # onnxruntime's own exception types, protobuf's, OSError
         raise OnnxPruneError(f"{error}: {first_line(exc)}") from exc
+
+
+def broken_optimizers(version: str) -> list[str]:
+    """The graph rewrites onnxruntime ``version`` gets wrong, left out of every session we open.
+
+    1.18's MatmulTransposeFusion turns Transpose + MatMul (attention's Q·Kᵀ) into a FusedMatMul
+    that, once a session has run at one batch size, returns wrong values at another: calibration
+    runs batches of different sizes through one session, so its statistics were silently wrong.
+    1.19 fixed it (tests/runtime/test_sessions_across_batch_sizes.py shows both).
+    """
+    major_minor = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    return ["MatmulTransposeFusion"] if major_minor < (1, 19) else []
 
 
 def run(session, feeds: Mapping[str, np.ndarray], outputs: Optional[Sequence[str]] = None, *,
