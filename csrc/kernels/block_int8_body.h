@@ -19,6 +19,7 @@
 //     batch rows in natural order in the lanes.
 //  2. product: per (tile, block-row range), per block row and chunk of outputs, per half of the tile
 //     (two vectors of W batch rows), Σ over groups of dot4(interleaved activations, weight word).
+// A batch of kRowPathMaxRows rows or fewer runs the row path instead (below: lanes across outputs).
 
 #ifndef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 #error "include block_int8_body.h only from an ISA translation unit, inside its namespace"
@@ -43,6 +44,25 @@ struct Job : GemmArgs {
   float* columns = nullptr;     // n_tiles blocks of K floats (a column of A when trans_a) + [TW][K] bytes
 };
 
+// Row m of A' quantized: its scale into row_scales[m], its bytes q + kBias (q = 0 for a zero or NaN
+// scale) into `row` (K bytes). `col`: K floats for the column of A when trans_a.
+template <class Q>
+inline void quantize_row(const Job<Q>& g, int64_t m, float* col, uint8_t* row) {
+  const int64_t K = g.w.K;
+  const float* x = g.a + m * K;
+  if (g.trans_a) {
+    for (int64_t k = 0; k < K; ++k) col[k] = g.a[k * g.M + m];
+    x = col;
+  }
+  const float scale = int8_dynamic::row_scale(x, K);
+  g.row_scales[m] = scale;
+  if (scale > 0.f) {  // false for a zero scale and for NaN: q = 0
+    for (int64_t k = 0; k < K; ++k) row[k] = static_cast<uint8_t>(int8_dynamic::quantized(x[k], scale) + Q::kBias);
+  } else {
+    for (int64_t k = 0; k < K; ++k) row[k] = static_cast<uint8_t>(Q::kBias);
+  }
+}
+
 // Pass 1 for one tile: every row's scale and its bytes q + kBias (kBias for lanes past M, q = 0),
 // first row by row into `rows` (contiguous: the division vectorises), then transposed into the
 // tile 16 rows of W at a time (the 16 tile rows written stay in L1).
@@ -57,22 +77,7 @@ void quantize_task(void* data, size_t tile) {
   if (real < TW) {  // lanes past M compute nothing that is written out; q = 0 there
     for (int64_t i = 0; i < K * TW; ++i) bytes[i] = static_cast<uint8_t>(Q::kBias);
   }
-  for (int64_t c = 0; c < real; ++c) {
-    const int64_t m = m0 + c;
-    uint8_t* row = rows + c * K;
-    const float* x = g.a + m * K;
-    if (g.trans_a) {
-      for (int64_t k = 0; k < K; ++k) col[k] = g.a[k * g.M + m];
-      x = col;
-    }
-    const float scale = int8_dynamic::row_scale(x, K);
-    g.row_scales[m] = scale;
-    if (scale > 0.f) {  // false for a zero scale and for NaN: q = 0
-      for (int64_t k = 0; k < K; ++k) row[k] = static_cast<uint8_t>(int8_dynamic::quantized(x[k], scale) + Q::kBias);
-    } else {
-      for (int64_t k = 0; k < K; ++k) row[k] = static_cast<uint8_t>(Q::kBias);
-    }
-  }
+  for (int64_t c = 0; c < real; ++c) quantize_row(g, m0 + c, col, rows + c * K);
   constexpr int64_t kStep = 16;
   for (int64_t k0 = 0; k0 < K; k0 += kStep) {
     const int64_t k1 = min_i64(K, k0 + kStep);
@@ -202,11 +207,100 @@ void run(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& p
   }
 }
 
+// ---------------------------------------------------------------- one row: lanes across outputs
+// With one batch row the tile fills one lane of its vectors and leaves the others idle. The row
+// path turns the lanes the other way: a vector holds Q::W / R groups' R weight words (the packed
+// layout already stores them so: `words` is [group][R]) and the activation vector each group's
+// four bytes of the row, spread over its R lanes: one four-product instruction per Q::W / R
+// groups. Q adds: load (Q::W weight words), spread<R> (lane l = word l / R) and dot4v (dot4
+// against a vector of weight words). It gathers four activation bytes per group per row where the
+// tile loads them once for all its rows, so it pays only for the batch sizes kRowPathMaxRows allows.
+
+// The four bytes of a group's rows of A' in one word (byte i: row rows[i]), the VNNI order.
+inline int32_t activation_word(const uint8_t* q, const int32_t* rows) {
+  return static_cast<int32_t>(static_cast<uint32_t>(q[rows[0]]) | (static_cast<uint32_t>(q[rows[1]]) << 8) |
+                              (static_cast<uint32_t>(q[rows[2]]) << 16) | (static_cast<uint32_t>(q[rows[3]]) << 24));
+}
+
+// out[r] = Σ over block row b's groups of the four products of row q with output b · R + r's
+// weights (wrapping int32, kBias not yet taken out). Lanes of groups past the block row's last get
+// the activation word 0: zero products whatever the weights, for signed and biased bytes alike.
+template <class Q, int R>
+inline void dot_row(const Job<Q>& g, const uint8_t* q, int64_t b, int32_t* out) {
+  constexpr int G = Q::W / R;  // groups per vector
+  static_assert(G >= 1 && G * R == Q::W, "R must divide the lane count");
+  const int64_t last = g.w.group_ptr[b + 1];
+  typename Q::reg acc = Q::zero();
+  alignas(64) int32_t acts[G];
+  int64_t grp = g.w.group_ptr[b];
+  for (; grp + G <= last; grp += G) {
+    for (int s = 0; s < G; ++s) acts[s] = activation_word(q, g.w.rows + 4 * (grp + s));
+    acc = Q::dot4v(acc, Q::prepare(Q::template spread<R>(acts)), Q::load(g.w.words + grp * R));
+  }
+  if (grp < last) {  // the words past `last` belong to the next block row (or lie past the array)
+    alignas(64) int32_t words[Q::W] = {};
+    for (int s = 0; s < G; ++s) acts[s] = grp + s < last ? activation_word(q, g.w.rows + 4 * (grp + s)) : 0;
+    for (int64_t i = 0; i < (last - grp) * R; ++i) words[i] = g.w.words[grp * R + i];
+    acc = Q::dot4v(acc, Q::prepare(Q::template spread<R>(acts)), Q::load(words));
+  }
+  alignas(64) int32_t lanes[Q::W];
+  Q::store(lanes, acc);
+  for (int r = 0; r < R; ++r) {
+    uint32_t sum = 0;
+    for (int s = 0; s < G; ++s) sum += static_cast<uint32_t>(lanes[s * R + r]);
+    out[r] = static_cast<int32_t>(sum);
+  }
+}
+
+// Pass 2 of the row path for one block-row range, kRowChunk outputs at a time: every row of the
+// batch per chunk (its weights stay in L1), one epilogue call per chunk and row.
+constexpr int kRowChunk = 64;
+
+template <class Q, int R>
+void rows_product_task(void* data, size_t part) {
+  const Job<Q>& g = *static_cast<const Job<Q>*>(data);
+  const int64_t K = g.w.K, N = g.w.N, last = g.w.parts[part + 1];
+  alignas(64) int32_t sums[kRowChunk];
+  for (int64_t b0 = g.w.parts[part]; b0 < last; b0 += kRowChunk / R) {
+    const int64_t b1 = min_i64(last, b0 + kRowChunk / R), n0 = b0 * R;
+    for (int64_t m = 0; m < g.M; ++m) {
+      for (int64_t b = b0; b < b1; ++b) dot_row<Q, R>(g, g.tiles + m * K, b, sums + (b - b0) * R);
+      write_outputs<Q, kRowChunk>(g, sums, n0, min_i64(b1 * R, N) - n0, m, 1);
+    }
+  }
+}
+
+// The row path: a "tile" of one row (tile_rows 1: the tiles are the rows of A' quantized, [M][K]).
+template <class Q>
+void run_rows(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
+  Job<Q> g;
+  static_cast<GemmArgs&>(g) = args;
+  g.w = w;
+  g.tile_rows = 1;
+  g.n_tiles = g.M;
+  Buffer tiles(g.scratch, static_cast<size_t>((g.M * w.K + 3) / 4));
+  Buffer scales(g.scratch, static_cast<size_t>(g.M));
+  Buffer columns(g.scratch, static_cast<size_t>(g.M * (w.K + (w.K + 3) / 4)));
+  g.tiles = reinterpret_cast<uint8_t*>(tiles.p);
+  g.row_scales = scales.p;
+  g.columns = columns.p;
+  parallel(quantize_task<Q>, static_cast<size_t>(g.M), &g);
+  parallel(w.R == 8 ? rows_product_task<Q, 8> : rows_product_task<Q, 4>, static_cast<size_t>(w.n_parts), &g);
+}
+
+// Batch rows up to which the row path runs instead of the tile (measured: docs/bench_kernel.md).
+constexpr int64_t kRowPathMaxRows = 1;
+
 }  // namespace block_int8
 
-// The KernelTable entry for ISA units with one quad-product type (`BQ`).
-inline void block_int8_dynamic_gemm_of(const BlockInt8Arrays& w, const GemmArgs& args,
-                                       const ParallelRunner& parallel) {
+// The KernelTable entry for ISA units with one quad-product type `Q` for every batch size (the
+// AVX-512 units pick their own: a wider type for many rows).
+template <class Q>
+void block_int8_dynamic_gemm_of(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
   if (args.M == 0 || w.N == 0) return;
-  block_int8::run<BQ>(w, args, parallel);
+  if (args.M <= block_int8::kRowPathMaxRows) {
+    block_int8::run_rows<Q>(w, args, parallel);
+  } else {
+    block_int8::run<Q>(w, args, parallel);
+  }
 }

@@ -36,7 +36,7 @@ using BQ = Avx2QuadProduct;  // bcsr_int8_dynamic
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 
 const KernelTable kTable{"avx2", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite,
-                          &bcsr_gemm, &int8_dynamic_gemm_of, nullptr, &block_int8_dynamic_gemm_of};
+                          &bcsr_gemm, &int8_dynamic_gemm_of, nullptr, &block_int8_dynamic_gemm_of<BQ>};
 
 }  // namespace isa_avx2
 }  // namespace onnx_prune

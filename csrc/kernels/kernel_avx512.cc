@@ -69,7 +69,6 @@ struct Avx512QuadProduct {
   }
 };
 
-using BQ = Avx512QuadProduct;
 constexpr int64_t kYmmRows = 16;  // batch rows up to which the 8-lane form runs
 
 #define ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
@@ -81,7 +80,9 @@ constexpr int64_t kYmmRows = 16;  // batch rows up to which the 8-lane form runs
 
 void block_int8_dynamic_gemm(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
   if (args.M == 0 || w.N == 0) return;
-  if (args.M <= kYmmRows) {
+  if (args.M <= block_int8::kRowPathMaxRows) {
+    block_int8::run_rows<Avx2QuadProduct>(w, args, parallel);
+  } else if (args.M <= kYmmRows) {
     block_int8::run<Avx2QuadProduct>(w, args, parallel);
   } else {
     block_int8::run<Avx512QuadProduct>(w, args, parallel);

@@ -79,8 +79,14 @@ struct VnniQuads<256> {
   static reg zero() { return _mm256_setzero_si256(); }
   static void store(int32_t* p, reg v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
   static Prepared prepare(reg x) { return x; }
-  static reg dot4(reg acc, const Prepared& x, int32_t word) {
-    return _mm256_dpbusd_epi32(acc, x, _mm256_set1_epi32(word));
+  static reg dot4v(reg acc, const Prepared& x, reg words) { return _mm256_dpbusd_epi32(acc, x, words); }
+  static reg dot4(reg acc, const Prepared& x, int32_t word) { return dot4v(acc, x, _mm256_set1_epi32(word)); }
+  static reg load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  template <int R>
+  static reg spread(const int32_t* words) {  // lane l = words[l / R]
+    static_assert(R == 4 || R == 8, "blocks of 4 or 8 outputs");
+    if (R == 8) return _mm256_set1_epi32(words[0]);
+    return _mm256_set_m128i(_mm_set1_epi32(words[1]), _mm_set1_epi32(words[0]));
   }
   static void interleave(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3, int half,
                          reg out[2]) {
@@ -95,7 +101,6 @@ struct VnniQuads<256> {
   }
 };
 
-using BQ = VnniQuads<512>;
 // Batch rows up to which the 32-row ymm tile runs (one half of it: 16 rows in two vectors).
 constexpr int64_t kYmmRows = 16;
 
@@ -116,7 +121,9 @@ void int8_dynamic_quad_gemm(const Int8QuadArrays& w, const GemmArgs& args, const
 
 void block_int8_dynamic_gemm(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
   if (args.M == 0 || w.N == 0) return;
-  if (args.M <= kYmmRows) {
+  if (args.M <= block_int8::kRowPathMaxRows) {
+    block_int8::run_rows<VnniQuads<256>>(w, args, parallel);
+  } else if (args.M <= kYmmRows) {
     block_int8::run<VnniQuads<256>>(w, args, parallel);
   } else {
     block_int8::run<VnniQuads<512>>(w, args, parallel);

@@ -82,6 +82,21 @@ struct BQ {
     return acc + byte<0>(x) * weight(word, 0) + byte<1>(x) * weight(word, 1) + byte<2>(x) * weight(word, 2) +
            byte<3>(x) * weight(word, 3);
   }
+  static reg dot4v(reg acc, const Prepared& x, reg words) {
+    return acc + byte<0>(x) * byte<0>(words) + byte<1>(x) * byte<1>(words) + byte<2>(x) * byte<2>(words) +
+           byte<3>(x) * byte<3>(words);
+  }
+  static reg load(const int32_t* p) {
+    reg v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  template <int R>
+  static reg spread(const int32_t* words) {  // lane l = words[l / R]
+    reg v;
+    for (int l = 0; l < W; ++l) v[l] = words[l / R];
+    return v;
+  }
   // Vectors 2 · half and 2 · half + 1 of the group's rows in VNNI order (block_int8_body.h's positions).
   static void interleave(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3, int half,
                          reg out[2]) {
@@ -103,7 +118,7 @@ struct BQ {
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 
 const KernelTable kTable{"portable", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite,
-                          &bcsr_gemm, &int8_dynamic_gemm_of, nullptr, &block_int8_dynamic_gemm_of};
+                          &bcsr_gemm, &int8_dynamic_gemm_of, nullptr, &block_int8_dynamic_gemm_of<BQ>};
 
 }  // namespace isa_portable
 }  // namespace onnx_prune

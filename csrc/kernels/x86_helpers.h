@@ -126,10 +126,18 @@ struct Avx2QuadProduct {
   static reg zero() { return _mm256_setzero_si256(); }
   static void store(int32_t* p, reg v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
   static Prepared prepare(reg q) { return {q, _mm256_abs_epi8(q)}; }
-  static reg dot4(reg acc, const Prepared& x, int32_t word) {
-    const __m256i signed_w = _mm256_sign_epi8(_mm256_set1_epi32(word), x.q);
+  static reg dot4v(reg acc, const Prepared& x, reg words) {
+    const __m256i signed_w = _mm256_sign_epi8(words, x.q);
     const __m256i pairs = _mm256_maddubs_epi16(x.magnitude, signed_w);
     return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  }
+  static reg dot4(reg acc, const Prepared& x, int32_t word) { return dot4v(acc, x, _mm256_set1_epi32(word)); }
+  static reg load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  template <int R>
+  static reg spread(const int32_t* words) {  // lane l = words[l / R] (the row path's activations)
+    static_assert(R == 4 || R == 8, "blocks of 4 or 8 outputs");
+    if (R == 8) return _mm256_set1_epi32(words[0]);
+    return _mm256_set_m128i(_mm_set1_epi32(words[1]), _mm_set1_epi32(words[0]));
   }
   // Vectors 2 · half and 2 · half + 1 of the group's rows in VNNI order: byte unpacks pair rows
   // 0 / 1 and 2 / 3, word unpacks make the quads (within 128-bit lanes: block_int8_body.h's positions).

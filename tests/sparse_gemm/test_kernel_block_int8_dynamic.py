@@ -134,8 +134,11 @@ def test_zero_rows_give_the_bias_and_non_finite_rows_nan(isa: str) -> None:
     a[2, 69] = np.nan
     a[3, :] = 1e-44  # a denormal row: its scale underflows to 0, so q = 0
     a[4, 3] = -np.inf
-    y = open_session(block_model(w, a_shape=[6, K], c=c, activation="relu")).run(None, {"A": a})[0]
+    session = open_session(block_model(w, a_shape=["M", K], c=c, activation="relu"))
+    y = session.run(None, {"A": a})[0]
     assert_bit_exact(y, reference(a, w, c, relu=True))
+    for i in range(len(a)):  # each row alone: a batch of one runs the row path, not the tile
+        assert_bit_exact(session.run(None, {"A": a[i:i + 1]})[0], y[i:i + 1])
     assert np.array_equal(y[0], np.maximum(c, 0)) and np.array_equal(y[3], np.maximum(c, 0))
     assert np.isnan(y[[1, 2, 4]]).all() and np.isfinite(y[[0, 3, 5]]).all()
 
