@@ -8,8 +8,10 @@ model still does the original's job. This module measures the latter, per float 
   check uses too);
 - ``cosine``: the mean, over the output's vectors along its last axis (a sample's logits, a token's
   embedding), of the cosine similarity between the pruned and the original vector;
-- ``top1_agreement``: for classifier-like outputs (2-D, last dimension > 1), the fraction of rows
-  whose argmax is the same.
+- ``top1_agreement``: for classifier-like outputs (2-D, last dimension > 1, made by a fully
+  connected head or the softmax over it: ``score_outputs``), the fraction of rows whose argmax is
+  the same. A 2-D output made otherwise (a sentence embedding is a masked mean, a Div) is a vector
+  whose largest coordinate means nothing: it is judged by its cosine.
 
 Fidelity is *poor* when a classifier-like output's top-1 agreement is below POOR_TOP1, or another
 float output's cosine is below POOR_COSINE. A classifier is judged by its answers, not by the cosine
@@ -23,9 +25,10 @@ only indicative (noise is not what a classifier was trained on; the same MNIST m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Collection, Optional, Sequence
 
 import numpy as np
+import onnx
 
 # below this mean cosine the pruned outputs point in visibly other directions: sentence embeddings
 # at 0.9 already rank neighbours differently, logits lose their top class on borderline samples
@@ -83,16 +86,36 @@ class Fidelity:
                 "compares ratios and methods on labelled data)")
 
 
-def compare(names: Sequence[str], original: Sequence[np.ndarray], pruned: Sequence[np.ndarray]
-            ) -> dict[str, OutputFidelity]:
-    """OutputFidelity of every float output (by name), pruned against original."""
+# The ops whose output reads as a classifier's scores: a fully connected head (SparseGemm once
+# pruned), its bias add, or the softmax over it; shape-only ops in between are looked through.
+SCORE_OPS = frozenset({"Gemm", "MatMul", "Add", "SparseGemm", "Softmax", "LogSoftmax"})
+_SHAPE_ONLY_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Cast"})
+
+
+def score_outputs(graph: onnx.GraphProto) -> set[str]:
+    """The graph outputs made by one of SCORE_OPS: the ones whose top-1 agreement means something."""
+    producer = {o: node for node in graph.node for o in node.output if o}
+    found = set()
+    for output in graph.output:
+        node = producer.get(output.name)
+        while node is not None and node.op_type in _SHAPE_ONLY_OPS and node.input:
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type in SCORE_OPS:
+            found.add(output.name)
+    return found
+
+
+def compare(names: Sequence[str], original: Sequence[np.ndarray], pruned: Sequence[np.ndarray],
+            scores: Collection[str]) -> dict[str, OutputFidelity]:
+    """OutputFidelity of every float output (by name), pruned against original; top-1 agreement
+    for the ``scores`` outputs (score_outputs) of a classifier's shape."""
     out = {}
     for name, o, p in zip(names, original, pruned):
         o, p = np.asarray(o), np.asarray(p)
         if not np.issubdtype(o.dtype, np.floating):
             continue
         out[name] = OutputFidelity(max_rel_error=max_relative_error(o, p), cosine=mean_cosine(o, p),
-                                   top1_agreement=top1_agreement(o, p))
+                                   top1_agreement=top1_agreement(o, p) if name in scores else None)
     return out
 
 

@@ -20,7 +20,7 @@ from ..model.modelio import external_span, external_tensors, read_npz
 from . import inputs as generated
 from .input_shapes import check_input_shapes
 from .inputs import BATCH_FOR_GENERATED, SEQ_LEN_FOR_GENERATED
-from .fidelity import Fidelity, compare as compare_outputs, max_relative_error
+from .fidelity import Fidelity, compare as compare_outputs, max_relative_error, score_outputs
 from .report import Verification
 from ..model.graph import remove_dead_tensors as drop_unused_constants
 from ..sparse_gemm.rewrite import dense_shape
@@ -250,7 +250,7 @@ def verify_pruned(reference: Union[str, Path], pruned_model: onnx.ModelProto, *,
                           passed=bool(worst <= tolerance), inputs=chosen.described)
     if original is not None:
         result.fidelity = Fidelity(inputs=chosen.described, generated=chosen.generated,
-                                   outputs=compare_outputs(names, original, actual))
+                                   outputs=compare_outputs(names, original, actual, score_outputs(pruned_model.graph)))
     return result
 
 

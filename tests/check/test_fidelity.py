@@ -16,7 +16,8 @@ import pytest
 import onnx_prune
 from onnx_prune.check.fidelity import POOR_COSINE, POOR_TOP1, OutputFidelity, mean_cosine
 
-from helpers_models import attention_block, attention_forward, mlp, mlp_forward, mlp_reference, mlp_weights_kn
+from helpers_models import (attention_block, attention_forward, f32, make_model, mlp, mlp_forward, mlp_reference,
+                            mlp_weights_kn)
 from test_cli import cli, cli_inproc
 
 
@@ -59,6 +60,23 @@ def test_fidelity_of_an_embedding_output_is_the_mean_cosine_along_its_last_axis(
     assert f.cosine == pytest.approx(float(numpy_cosines(original, pruned).mean()), abs=1e-5)
     assert f.max_rel_error == pytest.approx(numpy_rel_error(original, pruned), rel=1e-4)
     assert f.top1_agreement is None  # [batch, seq, d] is not a classifier's output
+
+
+def test_a_pooled_embedding_is_judged_by_its_cosine_not_as_a_classifier():
+    """[batch, d] made by a mean over the sequence (as a sentence embedding is): no top-1 agreement,
+    its argmax means nothing; poor or not by its cosine."""
+    block, params = attention_block()
+    graph = block.graph
+    pooled = onnx.helper.make_node("ReduceMean", ["Y"], ["pooled"], axes=[1], keepdims=0)
+    model = make_model([*graph.node, pooled], list(graph.input), [f32("pooled", ["batch", 16])],
+                       list(graph.initializer))
+    x = np.random.default_rng(6).standard_normal((5, 6, 16)).astype(np.float32)
+    _, report = onnx_prune.prune(model, 0.5, verify=True, verify_inputs={"X": x}, auto_dense=False)
+    f = report.fidelity.outputs["pooled"]
+    original, pruned = attention_forward(x, params, 0.0).mean(1), attention_forward(x, params, 0.5).mean(1)
+    assert f.top1_agreement is None
+    assert f.cosine == pytest.approx(float(numpy_cosines(original, pruned).mean()), abs=1e-5)
+    assert report.fidelity.poor == (f.cosine < POOR_COSINE)
 
 
 def test_poor_fidelity_warns_and_good_fidelity_does_not():
