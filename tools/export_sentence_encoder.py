@@ -8,8 +8,9 @@ embeddings, ``[batch, 384]``) and ``token_embeddings``. It is a benchmark and te
 calibration-aware pruning on a real transformer (docs/calibration.md), made here rather than
 committed as a binary.
 
-The calibration data: ``--passages`` passages of English prose, cut from the docstrings of the
-Python standard library (present on every machine with Python), tokenized with the model's own
+The calibration data: ``--passages`` passages of English prose (``--min-words`` words at least),
+cut from the docstrings of the Python standard library (present on every machine with Python),
+tokenized with the model's own
 tokenizer, padded / truncated to ``--seq-len`` tokens, saved as an .npz keyed by input name
 (first axis = samples).
 
@@ -137,12 +138,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--calibration", type=Path, help="also write calibration data (.npz) here")
     parser.add_argument("--passages", type=int, default=256)
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--min-words", type=int, default=60,
+                        help="words per passage at least (about 12 for sentence-length passages)")
     args = parser.parse_args(argv)
     tokenizer, encoder = load(args.model or packaged_model_dir())
     export(encoder, args.output, args.seq_len)
     print(f"wrote {args.output}")
     if args.calibration:
-        data = calibration(tokenizer, stdlib_passages(args.passages), args.seq_len)
+        data = calibration(tokenizer, stdlib_passages(args.passages, args.min_words), args.seq_len)
         np.savez(args.calibration, **data)
         tokens = int(data["attention_mask"].sum())
         print(f"wrote {args.calibration}: {args.passages} passages x {args.seq_len} tokens "

@@ -105,7 +105,7 @@ def _gather(inputs, attrs, opset):
     axis = attrs.get("axis", 0) % x.dim()
     index = torch.where(index < 0, index + x.shape[axis], index)
     out = torch.index_select(x, axis, index.reshape(-1))
-    return [out.reshape(*x.shape[:axis], *index.shape, *x.shape[axis + 1:])]
+    return [out.reshape((*x.shape[:axis], *index.shape, *x.shape[axis + 1:]))]  # a tuple: () for a scalar
 
 
 def _unsqueeze(inputs, attrs, opset):
@@ -262,7 +262,9 @@ OPS: dict[str, Op] = {
     "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Concat": _concat, "Slice": _slice,
     "Gather": _gather, "Expand": _expand, "Where": _elementwise(torch.where),
     "Equal": _elementwise(torch.eq), "Less": _elementwise(torch.lt), "Greater": _elementwise(torch.gt),
-    "Not": _elementwise(torch.logical_not),
+    "LessOrEqual": _elementwise(torch.le), "GreaterOrEqual": _elementwise(torch.ge),
+    "Not": _elementwise(torch.logical_not), "And": _elementwise(torch.logical_and),
+    "Or": _elementwise(torch.logical_or), "IsNaN": _elementwise(torch.isnan),
     "Shape": lambda i, a, o: [torch.tensor(i[0].shape[a.get("start", 0):a.get("end", None)], dtype=torch.int64)],
     "Cast": _cast, "Constant": _constant, "ConstantOfShape": _constant_of_shape, "Range": _range,
     "Identity": lambda i, a, o: [i[0]],

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Collection, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
 import torch
 
+from ..check.fidelity import score_outputs
 from ..errors import OnnxPruneError
 from ..sparse_gemm.rewrite import PrunedLayer
 from .options import EPOCH_SUMMARY, STEP_PREFIX, RecoverOptions, RecoveryReport
@@ -76,6 +77,7 @@ def _train(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], data: Mapping[
                          add_to_outputs=_bias_outputs(model, trainables), extra_outputs=hidden).eval()
     losses = _Losses(model, teacher.output_names, options.loss, hidden, options.layer_weight)
     shown = len(model.graph.output)  # fidelity is reported for the graph outputs
+    scores = score_outputs(model.graph)  # with a top-1 agreement where they are a classifier's
     targets = _Targets(teacher, data, options.batch_size)
     _check_faithful(model, teacher, data, held_idx[:options.batch_size])
 
@@ -93,7 +95,7 @@ def _train(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], data: Mapping[
 
     before = held_out_outputs()
     report = RecoveryReport(train_samples=len(train_idx), held_out_samples=len(held_idx),
-                            fidelity_before=fidelity(losses.names[:shown], *(o[:shown] for o in before)), held_out_loss_before=held_out_loss(before))
+                            fidelity_before=fidelity(losses.names[:shown], *(o[:shown] for o in before), scores), held_out_loss_before=held_out_loss(before))
     best_loss, best_state, best_epoch, stale = report.held_out_loss_before, _state(trainables), 0, 0
     params = [t.weight for t in trainables] + [t.delta for t in trainables if t.delta is not None]
     optimizer = torch.optim.Adam(params, lr=options.lr)
@@ -132,7 +134,7 @@ def _train(model: onnx.ModelProto, pruned: Sequence[PrunedLayer], data: Mapping[
     _load_state(trainables, best_state)
     after = held_out_outputs()
     report.steps, report.best_epoch, report.stopped_early = step, best_epoch, step < total
-    report.fidelity_after, report.held_out_loss_after = fidelity(losses.names[:shown], *(o[:shown] for o in after)), held_out_loss(after)
+    report.fidelity_after, report.held_out_loss_after = fidelity(losses.names[:shown], *(o[:shown] for o in after), scores), held_out_loss(after)
     _write_back(trainables)
     report.seconds = time.perf_counter() - started[0]
     report.cpu_seconds = time.process_time() - started[1]
@@ -362,10 +364,11 @@ def _loss(kind: str, got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
     return torch.mean(torch.sum(log_want.exp() * (log_want - log_got), dim=-1))
 
 
-def fidelity(names: Sequence[str], got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> dict[str, dict]:
+def fidelity(names: Sequence[str], got: Sequence[np.ndarray], want: Sequence[np.ndarray],
+             scores: Collection[str]) -> dict[str, dict]:
     """Per float output, how close the pruned model is to the dense one: mean cosine similarity
-    per sample, relative error (Frobenius), and the share of samples whose arg-max agrees for an
-    output of shape [batch, classes]."""
+    per sample, relative error (Frobenius), and the share of samples whose arg-max agrees for the
+    ``scores`` outputs (check.fidelity.score_outputs) of shape [batch, classes]."""
     result = {}
     for name, g, w in zip(names, got, want):
         if not np.issubdtype(w.dtype, np.floating):
@@ -374,7 +377,7 @@ def fidelity(names: Sequence[str], got: Sequence[np.ndarray], want: Sequence[np.
         norms = np.linalg.norm(g64, axis=1) * np.linalg.norm(w64, axis=1)
         cosine = np.sum(g64 * w64, axis=1) / np.maximum(norms, 1e-30)
         entry = {"cosine": float(np.mean(cosine)), "relative_error": _relative_error(g, w)}
-        if w.ndim == 2 and w.shape[1] > 1:
+        if name in scores and w.ndim == 2 and w.shape[1] > 1:
             entry["top1_agreement"] = float(np.mean(np.argmax(g, axis=1) == np.argmax(w, axis=1)))
         result[name] = entry
     return result

@@ -206,6 +206,28 @@ def test_torch_graph_computes_what_onnxruntime_computes():
         np.testing.assert_allclose(g.numpy(), w, rtol=1e-5, atol=1e-5)
 
 
+def test_torch_graph_computes_the_attention_mask_logic_of_an_export():
+    """Comparisons and boolean logic (what torch.onnx writes for BERT's attention mask) against onnxruntime."""
+    rng = np.random.default_rng(1)
+    n = helper.make_node
+    nodes = [
+        n("GreaterOrEqual", ["x", "y"], ["ge"], name="ge"), n("LessOrEqual", ["x", "y"], ["le"], name="le"),
+        n("IsNaN", ["x"], ["nan"], name="isnan"), n("Not", ["nan"], ["finite"], name="not"),
+        n("And", ["ge", "finite"], ["keep"], name="and"), n("Or", ["keep", "le"], ["any"], name="or"),
+        n("Where", ["keep", "x", "y"], ["chosen"], name="where"),
+        n("Cast", ["any"], ["any_f"], to=onnx.TensorProto.FLOAT, name="cast"),
+        n("Add", ["chosen", "any_f"], ["out"], name="add"),
+    ]
+    model = make_model(nodes, [f32("x", ["b", 6]), f32("y", ["b", 6])], [f32("out", None)], [], opset=17)
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    x[0, 1] = x[2, 5] = np.nan
+    y = np.where(rng.random((4, 6)) < 0.3, x, rng.standard_normal((4, 6))).astype(np.float32)  # some ties
+    feeds = {"x": x, "y": y}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = TorchGraph(model)({k: torch.from_numpy(v) for k, v in feeds.items()})
+    np.testing.assert_array_equal(got[0].numpy(), want[0])
+
+
 def test_an_op_the_converter_lacks_is_named_and_nothing_is_written(tmp_path: Path):
     model = mlp()
     model.graph.node.append(helper.make_node("Hardmax", ["logits"], ["picked"], name="pick"))
