@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..check.fidelity import score_outputs
+from ..check.fidelity import mean_cosine, score_outputs, top1_agreement
 from ..errors import OnnxPruneError
 from ..sparse_gemm.rewrite import PrunedLayer
 from .options import EPOCH_SUMMARY, STEP_PREFIX, RecoverOptions, RecoveryReport
@@ -366,19 +366,17 @@ def _loss(kind: str, got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
 
 def fidelity(names: Sequence[str], got: Sequence[np.ndarray], want: Sequence[np.ndarray],
              scores: Collection[str]) -> dict[str, dict]:
-    """Per float output, how close the pruned model is to the dense one: mean cosine similarity
-    per sample, relative error (Frobenius), and the share of samples whose arg-max agrees for the
-    ``scores`` outputs (check.fidelity.score_outputs) of shape [batch, classes]."""
+    """Per float output, how close the pruned model is to the dense one, as the prune report
+    measures it (check.fidelity): the mean cosine along the last axis, the top-1 agreement of the
+    ``scores`` outputs of a classifier's shape; and the relative error (Frobenius) of the whole."""
     result = {}
     for name, g, w in zip(names, got, want):
         if not np.issubdtype(w.dtype, np.floating):
             continue
-        g64, w64 = g.reshape(len(g), -1).astype(np.float64), w.reshape(len(w), -1).astype(np.float64)
-        norms = np.linalg.norm(g64, axis=1) * np.linalg.norm(w64, axis=1)
-        cosine = np.sum(g64 * w64, axis=1) / np.maximum(norms, 1e-30)
-        entry = {"cosine": float(np.mean(cosine)), "relative_error": _relative_error(g, w)}
-        if name in scores and w.ndim == 2 and w.shape[1] > 1:
-            entry["top1_agreement"] = float(np.mean(np.argmax(g, axis=1) == np.argmax(w, axis=1)))
+        entry = {"cosine": mean_cosine(w, g), "relative_error": _relative_error(g, w)}
+        agreement = top1_agreement(w, g) if name in scores else None
+        if agreement is not None:
+            entry["top1_agreement"] = agreement
         result[name] = entry
     return result
 
