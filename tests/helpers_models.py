@@ -61,6 +61,14 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-5) -
     assert err <= rtol * scale + 1e-6, f"max abs error {err} > {rtol} * {scale}"
 
 
+def numpy_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each vector along the last axis, written out with plain sums (the reference the
+    fidelity figures are checked against)."""
+    a = a.reshape(-1, a.shape[-1]).astype(np.float64)
+    b = b.reshape(-1, b.shape[-1]).astype(np.float64)
+    return (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+
+
 # ----------------------------------------------------------------------------- builders
 
 @functools.lru_cache(maxsize=None)

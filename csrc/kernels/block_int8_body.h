@@ -184,29 +184,6 @@ void product_task(void* data, size_t i) {
   }
 }
 
-template <class Q>
-void run(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
-  Job<Q> g;
-  static_cast<GemmArgs&>(g) = args;
-  g.w = w;
-  g.tile_rows = 4 * Q::W;
-  g.n_tiles = (g.M + g.tile_rows - 1) / g.tile_rows;
-  const int64_t tile_bytes = w.K * g.tile_rows;
-  Buffer tiles(g.scratch, static_cast<size_t>((g.n_tiles * tile_bytes + 3) / 4));
-  Buffer scales(g.scratch, static_cast<size_t>(g.M));
-  Buffer columns(g.scratch, static_cast<size_t>(g.n_tiles * (w.K + (w.K * g.tile_rows + 3) / 4)));
-  g.tiles = reinterpret_cast<uint8_t*>(tiles.p);
-  g.row_scales = scales.p;
-  g.columns = columns.p;
-  parallel(quantize_task<Q>, static_cast<size_t>(g.n_tiles), &g);
-  const size_t tasks = static_cast<size_t>(g.n_tiles * w.n_parts);
-  if (w.R % 8 == 0 && Q::kMaxOutputs >= 8) {
-    parallel(product_task<Q, (Q::kMaxOutputs >= 8 ? 8 : 4)>, tasks, &g);
-  } else {
-    parallel(product_task<Q, 4>, tasks, &g);
-  }
-}
-
 // ---------------------------------------------------------------- one row: lanes across outputs
 // With one batch row the tile fills one lane of its vectors and leaves the others idle. The row
 // path turns the lanes the other way: a vector holds Q::W / R groups' R weight words (the packed
@@ -270,22 +247,33 @@ void rows_product_task(void* data, size_t part) {
   }
 }
 
-// The row path: a "tile" of one row (tile_rows 1: the tiles are the rows of A' quantized, [M][K]).
-template <class Q>
-void run_rows(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
+// Both passes for one call: the tile, or with kByRow the row path (a tile of one row: the tiles are
+// then the rows of A' quantized, [M][K]).
+template <class Q, bool kByRow>
+void run(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
   Job<Q> g;
   static_cast<GemmArgs&>(g) = args;
   g.w = w;
-  g.tile_rows = 1;
-  g.n_tiles = g.M;
-  Buffer tiles(g.scratch, static_cast<size_t>((g.M * w.K + 3) / 4));
+  g.tile_rows = kByRow ? 1 : 4 * Q::W;
+  g.n_tiles = (g.M + g.tile_rows - 1) / g.tile_rows;
+  const int64_t tile_bytes = w.K * g.tile_rows;
+  Buffer tiles(g.scratch, static_cast<size_t>((g.n_tiles * tile_bytes + 3) / 4));
   Buffer scales(g.scratch, static_cast<size_t>(g.M));
-  Buffer columns(g.scratch, static_cast<size_t>(g.M * (w.K + (w.K + 3) / 4)));
+  Buffer columns(g.scratch, static_cast<size_t>(g.n_tiles * (w.K + (w.K * g.tile_rows + 3) / 4)));
   g.tiles = reinterpret_cast<uint8_t*>(tiles.p);
   g.row_scales = scales.p;
   g.columns = columns.p;
-  parallel(quantize_task<Q>, static_cast<size_t>(g.M), &g);
-  parallel(w.R == 8 ? rows_product_task<Q, 8> : rows_product_task<Q, 4>, static_cast<size_t>(w.n_parts), &g);
+  parallel(quantize_task<Q>, static_cast<size_t>(g.n_tiles), &g);
+  if constexpr (kByRow) {
+    parallel(w.R == 8 ? rows_product_task<Q, 8> : rows_product_task<Q, 4>, static_cast<size_t>(w.n_parts), &g);
+  } else {
+    const size_t tasks = static_cast<size_t>(g.n_tiles * w.n_parts);
+    if (w.R % 8 == 0 && Q::kMaxOutputs >= 8) {
+      parallel(product_task<Q, (Q::kMaxOutputs >= 8 ? 8 : 4)>, tasks, &g);
+    } else {
+      parallel(product_task<Q, 4>, tasks, &g);
+    }
+  }
 }
 
 // Batch rows up to which the row path runs instead of the tile (measured: docs/bench_kernel.md).
@@ -293,14 +281,17 @@ constexpr int64_t kRowPathMaxRows = 1;
 
 }  // namespace block_int8
 
-// The KernelTable entry for ISA units with one quad-product type `Q` for every batch size (the
-// AVX-512 units pick their own: a wider type for many rows).
-template <class Q>
+// The KernelTable entry, the one place that picks a path by batch size: `Few` (its row path up to
+// kRowPathMaxRows rows, its tile up to kFewRows) and `Many` above, for units whose widest quad
+// product wastes lanes on few rows (the AVX-512 units); one type for every batch size by default.
+template <class Few, class Many = Few, int64_t kFewRows = 0>
 void block_int8_dynamic_gemm_of(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
   if (args.M == 0 || w.N == 0) return;
   if (args.M <= block_int8::kRowPathMaxRows) {
-    block_int8::run_rows<Q>(w, args, parallel);
+    block_int8::run<Few, true>(w, args, parallel);
+  } else if (args.M <= kFewRows) {
+    block_int8::run<Few, false>(w, args, parallel);
   } else {
-    block_int8::run<Q>(w, args, parallel);
+    block_int8::run<Many, false>(w, args, parallel);
   }
 }

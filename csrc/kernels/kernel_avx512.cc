@@ -39,7 +39,7 @@ struct IV {
 
 // bcsr_int8_dynamic's quad product on 16 lanes: Avx2QuadProduct's sign transfer (|q| as
 // vpmaddubsw's unsigned operand, so no pair saturates) with the weight negated under the mask of
-// negative q (AVX-512 has no vpsignb); for few batch rows the 8-lane AVX2 form (block_int8_dynamic_gemm).
+// negative q (AVX-512 has no vpsignb); for few batch rows the 8-lane AVX2 form (kYmmRows).
 struct Avx512QuadProduct {
   using reg = __m512i;
   struct Prepared {
@@ -78,19 +78,9 @@ constexpr int64_t kYmmRows = 16;  // batch rows up to which the 8-lane form runs
 #include "block_int8_body.h"
 #undef ONNX_PRUNE_KERNEL_BODY_INCLUDED_IN_ISA_NAMESPACE
 
-void block_int8_dynamic_gemm(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
-  if (args.M == 0 || w.N == 0) return;
-  if (args.M <= block_int8::kRowPathMaxRows) {
-    block_int8::run_rows<Avx2QuadProduct>(w, args, parallel);
-  } else if (args.M <= kYmmRows) {
-    block_int8::run<Avx2QuadProduct>(w, args, parallel);
-  } else {
-    block_int8::run<Avx512QuadProduct>(w, args, parallel);
-  }
-}
-
 const KernelTable kTable{"avx512", &csr_gemm_of<float>, &csr_gemm_of<int8_t>, &has_non_finite,
-                          &bcsr_gemm, &int8_dynamic_gemm_of, nullptr, &block_int8_dynamic_gemm};
+                          &bcsr_gemm, &int8_dynamic_gemm_of, nullptr,
+                          &block_int8_dynamic_gemm_of<Avx2QuadProduct, Avx512QuadProduct, kYmmRows>};
 
 }  // namespace isa_avx512
 }  // namespace onnx_prune

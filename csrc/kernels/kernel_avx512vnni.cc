@@ -11,6 +11,8 @@
 namespace onnx_prune {
 namespace isa_avx512vnni {
 
+#include "x86_helpers.h"  // spread_words8 (AVX2 is part of this unit's instruction set)
+
 struct IV {
   using reg = __m512i;
   static constexpr int W = 16;
@@ -83,11 +85,7 @@ struct VnniQuads<256> {
   static reg dot4(reg acc, const Prepared& x, int32_t word) { return dot4v(acc, x, _mm256_set1_epi32(word)); }
   static reg load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   template <int R>
-  static reg spread(const int32_t* words) {  // lane l = words[l / R]
-    static_assert(R == 4 || R == 8, "blocks of 4 or 8 outputs");
-    if (R == 8) return _mm256_set1_epi32(words[0]);
-    return _mm256_set_m128i(_mm_set1_epi32(words[1]), _mm_set1_epi32(words[0]));
-  }
+  static reg spread(const int32_t* words) { return spread_words8<R>(words); }
   static void interleave(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3, int half,
                          reg out[2]) {
     const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0));
@@ -120,14 +118,7 @@ void int8_dynamic_quad_gemm(const Int8QuadArrays& w, const GemmArgs& args, const
 }
 
 void block_int8_dynamic_gemm(const BlockInt8Arrays& w, const GemmArgs& args, const ParallelRunner& parallel) {
-  if (args.M == 0 || w.N == 0) return;
-  if (args.M <= block_int8::kRowPathMaxRows) {
-    block_int8::run_rows<VnniQuads<256>>(w, args, parallel);
-  } else if (args.M <= kYmmRows) {
-    block_int8::run<VnniQuads<256>>(w, args, parallel);
-  } else {
-    block_int8::run<VnniQuads<512>>(w, args, parallel);
-  }
+  block_int8_dynamic_gemm_of<VnniQuads<256>, VnniQuads<512>, kYmmRows>(w, args, parallel);
 }
 
 }  // namespace isa_avx512vnni

@@ -109,6 +109,15 @@ inline float vector_row_dot(const Val* values, const Idx* idx, int64_t count, co
   return hsum8(_mm256_add_ps(a0, a1)) + tail;
 }
 
+// 8 int32 lanes, lane l = words[l / R] (R = 4 or 8): the activation vector of bcsr_int8_dynamic's
+// row path (block_int8_body.h) for the 8-lane quad products, AVX2's and the ymm VNNI one.
+template <int R>
+inline __m256i spread_words8(const int32_t* words) {
+  static_assert(R == 4 || R == 8, "blocks of 4 or 8 outputs");
+  if (R == 8) return _mm256_set1_epi32(words[0]);
+  return _mm256_set_m128i(_mm_set1_epi32(words[1]), _mm_set1_epi32(words[0]));
+}
+
 // bcsr_int8_dynamic's quad product without VNNI (block_int8_body.h): 8 int32 lanes of four signed
 // activation bytes q. vpmaddubsw multiplies u8 x s8 into int16 pair sums that saturate above 32767;
 // here its unsigned operand is |q| <= 127 and its signed one w · sign(q) (vpsignb), so a pair sums
@@ -134,11 +143,7 @@ struct Avx2QuadProduct {
   static reg dot4(reg acc, const Prepared& x, int32_t word) { return dot4v(acc, x, _mm256_set1_epi32(word)); }
   static reg load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   template <int R>
-  static reg spread(const int32_t* words) {  // lane l = words[l / R] (the row path's activations)
-    static_assert(R == 4 || R == 8, "blocks of 4 or 8 outputs");
-    if (R == 8) return _mm256_set1_epi32(words[0]);
-    return _mm256_set_m128i(_mm_set1_epi32(words[1]), _mm_set1_epi32(words[0]));
-  }
+  static reg spread(const int32_t* words) { return spread_words8<R>(words); }
   // Vectors 2 · half and 2 · half + 1 of the group's rows in VNNI order: byte unpacks pair rows
   // 0 / 1 and 2 / 3, word unpacks make the quads (within 128-bit lanes: block_int8_body.h's positions).
   static void interleave(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3, int half,

@@ -17,15 +17,8 @@ import onnx_prune
 from onnx_prune.check.fidelity import POOR_COSINE, POOR_TOP1, OutputFidelity, mean_cosine
 
 from helpers_models import (attention_block, attention_forward, f32, make_model, mlp, mlp_forward, mlp_reference,
-                            mlp_weights_kn)
+                            mlp_weights_kn, numpy_cosines)
 from test_cli import cli, cli_inproc
-
-
-def numpy_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine of each vector along the last axis, written out with plain sums."""
-    a = a.reshape(-1, a.shape[-1]).astype(np.float64)
-    b = b.reshape(-1, b.shape[-1]).astype(np.float64)
-    return (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
 
 
 def numpy_rel_error(reference: np.ndarray, actual: np.ndarray) -> float:

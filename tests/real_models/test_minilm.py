@@ -23,6 +23,7 @@ import onnx
 import pytest
 
 import onnx_prune
+from helpers_models import numpy_cosines
 from onnx_prune.runtime import session as runtime
 from onnx_prune.sparse_gemm.densify import densify_model
 
@@ -68,9 +69,7 @@ def _outputs(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.reshape(-1, a.shape[-1]).astype(np.float64)
-    b = b.reshape(-1, b.shape[-1]).astype(np.float64)
-    return float(np.mean((a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))))
+    return float(numpy_cosines(a, b).mean())
 
 
 def test_the_packaged_weights_are_the_pinned_ones():
